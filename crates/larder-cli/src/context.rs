@@ -1,0 +1,78 @@
+//! Opening a feature repo's configured stores: the one place that chooses backends.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+use larder_online::{EmbeddedOnlineStore, MemoryOnlineStore, OnlineStoreError, SharedOnlineStore};
+use larder_registry::{
+    FileRegistryStore, OfflineStoreConfig, OnlineStoreConfig, Registry, RegistryStore, RepoConfig,
+};
+
+/// A feature repo's configuration and where its stores live.
+pub struct RepoContext {
+    /// The repo folder.
+    pub root: PathBuf,
+    /// Its larder.yaml.
+    pub config: RepoConfig,
+}
+
+impl RepoContext {
+    /// Loads larder.yaml.
+    pub fn load(root: &Path) -> Result<Self> {
+        let config = RepoConfig::load(root).map_err(|diagnostics| anyhow!("{diagnostics}"))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            config,
+        })
+    }
+
+    /// The registry store.
+    pub fn registry_store(&self) -> FileRegistryStore {
+        FileRegistryStore::new(self.config.resolve_path(&self.root, &self.config.registry))
+    }
+
+    /// The applied registry, or an error telling the user to run `larder apply`.
+    pub fn applied_registry(&self) -> Result<Registry> {
+        let store = self.registry_store();
+        store
+            .load()
+            .context("reading the registry")?
+            .ok_or_else(|| {
+                anyhow!(
+                    "no registry in {}: run `larder apply` first",
+                    self.root.display()
+                )
+            })
+    }
+
+    /// Opens the configured online store.
+    pub fn open_online_store(&self) -> Result<SharedOnlineStore, OnlineStoreError> {
+        match &self.config.online_store {
+            OnlineStoreConfig::Embedded { path } => Ok(Arc::new(EmbeddedOnlineStore::open(
+                &self.config.resolve_path(&self.root, path),
+            )?)),
+            OnlineStoreConfig::Memory => Ok(Arc::new(MemoryOnlineStore::new())),
+        }
+    }
+
+    /// Where a running `larder serve` records the address it listens on, so that other
+    /// commands can find it when it holds the embedded store.
+    pub fn server_address_file(&self) -> PathBuf {
+        let registry_path = self.config.registry_path(&self.root);
+        registry_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone())
+            .join("server.addr")
+    }
+
+    /// The configured offline store.
+    pub fn offline_store(&self) -> larder_offline::ParquetOfflineStore {
+        match &self.config.offline_store {
+            OfflineStoreConfig::Parquet { path } => {
+                larder_offline::ParquetOfflineStore::new(self.config.resolve_path(&self.root, path))
+            }
+        }
+    }
+}

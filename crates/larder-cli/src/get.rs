@@ -1,0 +1,154 @@
+//! `larder get`: read online features from the command line.
+//!
+//! Reads the online store directly; when the embedded store is held by a running
+//! `larder serve`, asks that server instead, so the command works either way.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use larder_online::OnlineStoreError;
+use larder_server::{FeatureServer, OnlineFeaturesRequest, RegistryHandle, ServingLimits};
+
+use crate::context::RepoContext;
+
+/// Arguments of `larder get`.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// Entity key values, `join_key=value[,value...]`; repeat for composite keys.
+    #[arg(long = "entity", short = 'e', required = true)]
+    entities: Vec<String>,
+    /// Feature references, `view:feature` (comma-separated or repeated).
+    #[arg(long, short = 'f', value_delimiter = ',')]
+    features: Vec<String>,
+    /// A feature service instead of a feature list.
+    #[arg(long)]
+    feature_service: Option<String>,
+    /// Print Feast's JSON response instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn entity_columns(arguments: &[String]) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut columns = serde_json::Map::new();
+    for argument in arguments {
+        let Some((name, values)) = argument.split_once('=') else {
+            bail!("--entity '{argument}' must look like join_key=value[,value...]");
+        };
+        let parsed: Vec<serde_json::Value> = values
+            .split(',')
+            .map(|text| match text.trim().parse::<i64>() {
+                Ok(number) => serde_json::Value::from(number),
+                Err(_) => serde_json::Value::from(text.trim()),
+            })
+            .collect();
+        columns.insert(name.trim().to_string(), serde_json::Value::Array(parsed));
+    }
+    Ok(columns)
+}
+
+/// Runs `larder get`.
+pub async fn run(root: &Path, args: &GetArgs) -> Result<()> {
+    let context = RepoContext::load(root)?;
+    let request_json = serde_json::json!({
+        "features": if args.features.is_empty() { serde_json::Value::Null } else { serde_json::json!(args.features) },
+        "feature_service": args.feature_service,
+        "entities": entity_columns(&args.entities)?,
+    });
+    let response: serde_json::Value = match context.open_online_store() {
+        Ok(store) => {
+            let registry = context.applied_registry()?;
+            let server = FeatureServer::new(
+                Arc::new(RegistryHandle::new(registry)),
+                store,
+                ServingLimits::default(),
+            );
+            let request: OnlineFeaturesRequest = serde_json::from_value(request_json)?;
+            let response = server
+                .get_online_features(request)
+                .await
+                .map_err(|error| anyhow!("{error}"))?;
+            serde_json::to_value(&response)?
+        }
+        Err(OnlineStoreError::Locked { .. }) => {
+            let serving = &context.config.serving;
+            let base_url = std::fs::read_to_string(context.server_address_file())
+                .map(|text| text.trim().to_string())
+                .unwrap_or_else(|_| format!("http://{}:{}", serving.host, serving.port));
+            let url = format!("{base_url}/get-online-features");
+            eprintln!("(the online store is held by a running `larder serve`; asking it at {url})");
+            let url_for_task = url.clone();
+            tokio::task::spawn_blocking(move || post_json(&url_for_task, &request_json))
+                .await
+                .context("HTTP request task failed")?
+                .with_context(|| format!("asking the running server at {url}"))?
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&response)?);
+    } else {
+        print_table(&response);
+    }
+    Ok(())
+}
+
+fn post_json(url: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent.post(url).send_json(body)?;
+    let status = response.status();
+    let parsed: serde_json::Value = response.body_mut().read_json()?;
+    if !status.is_success() {
+        let message = parsed
+            .pointer("/error/message")
+            .and_then(|message| message.as_str())
+            .unwrap_or("unknown error");
+        bail!("{message} (HTTP {status})");
+    }
+    Ok(parsed)
+}
+
+fn print_table(response: &serde_json::Value) {
+    let names: Vec<&str> = response
+        .pointer("/metadata/feature_names")
+        .and_then(|names| names.as_array())
+        .map(|names| names.iter().filter_map(|name| name.as_str()).collect())
+        .unwrap_or_default();
+    let empty = Vec::new();
+    let results = response
+        .get("results")
+        .and_then(|results| results.as_array())
+        .unwrap_or(&empty);
+    let entity_count = results
+        .first()
+        .and_then(|column| column.get("values"))
+        .and_then(|values| values.as_array())
+        .map_or(0, Vec::len);
+    let width = names.iter().map(|name| name.len()).max().unwrap_or(8);
+    for row in 0..entity_count {
+        if row > 0 {
+            println!();
+        }
+        for (name, column) in names.iter().zip(results) {
+            let cell = |field: &str| {
+                column
+                    .get(field)
+                    .and_then(|values| values.get(row))
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null)
+            };
+            let value = cell("values");
+            let status = cell("statuses");
+            let timestamp = cell("event_timestamps");
+            println!(
+                "{name:<width$}  {:<24}  {:<16}  {}",
+                value.to_string(),
+                status.as_str().unwrap_or_default(),
+                timestamp.as_str().unwrap_or_default()
+            );
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Running the real `larder` binary in a temporary folder.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The path of the `larder` binary under test.
+pub fn larder_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_larder")
+}
+
+/// Runs `larder` with arguments in `directory`, returning its output (whatever the status).
+pub fn larder(directory: &Path, arguments: &[&str]) -> Output {
+    Command::new(larder_binary())
+        .args(arguments)
+        .current_dir(directory)
+        .env_remove("LARDER_REPO")
+        .output()
+        .expect("the larder binary runs")
+}
+
+/// Runs `larder` and asserts success; returns stdout.
+pub fn larder_ok(directory: &Path, arguments: &[&str]) -> String {
+    let output = larder(directory, arguments);
+    assert!(
+        output.status.success(),
+        "larder {arguments:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+/// A demo repo created by `larder init` in a temporary folder.
+pub struct DemoRepo {
+    _temp: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl DemoRepo {
+    /// `larder init` with `entities` users.
+    pub fn init(entities: u64) -> Self {
+        Self::init_with(entities, &[])
+    }
+
+    /// `larder init` with extra arguments.
+    pub fn init_with(entities: u64, extra: &[&str]) -> Self {
+        let temp = tempfile::tempdir().unwrap();
+        let entities_text = entities.to_string();
+        let mut arguments = vec!["init", "demo", "--entities", entities_text.as_str()];
+        arguments.extend_from_slice(extra);
+        larder_ok(temp.path(), &arguments);
+        let path = temp.path().join("demo");
+        Self { _temp: temp, path }
+    }
+}
+
+/// A running `larder serve`, killed on drop.
+pub struct Server {
+    child: Child,
+    pub base_url: String,
+}
+
+impl Server {
+    /// Starts `larder serve --port 0` in `repo` and waits for its address.
+    pub fn start(repo: &Path) -> Self {
+        let mut child = Command::new(larder_binary())
+            .args(["serve", "--port", "0"])
+            .current_dir(repo)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("larder serve starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let base_url = loop {
+            assert!(
+                Instant::now() < deadline,
+                "larder serve did not print its address in time"
+            );
+            let line = lines
+                .next()
+                .expect("larder serve exited before listening")
+                .expect("stdout is readable");
+            if let Some(position) = line.find("http://") {
+                break line[position..].trim().to_string();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, base_url }
+    }
+
+    /// POSTs a raw body to `path`; returns status and parsed JSON body.
+    pub fn post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .post(&format!("{}{path}", self.base_url))
+            .content_type("application/json")
+            .send(body)
+            .expect("the request is sent");
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .expect("the body is readable");
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|error| panic!("response is not JSON ({error}): {text}"));
+        (status, json)
+    }
+
+    /// GETs `path`; returns status and parsed JSON body.
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .get(&format!("{}{path}", self.base_url))
+            .call()
+            .expect("the request is sent");
+        let status = response.status().as_u16();
+        let json = response.body_mut().read_json().expect("the body is JSON");
+        (status, json)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,299 @@
+//! The compact binary row encoding used by every online store.
+//!
+//! A row is a varint count followed by that many tagged values. Each value is one tag byte and
+//! a payload in little-endian order. The encoding is self-describing (a reader needs no schema)
+//! so that a store can hand rows back untouched and a reader can check them against the
+//! schema it expects.
+
+use crate::error::CoreError;
+use crate::time::Timestamp;
+use crate::value::Value;
+
+const TAG_NULL: u8 = 0;
+const TAG_FALSE: u8 = 1;
+const TAG_TRUE: u8 = 2;
+const TAG_INT32: u8 = 3;
+const TAG_INT64: u8 = 4;
+const TAG_FLOAT32: u8 = 5;
+const TAG_FLOAT64: u8 = 6;
+const TAG_STRING: u8 = 7;
+const TAG_BYTES: u8 = 8;
+const TAG_TIMESTAMP: u8 = 9;
+const TAG_LIST: u8 = 10;
+const TAG_VECTOR: u8 = 11;
+
+/// Appends the encoding of a row of values to `out`.
+pub fn encode_row(values: &[Value], out: &mut Vec<u8>) {
+    write_varint(values.len() as u64, out);
+    for value in values {
+        encode_value(value, out);
+    }
+}
+
+/// Encodes a row of values into a new buffer.
+pub fn encode_row_to_vec(values: &[Value]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * 9 + 2);
+    encode_row(values, &mut out);
+    out
+}
+
+/// Appends the encoding of one value to `out`.
+pub fn encode_value(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Null => out.push(TAG_NULL),
+        Value::Bool(false) => out.push(TAG_FALSE),
+        Value::Bool(true) => out.push(TAG_TRUE),
+        Value::Int32(number) => {
+            out.push(TAG_INT32);
+            out.extend_from_slice(&number.to_le_bytes());
+        }
+        Value::Int64(number) => {
+            out.push(TAG_INT64);
+            out.extend_from_slice(&number.to_le_bytes());
+        }
+        Value::Float32(number) => {
+            out.push(TAG_FLOAT32);
+            out.extend_from_slice(&number.to_le_bytes());
+        }
+        Value::Float64(number) => {
+            out.push(TAG_FLOAT64);
+            out.extend_from_slice(&number.to_le_bytes());
+        }
+        Value::String(text) => {
+            out.push(TAG_STRING);
+            write_varint(text.len() as u64, out);
+            out.extend_from_slice(text.as_bytes());
+        }
+        Value::Bytes(bytes) => {
+            out.push(TAG_BYTES);
+            write_varint(bytes.len() as u64, out);
+            out.extend_from_slice(bytes);
+        }
+        Value::Timestamp(timestamp) => {
+            out.push(TAG_TIMESTAMP);
+            out.extend_from_slice(&timestamp.as_micros().to_le_bytes());
+        }
+        Value::List(elements) => {
+            out.push(TAG_LIST);
+            write_varint(elements.len() as u64, out);
+            for element in elements {
+                encode_value(element, out);
+            }
+        }
+        Value::Vector(components) => {
+            out.push(TAG_VECTOR);
+            write_varint(components.len() as u64, out);
+            for component in components {
+                out.extend_from_slice(&component.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// Decodes a whole row.
+pub fn decode_row(bytes: &[u8]) -> Result<Vec<Value>, CoreError> {
+    let mut reader = Reader { bytes, position: 0 };
+    let count = reader.varint()? as usize;
+    if count > bytes.len() {
+        return Err(CoreError::Corrupt("value count larger than the row"));
+    }
+    let mut values = Vec::with_capacity(count);
+    for _ in 0..count {
+        values.push(reader.value(0)?);
+    }
+    if reader.position != bytes.len() {
+        return Err(CoreError::Corrupt("trailing bytes after the last value"));
+    }
+    Ok(values)
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    position: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, length: usize) -> Result<&'a [u8], CoreError> {
+        let end = self
+            .position
+            .checked_add(length)
+            .ok_or(CoreError::Corrupt("length overflow"))?;
+        let slice = self
+            .bytes
+            .get(self.position..end)
+            .ok_or(CoreError::Corrupt("row ends inside a value"))?;
+        self.position = end;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], CoreError> {
+        let slice = self.take(N)?;
+        let mut array = [0u8; N];
+        array.copy_from_slice(slice);
+        Ok(array)
+    }
+
+    fn varint(&mut self) -> Result<u64, CoreError> {
+        let mut result: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let [byte] = self.array::<1>()?;
+            result |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(result);
+            }
+        }
+        Err(CoreError::Corrupt("varint longer than 64 bits"))
+    }
+
+    fn length(&mut self) -> Result<usize, CoreError> {
+        let length =
+            usize::try_from(self.varint()?).map_err(|_| CoreError::Corrupt("length overflow"))?;
+        if length > self.bytes.len() {
+            return Err(CoreError::Corrupt("length larger than the row"));
+        }
+        Ok(length)
+    }
+
+    fn value(&mut self, depth: u8) -> Result<Value, CoreError> {
+        let [tag] = self.array::<1>()?;
+        let value = match tag {
+            TAG_NULL => Value::Null,
+            TAG_FALSE => Value::Bool(false),
+            TAG_TRUE => Value::Bool(true),
+            TAG_INT32 => Value::Int32(i32::from_le_bytes(self.array()?)),
+            TAG_INT64 => Value::Int64(i64::from_le_bytes(self.array()?)),
+            TAG_FLOAT32 => Value::Float32(f32::from_le_bytes(self.array()?)),
+            TAG_FLOAT64 => Value::Float64(f64::from_le_bytes(self.array()?)),
+            TAG_STRING => {
+                let length = self.length()?;
+                let text = std::str::from_utf8(self.take(length)?)
+                    .map_err(|_| CoreError::Corrupt("string is not UTF-8"))?;
+                Value::String(text.to_string())
+            }
+            TAG_BYTES => {
+                let length = self.length()?;
+                Value::Bytes(self.take(length)?.to_vec())
+            }
+            TAG_TIMESTAMP => Value::Timestamp(Timestamp(i64::from_le_bytes(self.array()?))),
+            TAG_LIST if depth == 0 => {
+                let count = self.length()?;
+                let mut elements = Vec::with_capacity(count);
+                for _ in 0..count {
+                    elements.push(self.value(depth + 1)?);
+                }
+                Value::List(elements)
+            }
+            TAG_VECTOR if depth == 0 => {
+                let dimension = self.length()?;
+                let mut components = Vec::with_capacity(dimension);
+                for _ in 0..dimension {
+                    components.push(f32::from_le_bytes(self.array()?));
+                }
+                Value::Vector(components)
+            }
+            _ => return Err(CoreError::Corrupt("unknown value tag")),
+        };
+        Ok(value)
+    }
+}
+
+/// Appends an unsigned LEB128 varint.
+pub fn write_varint(mut number: u64, out: &mut Vec<u8>) {
+    while number >= 0x80 {
+        out.push((number as u8) | 0x80);
+        number >>= 7;
+    }
+    out.push(number as u8);
+}
+
+const BASE64_ALPHABET: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding, as Feast's JSON uses for bytes values.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b0 = chunk[0];
+        let b1 = chunk.get(1).copied().unwrap_or(0);
+        let b2 = chunk.get(2).copied().unwrap_or(0);
+        let triple = (u32::from(b0) << 16) | (u32::from(b1) << 8) | u32::from(b2);
+        for index in 0..4 {
+            if index <= chunk.len() {
+                out.push(char::from(
+                    BASE64_ALPHABET[((triple >> (18 - 6 * index)) & 0x3f) as usize],
+                ));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Decodes standard base64 (padding optional); `None` for anything else.
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let trimmed = text.trim_end_matches('=');
+    let mut out = Vec::with_capacity(trimmed.len() * 3 / 4);
+    let mut buffer: u32 = 0;
+    let mut bits = 0;
+    for character in trimmed.bytes() {
+        let sextet = BASE64_ALPHABET
+            .iter()
+            .position(|&candidate| candidate == character)? as u32;
+        buffer = (buffer << 6) | sextet;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+            buffer &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_round_trip() {
+        let row = vec![
+            Value::Null,
+            Value::Bool(true),
+            Value::Int32(-7),
+            Value::Int64(i64::MAX),
+            Value::Float32(1.25),
+            Value::Float64(-0.5),
+            Value::String("héllo".to_string()),
+            Value::Bytes(vec![0, 255, 3]),
+            Value::Timestamp(Timestamp(1_700_000_000_123_456)),
+            Value::List(vec![Value::Int64(1), Value::Null, Value::Int64(3)]),
+            Value::Vector(vec![0.5, -1.0, 2.0]),
+        ];
+        let encoded = encode_row_to_vec(&row);
+        assert_eq!(decode_row(&encoded), Ok(row));
+    }
+
+    #[test]
+    fn truncated_or_garbage_rows_are_errors_not_panics() {
+        let encoded = encode_row_to_vec(&[Value::String("abcdef".to_string()), Value::Int64(9)]);
+        for cut in 0..encoded.len() {
+            assert!(decode_row(&encoded[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(decode_row(&[5, 200, 200, 200]).is_err());
+        assert!(
+            decode_row(&[1, 10, 1, 10, 0]).is_err(),
+            "nested lists are refused"
+        );
+    }
+
+    #[test]
+    fn base64_round_trips() {
+        for length in 0..10 {
+            let bytes: Vec<u8> = (0..length).map(|index| (index * 37) as u8).collect();
+            assert_eq!(base64_decode(&base64_encode(&bytes)), Some(bytes));
+        }
+        assert_eq!(base64_encode(b"foob"), "Zm9vYg==");
+        assert_eq!(base64_decode("not*base64"), None);
+    }
+}

@@ -1,0 +1,286 @@
+//! Resolved definitions: what `larder apply` records in the registry and what every other
+//! component reads. They use Feast's nouns (Entity, DataSource, FeatureView, FeatureService)
+//! so that Feast users feel at home.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::CoreError;
+use crate::time::TtlDuration;
+use crate::value::ValueType;
+
+/// One column that identifies an entity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinKey {
+    /// Column name, as it appears in sources and requests.
+    pub name: String,
+    /// Its type: int32, int64 or string.
+    pub dtype: ValueType,
+}
+
+/// A kind of thing that features describe (a user, a driver, a document).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entity {
+    /// Unique name.
+    pub name: String,
+    /// The columns that identify one entity, in order.
+    pub join_keys: Vec<JoinKey>,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Who to ask about it.
+    #[serde(default)]
+    pub owner: String,
+    /// Free-form labels.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// The file format of a batch file source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormat {
+    /// Apache Parquet.
+    Parquet,
+    /// Comma-separated values with a header row.
+    Csv,
+}
+
+/// Where a data source's rows come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DataSourceKind {
+    /// Parquet or CSV files: a path, a directory or a glob, relative to the feature repo.
+    File {
+        /// Path, directory or glob.
+        path: String,
+        /// File format.
+        format: FileFormat,
+    },
+    /// A topic on a Kafka-protocol broker (the streaming lane).
+    Kafka {
+        /// Bootstrap brokers, `host:port`.
+        brokers: Vec<String>,
+        /// Topic name.
+        topic: String,
+        /// Consumer group shared by the `larder` processes that consume it.
+        consumer_group: Option<String>,
+        /// `earliest` or `latest`.
+        start_offset: Option<String>,
+    },
+    /// A subject of a NATS JetStream stream (the streaming lane).
+    Nats {
+        /// Server URL.
+        url: String,
+        /// Stream name.
+        stream: String,
+        /// Subject filter.
+        subject: String,
+        /// Durable consumer name.
+        durable: Option<String>,
+    },
+    /// Rows written directly by producers through the push API.
+    Push,
+}
+
+impl DataSourceKind {
+    /// Whether rows of this source are read in batch (by `materialize`).
+    pub fn is_batch(&self) -> bool {
+        matches!(self, Self::File { .. })
+    }
+
+    /// A short name of the kind, for messages.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::File { .. } => "file",
+            Self::Kafka { .. } => "kafka",
+            Self::Nats { .. } => "nats",
+            Self::Push => "push",
+        }
+    }
+}
+
+/// A named origin of rows (Feast's DataSource).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataSource {
+    /// Unique name; SQL transformations refer to the source by this name.
+    pub name: String,
+    /// Where the rows come from.
+    pub kind: DataSourceKind,
+    /// The column that holds each row's event time.
+    pub timestamp_field: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Who to ask about it.
+    #[serde(default)]
+    pub owner: String,
+    /// Free-form labels.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One feature of a feature view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Feature {
+    /// Name, unique within its view.
+    pub name: String,
+    /// Declared type.
+    pub dtype: ValueType,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Identifies the online and offline tables of one version of a feature view.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FeatureViewId {
+    /// Feature view name.
+    pub name: String,
+    /// Feature view version.
+    pub version: u32,
+}
+
+impl fmt::Display for FeatureViewId {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}@v{}", self.name, self.version)
+    }
+}
+
+/// A group of features computed from one source for one set of entities, served together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureView {
+    /// Unique name.
+    pub name: String,
+    /// Version; must grow whenever the SQL, the source, the entities or the schema change.
+    pub version: u32,
+    /// Entity names, in order.
+    pub entities: Vec<String>,
+    /// The join keys of those entities, in order (resolved by `apply`).
+    pub join_keys: Vec<JoinKey>,
+    /// Name of the data source.
+    pub source: String,
+    /// SQL transformation over the sources (by name); `None` selects the source as it is.
+    pub transformation: Option<String>,
+    /// Repo-relative path of the SQL file, for messages.
+    pub transformation_path: Option<String>,
+    /// The event-time column of the transformation's output.
+    pub timestamp_field: String,
+    /// Features, in declared order.
+    pub features: Vec<Feature>,
+    /// Values older than this are served as missing (`OUTSIDE_MAX_AGE`); `None`: forever.
+    pub ttl: Option<TtlDuration>,
+    /// Whether the view is materialized to the online store and served.
+    pub online: bool,
+    /// Whether the view is materialized to the offline store.
+    pub offline: bool,
+    /// Who to ask about it.
+    pub owner: String,
+    /// Importance tier (e.g. `tier1`), for alerting and discovery.
+    pub tier: Option<String>,
+    /// Free-form labels.
+    pub tags: BTreeMap<String, String>,
+    /// Free text.
+    pub description: String,
+    /// How stale the view may be before it breaks its promise.
+    pub freshness_sla: Option<TtlDuration>,
+}
+
+impl FeatureView {
+    /// The id of this view's tables.
+    pub fn id(&self) -> FeatureViewId {
+        FeatureViewId {
+            name: self.name.clone(),
+            version: self.version,
+        }
+    }
+
+    /// The position of a feature in [`FeatureView::features`].
+    pub fn feature_index(&self, feature_name: &str) -> Option<usize> {
+        self.features
+            .iter()
+            .position(|feature| feature.name == feature_name)
+    }
+}
+
+/// A reference to one feature: `feature_view:feature`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FeatureRef {
+    /// Feature view name.
+    pub view: String,
+    /// Feature name.
+    pub feature: String,
+}
+
+impl FromStr for FeatureRef {
+    type Err = CoreError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.split_once(':') {
+            Some((view, feature))
+                if !view.is_empty() && !feature.is_empty() && !feature.contains(':') =>
+            {
+                Ok(Self {
+                    view: view.to_string(),
+                    feature: feature.to_string(),
+                })
+            }
+            _ => Err(CoreError::InvalidFeatureRef(text.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for FeatureRef {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}:{}", self.view, self.feature)
+    }
+}
+
+/// One entry of a feature service: a whole view, or some of its features.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureServiceItem {
+    /// Feature view name.
+    pub view: String,
+    /// The chosen features; `None` means all of the view's features.
+    pub features: Option<Vec<String>>,
+}
+
+/// A named list of features that one model consumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureService {
+    /// Unique name.
+    pub name: String,
+    /// The features, in order.
+    pub items: Vec<FeatureServiceItem>,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Who to ask about it.
+    #[serde(default)]
+    pub owner: String,
+    /// Free-form labels.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_refs_parse() {
+        assert_eq!(
+            "user_profile:age".parse(),
+            Ok(FeatureRef {
+                view: "user_profile".into(),
+                feature: "age".into()
+            })
+        );
+        for bad in ["age", ":age", "v:", "a:b:c"] {
+            assert!(bad.parse::<FeatureRef>().is_err(), "{bad}");
+        }
+    }
+}

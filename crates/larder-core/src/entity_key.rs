@@ -1,0 +1,183 @@
+//! Entity keys: the identity of one entity of a feature view.
+
+use std::fmt;
+
+use crate::codec::write_varint;
+use crate::error::CoreError;
+use crate::value::{Value, ValueType};
+
+/// The canonical byte encoding of an entity's join key values, in the order of the feature
+/// view's join keys. Two keys are equal exactly when their join key values are equal.
+///
+/// Each component is a tag byte and its payload: integers as 8 big-endian bytes (int32 is
+/// widened, so `1` is the same key whether it arrived as int32 or int64), strings as a varint
+/// length and UTF-8 bytes.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntityKey(Vec<u8>);
+
+const KEY_TAG_INT: u8 = 1;
+const KEY_TAG_STRING: u8 = 2;
+
+impl EntityKey {
+    /// Encodes join key values. Only integers and strings can be join key values.
+    pub fn from_values(values: &[Value]) -> Result<Self, CoreError> {
+        let mut encoded = Vec::with_capacity(values.len() * 9);
+        for value in values {
+            match value {
+                Value::Int32(number) => push_int(i64::from(*number), &mut encoded),
+                Value::Int64(number) => push_int(*number, &mut encoded),
+                Value::String(text) => push_str(text, &mut encoded),
+                other => {
+                    return Err(CoreError::UnsupportedJoinKeyType(
+                        other.kind_name().to_string(),
+                    ));
+                }
+            }
+        }
+        Ok(Self(encoded))
+    }
+
+    /// A single-column integer key, without building a [`Value`].
+    pub fn from_int(number: i64) -> Self {
+        let mut encoded = Vec::with_capacity(9);
+        push_int(number, &mut encoded);
+        Self(encoded)
+    }
+
+    /// A single-column string key, without building a [`Value`].
+    pub fn from_str_key(text: &str) -> Self {
+        let mut encoded = Vec::with_capacity(text.len() + 2);
+        push_str(text, &mut encoded);
+        Self(encoded)
+    }
+
+    /// Wraps bytes previously produced by [`EntityKey::as_bytes`].
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// The canonical encoding.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Decodes the join key values (integers come back as int64).
+    pub fn values(&self) -> Result<Vec<Value>, CoreError> {
+        let mut values = Vec::new();
+        let mut position = 0;
+        let bytes = &self.0;
+        while position < bytes.len() {
+            let tag = bytes[position];
+            position += 1;
+            match tag {
+                KEY_TAG_INT => {
+                    let slice = bytes
+                        .get(position..position + 8)
+                        .ok_or(CoreError::Corrupt("entity key ends inside an integer"))?;
+                    let mut array = [0u8; 8];
+                    array.copy_from_slice(slice);
+                    values.push(Value::Int64((u64::from_be_bytes(array) ^ (1 << 63)) as i64));
+                    position += 8;
+                }
+                KEY_TAG_STRING => {
+                    let mut length: usize = 0;
+                    let mut shift = 0;
+                    loop {
+                        let byte = *bytes
+                            .get(position)
+                            .ok_or(CoreError::Corrupt("entity key ends inside a length"))?;
+                        position += 1;
+                        length |= usize::from(byte & 0x7f) << shift;
+                        shift += 7;
+                        if byte & 0x80 == 0 || shift > 56 {
+                            break;
+                        }
+                    }
+                    let slice = bytes
+                        .get(position..position + length)
+                        .ok_or(CoreError::Corrupt("entity key ends inside a string"))?;
+                    let text = std::str::from_utf8(slice)
+                        .map_err(|_| CoreError::Corrupt("entity key string is not UTF-8"))?;
+                    values.push(Value::String(text.to_string()));
+                    position += length;
+                }
+                _ => return Err(CoreError::Corrupt("unknown entity key tag")),
+            }
+        }
+        Ok(values)
+    }
+}
+
+fn push_int(number: i64, out: &mut Vec<u8>) {
+    out.push(KEY_TAG_INT);
+    // Flip the sign bit so that byte order matches numeric order.
+    out.extend_from_slice(&((number as u64) ^ (1 << 63)).to_be_bytes());
+}
+
+fn push_str(text: &str, out: &mut Vec<u8>) {
+    out.push(KEY_TAG_STRING);
+    write_varint(text.len() as u64, out);
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// Checks that a declared join key type can identify entities.
+pub fn check_join_key_type(value_type: &ValueType) -> Result<(), CoreError> {
+    if value_type.is_join_key_type() {
+        Ok(())
+    } else {
+        Err(CoreError::UnsupportedJoinKeyType(value_type.to_string()))
+    }
+}
+
+impl fmt::Debug for EntityKey {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "EntityKey({self})")
+    }
+}
+
+impl fmt::Display for EntityKey {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.values() {
+            Ok(values) => {
+                for (index, value) in values.iter().enumerate() {
+                    if index > 0 {
+                        formatter.write_str(",")?;
+                    }
+                    match value {
+                        Value::Int64(number) => write!(formatter, "{number}")?,
+                        Value::String(text) => write!(formatter, "{text:?}")?,
+                        other => write!(formatter, "{other:?}")?,
+                    }
+                }
+                Ok(())
+            }
+            Err(_) => write!(formatter, "<{} corrupt bytes>", self.0.len()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_widen_int32() {
+        let key = EntityKey::from_values(&[Value::Int64(-5), Value::String("fr".to_string())])
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(
+            key.values(),
+            Ok(vec![Value::Int64(-5), Value::String("fr".to_string())])
+        );
+        assert_eq!(
+            EntityKey::from_values(&[Value::Int32(7)]),
+            Ok(EntityKey::from_int(7))
+        );
+        assert_eq!(
+            EntityKey::from_values(&[Value::String("x".into())]),
+            Ok(EntityKey::from_str_key("x"))
+        );
+        assert!(EntityKey::from_values(&[Value::Float64(1.0)]).is_err());
+        assert!(EntityKey::from_int(-1) < EntityKey::from_int(0));
+        assert_eq!(key.to_string(), "-5,\"fr\"");
+    }
+}

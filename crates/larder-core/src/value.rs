@@ -1,0 +1,374 @@
+//! Value types and values.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::CoreError;
+use crate::time::Timestamp;
+
+/// The declared type of a feature or join key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ValueType {
+    /// `bool`
+    Bool,
+    /// `int32`
+    Int32,
+    /// `int64`
+    Int64,
+    /// `float32`
+    Float32,
+    /// `float64`
+    Float64,
+    /// `string` (UTF-8)
+    String,
+    /// `bytes`
+    Bytes,
+    /// `timestamp`: an instant in UTC, microsecond precision
+    Timestamp,
+    /// `list<T>` of a scalar type
+    List(Box<ValueType>),
+    /// `vector<N>`: a float32 embedding of exactly N dimensions
+    Vector(u32),
+}
+
+impl ValueType {
+    /// Whether this type can be an element of `list<T>`.
+    pub fn is_scalar(&self) -> bool {
+        !matches!(self, Self::List(_) | Self::Vector(_))
+    }
+
+    /// Whether values of this type can identify an entity.
+    pub fn is_join_key_type(&self) -> bool {
+        matches!(self, Self::Int32 | Self::Int64 | Self::String)
+    }
+}
+
+impl fmt::Display for ValueType {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bool => formatter.write_str("bool"),
+            Self::Int32 => formatter.write_str("int32"),
+            Self::Int64 => formatter.write_str("int64"),
+            Self::Float32 => formatter.write_str("float32"),
+            Self::Float64 => formatter.write_str("float64"),
+            Self::String => formatter.write_str("string"),
+            Self::Bytes => formatter.write_str("bytes"),
+            Self::Timestamp => formatter.write_str("timestamp"),
+            Self::List(element) => write!(formatter, "list<{element}>"),
+            Self::Vector(dimension) => write!(formatter, "vector<{dimension}>"),
+        }
+    }
+}
+
+impl FromStr for ValueType {
+    type Err = CoreError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let unknown = || CoreError::UnknownType(text.to_string());
+        let normalized = text.trim().to_ascii_lowercase().replace(' ', "");
+        if let Some(inner) = normalized
+            .strip_prefix("list<")
+            .and_then(|rest| rest.strip_suffix('>'))
+        {
+            let element: ValueType = inner.parse().map_err(|_| unknown())?;
+            if !element.is_scalar() {
+                return Err(unknown());
+            }
+            return Ok(Self::List(Box::new(element)));
+        }
+        if let Some(inner) = normalized
+            .strip_prefix("vector<")
+            .and_then(|rest| rest.strip_suffix('>'))
+        {
+            let dimension: u32 = inner.parse().map_err(|_| unknown())?;
+            if dimension == 0 {
+                return Err(unknown());
+            }
+            return Ok(Self::Vector(dimension));
+        }
+        match normalized.as_str() {
+            "bool" | "boolean" => Ok(Self::Bool),
+            "int32" => Ok(Self::Int32),
+            "int64" | "int" => Ok(Self::Int64),
+            "float32" | "float" => Ok(Self::Float32),
+            "float64" | "double" => Ok(Self::Float64),
+            "string" | "str" => Ok(Self::String),
+            "bytes" => Ok(Self::Bytes),
+            "timestamp" | "unix_timestamp" | "unixtimestamp" => Ok(Self::Timestamp),
+            _ => Err(unknown()),
+        }
+    }
+}
+
+impl serde::Serialize for ValueType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ValueType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One feature value. `Null` stands for a missing value of any type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// No value.
+    Null,
+    /// A `bool`.
+    Bool(bool),
+    /// An `int32`.
+    Int32(i32),
+    /// An `int64`.
+    Int64(i64),
+    /// A `float32`.
+    Float32(f32),
+    /// A `float64`.
+    Float64(f64),
+    /// A `string`.
+    String(String),
+    /// A `bytes` value.
+    Bytes(Vec<u8>),
+    /// A `timestamp`.
+    Timestamp(Timestamp),
+    /// A `list<T>`; elements are scalar values (never nested lists).
+    List(Vec<Value>),
+    /// A `vector<N>`.
+    Vector(Vec<f32>),
+}
+
+impl Value {
+    /// A short name of the value's kind, for error messages.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Null => "null",
+            Self::Bool(_) => "bool",
+            Self::Int32(_) => "int32",
+            Self::Int64(_) => "int64",
+            Self::Float32(_) => "float32",
+            Self::Float64(_) => "float64",
+            Self::String(_) => "string",
+            Self::Bytes(_) => "bytes",
+            Self::Timestamp(_) => "timestamp",
+            Self::List(_) => "list",
+            Self::Vector(_) => "vector",
+        }
+    }
+
+    /// Whether the value is `Null`.
+    pub fn is_null(&self) -> bool {
+        matches!(self, Self::Null)
+    }
+
+    /// Whether this value may be stored under the declared type (`Null` always may).
+    pub fn conforms_to(&self, value_type: &ValueType) -> bool {
+        match (self, value_type) {
+            (Self::Null, _) => true,
+            (Self::Bool(_), ValueType::Bool)
+            | (Self::Int32(_), ValueType::Int32)
+            | (Self::Int64(_), ValueType::Int64)
+            | (Self::Float32(_), ValueType::Float32)
+            | (Self::Float64(_), ValueType::Float64)
+            | (Self::String(_), ValueType::String)
+            | (Self::Bytes(_), ValueType::Bytes)
+            | (Self::Timestamp(_), ValueType::Timestamp) => true,
+            (Self::List(elements), ValueType::List(element_type)) => {
+                elements.iter().all(|element| {
+                    !matches!(element, Self::List(_) | Self::Vector(_))
+                        && element.conforms_to(element_type)
+                })
+            }
+            (Self::Vector(components), ValueType::Vector(dimension)) => {
+                components.len() == *dimension as usize
+            }
+            _ => false,
+        }
+    }
+
+    /// Reads a JSON value as the declared type. Integers are accepted for float types and,
+    /// for timestamps, RFC 3339 strings or integer seconds since the epoch.
+    pub fn from_json(json: &serde_json::Value, value_type: &ValueType) -> Result<Self, CoreError> {
+        let mismatch = || CoreError::TypeMismatch {
+            expected: value_type.to_string(),
+            got: json_kind(json).to_string(),
+        };
+        if json.is_null() {
+            return Ok(Self::Null);
+        }
+        let value = match value_type {
+            ValueType::Bool => Self::Bool(json.as_bool().ok_or_else(mismatch)?),
+            ValueType::Int32 => {
+                let wide = json.as_i64().ok_or_else(mismatch)?;
+                Self::Int32(i32::try_from(wide).map_err(|_| CoreError::TypeMismatch {
+                    expected: "int32".to_string(),
+                    got: format!("{wide} (out of range)"),
+                })?)
+            }
+            ValueType::Int64 => Self::Int64(json.as_i64().ok_or_else(mismatch)?),
+            ValueType::Float32 => Self::Float32(json.as_f64().ok_or_else(mismatch)? as f32),
+            ValueType::Float64 => Self::Float64(json.as_f64().ok_or_else(mismatch)?),
+            ValueType::String => Self::String(json.as_str().ok_or_else(mismatch)?.to_string()),
+            ValueType::Bytes => {
+                let text = json.as_str().ok_or_else(mismatch)?;
+                Self::Bytes(crate::codec::base64_decode(text).ok_or_else(|| {
+                    CoreError::TypeMismatch {
+                        expected: "bytes (base64 text)".to_string(),
+                        got: "text that is not base64".to_string(),
+                    }
+                })?)
+            }
+            ValueType::Timestamp => match json {
+                serde_json::Value::String(text) => {
+                    Self::Timestamp(Timestamp::parse(text).ok_or_else(mismatch)?)
+                }
+                serde_json::Value::Number(number) => Self::Timestamp(Timestamp::from_seconds(
+                    number.as_i64().ok_or_else(mismatch)?,
+                )),
+                _ => return Err(mismatch()),
+            },
+            ValueType::List(element_type) => {
+                let elements = json.as_array().ok_or_else(mismatch)?;
+                Self::List(
+                    elements
+                        .iter()
+                        .map(|element| Self::from_json(element, element_type))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            ValueType::Vector(dimension) => {
+                let components = json.as_array().ok_or_else(mismatch)?;
+                if components.len() != *dimension as usize {
+                    return Err(CoreError::TypeMismatch {
+                        expected: value_type.to_string(),
+                        got: format!("an array of {} numbers", components.len()),
+                    });
+                }
+                Self::Vector(
+                    components
+                        .iter()
+                        .map(|component| {
+                            component
+                                .as_f64()
+                                .map(|number| number as f32)
+                                .ok_or_else(mismatch)
+                        })
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+        };
+        Ok(value)
+    }
+}
+
+/// The JSON kind of a value, for error messages.
+pub fn json_kind(json: &serde_json::Value) -> &'static str {
+    match json {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(number) if number.is_f64() => "a decimal number",
+        serde_json::Value::Number(_) => "an integer",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+impl serde::Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Null => serializer.serialize_unit(),
+            Self::Bool(value) => serializer.serialize_bool(*value),
+            Self::Int32(value) => serializer.serialize_i32(*value),
+            Self::Int64(value) => serializer.serialize_i64(*value),
+            Self::Float32(value) if value.is_finite() => serializer.serialize_f32(*value),
+            Self::Float64(value) if value.is_finite() => serializer.serialize_f64(*value),
+            Self::Float32(_) | Self::Float64(_) => serializer.serialize_unit(),
+            Self::String(value) => serializer.serialize_str(value),
+            Self::Bytes(value) => serializer.serialize_str(&crate::codec::base64_encode(value)),
+            Self::Timestamp(value) => serializer.collect_str(value),
+            Self::List(values) => serializer.collect_seq(values),
+            Self::Vector(components) => {
+                serializer.collect_seq(components.iter().map(|component| {
+                    if component.is_finite() {
+                        Self::Float32(*component)
+                    } else {
+                        Self::Null
+                    }
+                }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_types_round_trip_through_text() {
+        for text in [
+            "bool",
+            "int32",
+            "int64",
+            "float32",
+            "float64",
+            "string",
+            "bytes",
+            "timestamp",
+            "list<int64>",
+            "list<string>",
+            "vector<128>",
+        ] {
+            let parsed: ValueType = text
+                .parse()
+                .unwrap_or_else(|error| panic!("{text}: {error}"));
+            assert_eq!(parsed.to_string(), text);
+        }
+        assert_eq!("Float32".parse::<ValueType>(), Ok(ValueType::Float32));
+        for bad in [
+            "float16",
+            "list<list<int64>>",
+            "vector<0>",
+            "vector<x>",
+            "list<>",
+        ] {
+            assert!(
+                bad.parse::<ValueType>().is_err(),
+                "{bad} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn json_values_are_checked_against_the_declared_type() {
+        let json: serde_json::Value = serde_json::json!([1, 2, 3]);
+        assert_eq!(
+            Value::from_json(&json, &ValueType::List(Box::new(ValueType::Int64))),
+            Ok(Value::List(vec![
+                Value::Int64(1),
+                Value::Int64(2),
+                Value::Int64(3)
+            ]))
+        );
+        assert!(Value::from_json(&serde_json::json!("7"), &ValueType::Int64).is_err());
+        assert!(Value::from_json(&serde_json::json!(1.5), &ValueType::Int64).is_err());
+        assert!(
+            Value::from_json(&serde_json::json!(3_000_000_000_i64), &ValueType::Int32).is_err()
+        );
+        assert_eq!(
+            Value::from_json(&serde_json::json!(2), &ValueType::Float64),
+            Ok(Value::Float64(2.0))
+        );
+        assert!(Value::from_json(&serde_json::json!([1.0, 2.0]), &ValueType::Vector(3)).is_err());
+    }
+
+    #[test]
+    fn non_finite_floats_serialize_as_null() {
+        let text = serde_json::to_string(&vec![Value::Float64(f64::NAN), Value::Float32(1.5)])
+            .unwrap_or_default();
+        assert_eq!(text, "[null,1.5]");
+    }
+}

@@ -1,0 +1,13 @@
+//! Ingestion: the one write path that every lane goes through, and the batch lane.
+//!
+//! Batch materialization, streaming and direct writes all hand rows to [`WritePath`], which
+//! validates them against the feature view, stamps the write time and the lane, and writes
+//! them to the online store, whose conditional write keeps the newest event time. So an older
+//! value from any lane never overwrites a newer one, and every stored row carries the same
+//! metadata whatever produced it.
+
+pub mod batch;
+mod write_path;
+
+pub use batch::{MaterializeError, MaterializeProgress, MaterializeReport, materialize_view};
+pub use write_path::{FeatureRow, WriteError, WritePath};

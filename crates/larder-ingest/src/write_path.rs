@@ -1,0 +1,362 @@
+//! The write path shared by every ingestion lane.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use larder_core::{EntityKey, FeatureView, Timestamp, Value, WriteLane, codec};
+use larder_online::{OnlineRow, OnlineStoreError, SharedOnlineStore, WriteSummary};
+
+/// One entity's feature values at one event time, in the view's declared feature order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureRow {
+    /// The entity.
+    pub entity_key: EntityKey,
+    /// When the values were true.
+    pub event_timestamp: Timestamp,
+    /// One value per feature of the view, in declared order (`Null` for missing).
+    pub values: Vec<Value>,
+}
+
+/// Why a write was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// A row does not fit the view's schema; nothing of the batch was written.
+    #[error("feature view '{view}', row {row}: {message}")]
+    InvalidRow {
+        /// The view.
+        view: String,
+        /// Index of the row in the batch.
+        row: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The online store failed; any subset of the batch may have been written, and
+    /// retrying the batch is safe.
+    #[error(transparent)]
+    Store(#[from] OnlineStoreError),
+}
+
+/// The one component through which every lane writes online.
+#[derive(Debug)]
+pub struct WritePath {
+    store: SharedOnlineStore,
+    last_write_micros: AtomicI64,
+}
+
+impl WritePath {
+    /// A write path over an online store.
+    pub fn new(store: SharedOnlineStore) -> Self {
+        Self {
+            store,
+            last_write_micros: AtomicI64::new(0),
+        }
+    }
+
+    /// The online store it writes to.
+    pub fn store(&self) -> &SharedOnlineStore {
+        &self.store
+    }
+
+    /// A write timestamp that is strictly greater than every one this write path handed out
+    /// before, and close to the wall clock.
+    fn next_write_timestamp(&self) -> Timestamp {
+        let now = Timestamp::now().as_micros();
+        let mut previous = self.last_write_micros.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(previous + 1);
+            match self.last_write_micros.compare_exchange_weak(
+                previous,
+                next,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Timestamp(next),
+                Err(current) => previous = current,
+            }
+        }
+    }
+
+    /// Checks every row against the view's schema without writing anything.
+    pub fn validate(view: &FeatureView, rows: &[FeatureRow]) -> Result<(), WriteError> {
+        for (index, row) in rows.iter().enumerate() {
+            let invalid = |message: String| WriteError::InvalidRow {
+                view: view.name.clone(),
+                row: index,
+                message,
+            };
+            if row.values.len() != view.features.len() {
+                return Err(invalid(format!(
+                    "expected {} values, got {}",
+                    view.features.len(),
+                    row.values.len()
+                )));
+            }
+            for (value, feature) in row.values.iter().zip(&view.features) {
+                if !value.conforms_to(&feature.dtype) {
+                    return Err(invalid(format!(
+                        "feature '{}' expects {}, got {}",
+                        feature.name,
+                        feature.dtype,
+                        value.kind_name()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes rows of one feature view from one lane.
+    ///
+    /// The whole batch is validated first: one bad row refuses the batch and nothing is
+    /// written. Within the batch only the newest row per entity is sent (at equal event times,
+    /// the later one); the online store then applies each row only if it is not older than
+    /// the stored one, atomically, so concurrent lanes cannot regress a value.
+    pub async fn write(
+        &self,
+        view: &FeatureView,
+        lane: WriteLane,
+        rows: Vec<FeatureRow>,
+    ) -> Result<WriteSummary, WriteError> {
+        Self::validate(view, &rows)?;
+        let received = rows.len() as u64;
+        let newest = Self::keep_newest_per_entity(rows);
+        let superseded_in_batch = received - newest.len() as u64;
+        let write_timestamp = self.next_write_timestamp();
+        let online_rows: Vec<OnlineRow> = newest
+            .into_iter()
+            .map(|row| OnlineRow {
+                entity_key: row.entity_key,
+                event_timestamp: row.event_timestamp,
+                write_timestamp,
+                lane,
+                values: codec::encode_row_to_vec(&row.values),
+            })
+            .collect();
+        if online_rows.is_empty() {
+            return Ok(WriteSummary {
+                written: 0,
+                skipped_stale: superseded_in_batch,
+            });
+        }
+        let mut summary = self.store.write_rows(&view.id(), online_rows).await?;
+        summary.skipped_stale += superseded_in_batch;
+        Ok(summary)
+    }
+
+    fn keep_newest_per_entity(rows: Vec<FeatureRow>) -> Vec<FeatureRow> {
+        let mut position_by_key: HashMap<EntityKey, usize> = HashMap::with_capacity(rows.len());
+        let mut kept: Vec<FeatureRow> = Vec::with_capacity(rows.len());
+        for row in rows {
+            match position_by_key.get(&row.entity_key) {
+                Some(&position) => {
+                    if row.event_timestamp >= kept[position].event_timestamp {
+                        kept[position] = row;
+                    }
+                }
+                None => {
+                    position_by_key.insert(row.entity_key.clone(), kept.len());
+                    kept.push(row);
+                }
+            }
+        }
+        kept
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use larder_core::{Feature, FeatureViewId, JoinKey, ValueType};
+    use larder_online::MemoryOnlineStore;
+
+    use super::*;
+
+    fn view() -> FeatureView {
+        FeatureView {
+            name: "user_stats".into(),
+            version: 1,
+            entities: vec!["user".into()],
+            join_keys: vec![JoinKey {
+                name: "user_id".into(),
+                dtype: ValueType::Int64,
+            }],
+            source: "events".into(),
+            transformation: None,
+            transformation_path: None,
+            timestamp_field: "event_timestamp".into(),
+            features: vec![
+                Feature {
+                    name: "clicks".into(),
+                    dtype: ValueType::Int64,
+                    description: String::new(),
+                },
+                Feature {
+                    name: "country".into(),
+                    dtype: ValueType::String,
+                    description: String::new(),
+                },
+            ],
+            ttl: None,
+            online: true,
+            offline: true,
+            owner: String::new(),
+            tier: None,
+            tags: Default::default(),
+            description: String::new(),
+            freshness_sla: None,
+        }
+    }
+
+    fn row(user: i64, event_seconds: i64, clicks: i64) -> FeatureRow {
+        FeatureRow {
+            entity_key: EntityKey::from_int(user),
+            event_timestamp: Timestamp::from_seconds(event_seconds),
+            values: vec![Value::Int64(clicks), Value::String("fr".into())],
+        }
+    }
+
+    async fn stored_clicks(
+        write_path: &WritePath,
+        id: &FeatureViewId,
+        user: i64,
+    ) -> Option<(i64, WriteLane)> {
+        let rows = write_path
+            .store()
+            .read_rows(id, &[EntityKey::from_int(user)])
+            .await
+            .unwrap();
+        rows.into_iter().next().flatten().map(|stored| {
+            let values = codec::decode_row(&stored.values).unwrap();
+            match values[0] {
+                Value::Int64(clicks) => (clicks, stored.lane),
+                _ => panic!("unexpected value {values:?}"),
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn an_older_value_from_any_lane_never_overwrites_a_newer_one() {
+        let write_path = WritePath::new(Arc::new(MemoryOnlineStore::new()));
+        let view = view();
+        write_path
+            .write(&view, WriteLane::Stream, vec![row(1, 200, 20)])
+            .await
+            .unwrap();
+        let summary = write_path
+            .write(&view, WriteLane::Batch, vec![row(1, 100, 10)])
+            .await
+            .unwrap();
+        assert_eq!(
+            summary,
+            WriteSummary {
+                written: 0,
+                skipped_stale: 1
+            }
+        );
+        assert_eq!(
+            stored_clicks(&write_path, &view.id(), 1).await,
+            Some((20, WriteLane::Stream))
+        );
+        write_path
+            .write(&view, WriteLane::Direct, vec![row(1, 300, 30)])
+            .await
+            .unwrap();
+        assert_eq!(
+            stored_clicks(&write_path, &view.id(), 1).await,
+            Some((30, WriteLane::Direct))
+        );
+    }
+
+    #[tokio::test]
+    async fn at_equal_event_time_the_later_write_wins() {
+        let write_path = WritePath::new(Arc::new(MemoryOnlineStore::new()));
+        let view = view();
+        write_path
+            .write(&view, WriteLane::Batch, vec![row(7, 100, 1)])
+            .await
+            .unwrap();
+        let summary = write_path
+            .write(&view, WriteLane::Direct, vec![row(7, 100, 2)])
+            .await
+            .unwrap();
+        assert_eq!(
+            summary.written, 1,
+            "a correction that keeps its event time must land"
+        );
+        assert_eq!(
+            stored_clicks(&write_path, &view.id(), 7).await,
+            Some((2, WriteLane::Direct))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_keeps_only_the_newest_row_per_entity() {
+        let write_path = WritePath::new(Arc::new(MemoryOnlineStore::new()));
+        let view = view();
+        let summary = write_path
+            .write(
+                &view,
+                WriteLane::Batch,
+                vec![row(1, 300, 3), row(1, 100, 1), row(1, 300, 4), row(2, 5, 9)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            summary,
+            WriteSummary {
+                written: 2,
+                skipped_stale: 2
+            }
+        );
+        assert_eq!(
+            stored_clicks(&write_path, &view.id(), 1).await,
+            Some((4, WriteLane::Batch))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_row_refuses_the_whole_batch() {
+        let write_path = WritePath::new(Arc::new(MemoryOnlineStore::new()));
+        let view = view();
+        let mut bad = row(2, 100, 1);
+        bad.values[0] = Value::String("many".into());
+        let error = write_path
+            .write(&view, WriteLane::Direct, vec![row(1, 100, 1), bad])
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("row 1: feature 'clicks' expects int64, got string"),
+            "{error}"
+        );
+        assert_eq!(
+            stored_clicks(&write_path, &view.id(), 1).await,
+            None,
+            "nothing of the batch may be written"
+        );
+        let short = FeatureRow {
+            values: vec![Value::Int64(1)],
+            ..row(3, 1, 1)
+        };
+        assert!(
+            write_path
+                .write(&view, WriteLane::Direct, vec![short])
+                .await
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn write_timestamps_strictly_increase() {
+        let write_path = WritePath::new(Arc::new(MemoryOnlineStore::new()));
+        let mut previous = write_path.next_write_timestamp();
+        for _ in 0..1000 {
+            let next = write_path.next_write_timestamp();
+            assert!(next > previous);
+            previous = next;
+        }
+    }
+}

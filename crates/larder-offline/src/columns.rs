@@ -1,0 +1,305 @@
+//! Reading Arrow columns as Larder values.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, FixedSizeListArray, Float32Array, Float64Array,
+    Int32Array, Int64Array, ListArray, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow::compute::{CastOptions, cast_with_options};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use larder_core::{EntityKey, FeatureView, Timestamp, Value, ValueType};
+
+use crate::OfflineError;
+use crate::arrow_types::arrow_type_of;
+
+/// A column cast to the canonical Arrow type of its Larder type, ready to read row by row.
+#[derive(Debug, Clone)]
+pub enum CanonicalColumn {
+    /// `bool`
+    Bool(BooleanArray),
+    /// `int32`
+    Int32(Int32Array),
+    /// `int64`
+    Int64(Int64Array),
+    /// `float32`
+    Float32(Float32Array),
+    /// `float64`
+    Float64(Float64Array),
+    /// `string`
+    String(StringArray),
+    /// `bytes`
+    Bytes(BinaryArray),
+    /// `timestamp`
+    Timestamp(TimestampMicrosecondArray),
+    /// `list<T>`
+    List(ListArray, ValueType),
+    /// `vector<N>`
+    Vector(FixedSizeListArray),
+}
+
+fn downcast<T: Clone + 'static>(array: &ArrayRef, column_name: &str) -> Result<T, OfflineError> {
+    array.as_any().downcast_ref::<T>().cloned().ok_or_else(|| {
+        OfflineError::Schema(format!(
+            "column '{column_name}' has an unexpected Arrow layout after casting"
+        ))
+    })
+}
+
+impl CanonicalColumn {
+    /// Casts `array` to the canonical type of `value_type`. Values that do not fit (an int64
+    /// too large for int32, text that is not a number) are an error, never silently nulled.
+    pub fn from_array(
+        array: &ArrayRef,
+        value_type: &ValueType,
+        column_name: &str,
+    ) -> Result<Self, OfflineError> {
+        let target = arrow_type_of(value_type);
+        let cast_array = if array.data_type() == &target {
+            Arc::clone(array)
+        } else {
+            let options = CastOptions {
+                safe: false,
+                ..CastOptions::default()
+            };
+            cast_with_options(array, &target, &options).map_err(|source| OfflineError::Arrow {
+                context: format!(
+                    "column '{column_name}' ({}) cannot be read as {value_type}",
+                    array.data_type()
+                ),
+                source,
+            })?
+        };
+        let column = match value_type {
+            ValueType::Bool => Self::Bool(downcast(&cast_array, column_name)?),
+            ValueType::Int32 => Self::Int32(downcast(&cast_array, column_name)?),
+            ValueType::Int64 => Self::Int64(downcast(&cast_array, column_name)?),
+            ValueType::Float32 => Self::Float32(downcast(&cast_array, column_name)?),
+            ValueType::Float64 => Self::Float64(downcast(&cast_array, column_name)?),
+            ValueType::String => Self::String(downcast(&cast_array, column_name)?),
+            ValueType::Bytes => Self::Bytes(downcast(&cast_array, column_name)?),
+            ValueType::Timestamp => Self::Timestamp(downcast(&cast_array, column_name)?),
+            ValueType::List(element) => {
+                Self::List(downcast(&cast_array, column_name)?, (**element).clone())
+            }
+            ValueType::Vector(_) => Self::Vector(downcast(&cast_array, column_name)?),
+        };
+        Ok(column)
+    }
+
+    /// The Arrow array, in its canonical type.
+    pub fn array(&self) -> ArrayRef {
+        match self {
+            Self::Bool(array) => Arc::new(array.clone()),
+            Self::Int32(array) => Arc::new(array.clone()),
+            Self::Int64(array) => Arc::new(array.clone()),
+            Self::Float32(array) => Arc::new(array.clone()),
+            Self::Float64(array) => Arc::new(array.clone()),
+            Self::String(array) => Arc::new(array.clone()),
+            Self::Bytes(array) => Arc::new(array.clone()),
+            Self::Timestamp(array) => Arc::new(array.clone()),
+            Self::List(array, _) => Arc::new(array.clone()),
+            Self::Vector(array) => Arc::new(array.clone()),
+        }
+    }
+
+    /// The value at `row` (`Null` where the column is null). `row` must be in bounds.
+    pub fn value(&self, row: usize) -> Value {
+        let is_null = match self {
+            Self::Bool(array) => array.is_null(row),
+            Self::Int32(array) => array.is_null(row),
+            Self::Int64(array) => array.is_null(row),
+            Self::Float32(array) => array.is_null(row),
+            Self::Float64(array) => array.is_null(row),
+            Self::String(array) => array.is_null(row),
+            Self::Bytes(array) => array.is_null(row),
+            Self::Timestamp(array) => array.is_null(row),
+            Self::List(array, _) => array.is_null(row),
+            Self::Vector(array) => array.is_null(row),
+        };
+        if is_null {
+            return Value::Null;
+        }
+        match self {
+            Self::Bool(array) => Value::Bool(array.value(row)),
+            Self::Int32(array) => Value::Int32(array.value(row)),
+            Self::Int64(array) => Value::Int64(array.value(row)),
+            Self::Float32(array) => Value::Float32(array.value(row)),
+            Self::Float64(array) => Value::Float64(array.value(row)),
+            Self::String(array) => Value::String(array.value(row).to_string()),
+            Self::Bytes(array) => Value::Bytes(array.value(row).to_vec()),
+            Self::Timestamp(array) => Value::Timestamp(Timestamp(array.value(row))),
+            Self::List(array, element_type) => {
+                let elements = array.value(row);
+                match Self::from_array(&elements, element_type, "list element") {
+                    Ok(column) => Value::List(
+                        (0..elements.len())
+                            .map(|index| column.value(index))
+                            .collect(),
+                    ),
+                    Err(_) => Value::Null,
+                }
+            }
+            Self::Vector(array) => {
+                let components = array.value(row);
+                match components.as_any().downcast_ref::<Float32Array>() {
+                    Some(floats) => Value::Vector(floats.values().to_vec()),
+                    None => Value::Null,
+                }
+            }
+        }
+    }
+}
+
+/// One batch of a feature view's rows, cast to the view's canonical schema:
+/// join keys, then the event timestamp, then the features in declared order.
+#[derive(Debug, Clone)]
+pub struct ViewBatch {
+    join_keys: Vec<CanonicalColumn>,
+    timestamps: TimestampMicrosecondArray,
+    features: Vec<CanonicalColumn>,
+    batch: RecordBatch,
+}
+
+impl ViewBatch {
+    /// The canonical Arrow schema of a view's rows.
+    pub fn schema_of(view: &FeatureView) -> SchemaRef {
+        let mut fields = Vec::with_capacity(view.join_keys.len() + 1 + view.features.len());
+        for join_key in &view.join_keys {
+            fields.push(Field::new(
+                &join_key.name,
+                arrow_type_of(&join_key.dtype),
+                false,
+            ));
+        }
+        fields.push(Field::new(
+            &view.timestamp_field,
+            arrow_type_of(&ValueType::Timestamp),
+            false,
+        ));
+        for feature in &view.features {
+            fields.push(Field::new(
+                &feature.name,
+                arrow_type_of(&feature.dtype),
+                true,
+            ));
+        }
+        Arc::new(Schema::new(fields))
+    }
+
+    /// Projects and casts a transformation's output batch to the view's canonical schema.
+    /// Rows with a null join key or a null event timestamp are an error: they can never be
+    /// served or joined, and dropping them silently would lose data.
+    pub fn from_batch(view: &FeatureView, batch: &RecordBatch) -> Result<Self, OfflineError> {
+        let column = |name: &str| -> Result<&ArrayRef, OfflineError> {
+            batch.column_by_name(name).ok_or_else(|| {
+                OfflineError::Schema(format!(
+                    "feature view '{}': the transformation output has no column '{name}'",
+                    view.name
+                ))
+            })
+        };
+        let mut join_keys = Vec::with_capacity(view.join_keys.len());
+        for join_key in &view.join_keys {
+            let key_column = CanonicalColumn::from_array(
+                column(&join_key.name)?,
+                &join_key.dtype,
+                &join_key.name,
+            )?;
+            if key_column.array().null_count() > 0 {
+                return Err(OfflineError::Schema(format!(
+                    "feature view '{}': join key column '{}' has {} null values",
+                    view.name,
+                    join_key.name,
+                    key_column.array().null_count()
+                )));
+            }
+            join_keys.push(key_column);
+        }
+        let timestamps = match CanonicalColumn::from_array(
+            column(&view.timestamp_field)?,
+            &ValueType::Timestamp,
+            &view.timestamp_field,
+        )? {
+            CanonicalColumn::Timestamp(array) => array,
+            _ => {
+                return Err(OfflineError::Schema(
+                    "timestamp column did not cast to a timestamp".to_string(),
+                ));
+            }
+        };
+        if timestamps.null_count() > 0 {
+            return Err(OfflineError::Schema(format!(
+                "feature view '{}': timestamp column '{}' has {} null values",
+                view.name,
+                view.timestamp_field,
+                timestamps.null_count()
+            )));
+        }
+        let mut features = Vec::with_capacity(view.features.len());
+        for feature in &view.features {
+            features.push(CanonicalColumn::from_array(
+                column(&feature.name)?,
+                &feature.dtype,
+                &feature.name,
+            )?);
+        }
+        let mut arrays: Vec<ArrayRef> = join_keys.iter().map(CanonicalColumn::array).collect();
+        arrays.push(Arc::new(timestamps.clone()));
+        arrays.extend(features.iter().map(CanonicalColumn::array));
+        let canonical = RecordBatch::try_new(Self::schema_of(view), arrays).map_err(|source| {
+            OfflineError::Arrow {
+                context: format!("feature view '{}': building the canonical batch", view.name),
+                source,
+            }
+        })?;
+        Ok(Self {
+            join_keys,
+            timestamps,
+            features,
+            batch: canonical,
+        })
+    }
+
+    /// Number of rows.
+    pub fn num_rows(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    /// The batch in the view's canonical schema.
+    pub fn record_batch(&self) -> &RecordBatch {
+        &self.batch
+    }
+
+    /// The entity key of a row.
+    pub fn entity_key(&self, row: usize) -> Result<EntityKey, larder_core::CoreError> {
+        if let [single] = self.join_keys.as_slice() {
+            match single {
+                CanonicalColumn::Int64(array) => return Ok(EntityKey::from_int(array.value(row))),
+                CanonicalColumn::String(array) => {
+                    return Ok(EntityKey::from_str_key(array.value(row)));
+                }
+                _ => {}
+            }
+        }
+        let values: Vec<Value> = self
+            .join_keys
+            .iter()
+            .map(|column| column.value(row))
+            .collect();
+        EntityKey::from_values(&values)
+    }
+
+    /// The event timestamp of a row.
+    pub fn event_timestamp(&self, row: usize) -> Timestamp {
+        Timestamp(self.timestamps.value(row))
+    }
+
+    /// The feature values of a row, in declared order.
+    pub fn feature_values(&self, row: usize) -> Vec<Value> {
+        self.features
+            .iter()
+            .map(|column| column.value(row))
+            .collect()
+    }
+}

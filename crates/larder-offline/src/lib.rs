@@ -1,0 +1,53 @@
+//! The offline side of Larder: batch transformations with DataFusion over Parquet and CSV
+//! sources, the Parquet offline store, and the conversions between Arrow columns and
+//! Larder values that every batch path shares.
+
+mod arrow_types;
+mod columns;
+mod engine;
+mod parquet_store;
+
+pub use arrow_types::{arrow_type_of, value_type_of};
+pub use columns::{CanonicalColumn, ViewBatch};
+pub use engine::{TimeWindow, TransformEngine};
+pub use parquet_store::{OfflineStore, OfflineWriteSummary, OfflineWriter, ParquetOfflineStore};
+
+/// Errors of the offline side.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    /// A SQL transformation or a source that DataFusion refused (the user's to fix).
+    #[error("{context}: {source}")]
+    Query {
+        /// What was being done, e.g. `feature view 'user_activity' (user_activity.sql)`.
+        context: String,
+        /// DataFusion's error.
+        source: datafusion::error::DataFusionError,
+    },
+    /// Output that does not fit the declared schema.
+    #[error("{0}")]
+    Schema(String),
+    /// A file that could not be read or written.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Parquet encoding failed.
+    #[error("writing parquet {path}: {source}")]
+    Parquet {
+        /// The file.
+        path: String,
+        /// The Parquet error.
+        source: parquet::errors::ParquetError,
+    },
+    /// An Arrow kernel failed.
+    #[error("{context}: {source}")]
+    Arrow {
+        /// What was being done.
+        context: String,
+        /// The Arrow error.
+        source: arrow::error::ArrowError,
+    },
+}

@@ -1,0 +1,261 @@
+//! The offline store: every materialized row of every feature view version, as Parquet files
+//! partitioned by event date.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::compute::take_record_batch;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use larder_core::FeatureView;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+use crate::OfflineError;
+use crate::columns::ViewBatch;
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// What one offline write stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OfflineWriteSummary {
+    /// Rows written.
+    pub rows: u64,
+    /// Parquet files written.
+    pub files: u64,
+    /// Date partitions written.
+    pub partitions: u64,
+}
+
+/// Receives the rows of one materialization of one view version. Nothing is visible to
+/// readers until [`OfflineWriter::commit`]; dropping the writer abandons the write.
+pub trait OfflineWriter: Send {
+    /// Adds a batch of rows (in the view's canonical schema).
+    fn write(&mut self, batch: &ViewBatch) -> Result<(), OfflineError>;
+    /// Makes the written rows visible, replacing the view version's previous rows.
+    fn commit(self: Box<Self>) -> Result<OfflineWriteSummary, OfflineError>;
+}
+
+/// Where feature rows are kept for training and backfills.
+#[async_trait::async_trait]
+pub trait OfflineStore: Send + Sync + std::fmt::Debug {
+    /// Starts replacing the rows of a view version.
+    fn begin_write(&self, view: &FeatureView) -> Result<Box<dyn OfflineWriter>, OfflineError>;
+
+    /// Registers a view version's rows as a DataFusion table; returns `false` if the view has
+    /// never been materialized.
+    async fn register_view(
+        &self,
+        context: &SessionContext,
+        view: &FeatureView,
+        table_name: &str,
+    ) -> Result<bool, OfflineError>;
+}
+
+/// The offline store on local Parquet files: `{root}/{view}/v{version}/date=YYYY-MM-DD/*.parquet`.
+#[derive(Debug, Clone)]
+pub struct ParquetOfflineStore {
+    root: PathBuf,
+}
+
+impl ParquetOfflineStore {
+    /// A store rooted at `root` (created on first write).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The folder of a view version's rows.
+    pub fn view_path(&self, view: &FeatureView) -> PathBuf {
+        self.root
+            .join(&view.name)
+            .join(format!("v{}", view.version))
+    }
+}
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> OfflineError {
+    let context = context.into();
+    move |source| OfflineError::Io { context, source }
+}
+
+#[async_trait::async_trait]
+impl OfflineStore for ParquetOfflineStore {
+    fn begin_write(&self, view: &FeatureView) -> Result<Box<dyn OfflineWriter>, OfflineError> {
+        let final_path = self.view_path(view);
+        let parent = final_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
+        std::fs::create_dir_all(&parent)
+            .map_err(io_error(format!("creating {}", parent.display())))?;
+        let unique = format!(
+            "{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        );
+        let staging_path = parent.join(format!(".v{}.staging-{unique}", view.version));
+        std::fs::create_dir_all(&staging_path)
+            .map_err(io_error(format!("creating {}", staging_path.display())))?;
+        Ok(Box::new(ParquetViewWriter {
+            schema: ViewBatch::schema_of(view),
+            staging_path,
+            final_path,
+            writers: BTreeMap::new(),
+            rows: 0,
+            committed: false,
+        }))
+    }
+
+    async fn register_view(
+        &self,
+        context: &SessionContext,
+        view: &FeatureView,
+        table_name: &str,
+    ) -> Result<bool, OfflineError> {
+        let path = self.view_path(view);
+        if !path.exists() {
+            return Ok(false);
+        }
+        let schema = ViewBatch::schema_of(view);
+        let options = ParquetReadOptions {
+            schema: Some(schema.as_ref()),
+            ..ParquetReadOptions::default()
+        };
+        context
+            .register_parquet(table_name, path.to_string_lossy().as_ref(), options)
+            .await
+            .map_err(|source| OfflineError::Query {
+                context: format!("offline rows of feature view '{}'", view.name),
+                source,
+            })?;
+        Ok(true)
+    }
+}
+
+struct ParquetViewWriter {
+    schema: arrow::datatypes::SchemaRef,
+    staging_path: PathBuf,
+    final_path: PathBuf,
+    writers: BTreeMap<i64, (PathBuf, ArrowWriter<File>)>,
+    rows: u64,
+    committed: bool,
+}
+
+impl ParquetViewWriter {
+    fn write_day(&mut self, day: i64, batch: &RecordBatch) -> Result<(), OfflineError> {
+        if !self.writers.contains_key(&day) {
+            let date = chrono::DateTime::from_timestamp_micros(day * MICROS_PER_DAY)
+                .map(|datetime| datetime.format("%Y-%m-%d").to_string())
+                .unwrap_or_else(|| format!("day{day}"));
+            let folder = self.staging_path.join(format!("date={date}"));
+            std::fs::create_dir_all(&folder)
+                .map_err(io_error(format!("creating {}", folder.display())))?;
+            let path = folder.join("part-00000.parquet");
+            let file =
+                File::create(&path).map_err(io_error(format!("creating {}", path.display())))?;
+            let properties = WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .set_max_row_group_row_count(Some(256 * 1024))
+                .build();
+            let writer = ArrowWriter::try_new(file, Arc::clone(&self.schema), Some(properties))
+                .map_err(|source| OfflineError::Parquet {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            self.writers.insert(day, (path, writer));
+        }
+        if let Some((path, writer)) = self.writers.get_mut(&day) {
+            writer
+                .write(batch)
+                .map_err(|source| OfflineError::Parquet {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+impl OfflineWriter for ParquetViewWriter {
+    fn write(&mut self, batch: &ViewBatch) -> Result<(), OfflineError> {
+        let rows = batch.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        self.rows += rows as u64;
+        let days: Vec<i64> = (0..rows)
+            .map(|row| {
+                batch
+                    .event_timestamp(row)
+                    .as_micros()
+                    .div_euclid(MICROS_PER_DAY)
+            })
+            .collect();
+        let record_batch = batch.record_batch();
+        if days.iter().all(|day| *day == days[0]) {
+            return self.write_day(days[0], record_batch);
+        }
+        let mut rows_by_day: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (row, day) in days.iter().enumerate() {
+            rows_by_day.entry(*day).or_default().push(row as u32);
+        }
+        for (day, indices) in rows_by_day {
+            let taken =
+                take_record_batch(record_batch, &UInt32Array::from(indices)).map_err(|source| {
+                    OfflineError::Arrow {
+                        context: "splitting rows by date".to_string(),
+                        source,
+                    }
+                })?;
+            self.write_day(day, &taken)?;
+        }
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<OfflineWriteSummary, OfflineError> {
+        let writers = std::mem::take(&mut self.writers);
+        let partitions = writers.len() as u64;
+        for (_, (path, writer)) in writers {
+            let file = writer
+                .into_inner()
+                .map_err(|source| OfflineError::Parquet {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            file.sync_all()
+                .map_err(io_error(format!("syncing {}", path.display())))?;
+        }
+        let old_path = self.staging_path.with_extension("old");
+        if self.final_path.exists() {
+            std::fs::rename(&self.final_path, &old_path).map_err(io_error(format!(
+                "moving {} aside",
+                self.final_path.display()
+            )))?;
+        }
+        std::fs::rename(&self.staging_path, &self.final_path).map_err(io_error(format!(
+            "publishing {}",
+            self.final_path.display()
+        )))?;
+        self.committed = true;
+        if old_path.exists() {
+            std::fs::remove_dir_all(&old_path)
+                .map_err(io_error(format!("removing {}", old_path.display())))?;
+        }
+        Ok(OfflineWriteSummary {
+            rows: self.rows,
+            files: partitions,
+            partitions,
+        })
+    }
+}
+
+impl Drop for ParquetViewWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Abandoned: nothing was published, so the staging folder is garbage.
+            let _ = std::fs::remove_dir_all(&self.staging_path);
+        }
+    }
+}

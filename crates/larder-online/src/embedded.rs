@@ -1,0 +1,739 @@
+//! The embedded online store: a single redb file, for one-machine deployments and the demo.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use larder_core::{EntityKey, FeatureViewId, Timestamp, WriteLane};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::{OnlineRow, OnlineStore, OnlineStoreError, WriteSummary};
+
+/// The backend name in errors and metrics.
+const BACKEND_NAME: &str = "embedded";
+
+/// Length of the header stored before the encoded values of every row: event timestamp
+/// (i64 LE), write timestamp (i64 LE), lane code (u8).
+const STORED_ROW_HEADER_LENGTH: usize = 17;
+
+/// The redb table type of every feature view table: entity key bytes to stored row bytes.
+type RowTableDefinition<'name> = TableDefinition<'name, &'static [u8], &'static [u8]>;
+
+/// An online store in one redb database file on local disk.
+///
+/// Each feature view version is a redb table named `fv/{name}/v{version}`, keyed by the
+/// entity key's canonical bytes. A stored value is a 17-byte header (event timestamp and write
+/// timestamp as little-endian `i64`, then the lane code) followed by the encoded values.
+///
+/// Every batch write is one redb write transaction committed with immediate durability: when
+/// [`OnlineStore::write_rows`] returns, the whole batch is on disk, and a crash (even a
+/// `SIGKILL` halfway through a commit) leaves either all of a batch or none of it. Writes are
+/// serialized by redb (one write transaction at a time), which makes the compare-and-write of
+/// every key atomic. Reads run in parallel with each other and with writes, each batch read in
+/// one read transaction (a consistent snapshot). All redb calls run on tokio's blocking pool.
+///
+/// Only one process may open the file at a time; another process gets
+/// [`OnlineStoreError::Locked`]. Within a process, share one store (it is cheap to clone)
+/// instead of opening the file twice: a second open of an already open file fails as well.
+#[derive(Clone)]
+pub struct EmbeddedOnlineStore {
+    database: Arc<redb::Database>,
+    path: PathBuf,
+}
+
+impl fmt::Debug for EmbeddedOnlineStore {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("EmbeddedOnlineStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedOnlineStore {
+    /// Opens the database file at `path`, creating it and its parent directories if needed.
+    ///
+    /// After a crash, opening repairs the file first, which reads all of it. This blocks the
+    /// calling thread on file I/O: call it at startup, or inside `spawn_blocking`.
+    ///
+    /// Returns [`OnlineStoreError::Locked`] if the file is open in another process (or
+    /// already open in this one).
+    pub fn open(path: &Path) -> Result<Self, OnlineStoreError> {
+        if let Some(parent_directory) = path.parent()
+            && !parent_directory.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent_directory).map_err(|error| {
+                OnlineStoreError::Internal {
+                    backend: BACKEND_NAME,
+                    message: format!(
+                        "cannot create directory {}: {error}",
+                        parent_directory.display()
+                    ),
+                }
+            })?;
+        }
+        let database = redb::Database::create(path).map_err(|error| match error {
+            redb::DatabaseError::DatabaseAlreadyOpen
+            | redb::DatabaseError::LockProtocolMismatch => OnlineStoreError::Locked {
+                path: path.display().to_string(),
+            },
+            other => map_redb_error(&format!("cannot open {}", path.display()), other),
+        })?;
+        Ok(Self {
+            database: Arc::new(database),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs blocking redb work on tokio's blocking pool with a handle to the database.
+    async fn run_blocking<Output, Work>(&self, work: Work) -> Result<Output, OnlineStoreError>
+    where
+        Output: Send + 'static,
+        Work: FnOnce(&redb::Database) -> Result<Output, OnlineStoreError> + Send + 'static,
+    {
+        let database = Arc::clone(&self.database);
+        tokio::task::spawn_blocking(move || work(&database))
+            .await
+            .map_err(|join_error| OnlineStoreError::Internal {
+                backend: BACKEND_NAME,
+                message: format!("blocking task failed: {join_error}"),
+            })?
+    }
+}
+
+#[async_trait::async_trait]
+impl OnlineStore for EmbeddedOnlineStore {
+    fn backend_name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    async fn write_rows(
+        &self,
+        table: &FeatureViewId,
+        rows: Vec<OnlineRow>,
+    ) -> Result<WriteSummary, OnlineStoreError> {
+        if rows.is_empty() {
+            return Ok(WriteSummary::default());
+        }
+        let table_name = redb_table_name(table);
+        self.run_blocking(move |database| {
+            write_rows_in_one_transaction(database, &table_name, &rows)
+        })
+        .await
+    }
+
+    async fn read_rows(
+        &self,
+        table: &FeatureViewId,
+        keys: &[EntityKey],
+    ) -> Result<Vec<Option<OnlineRow>>, OnlineStoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table_name = redb_table_name(table);
+        let keys = keys.to_vec();
+        self.run_blocking(move |database| read_rows_in_one_transaction(database, &table_name, keys))
+            .await
+    }
+
+    async fn delete_rows(
+        &self,
+        table: &FeatureViewId,
+        keys: &[EntityKey],
+    ) -> Result<u64, OnlineStoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let table_name = redb_table_name(table);
+        let keys = keys.to_vec();
+        self.run_blocking(move |database| {
+            delete_rows_in_one_transaction(database, &table_name, &keys)
+        })
+        .await
+    }
+
+    async fn drop_table(&self, table: &FeatureViewId) -> Result<(), OnlineStoreError> {
+        let table_name = redb_table_name(table);
+        self.run_blocking(move |database| drop_table_in_one_transaction(database, &table_name))
+            .await
+    }
+}
+
+/// The redb table name of a feature view version.
+fn redb_table_name(table: &FeatureViewId) -> String {
+    format!("fv/{}/v{}", table.name, table.version)
+}
+
+/// Starts a write transaction that commits with immediate durability.
+fn begin_durable_write(
+    database: &redb::Database,
+) -> Result<redb::WriteTransaction, OnlineStoreError> {
+    let mut transaction = database
+        .begin_write()
+        .map_err(|error| map_redb_error("cannot begin a write transaction", error))?;
+    transaction
+        .set_durability(redb::Durability::Immediate)
+        .map_err(|error| map_redb_error("cannot set immediate durability", error))?;
+    Ok(transaction)
+}
+
+/// Applies a batch in one write transaction, row by row, keeping the newest event time.
+fn write_rows_in_one_transaction(
+    database: &redb::Database,
+    table_name: &str,
+    rows: &[OnlineRow],
+) -> Result<WriteSummary, OnlineStoreError> {
+    let transaction = begin_durable_write(database)?;
+    let mut summary = WriteSummary::default();
+    {
+        let mut table = transaction
+            .open_table(RowTableDefinition::new(table_name))
+            .map_err(|error| map_redb_error("cannot open a table for writing", error))?;
+        let mut stored_value = Vec::new();
+        for row in rows {
+            let key = row.entity_key.as_bytes();
+            let stored_event_timestamp = match table
+                .get(key)
+                .map_err(|error| map_redb_error("cannot read a row", error))?
+            {
+                Some(stored) => Some(decode_stored_row_header(stored.value())?.event_timestamp),
+                None => None,
+            };
+            if stored_event_timestamp.is_some_and(|stored| stored > row.event_timestamp) {
+                summary.skipped_stale += 1;
+                continue;
+            }
+            stored_value.clear();
+            encode_stored_row(row, &mut stored_value);
+            table
+                .insert(key, stored_value.as_slice())
+                .map_err(|error| map_redb_error("cannot write a row", error))?;
+            summary.written += 1;
+        }
+    }
+    transaction
+        .commit()
+        .map_err(|error| map_redb_error("cannot commit a write", error))?;
+    Ok(summary)
+}
+
+/// Reads every key in one read transaction (a consistent snapshot).
+fn read_rows_in_one_transaction(
+    database: &redb::Database,
+    table_name: &str,
+    keys: Vec<EntityKey>,
+) -> Result<Vec<Option<OnlineRow>>, OnlineStoreError> {
+    let transaction = database
+        .begin_read()
+        .map_err(|error| map_redb_error("cannot begin a read transaction", error))?;
+    let table = match transaction.open_table(RowTableDefinition::new(table_name)) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; keys.len()]),
+        Err(error) => return Err(map_redb_error("cannot open a table for reading", error)),
+    };
+    let mut slots = Vec::with_capacity(keys.len());
+    for key in keys {
+        let slot = match table
+            .get(key.as_bytes())
+            .map_err(|error| map_redb_error("cannot read a row", error))?
+        {
+            Some(stored) => Some(decode_stored_row(key, stored.value())?),
+            None => None,
+        };
+        slots.push(slot);
+    }
+    Ok(slots)
+}
+
+/// Removes keys in one write transaction; commits only if a row existed.
+fn delete_rows_in_one_transaction(
+    database: &redb::Database,
+    table_name: &str,
+    keys: &[EntityKey],
+) -> Result<u64, OnlineStoreError> {
+    let transaction = begin_durable_write(database)?;
+    let mut deleted_count = 0;
+    {
+        // Opening creates a missing table; aborting below undoes that when nothing existed.
+        let mut table = transaction
+            .open_table(RowTableDefinition::new(table_name))
+            .map_err(|error| map_redb_error("cannot open a table for deleting", error))?;
+        for key in keys {
+            let removed = table
+                .remove(key.as_bytes())
+                .map_err(|error| map_redb_error("cannot delete a row", error))?;
+            if removed.is_some() {
+                deleted_count += 1;
+            }
+        }
+    }
+    if deleted_count == 0 {
+        transaction
+            .abort()
+            .map_err(|error| map_redb_error("cannot abort a delete", error))?;
+        return Ok(0);
+    }
+    transaction
+        .commit()
+        .map_err(|error| map_redb_error("cannot commit a delete", error))?;
+    Ok(deleted_count)
+}
+
+/// Deletes a whole table in one write transaction; commits only if it existed.
+fn drop_table_in_one_transaction(
+    database: &redb::Database,
+    table_name: &str,
+) -> Result<(), OnlineStoreError> {
+    let transaction = begin_durable_write(database)?;
+    let existed = transaction
+        .delete_table(RowTableDefinition::new(table_name))
+        .map_err(|error| map_redb_error("cannot drop a table", error))?;
+    if !existed {
+        return transaction
+            .abort()
+            .map_err(|error| map_redb_error("cannot abort a table drop", error));
+    }
+    transaction
+        .commit()
+        .map_err(|error| map_redb_error("cannot commit a table drop", error))
+}
+
+/// The metadata stored before the values of every row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StoredRowHeader {
+    event_timestamp: Timestamp,
+    write_timestamp: Timestamp,
+    lane: WriteLane,
+}
+
+/// Appends the stored form of a row (header, then values) to `out`.
+fn encode_stored_row(row: &OnlineRow, out: &mut Vec<u8>) {
+    out.reserve(STORED_ROW_HEADER_LENGTH + row.values.len());
+    out.extend_from_slice(&row.event_timestamp.as_micros().to_le_bytes());
+    out.extend_from_slice(&row.write_timestamp.as_micros().to_le_bytes());
+    out.push(row.lane.code());
+    out.extend_from_slice(&row.values);
+}
+
+/// Decodes the header of a stored row.
+fn decode_stored_row_header(stored: &[u8]) -> Result<StoredRowHeader, OnlineStoreError> {
+    let corrupt = |message: String| OnlineStoreError::Corrupt {
+        backend: BACKEND_NAME,
+        message,
+    };
+    let Some((header, _values)) = stored.split_first_chunk::<STORED_ROW_HEADER_LENGTH>() else {
+        return Err(corrupt(format!(
+            "stored row of {} bytes is shorter than its {STORED_ROW_HEADER_LENGTH}-byte header",
+            stored.len()
+        )));
+    };
+    let (event_timestamp_bytes, rest) = header.split_at(8);
+    let (write_timestamp_bytes, lane_byte) = rest.split_at(8);
+    let read_i64 = |bytes: &[u8]| {
+        let mut array = [0u8; 8];
+        array.copy_from_slice(bytes);
+        i64::from_le_bytes(array)
+    };
+    let lane_code = lane_byte[0];
+    let lane = WriteLane::from_code(lane_code)
+        .ok_or_else(|| corrupt(format!("stored row has unknown lane code {lane_code}")))?;
+    Ok(StoredRowHeader {
+        event_timestamp: Timestamp(read_i64(event_timestamp_bytes)),
+        write_timestamp: Timestamp(read_i64(write_timestamp_bytes)),
+        lane,
+    })
+}
+
+/// Decodes a stored row of `entity_key`.
+fn decode_stored_row(entity_key: EntityKey, stored: &[u8]) -> Result<OnlineRow, OnlineStoreError> {
+    let header = decode_stored_row_header(stored)?;
+    Ok(OnlineRow {
+        entity_key,
+        event_timestamp: header.event_timestamp,
+        write_timestamp: header.write_timestamp,
+        lane: header.lane,
+        values: stored[STORED_ROW_HEADER_LENGTH..].to_vec(),
+    })
+}
+
+/// Maps any redb error to an online store error, saying what the store was doing.
+fn map_redb_error(context: &str, error: impl Into<redb::Error>) -> OnlineStoreError {
+    let error: redb::Error = error.into();
+    let message = format!("{context}: {error}");
+    match error {
+        redb::Error::Corrupted(_) => OnlineStoreError::Corrupt {
+            backend: BACKEND_NAME,
+            message,
+        },
+        redb::Error::DatabaseClosed | redb::Error::WouldBlock => OnlineStoreError::Unavailable {
+            backend: BACKEND_NAME,
+            message,
+        },
+        _ => OnlineStoreError::Internal {
+            backend: BACKEND_NAME,
+            message,
+        },
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use larder_core::Value;
+    use larder_core::codec::{decode_row, encode_row_to_vec};
+
+    use super::*;
+
+    fn driver_stats_table() -> FeatureViewId {
+        FeatureViewId {
+            name: "driver_stats".to_string(),
+            version: 3,
+        }
+    }
+
+    fn row_with_marker(key_number: i64, event_time: i64, marker: i64) -> OnlineRow {
+        OnlineRow {
+            entity_key: EntityKey::from_int(key_number),
+            event_timestamp: Timestamp(event_time),
+            write_timestamp: Timestamp(event_time + 1),
+            lane: WriteLane::Stream,
+            values: encode_row_to_vec(&[Value::Int64(marker)]),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_store_passes_the_conformance_suite() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = EmbeddedOnlineStore::open(&directory.path().join("online.redb")).unwrap();
+        crate::conformance::run_all(Arc::new(store)).await;
+    }
+
+    #[test]
+    fn stored_rows_round_trip_with_a_17_byte_header() {
+        let row = row_with_marker(7, -3, 42);
+        let mut stored = Vec::new();
+        encode_stored_row(&row, &mut stored);
+        assert_eq!(stored.len(), STORED_ROW_HEADER_LENGTH + row.values.len());
+        assert_eq!(&stored[..8], &(-3i64).to_le_bytes());
+        assert_eq!(&stored[8..16], &(-2i64).to_le_bytes());
+        assert_eq!(stored[16], WriteLane::Stream.code());
+        assert_eq!(
+            decode_stored_row(row.entity_key.clone(), &stored).unwrap(),
+            row
+        );
+    }
+
+    #[tokio::test]
+    async fn rows_survive_close_and_reopen_in_created_directories() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory
+            .path()
+            .join("nested")
+            .join("deeper")
+            .join("online.redb");
+        let rows = vec![row_with_marker(1, 100, 1), row_with_marker(2, 200, 2)];
+        {
+            let store = EmbeddedOnlineStore::open(&path).unwrap();
+            assert_eq!(store.path(), path);
+            store
+                .write_rows(&driver_stats_table(), rows.clone())
+                .await
+                .unwrap();
+        }
+        let reopened_store = EmbeddedOnlineStore::open(&path).unwrap();
+        let keys = [EntityKey::from_int(1), EntityKey::from_int(2)];
+        let slots = reopened_store
+            .read_rows(&driver_stats_table(), &keys)
+            .await
+            .unwrap();
+        assert_eq!(slots, vec![Some(rows[0].clone()), Some(rows[1].clone())]);
+        // The event time of a reopened row still orders writes.
+        let summary = reopened_store
+            .write_rows(&driver_stats_table(), vec![row_with_marker(1, 50, 3)])
+            .await
+            .unwrap();
+        assert_eq!(
+            summary,
+            WriteSummary {
+                written: 0,
+                skipped_stale: 1
+            }
+        );
+    }
+
+    /// redb locks the file with open-file-description locks, which also conflict within one
+    /// process: a second open of an open file is refused, and reported as `Locked`.
+    #[tokio::test]
+    async fn opening_an_open_file_again_is_refused_as_locked() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("online.redb");
+        let first_store = EmbeddedOnlineStore::open(&path).unwrap();
+        match EmbeddedOnlineStore::open(&path) {
+            Err(OnlineStoreError::Locked { path: locked_path }) => {
+                assert_eq!(locked_path, path.display().to_string())
+            }
+            other => panic!("second open of an open file gave {other:?}, expected Locked"),
+        }
+        let message = EmbeddedOnlineStore::open(&path).unwrap_err().to_string();
+        assert!(message.contains("in use by another process"), "{message}");
+        drop(first_store);
+        EmbeddedOnlineStore::open(&path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn corrupt_stored_rows_are_errors_not_panics() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = EmbeddedOnlineStore::open(&directory.path().join("online.redb")).unwrap();
+        let table = driver_stats_table();
+        let mut unknown_lane_row = Vec::new();
+        encode_stored_row(&row_with_marker(2, 10, 2), &mut unknown_lane_row);
+        unknown_lane_row[16] = 9;
+        {
+            let transaction = store.database.begin_write().unwrap();
+            {
+                let mut redb_table = transaction
+                    .open_table(RowTableDefinition::new(&redb_table_name(&table)))
+                    .unwrap();
+                redb_table
+                    .insert(EntityKey::from_int(1).as_bytes(), [1u8, 2, 3].as_slice())
+                    .unwrap();
+                redb_table
+                    .insert(
+                        EntityKey::from_int(2).as_bytes(),
+                        unknown_lane_row.as_slice(),
+                    )
+                    .unwrap();
+            }
+            transaction.commit().unwrap();
+        }
+        for key_number in [1, 2] {
+            let read_result = store
+                .read_rows(&table, &[EntityKey::from_int(key_number)])
+                .await;
+            assert!(
+                matches!(
+                    read_result,
+                    Err(OnlineStoreError::Corrupt {
+                        backend: "embedded",
+                        ..
+                    })
+                ),
+                "{read_result:?}"
+            );
+        }
+        // A write cannot order itself against a corrupt row: it fails and changes nothing.
+        let write_result = store
+            .write_rows(
+                &table,
+                vec![row_with_marker(3, 10, 3), row_with_marker(1, 10, 1)],
+            )
+            .await;
+        assert!(
+            matches!(write_result, Err(OnlineStoreError::Corrupt { .. })),
+            "{write_result:?}"
+        );
+        assert_eq!(
+            store
+                .read_rows(&table, &[EntityKey::from_int(3)])
+                .await
+                .unwrap(),
+            vec![None]
+        );
+        // Deleting the corrupt row repairs the key.
+        assert_eq!(
+            store
+                .delete_rows(&table, &[EntityKey::from_int(1)])
+                .await
+                .unwrap(),
+            1
+        );
+        let summary = store
+            .write_rows(&table, vec![row_with_marker(1, 10, 1)])
+            .await
+            .unwrap();
+        assert_eq!(summary.written, 1);
+    }
+
+    /// Set in the child process of the crash test: the database the child writes to.
+    const CRASH_CHILD_DATABASE_ENV: &str = "LARDER_ONLINE_CRASH_TEST_CHILD_DATABASE";
+    /// Every batch of the crash test writes all these keys.
+    const CRASH_TEST_KEY_COUNT: i64 = 300;
+    /// Batches the child must report committed before it is killed.
+    const CRASH_TEST_BATCHES_BEFORE_KILL: i64 = 5;
+    const CRASH_TEST_PROGRESS_PREFIX: &str = "crash-test-committed-batch:";
+
+    fn crash_test_table() -> FeatureViewId {
+        FeatureViewId {
+            name: "crash_test".to_string(),
+            version: 1,
+        }
+    }
+
+    /// The row of `key_number` in batch `batch_number`: everything in it says which batch.
+    fn crash_test_row(key_number: i64, batch_number: i64) -> OnlineRow {
+        OnlineRow {
+            entity_key: EntityKey::from_int(key_number),
+            event_timestamp: Timestamp(batch_number),
+            write_timestamp: Timestamp(batch_number),
+            lane: WriteLane::Batch,
+            values: encode_row_to_vec(&[
+                Value::Int64(batch_number),
+                Value::Bytes(vec![batch_number as u8; 512]),
+            ]),
+        }
+    }
+
+    /// The child's side of the crash test: writes whole batches until it is killed, printing
+    /// each batch number once its write has returned.
+    fn write_batches_until_killed(database_path: &Path) -> ! {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = EmbeddedOnlineStore::open(database_path).unwrap();
+        let mut stdout = std::io::stdout();
+        let mut batch_number: i64 = 0;
+        loop {
+            batch_number += 1;
+            let rows = (0..CRASH_TEST_KEY_COUNT)
+                .map(|key_number| crash_test_row(key_number, batch_number))
+                .collect();
+            runtime
+                .block_on(store.write_rows(&crash_test_table(), rows))
+                .unwrap();
+            writeln!(stdout, "{CRASH_TEST_PROGRESS_PREFIX}{batch_number}").unwrap();
+            stdout.flush().unwrap();
+        }
+    }
+
+    /// Runs this test binary again as a child that writes batches in a loop, kills it with
+    /// SIGKILL while it writes, and checks that the database opens and holds exactly one whole
+    /// committed batch, at least as new as the last one the child reported.
+    #[test]
+    fn embedded_store_keeps_whole_committed_batches_after_sigkill() {
+        if let Ok(database_path) = std::env::var(CRASH_CHILD_DATABASE_ENV) {
+            write_batches_until_killed(Path::new(&database_path));
+        }
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("online.redb");
+        let module_path_without_crate = module_path!()
+            .split_once("::")
+            .map(|(_, rest)| rest)
+            .unwrap();
+        let test_name = format!(
+            "{module_path_without_crate}::embedded_store_keeps_whole_committed_batches_after_sigkill"
+        );
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                test_name.as_str(),
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CRASH_CHILD_DATABASE_ENV, &path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let child_stdout = BufReader::new(child.stdout.take().unwrap());
+        let (line_sender, line_receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in child_stdout.lines() {
+                let Ok(line) = line else { break };
+                if line_sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut last_reported_batch = 0;
+        while last_reported_batch < CRASH_TEST_BATCHES_BEFORE_KILL {
+            let Ok(line) = line_receiver.recv_timeout(Duration::from_secs(60)) else {
+                let _ = child.kill();
+                panic!("the crash test child stopped reporting after batch {last_reported_batch}");
+            };
+            // libtest may print the test name on the same line, before the child's output.
+            if let Some((_, batch_text)) = line.split_once(CRASH_TEST_PROGRESS_PREFIX) {
+                last_reported_batch = batch_text.trim().parse().unwrap();
+            }
+        }
+        child.kill().unwrap();
+        let exit_status = child.wait().unwrap();
+        assert!(
+            !exit_status.success(),
+            "the child was killed, not finished: {exit_status:?}"
+        );
+
+        {
+            let mut database = redb::Database::create(&path).unwrap();
+            database.check_integrity().unwrap();
+        }
+        let store = EmbeddedOnlineStore::open(&path).unwrap();
+        let transaction = store.database.begin_read().unwrap();
+        let table = transaction
+            .open_table(RowTableDefinition::new(&redb_table_name(
+                &crash_test_table(),
+            )))
+            .unwrap();
+        let mut stored_batch_numbers = std::collections::BTreeSet::new();
+        let mut stored_row_count = 0;
+        for entry in table.iter().unwrap() {
+            let (key, stored) = entry.unwrap();
+            let row =
+                decode_stored_row(EntityKey::from_bytes(key.value().to_vec()), stored.value())
+                    .unwrap();
+            let values = decode_row(&row.values).unwrap();
+            let Some(Value::Int64(batch_number)) = values.first() else {
+                panic!("row {row:?} has no batch number");
+            };
+            let key_number = match row.entity_key.values().unwrap().as_slice() {
+                [Value::Int64(key_number)] => *key_number,
+                other => panic!("unexpected key {other:?}"),
+            };
+            assert_eq!(
+                row,
+                crash_test_row(key_number, *batch_number),
+                "a stored row is not a whole row of one batch"
+            );
+            stored_batch_numbers.insert(*batch_number);
+            stored_row_count += 1;
+        }
+        assert_eq!(
+            stored_row_count, CRASH_TEST_KEY_COUNT,
+            "every key of the committed batches is stored"
+        );
+        assert_eq!(
+            stored_batch_numbers.len(),
+            1,
+            "rows of several batches are mixed: {stored_batch_numbers:?}"
+        );
+        let stored_batch = stored_batch_numbers.first().copied().unwrap();
+        assert!(
+            stored_batch >= last_reported_batch,
+            "batch {last_reported_batch} was reported committed, but the database holds batch {stored_batch}"
+        );
+        drop(table);
+        drop(transaction);
+
+        // The recovered store takes writes again.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let newer_rows = (0..CRASH_TEST_KEY_COUNT)
+            .map(|key_number| crash_test_row(key_number, stored_batch + 1))
+            .collect();
+        let summary = runtime
+            .block_on(store.write_rows(&crash_test_table(), newer_rows))
+            .unwrap();
+        assert_eq!(summary.written, CRASH_TEST_KEY_COUNT as u64);
+    }
+}

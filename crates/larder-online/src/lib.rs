@@ -1,0 +1,144 @@
+//! Online stores: where the latest value of every feature of every entity lives, for serving
+//! in milliseconds.
+//!
+//! The [`OnlineStore`] trait is the seam; its doc comment is the specification that every
+//! backend implements and that [`conformance`] checks. Backends here:
+//! [`MemoryOnlineStore`] (the reference) and [`EmbeddedOnlineStore`] (persistent, on redb).
+
+pub mod conformance;
+mod embedded;
+mod memory;
+
+use std::sync::Arc;
+
+use larder_core::{EntityKey, FeatureViewId, Timestamp, WriteLane};
+
+pub use embedded::EmbeddedOnlineStore;
+pub use memory::MemoryOnlineStore;
+
+/// One stored row: the encoded feature values of one entity of one feature view version,
+/// with the metadata that every lane attaches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnlineRow {
+    /// The entity the row describes.
+    pub entity_key: EntityKey,
+    /// When the values were true in the world (event time). Orders writes.
+    pub event_timestamp: Timestamp,
+    /// When the write path accepted the row.
+    pub write_timestamp: Timestamp,
+    /// Which lane wrote it.
+    pub lane: WriteLane,
+    /// The values, encoded with [`larder_core::codec::encode_row`], in the view's feature order.
+    pub values: Vec<u8>,
+}
+
+/// What a batch write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteSummary {
+    /// Rows stored (new keys, or newer-or-equal event time than the stored row).
+    pub written: u64,
+    /// Rows not stored because the stored row has a newer event time.
+    pub skipped_stale: u64,
+}
+
+impl WriteSummary {
+    /// Adds another summary into this one.
+    pub fn add(&mut self, other: WriteSummary) {
+        self.written += other.written;
+        self.skipped_stale += other.skipped_stale;
+    }
+}
+
+/// Errors of an online store.
+#[derive(Debug, thiserror::Error)]
+pub enum OnlineStoreError {
+    /// The backend cannot be reached or refused the operation; the caller may retry.
+    #[error("online store '{backend}' is unavailable: {message}")]
+    Unavailable {
+        /// Backend name.
+        backend: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// The store's files are held by another process (for example a running `larder serve`).
+    #[error("online store at {path} is in use by another process")]
+    Locked {
+        /// The store's path.
+        path: String,
+    },
+    /// Stored data that cannot be interpreted.
+    #[error("online store '{backend}' holds corrupt data: {message}")]
+    Corrupt {
+        /// Backend name.
+        backend: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// Anything else: a bug or an I/O failure.
+    #[error("online store '{backend}' failed: {message}")]
+    Internal {
+        /// Backend name.
+        backend: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// A key-value store of the latest feature rows, keyed by (feature view version, entity key).
+///
+/// # Specification
+///
+/// Every backend behaves as follows; [`conformance::run_all`] checks each point.
+///
+/// * **Tables.** Rows live in tables named by a [`FeatureViewId`] (view name and version).
+///   Tables need no creation: writing to a table creates it, reading an unknown table finds
+///   nothing. Different tables never see each other's rows.
+/// * **Batch write, ordered by event time.** [`OnlineStore::write_rows`] applies each row
+///   only if no stored row for the same key has a *newer* event timestamp. At an equal event
+///   timestamp the incoming row replaces the stored one (a correction that keeps its event time
+///   still lands). Rows of one batch are applied in order, so a batch may hold the same key
+///   twice. The comparison and the write are atomic per key: two concurrent writers can never
+///   leave an older row in place of a newer one. On success every applied row is durable to the
+///   backend's promise (the embedded store survives a process crash); on error the caller must
+///   assume any subset of the batch was applied, and may safely retry the whole batch, since
+///   applying a row twice is idempotent.
+/// * **Batch read.** [`OnlineStore::read_rows`] returns exactly one slot per requested key, in
+///   the order of the request, `None` for a key with no row (or a row the backend has already
+///   expired). Duplicate keys in a request get their own slots. A read never returns a row
+///   older than one whose write already returned.
+/// * **Metadata.** Every returned row carries the event timestamp, write timestamp, lane and
+///   value bytes exactly as written.
+/// * **Deletion.** [`OnlineStore::delete_rows`] removes the given keys from a table and
+///   returns how many existed; [`OnlineStore::drop_table`] removes a whole table.
+#[async_trait::async_trait]
+pub trait OnlineStore: Send + Sync + std::fmt::Debug + 'static {
+    /// A short backend name for messages and metrics (`memory`, `embedded`, `redis`).
+    fn backend_name(&self) -> &'static str;
+
+    /// Writes a batch of rows to one table, ordered by event time (see the trait docs).
+    async fn write_rows(
+        &self,
+        table: &FeatureViewId,
+        rows: Vec<OnlineRow>,
+    ) -> Result<WriteSummary, OnlineStoreError>;
+
+    /// Reads one slot per key, in order (see the trait docs).
+    async fn read_rows(
+        &self,
+        table: &FeatureViewId,
+        keys: &[EntityKey],
+    ) -> Result<Vec<Option<OnlineRow>>, OnlineStoreError>;
+
+    /// Deletes the rows of the given keys; returns how many existed.
+    async fn delete_rows(
+        &self,
+        table: &FeatureViewId,
+        keys: &[EntityKey],
+    ) -> Result<u64, OnlineStoreError>;
+
+    /// Removes a table and all its rows. Dropping an unknown table is not an error.
+    async fn drop_table(&self, table: &FeatureViewId) -> Result<(), OnlineStoreError>;
+}
+
+/// A shared handle to any online store.
+pub type SharedOnlineStore = Arc<dyn OnlineStore>;

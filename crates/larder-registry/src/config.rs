@@ -1,0 +1,588 @@
+//! `larder.yaml`: the configuration of a feature repo.
+//!
+//! ```yaml
+//! project: demo
+//! registry: data/registry.json
+//! online_store: {type: embedded, path: data/online.redb}
+//! offline_store: {type: parquet, path: data/offline}
+//! serving: {host: 127.0.0.1, port: 6566, max_entities_per_request: 10000, max_body_bytes: 8388608}
+//! ```
+//!
+//! Only `project` is required. Environment variables override a few values after the file is
+//! read (see [`RepoConfig::apply_environment_overrides`]), so that one repo can be deployed to
+//! several places without editing it.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::diagnostics::{Diagnostic, Diagnostics, Location};
+use crate::yaml_tree::YamlTree;
+
+/// The configuration of a feature repo, read from `larder.yaml` at its root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    /// Project name: lowercase letters, digits and underscores (`[a-z0-9_]+`). Recorded in
+    /// the registry.
+    pub project: String,
+    /// Where `larder apply` records the registry (a JSON file). Relative paths are relative
+    /// to the repo root. Default `data/registry.json`.
+    #[serde(default = "default_registry_path")]
+    pub registry: PathBuf,
+    /// The online store that serves the latest feature values. Default: embedded, in
+    /// `data/online.redb`.
+    #[serde(default)]
+    pub online_store: OnlineStoreConfig,
+    /// The offline store that keeps feature history for training sets. Default: Parquet
+    /// files under `data/offline`.
+    #[serde(default)]
+    pub offline_store: OfflineStoreConfig,
+    /// The feature server (`larder serve`).
+    #[serde(default)]
+    pub serving: ServingConfig,
+}
+
+/// Which online store to use; `type` selects it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OnlineStoreConfig {
+    /// An embedded key-value file (redb), for one machine.
+    Embedded {
+        /// The database file. Relative paths are relative to the repo root.
+        path: PathBuf,
+    },
+    /// In process memory: lost on exit; for tests and demos.
+    Memory,
+}
+
+impl Default for OnlineStoreConfig {
+    fn default() -> Self {
+        Self::Embedded {
+            path: PathBuf::from("data/online.redb"),
+        }
+    }
+}
+
+/// Which offline store to use; `type` selects it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OfflineStoreConfig {
+    /// Parquet files in a directory, one table per feature view version.
+    Parquet {
+        /// The directory. Relative paths are relative to the repo root.
+        path: PathBuf,
+    },
+}
+
+impl Default for OfflineStoreConfig {
+    fn default() -> Self {
+        Self::Parquet {
+            path: PathBuf::from("data/offline"),
+        }
+    }
+}
+
+/// Settings of the feature server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServingConfig {
+    /// Address to listen on. Default `127.0.0.1`.
+    pub host: String,
+    /// TCP port to listen on; 0 picks a free port. Default 6566.
+    pub port: u16,
+    /// Most entities one online request may ask for. Default 10000.
+    pub max_entities_per_request: usize,
+    /// Largest request body accepted, in bytes. Default 8 MiB.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServingConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_string(),
+            port: 6566,
+            max_entities_per_request: 10_000,
+            max_body_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+fn default_registry_path() -> PathBuf {
+    PathBuf::from("data/registry.json")
+}
+
+/// One problem found by [`RepoConfig::validation_problems`]: the key path and what is wrong.
+struct ConfigProblem {
+    keys: Vec<&'static str>,
+    message: String,
+}
+
+impl RepoConfig {
+    /// The name of the config file at the root of every feature repo.
+    pub const FILE_NAME: &'static str = "larder.yaml";
+    /// Overrides [`RepoConfig::registry`].
+    pub const ENV_REGISTRY: &'static str = "LARDER_REGISTRY";
+    /// Overrides the `path` of an embedded online store.
+    pub const ENV_ONLINE_STORE_PATH: &'static str = "LARDER_ONLINE_STORE_PATH";
+    /// Overrides the `path` of the Parquet offline store.
+    pub const ENV_OFFLINE_STORE_PATH: &'static str = "LARDER_OFFLINE_STORE_PATH";
+    /// Overrides [`ServingConfig::host`].
+    pub const ENV_SERVE_HOST: &'static str = "LARDER_SERVE_HOST";
+    /// Overrides [`ServingConfig::port`].
+    pub const ENV_SERVE_PORT: &'static str = "LARDER_SERVE_PORT";
+
+    /// A config with every default and the given project name.
+    pub fn new(project: impl Into<String>) -> Self {
+        Self {
+            project: project.into(),
+            registry: default_registry_path(),
+            online_store: OnlineStoreConfig::default(),
+            offline_store: OfflineStoreConfig::default(),
+            serving: ServingConfig::default(),
+        }
+    }
+
+    /// Reads `larder.yaml` at the repo root, validates it and applies the environment
+    /// overrides of the process.
+    pub fn load(repo_root: &Path) -> Result<RepoConfig, Diagnostics> {
+        Self::load_with_environment(repo_root, |name| {
+            std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
+        })
+    }
+
+    /// [`RepoConfig::load`] with environment variables read through `environment` (tests and
+    /// embedders pass their own).
+    pub fn load_with_environment(
+        repo_root: &Path,
+        environment: impl Fn(&str) -> Option<String>,
+    ) -> Result<RepoConfig, Diagnostics> {
+        let config_path = repo_root.join(Self::FILE_NAME);
+        let text = match std::fs::read_to_string(&config_path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Diagnostic::new(format!(
+                    "'{}' is not a feature repo: it has no {} (run `larder init` to create one)",
+                    repo_root.display(),
+                    Self::FILE_NAME
+                ))
+                .into());
+            }
+            Err(error) => {
+                return Err(Diagnostic::new(format!(
+                    "cannot read {}: {error}",
+                    config_path.display()
+                ))
+                .with_location(Location::file_only(Self::FILE_NAME))
+                .into());
+            }
+        };
+        let mut config = Self::parse(&text)?;
+        config.apply_environment_overrides(environment)?;
+        Ok(config)
+    }
+
+    /// Parses and validates the text of a `larder.yaml` (no environment overrides).
+    pub fn parse(text: &str) -> Result<RepoConfig, Diagnostics> {
+        let file = Path::new(Self::FILE_NAME);
+        let config: RepoConfig = match serde_saphyr::from_str::<Option<RepoConfig>>(text) {
+            Ok(Some(config)) => config,
+            Ok(None) => {
+                return Err(Diagnostic::new(format!(
+                    "{} is empty: it needs at least `project: <name>`",
+                    Self::FILE_NAME
+                ))
+                .with_location(Location::file_only(file))
+                .into());
+            }
+            Err(error) => return Err(Diagnostic::from_yaml_error(file, text, &error).into()),
+        };
+        let problems = config.validation_problems();
+        if problems.is_empty() {
+            return Ok(config);
+        }
+        let tree = YamlTree::parse(text);
+        let mut diagnostics = Diagnostics::new();
+        for problem in problems {
+            let key = problem.keys.join(".");
+            let position = tree
+                .as_ref()
+                .and_then(|tree| tree.value_position(&problem.keys));
+            let location = position.map_or_else(
+                || Location::file_only(file),
+                |position| Location::new(file, position.line, position.column),
+            );
+            diagnostics.push(Diagnostic::at(location, key, problem.message));
+        }
+        diagnostics.into_result(config)
+    }
+
+    /// Checks the values that serde cannot check, without positions (see
+    /// [`RepoConfig::parse`] for located diagnostics).
+    pub fn validate(&self) -> Result<(), Diagnostics> {
+        let diagnostics: Vec<Diagnostic> = self
+            .validation_problems()
+            .into_iter()
+            .map(|problem| Diagnostic::new(problem.message).with_key(problem.keys.join(".")))
+            .collect();
+        Diagnostics::from(diagnostics).into_result(())
+    }
+
+    fn validation_problems(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        let valid_project_name = !self.project.is_empty()
+            && self
+                .project
+                .bytes()
+                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_');
+        if !valid_project_name {
+            problems.push(ConfigProblem {
+                keys: vec!["project"],
+                message: format!(
+                    "invalid project name '{}' (use lowercase letters, digits and underscores)",
+                    self.project
+                ),
+            });
+        }
+        if self.registry.as_os_str().is_empty() {
+            problems.push(ConfigProblem {
+                keys: vec!["registry"],
+                message: "the registry path is empty".to_string(),
+            });
+        }
+        if let OnlineStoreConfig::Embedded { path } = &self.online_store
+            && path.as_os_str().is_empty()
+        {
+            problems.push(ConfigProblem {
+                keys: vec!["online_store", "path"],
+                message: "the online store path is empty".to_string(),
+            });
+        }
+        let OfflineStoreConfig::Parquet { path } = &self.offline_store;
+        if path.as_os_str().is_empty() {
+            problems.push(ConfigProblem {
+                keys: vec!["offline_store", "path"],
+                message: "the offline store path is empty".to_string(),
+            });
+        }
+        if self.serving.host.trim().is_empty() {
+            problems.push(ConfigProblem {
+                keys: vec!["serving", "host"],
+                message: "the host is empty".to_string(),
+            });
+        }
+        if self.serving.max_entities_per_request == 0 {
+            problems.push(ConfigProblem {
+                keys: vec!["serving", "max_entities_per_request"],
+                message: "must be at least 1".to_string(),
+            });
+        }
+        if self.serving.max_body_bytes == 0 {
+            problems.push(ConfigProblem {
+                keys: vec!["serving", "max_body_bytes"],
+                message: "must be at least 1".to_string(),
+            });
+        }
+        problems
+    }
+
+    /// Applies the environment overrides, reading variables through `environment`:
+    ///
+    /// | variable                    | overrides                              |
+    /// |-----------------------------|----------------------------------------|
+    /// | `LARDER_REGISTRY`           | `registry`                             |
+    /// | `LARDER_ONLINE_STORE_PATH`  | `online_store.path` (embedded only)    |
+    /// | `LARDER_OFFLINE_STORE_PATH` | `offline_store.path`                   |
+    /// | `LARDER_SERVE_HOST`         | `serving.host`                         |
+    /// | `LARDER_SERVE_PORT`         | `serving.port`                         |
+    ///
+    /// An empty or malformed value is an error naming the variable; every bad variable is
+    /// reported, and nothing is changed when any is bad.
+    pub fn apply_environment_overrides(
+        &mut self,
+        environment: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), Diagnostics> {
+        let mut updated = self.clone();
+        let mut diagnostics = Diagnostics::new();
+        let mut report = |variable: &str, key: &str, problem: String| {
+            diagnostics.push(
+                Diagnostic::new(format!("environment variable {variable}: {problem}"))
+                    .with_key(key),
+            );
+        };
+        let non_empty =
+            |variable: &str| environment(variable).map(|value| (value.trim().is_empty(), value));
+
+        if let Some((empty, value)) = non_empty(Self::ENV_REGISTRY) {
+            if empty {
+                report(
+                    Self::ENV_REGISTRY,
+                    "registry",
+                    "is empty (expected a path)".to_string(),
+                );
+            } else {
+                updated.registry = PathBuf::from(value);
+            }
+        }
+        if let Some((empty, value)) = non_empty(Self::ENV_ONLINE_STORE_PATH) {
+            match &mut updated.online_store {
+                _ if empty => report(
+                    Self::ENV_ONLINE_STORE_PATH,
+                    "online_store.path",
+                    "is empty (expected a path)".to_string(),
+                ),
+                OnlineStoreConfig::Embedded { path } => *path = PathBuf::from(value),
+                OnlineStoreConfig::Memory => report(
+                    Self::ENV_ONLINE_STORE_PATH,
+                    "online_store.path",
+                    "is set but the online store has type memory, which has no path".to_string(),
+                ),
+            }
+        }
+        if let Some((empty, value)) = non_empty(Self::ENV_OFFLINE_STORE_PATH) {
+            if empty {
+                report(
+                    Self::ENV_OFFLINE_STORE_PATH,
+                    "offline_store.path",
+                    "is empty (expected a path)".to_string(),
+                );
+            } else {
+                updated.offline_store = OfflineStoreConfig::Parquet {
+                    path: PathBuf::from(value),
+                };
+            }
+        }
+        if let Some((empty, value)) = non_empty(Self::ENV_SERVE_HOST) {
+            if empty {
+                report(
+                    Self::ENV_SERVE_HOST,
+                    "serving.host",
+                    "is empty (expected a host name or address)".to_string(),
+                );
+            } else {
+                updated.serving.host = value.trim().to_string();
+            }
+        }
+        if let Some((_, value)) = non_empty(Self::ENV_SERVE_PORT) {
+            match value.trim().parse::<u16>() {
+                Ok(port) => updated.serving.port = port,
+                Err(_) => report(
+                    Self::ENV_SERVE_PORT,
+                    "serving.port",
+                    format!("invalid port '{value}' (expected an integer from 0 to 65535)"),
+                ),
+            }
+        }
+        diagnostics.into_result(())?;
+        *self = updated;
+        Ok(())
+    }
+
+    /// A path from the config as the process should open it: relative paths are relative to
+    /// the repo root, absolute paths are kept.
+    pub fn resolve_path(&self, repo_root: &Path, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            repo_root.join(path)
+        }
+    }
+
+    /// The registry file, resolved against the repo root.
+    pub fn registry_path(&self, repo_root: &Path) -> PathBuf {
+        self.resolve_path(repo_root, &self.registry)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn environment_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let variables: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        move |name: &str| variables.get(name).cloned()
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_the_project() {
+        let config = RepoConfig::parse("project: demo\n").expect("valid config");
+        assert_eq!(config, RepoConfig::new("demo"));
+        assert_eq!(config.registry, PathBuf::from("data/registry.json"));
+        assert_eq!(
+            config.online_store,
+            OnlineStoreConfig::Embedded {
+                path: PathBuf::from("data/online.redb")
+            }
+        );
+        assert_eq!(
+            config.offline_store,
+            OfflineStoreConfig::Parquet {
+                path: PathBuf::from("data/offline")
+            }
+        );
+        assert_eq!(config.serving.port, 6566);
+        assert_eq!(config.serving.max_entities_per_request, 10_000);
+        assert_eq!(config.serving.max_body_bytes, 8_388_608);
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let text = "\
+project: demo
+registry: /var/lib/larder/registry.json
+online_store: {type: memory}
+offline_store: {type: parquet, path: offline}
+serving: {host: 0.0.0.0, port: 8080, max_entities_per_request: 5, max_body_bytes: 1024}
+";
+        let config = RepoConfig::parse(text).expect("valid config");
+        assert_eq!(config.online_store, OnlineStoreConfig::Memory);
+        assert_eq!(
+            config.serving,
+            ServingConfig {
+                host: "0.0.0.0".into(),
+                port: 8080,
+                max_entities_per_request: 5,
+                max_body_bytes: 1024
+            }
+        );
+        let root = Path::new("/repo");
+        assert_eq!(
+            config.registry_path(root),
+            PathBuf::from("/var/lib/larder/registry.json")
+        );
+        assert_eq!(
+            config.resolve_path(root, Path::new("offline")),
+            PathBuf::from("/repo/offline")
+        );
+    }
+
+    #[test]
+    fn written_config_reads_back() {
+        let config = RepoConfig::new("demo");
+        let text = serde_saphyr::to_string(&config).expect("serializable");
+        assert_eq!(RepoConfig::parse(&text).expect("reads back"), config);
+    }
+
+    #[test]
+    fn problems_point_at_line_and_key() {
+        let diagnostics =
+            RepoConfig::parse("project: Demo-1\nserving:\n  max_entities_per_request: 0\n")
+                .expect_err("invalid");
+        assert_eq!(diagnostics.len(), 2);
+        let first = &diagnostics.0[0];
+        assert_eq!(first.location, Some(Location::new("larder.yaml", 1, 10)));
+        assert_eq!(first.key.as_deref(), Some("project"));
+        let second = &diagnostics.0[1];
+        assert_eq!(second.location, Some(Location::new("larder.yaml", 3, 29)));
+        assert_eq!(
+            second.key.as_deref(),
+            Some("serving.max_entities_per_request")
+        );
+    }
+
+    #[test]
+    fn unknown_fields_point_at_their_line_even_inside_tagged_stores() {
+        let diagnostics = RepoConfig::parse(
+            "project: demo\nonline_store:\n  type: embedded\n  path: x\n  size: 3\n",
+        )
+        .expect_err("invalid");
+        let diagnostic = &diagnostics.0[0];
+        assert_eq!(
+            diagnostic.location,
+            Some(Location::new("larder.yaml", 5, 3)),
+            "{diagnostic}"
+        );
+        assert_eq!(diagnostic.key.as_deref(), Some("online_store.size"));
+        assert!(
+            diagnostic.message.contains("unknown field `size`"),
+            "{diagnostic}"
+        );
+
+        let diagnostics =
+            RepoConfig::parse("project: demo\nservng: {port: 1}\n").expect_err("invalid");
+        assert_eq!(
+            diagnostics.0[0].location,
+            Some(Location::new("larder.yaml", 2, 1))
+        );
+    }
+
+    #[test]
+    fn missing_config_says_this_is_not_a_feature_repo() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let diagnostics = RepoConfig::load(directory.path()).expect_err("no larder.yaml");
+        let text = diagnostics.to_string();
+        assert!(
+            text.contains("not a feature repo") && text.contains("larder init"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_apply_after_the_file() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            directory.path().join("larder.yaml"),
+            "project: demo\nserving: {port: 7000}\n",
+        )
+        .expect("write");
+        let config = RepoConfig::load_with_environment(
+            directory.path(),
+            environment_of(&[
+                ("LARDER_SERVE_PORT", "9090"),
+                ("LARDER_SERVE_HOST", "0.0.0.0"),
+                ("LARDER_REGISTRY", "/tmp/registry.json"),
+                ("LARDER_ONLINE_STORE_PATH", "/tmp/online.redb"),
+                ("LARDER_OFFLINE_STORE_PATH", "/tmp/offline"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(config.serving.port, 9090);
+        assert_eq!(config.serving.host, "0.0.0.0");
+        assert_eq!(config.registry, PathBuf::from("/tmp/registry.json"));
+        assert_eq!(
+            config.online_store,
+            OnlineStoreConfig::Embedded {
+                path: PathBuf::from("/tmp/online.redb")
+            }
+        );
+        assert_eq!(
+            config.offline_store,
+            OfflineStoreConfig::Parquet {
+                path: PathBuf::from("/tmp/offline")
+            }
+        );
+
+        let untouched = RepoConfig::load_with_environment(directory.path(), environment_of(&[]))
+            .expect("valid");
+        assert_eq!(untouched.serving.port, 7000);
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable() {
+        let mut config = RepoConfig::new("demo");
+        config.online_store = OnlineStoreConfig::Memory;
+        let diagnostics = config
+            .apply_environment_overrides(environment_of(&[
+                ("LARDER_SERVE_PORT", "80000"),
+                ("LARDER_ONLINE_STORE_PATH", "/x"),
+                ("LARDER_SERVE_HOST", "10.0.0.1"),
+            ]))
+            .expect_err("bad port");
+        let text = diagnostics.to_string();
+        assert!(
+            text.contains("LARDER_SERVE_PORT") && text.contains("80000"),
+            "{text}"
+        );
+        assert!(text.contains("LARDER_ONLINE_STORE_PATH"), "{text}");
+        assert_eq!(
+            config.serving.host, "127.0.0.1",
+            "nothing changes when a variable is bad"
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! The feature repository and the registry.
+//!
+//! A feature repo is a folder with a `larder.yaml` ([`RepoConfig`]) and YAML files anywhere
+//! below it that declare entities, sources, feature views (with optional `.sql`
+//! transformations) and feature services. [`FeatureRepo::load`] parses and validates them into
+//! a [`Registry`], with diagnostics that point at file, line and key. [`plan_apply`] compares a
+//! new registry with the recorded one and refuses data-changing edits without a version bump;
+//! [`RegistryStore`] records registries.
+
+mod config;
+mod diagnostics;
+mod plan;
+mod repo;
+mod store;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod test_support;
+mod yaml_tree;
+
+use std::collections::BTreeMap;
+
+use larder_core::{DataSource, Entity, FeatureRef, FeatureService, FeatureView, Timestamp};
+use serde::{Deserialize, Serialize};
+
+pub use config::{OfflineStoreConfig, OnlineStoreConfig, RepoConfig, ServingConfig};
+pub use diagnostics::{Diagnostic, Diagnostics, Location};
+pub use plan::{ApplyPlan, ObjectChange, ObjectKind, plan_apply};
+pub use repo::{FeatureRepo, SchemaColumn};
+pub use store::{FileRegistryStore, MemoryRegistryStore, RegistryError, RegistryStore};
+
+/// Every definition of a project, as recorded by `larder apply`: the single source of truth for
+/// serving, materialization and training.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Registry {
+    /// Project name.
+    pub project: String,
+    /// When this registry was applied (microseconds since the epoch).
+    pub applied_at: i64,
+    /// Entities by name.
+    pub entities: BTreeMap<String, Entity>,
+    /// Data sources by name.
+    pub sources: BTreeMap<String, DataSource>,
+    /// Feature views by name.
+    pub feature_views: BTreeMap<String, FeatureView>,
+    /// Feature services by name.
+    pub feature_services: BTreeMap<String, FeatureService>,
+}
+
+/// Why a list of feature references cannot be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// No feature view of that name.
+    #[error("unknown feature view '{0}'")]
+    UnknownFeatureView(String),
+    /// The view exists but has no such feature.
+    #[error("feature view '{view}' has no feature '{feature}'")]
+    UnknownFeature {
+        /// View name.
+        view: String,
+        /// Feature name.
+        feature: String,
+    },
+    /// No feature service of that name.
+    #[error("unknown feature service '{0}'")]
+    UnknownFeatureService(String),
+    /// A reference that is not `view:feature`.
+    #[error("invalid feature reference '{0}' (expected 'feature_view:feature')")]
+    InvalidReference(String),
+    /// The view is not served online.
+    #[error("feature view '{0}' is not online (online: false)")]
+    NotOnline(String),
+}
+
+impl Registry {
+    /// When this registry was applied.
+    pub fn applied_timestamp(&self) -> Timestamp {
+        Timestamp(self.applied_at)
+    }
+
+    /// Resolves `view:feature` strings against this registry, in order.
+    pub fn resolve_feature_refs<S: AsRef<str>>(
+        &self,
+        references: &[S],
+    ) -> Result<Vec<FeatureRef>, ResolveError> {
+        references
+            .iter()
+            .map(|reference| {
+                let text = reference.as_ref();
+                let parsed: FeatureRef = text
+                    .parse()
+                    .map_err(|_| ResolveError::InvalidReference(text.to_string()))?;
+                self.check_feature_ref(&parsed)?;
+                Ok(parsed)
+            })
+            .collect()
+    }
+
+    /// The features of a feature service, in order.
+    pub fn resolve_feature_service(
+        &self,
+        service_name: &str,
+    ) -> Result<Vec<FeatureRef>, ResolveError> {
+        let service = self
+            .feature_services
+            .get(service_name)
+            .ok_or_else(|| ResolveError::UnknownFeatureService(service_name.to_string()))?;
+        let mut references = Vec::new();
+        for item in &service.items {
+            let view = self
+                .feature_views
+                .get(&item.view)
+                .ok_or_else(|| ResolveError::UnknownFeatureView(item.view.clone()))?;
+            match &item.features {
+                Some(features) => {
+                    for feature in features {
+                        let reference = FeatureRef {
+                            view: item.view.clone(),
+                            feature: feature.clone(),
+                        };
+                        self.check_feature_ref(&reference)?;
+                        references.push(reference);
+                    }
+                }
+                None => references.extend(view.features.iter().map(|feature| FeatureRef {
+                    view: view.name.clone(),
+                    feature: feature.name.clone(),
+                })),
+            }
+        }
+        Ok(references)
+    }
+
+    fn check_feature_ref(&self, reference: &FeatureRef) -> Result<(), ResolveError> {
+        let view = self
+            .feature_views
+            .get(&reference.view)
+            .ok_or_else(|| ResolveError::UnknownFeatureView(reference.view.clone()))?;
+        if view.feature_index(&reference.feature).is_none() {
+            return Err(ResolveError::UnknownFeature {
+                view: reference.view.clone(),
+                feature: reference.feature.clone(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! The YAML shapes of definition files. Values that validation must point at are `Spanned`;
+//! everything else is checked later, by the resolver, so that all problems are collected.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// The content of one definition file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DefinitionFile {
+    /// Entity declarations.
+    #[serde(default)]
+    pub(super) entities: Option<Vec<EntityDefinition>>,
+    /// Data source declarations.
+    #[serde(default)]
+    pub(super) sources: Option<Vec<SourceDefinition>>,
+    /// Feature view declarations.
+    #[serde(default)]
+    pub(super) feature_views: Option<Vec<FeatureViewDefinition>>,
+    /// Feature service declarations.
+    #[serde(default)]
+    pub(super) feature_services: Option<Vec<FeatureServiceDefinition>>,
+}
+
+/// `entities[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EntityDefinition {
+    /// Unique name.
+    pub(super) name: Spanned<String>,
+    /// The columns that identify one entity.
+    pub(super) join_keys: Spanned<Vec<JoinKeyDefinition>>,
+    /// Free text.
+    #[serde(default)]
+    pub(super) description: String,
+    /// Who to ask.
+    #[serde(default)]
+    pub(super) owner: String,
+    /// Labels.
+    #[serde(default)]
+    pub(super) tags: BTreeMap<String, String>,
+}
+
+/// `entities[].join_keys[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct JoinKeyDefinition {
+    /// Column name.
+    pub(super) name: Spanned<String>,
+    /// int32, int64 or string.
+    pub(super) dtype: Spanned<String>,
+}
+
+/// `sources[]`: one flat shape for every type, so that every field keeps its position (serde
+/// loses positions inside internally tagged enums); fields that do not apply to the type are
+/// reported.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SourceDefinition {
+    /// Unique name.
+    pub(super) name: Spanned<String>,
+    /// file, kafka, nats or push.
+    #[serde(rename = "type")]
+    pub(super) source_type: Spanned<String>,
+    /// file: path, directory or glob, relative to the repo root.
+    #[serde(default)]
+    pub(super) path: Option<Spanned<String>>,
+    /// file: parquet or csv.
+    #[serde(default)]
+    pub(super) format: Option<Spanned<String>>,
+    /// kafka: bootstrap brokers.
+    #[serde(default)]
+    pub(super) brokers: Option<Spanned<Vec<String>>>,
+    /// kafka: topic.
+    #[serde(default)]
+    pub(super) topic: Option<Spanned<String>>,
+    /// kafka: consumer group.
+    #[serde(default)]
+    pub(super) consumer_group: Option<Spanned<String>>,
+    /// kafka: earliest or latest.
+    #[serde(default)]
+    pub(super) start_offset: Option<Spanned<String>>,
+    /// nats: server URL.
+    #[serde(default)]
+    pub(super) url: Option<Spanned<String>>,
+    /// nats: stream.
+    #[serde(default)]
+    pub(super) stream: Option<Spanned<String>>,
+    /// nats: subject.
+    #[serde(default)]
+    pub(super) subject: Option<Spanned<String>>,
+    /// nats: durable consumer.
+    #[serde(default)]
+    pub(super) durable: Option<Spanned<String>>,
+    /// The event-time column.
+    #[serde(default)]
+    pub(super) timestamp_field: Option<Spanned<String>>,
+    /// Free text.
+    #[serde(default)]
+    pub(super) description: String,
+    /// Who to ask.
+    #[serde(default)]
+    pub(super) owner: String,
+    /// Labels.
+    #[serde(default)]
+    pub(super) tags: BTreeMap<String, String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `feature_views[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FeatureViewDefinition {
+    /// Unique name.
+    pub(super) name: Spanned<String>,
+    /// Version, at least 1.
+    pub(super) version: Spanned<i64>,
+    /// Entity names.
+    pub(super) entities: Spanned<Vec<Spanned<String>>>,
+    /// Source name.
+    pub(super) source: Spanned<String>,
+    /// SQL file, relative to the YAML file.
+    #[serde(default)]
+    pub(super) transformation: Option<Spanned<String>>,
+    /// Event-time column; default: the source's.
+    #[serde(default)]
+    pub(super) timestamp_field: Option<Spanned<String>>,
+    /// Time to live.
+    #[serde(default)]
+    pub(super) ttl: Option<Spanned<String>>,
+    /// Served online.
+    #[serde(default = "default_true")]
+    pub(super) online: bool,
+    /// Kept offline.
+    #[serde(default = "default_true")]
+    pub(super) offline: bool,
+    /// Who to ask.
+    #[serde(default)]
+    pub(super) owner: String,
+    /// Importance tier.
+    #[serde(default)]
+    pub(super) tier: Option<String>,
+    /// Labels.
+    #[serde(default)]
+    pub(super) tags: BTreeMap<String, String>,
+    /// Free text.
+    #[serde(default)]
+    pub(super) description: String,
+    /// Freshness promise.
+    #[serde(default)]
+    pub(super) freshness_sla: Option<Spanned<String>>,
+    /// Features.
+    pub(super) features: Spanned<Vec<FeatureDefinition>>,
+}
+
+/// `feature_views[].features[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FeatureDefinition {
+    /// Name, unique in the view.
+    pub(super) name: Spanned<String>,
+    /// Declared type.
+    pub(super) dtype: Spanned<String>,
+    /// Free text.
+    #[serde(default)]
+    pub(super) description: String,
+}
+
+/// `feature_services[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FeatureServiceDefinition {
+    /// Unique name.
+    pub(super) name: Spanned<String>,
+    /// `view:feature` or whole view names.
+    pub(super) features: Spanned<Vec<Spanned<String>>>,
+    /// Free text.
+    #[serde(default)]
+    pub(super) description: String,
+    /// Who to ask.
+    #[serde(default)]
+    pub(super) owner: String,
+    /// Labels.
+    #[serde(default)]
+    pub(super) tags: BTreeMap<String, String>,
+}
