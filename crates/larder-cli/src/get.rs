@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use larder_online::OnlineStoreError;
-use larder_server::{FeatureServer, OnlineFeaturesRequest, RegistryHandle, ServingLimits};
+use larder_server::{FeatureServer, RegistryHandle, ServingLimits};
 
 use crate::context::RepoContext;
 
@@ -63,12 +63,14 @@ pub async fn run(root: &Path, args: &GetArgs) -> Result<()> {
                 store,
                 ServingLimits::default(),
             );
-            let request: OnlineFeaturesRequest = serde_json::from_value(request_json)?;
-            let response = server
+            let body = serde_json::to_vec(&request_json)?;
+            let request = larder_server::json::parse_online_features_request(&body)
+                .map_err(|error| anyhow!("{error}"))?;
+            let result = server
                 .get_online_features(request)
                 .await
                 .map_err(|error| anyhow!("{error}"))?;
-            serde_json::to_value(&response)?
+            serde_json::to_value(result.to_response())?
         }
         Err(OnlineStoreError::Locked { .. }) => {
             let serving = &context.config.serving;

@@ -33,6 +33,7 @@ pub async fn run_with_store(
     let limits = ServingLimits {
         max_entities_per_request: serving.max_entities_per_request,
         max_body_bytes: serving.max_body_bytes,
+        max_concurrent_requests: serving.max_concurrent_requests,
     };
     let server = Arc::new(FeatureServer::new(handle, store, limits));
     let host = host.unwrap_or_else(|| serving.host.clone());

@@ -154,6 +154,54 @@ impl<'a> Reader<'a> {
         Ok(length)
     }
 
+    fn value_ref(&mut self, depth: u8) -> Result<ValueRef<'a>, CoreError> {
+        let [tag] = self.array::<1>()?;
+        let value = match tag {
+            TAG_NULL => ValueRef::Null,
+            TAG_FALSE => ValueRef::Bool(false),
+            TAG_TRUE => ValueRef::Bool(true),
+            TAG_INT32 => ValueRef::Int32(i32::from_le_bytes(self.array()?)),
+            TAG_INT64 => ValueRef::Int64(i64::from_le_bytes(self.array()?)),
+            TAG_FLOAT32 => ValueRef::Float32(f32::from_le_bytes(self.array()?)),
+            TAG_FLOAT64 => ValueRef::Float64(f64::from_le_bytes(self.array()?)),
+            TAG_STRING => {
+                let length = self.length()?;
+                ValueRef::String(
+                    std::str::from_utf8(self.take(length)?)
+                        .map_err(|_| CoreError::Corrupt("string is not UTF-8"))?,
+                )
+            }
+            TAG_BYTES => {
+                let length = self.length()?;
+                ValueRef::Bytes(self.take(length)?)
+            }
+            TAG_TIMESTAMP => ValueRef::Timestamp(Timestamp(i64::from_le_bytes(self.array()?))),
+            TAG_LIST if depth == 0 => {
+                let count = self.length()?;
+                let start = self.position;
+                for _ in 0..count {
+                    self.value_ref(depth + 1)?;
+                }
+                ValueRef::List {
+                    count,
+                    bytes: &self.bytes[start..self.position],
+                }
+            }
+            TAG_VECTOR if depth == 0 => {
+                let dimension = self.length()?;
+                let length = dimension
+                    .checked_mul(4)
+                    .ok_or(CoreError::Corrupt("length overflow"))?;
+                ValueRef::Vector {
+                    dimension,
+                    bytes: self.take(length)?,
+                }
+            }
+            _ => return Err(CoreError::Corrupt("unknown value tag")),
+        };
+        Ok(value)
+    }
+
     fn value(&mut self, depth: u8) -> Result<Value, CoreError> {
         let [tag] = self.array::<1>()?;
         let value = match tag {
@@ -195,6 +243,138 @@ impl<'a> Reader<'a> {
         };
         Ok(value)
     }
+}
+
+/// A value borrowed from an encoded row: decoding it allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    /// No value.
+    Null,
+    /// A `bool`.
+    Bool(bool),
+    /// An `int32`.
+    Int32(i32),
+    /// An `int64`.
+    Int64(i64),
+    /// A `float32`.
+    Float32(f32),
+    /// A `float64`.
+    Float64(f64),
+    /// A `string`.
+    String(&'a str),
+    /// A `bytes` value.
+    Bytes(&'a [u8]),
+    /// A `timestamp`.
+    Timestamp(Timestamp),
+    /// A `list<T>`: `count` encoded elements in `bytes`.
+    List {
+        /// Number of elements.
+        count: usize,
+        /// The elements' encodings, back to back.
+        bytes: &'a [u8],
+    },
+    /// A `vector<N>`: `dimension` little-endian float32s in `bytes`.
+    Vector {
+        /// Number of components.
+        dimension: usize,
+        /// The components' bytes.
+        bytes: &'a [u8],
+    },
+}
+
+impl ValueRef<'_> {
+    /// An owned copy.
+    pub fn to_value(&self) -> Value {
+        match *self {
+            Self::Null => Value::Null,
+            Self::Bool(value) => Value::Bool(value),
+            Self::Int32(value) => Value::Int32(value),
+            Self::Int64(value) => Value::Int64(value),
+            Self::Float32(value) => Value::Float32(value),
+            Self::Float64(value) => Value::Float64(value),
+            Self::String(value) => Value::String(value.to_string()),
+            Self::Bytes(value) => Value::Bytes(value.to_vec()),
+            Self::Timestamp(value) => Value::Timestamp(value),
+            Self::List { count, bytes } => {
+                let mut reader = Reader { bytes, position: 0 };
+                Value::List((0..count).map_while(|_| reader.value(1).ok()).collect())
+            }
+            Self::Vector { bytes, .. } => Value::Vector(vector_components(bytes).collect()),
+        }
+    }
+
+    /// The elements of a list value (empty for any other kind).
+    pub fn list_elements(&self) -> ListElements<'_> {
+        match *self {
+            Self::List { count, bytes } => ListElements {
+                reader: Reader { bytes, position: 0 },
+                remaining: count,
+            },
+            _ => ListElements {
+                reader: Reader {
+                    bytes: &[],
+                    position: 0,
+                },
+                remaining: 0,
+            },
+        }
+    }
+}
+
+/// The float32 components of a vector value's bytes.
+pub fn vector_components(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
+}
+
+/// Iterator over the elements of a borrowed list value.
+pub struct ListElements<'a> {
+    reader: Reader<'a>,
+    remaining: usize,
+}
+
+impl<'a> Iterator for ListElements<'a> {
+    type Item = ValueRef<'a>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        self.reader.value_ref(1).ok()
+    }
+}
+
+/// Finds where each value of an encoded row starts, without decoding any of them, appending
+/// one offset per value to `offsets`; returns the number of values. Use [`value_at`] to read
+/// a value by its offset.
+pub fn index_row(bytes: &[u8], offsets: &mut Vec<u32>) -> Result<usize, CoreError> {
+    let mut reader = Reader { bytes, position: 0 };
+    let count = reader.varint()? as usize;
+    if count > bytes.len() {
+        return Err(CoreError::Corrupt("value count larger than the row"));
+    }
+    for _ in 0..count {
+        offsets.push(
+            u32::try_from(reader.position)
+                .map_err(|_| CoreError::Corrupt("row larger than 4 GiB"))?,
+        );
+        reader.value_ref(0)?;
+    }
+    if reader.position != bytes.len() {
+        return Err(CoreError::Corrupt("trailing bytes after the last value"));
+    }
+    Ok(count)
+}
+
+/// Reads the value that starts at `offset` (as found by [`index_row`]).
+pub fn value_at(bytes: &[u8], offset: u32) -> Result<ValueRef<'_>, CoreError> {
+    let mut reader = Reader {
+        bytes,
+        position: offset as usize,
+    };
+    reader.value_ref(0)
 }
 
 /// Appends an unsigned LEB128 varint.
@@ -285,6 +465,35 @@ mod tests {
             decode_row(&[1, 10, 1, 10, 0]).is_err(),
             "nested lists are refused"
         );
+    }
+
+    #[test]
+    fn indexed_rows_read_back_every_value() {
+        let row = vec![
+            Value::String("héllo".to_string()),
+            Value::List(vec![Value::Int64(1), Value::Null]),
+            Value::Vector(vec![0.5, -1.0]),
+            Value::Float64(2.5),
+            Value::Bytes(vec![1, 2]),
+        ];
+        let encoded = encode_row_to_vec(&row);
+        let mut offsets = Vec::new();
+        assert_eq!(index_row(&encoded, &mut offsets), Ok(row.len()));
+        for (offset, expected) in offsets.iter().zip(&row) {
+            let value = value_at(&encoded, *offset).map(|value| value.to_value());
+            assert_eq!(value.as_ref(), Ok(expected));
+        }
+        let list = value_at(&encoded, offsets[1]).unwrap_or(ValueRef::Null);
+        assert_eq!(
+            list.list_elements().collect::<Vec<_>>(),
+            vec![ValueRef::Int64(1), ValueRef::Null]
+        );
+        for cut in 0..encoded.len() {
+            assert!(
+                index_row(&encoded[..cut], &mut Vec::new()).is_err(),
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]

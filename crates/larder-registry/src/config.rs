@@ -95,6 +95,11 @@ pub struct ServingConfig {
     pub max_entities_per_request: usize,
     /// Largest request body accepted, in bytes. Default 8 MiB.
     pub max_body_bytes: usize,
+    /// Most requests served at once; beyond it requests are answered 503 with
+    /// `Retry-After` at once, which keeps memory bounded under overload. Default 256.
+    pub max_concurrent_requests: usize,
+    /// gRPC port (0 picks a free one); absent: no gRPC listener. Default 6567.
+    pub grpc_port: Option<u16>,
 }
 
 impl Default for ServingConfig {
@@ -104,6 +109,8 @@ impl Default for ServingConfig {
             port: 6566,
             max_entities_per_request: 10_000,
             max_body_bytes: 8 * 1024 * 1024,
+            max_concurrent_requests: 256,
+            grpc_port: Some(6567),
         }
     }
 }
@@ -283,6 +290,12 @@ impl RepoConfig {
                 message: "must be at least 1".to_string(),
             });
         }
+        if self.serving.max_concurrent_requests == 0 {
+            problems.push(ConfigProblem {
+                keys: vec!["serving", "max_concurrent_requests"],
+                message: "must be at least 1".to_string(),
+            });
+        }
         problems
     }
 
@@ -448,7 +461,9 @@ serving: {host: 0.0.0.0, port: 8080, max_entities_per_request: 5, max_body_bytes
                 host: "0.0.0.0".into(),
                 port: 8080,
                 max_entities_per_request: 5,
-                max_body_bytes: 1024
+                max_body_bytes: 1024,
+                max_concurrent_requests: 256,
+                grpc_port: Some(6567),
             }
         );
         let root = Path::new("/repo");

@@ -3,21 +3,28 @@
 //! * `POST /get-online-features`: Feast's request and response shapes. The body is read as
 //!   JSON whatever its content type (so `curl -d` works).
 //! * `GET /health`: 200 with the applied registry's timestamp.
+//! * `GET /metrics`: Prometheus text format.
 //!
 //! Every error is a JSON body `{"error": {"code": ..., "message": ...}}` with a status chosen
-//! in [`status_of`], the one place that maps error kinds to HTTP.
+//! in [`status_of`], the one place that maps error kinds to HTTP. Requests beyond
+//! `max_concurrent_requests` are shed at once with 503 and `Retry-After`, so memory stays
+//! bounded under overload and the server recovers as soon as the load drops.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use tokio::sync::Semaphore;
 
 use crate::error::{ErrorKind, ServingError};
-use crate::serving::{FeatureServer, OnlineFeaturesRequest};
+use crate::json::{parse_online_features_request, write_online_features_response};
+use crate::serving::FeatureServer;
 
 /// The HTTP status for an error kind.
 pub fn status_of(kind: ErrorKind) -> StatusCode {
@@ -47,13 +54,41 @@ impl IntoResponse for ServingError {
     }
 }
 
+/// Shared state of the HTTP handlers.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    server: Arc<FeatureServer>,
+    admission: Arc<Semaphore>,
+}
+
 /// The router for a feature server.
 pub fn router(server: Arc<FeatureServer>) -> Router {
+    let admission = Arc::new(Semaphore::new(
+        server.limits().max_concurrent_requests.max(1),
+    ));
+    let _ = crate::metrics::prometheus_handle();
     Router::new()
         .route("/get-online-features", post(get_online_features))
         .route("/health", get(health))
+        .route("/metrics", get(render_metrics))
         .fallback(not_found)
-        .with_state(server)
+        .layer(middleware::from_fn(record_request_metrics))
+        .with_state(HttpState { server, admission })
+}
+
+async fn record_request_metrics(request: Request, next: Next) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let started = Instant::now();
+    metrics::gauge!("larder_http_requests_in_flight").increment(1.0);
+    let response = next.run(request).await;
+    metrics::gauge!("larder_http_requests_in_flight").decrement(1.0);
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("larder_http_requests_total", "endpoint" => endpoint.clone(), "status" => status.clone()).increment(1);
+    metrics::histogram!("larder_http_request_duration_seconds", "endpoint" => endpoint, "status" => status).record(started.elapsed().as_secs_f64());
+    response
 }
 
 async fn not_found(request: Request) -> ServingError {
@@ -63,8 +98,8 @@ async fn not_found(request: Request) -> ServingError {
     )
 }
 
-async fn health(State(server): State<Arc<FeatureServer>>) -> Response {
-    let registry = server.registry().snapshot();
+async fn health(State(state): State<HttpState>) -> Response {
+    let registry = state.server.registry().snapshot();
     let body = serde_json::json!({
         "status": "ok",
         "project": registry.project,
@@ -74,6 +109,24 @@ async fn health(State(server): State<Arc<FeatureServer>>) -> Response {
     axum::Json(body).into_response()
 }
 
+async fn render_metrics() -> Response {
+    match crate::metrics::prometheus_handle() {
+        Some(handle) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            )],
+            handle.render(),
+        )
+            .into_response(),
+        None => ServingError::new(
+            ErrorKind::Unavailable,
+            "metrics are not available in this process",
+        )
+        .into_response(),
+    }
+}
+
 /// Reads a whole body up to `limit` bytes, answering 413 beyond it.
 async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ServingError> {
     to_bytes(body, limit).await.map_err(|_| {
@@ -81,31 +134,27 @@ async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, Servin
     })
 }
 
-/// Parses a JSON request body with a message that says where it is malformed.
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ServingError> {
-    serde_json::from_slice(bytes).map_err(|error| {
-        let what = if error.is_data() {
-            "invalid request"
-        } else {
-            "malformed JSON"
-        };
-        ServingError::invalid(format!("{what}: {error}"))
-    })
-}
-
 async fn get_online_features(
-    State(server): State<Arc<FeatureServer>>,
+    State(state): State<HttpState>,
     request: Request,
 ) -> Result<Response, ServingError> {
-    let bytes = read_body(request.into_body(), server.limits().max_body_bytes).await?;
-    let parsed: OnlineFeaturesRequest = parse_json(&bytes)?;
-    let response = server.get_online_features(parsed).await?;
-    let body = serde_json::to_vec(&response).map_err(|error| {
-        ServingError::new(
-            ErrorKind::Internal,
-            format!("encoding the response: {error}"),
-        )
-    })?;
+    let Ok(_permit) = state.admission.try_acquire() else {
+        metrics::counter!("larder_http_requests_rejected_total", "reason" => "overloaded")
+            .increment(1);
+        return Err(ServingError::new(
+            ErrorKind::Overloaded,
+            "the server is at its concurrency limit (serving.max_concurrent_requests); retry shortly",
+        ));
+    };
+    let bytes = read_body(request.into_body(), state.server.limits().max_body_bytes).await?;
+    let parsed = parse_online_features_request(&bytes)?;
+    let result = state.server.get_online_features(parsed).await?;
+    for (view, rows) in result.rows_read_per_view() {
+        metrics::counter!("larder_online_rows_read_total", "feature_view" => view.to_string())
+            .increment(rows as u64);
+    }
+    let mut body = Vec::with_capacity(256 + result.entity_count * result.feature_names.len() * 40);
+    write_online_features_response(&result, &mut body);
     Ok((
         [(
             header::CONTENT_TYPE,

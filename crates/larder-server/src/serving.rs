@@ -1,11 +1,18 @@
 //! The protocol-agnostic online read path.
+//!
+//! A request is resolved against the registry snapshot, its features grouped by feature
+//! view, and each view read with one batched `read_rows` call, all views concurrently. The
+//! stored row bytes are kept as they came from the store and indexed once
+//! ([`larder_core::codec::index_row`]); protocols encode values straight from those bytes,
+//! so a value is copied once, from the store's buffer into the response.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use larder_core::{EntityKey, FeatureRef, FeatureView, JoinKey, Timestamp, Value, codec};
-use larder_online::SharedOnlineStore;
-use serde::{Deserialize, Serialize};
+use larder_core::codec::{self, ValueRef};
+use larder_core::{EntityKey, FeatureRef, FeatureView, JoinKey, Timestamp, Value, ValueType};
+use larder_online::{OnlineRow, SharedOnlineStore};
+use serde::Serialize;
 
 use crate::error::{ErrorKind, ServingError};
 use crate::registry_handle::RegistryHandle;
@@ -17,6 +24,8 @@ pub struct ServingLimits {
     pub max_entities_per_request: usize,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Most requests served at once; more are answered 503 with Retry-After.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ServingLimits {
@@ -24,25 +33,29 @@ impl Default for ServingLimits {
         Self {
             max_entities_per_request: 10_000,
             max_body_bytes: 8 * 1024 * 1024,
+            max_concurrent_requests: 256,
         }
     }
 }
 
-/// A request for online features, in the shape of Feast's `/get-online-features`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OnlineFeaturesRequest {
-    /// Feature references, `view:feature`. Exactly one of `features` and
-    /// `feature_service` must be given.
-    #[serde(default)]
-    pub features: Option<Vec<String>>,
+/// Which features a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeatureSelection {
+    /// Feature references, `view:feature`.
+    Features(Vec<String>),
     /// A feature service name.
-    #[serde(default)]
-    pub feature_service: Option<String>,
-    /// Entity columns: join key name to one value per requested entity.
-    pub entities: serde_json::Map<String, serde_json::Value>,
+    Service(String),
+}
+
+/// A request for online features, whatever the protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnlineFeaturesRequest {
+    /// The features.
+    pub selection: FeatureSelection,
+    /// Entity columns in request order: join key name and one value per entity. Values are
+    /// converted to the join key's declared type (integers for int32/int64, strings).
+    pub entities: Vec<(String, Vec<Value>)>,
     /// Name features `view__feature` instead of `feature`.
-    #[serde(default)]
     pub full_feature_names: bool,
 }
 
@@ -56,6 +69,133 @@ pub enum FieldStatus {
     NotFound,
     /// The stored value is older than the view's TTL; it is served as null.
     OutsideMaxAge,
+}
+
+impl FieldStatus {
+    /// The name clients see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Present => "PRESENT",
+            Self::NotFound => "NOT_FOUND",
+            Self::OutsideMaxAge => "OUTSIDE_MAX_AGE",
+        }
+    }
+}
+
+/// The rows read for one feature view of a request, indexed for random access.
+#[derive(Debug)]
+struct ViewRows {
+    name: String,
+    rows: Vec<Option<OnlineRow>>,
+    /// Per row, the status that applies to every feature of that row.
+    row_statuses: Vec<FieldStatus>,
+    /// `feature_count` value offsets per present row (rows × feature_count; zeros otherwise).
+    offsets: Vec<u32>,
+    feature_count: usize,
+}
+
+/// Where one output feature column comes from.
+#[derive(Debug, Clone, Copy)]
+struct ColumnSource {
+    view_slot: usize,
+    feature_index: usize,
+}
+
+/// The answer to a request, holding the stored bytes; protocols encode from it.
+#[derive(Debug)]
+pub struct OnlineFeaturesResult {
+    /// Column names: entity join keys first, then features in request order.
+    pub feature_names: Vec<String>,
+    /// The typed entity columns, one per join key, in the order of `feature_names`.
+    pub entity_columns: Vec<Vec<Value>>,
+    /// Number of entities (rows).
+    pub entity_count: usize,
+    views: Vec<ViewRows>,
+    columns: Vec<ColumnSource>,
+}
+
+/// One served cell.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cell<'a> {
+    /// The value (`Null` unless present).
+    pub value: ValueRef<'a>,
+    /// Why it is or is not there.
+    pub status: FieldStatus,
+    /// Its event time (the epoch where there is none).
+    pub event_timestamp: Timestamp,
+}
+
+impl OnlineFeaturesResult {
+    /// Number of feature columns (excluding entity columns).
+    pub fn feature_column_count(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// The cell of feature column `column` (0-based among features) for entity `row`.
+    pub fn cell(&self, column: usize, row: usize) -> Cell<'_> {
+        let missing = |status| Cell {
+            value: ValueRef::Null,
+            status,
+            event_timestamp: Timestamp::EPOCH,
+        };
+        let Some(source) = self.columns.get(column) else {
+            return missing(FieldStatus::NotFound);
+        };
+        let view = &self.views[source.view_slot];
+        let Some(Some(stored)) = view.rows.get(row) else {
+            return missing(FieldStatus::NotFound);
+        };
+        let status = view.row_statuses[row];
+        if status != FieldStatus::Present {
+            return Cell {
+                value: ValueRef::Null,
+                status,
+                event_timestamp: stored.event_timestamp,
+            };
+        }
+        let offset = view.offsets[row * view.feature_count + source.feature_index];
+        let value = codec::value_at(&stored.values, offset).unwrap_or(ValueRef::Null);
+        Cell {
+            value,
+            status,
+            event_timestamp: stored.event_timestamp,
+        }
+    }
+
+    /// Rows read per feature view, for metrics.
+    pub fn rows_read_per_view(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.views
+            .iter()
+            .map(|view| (view.name.as_str(), view.rows.len()))
+    }
+
+    /// An owned copy in Feast's response shape (for the CLI and tests).
+    pub fn to_response(&self) -> OnlineFeaturesResponse {
+        let mut results = Vec::with_capacity(self.entity_columns.len() + self.columns.len());
+        for values in &self.entity_columns {
+            results.push(FeatureColumn {
+                values: values.clone(),
+                statuses: vec![FieldStatus::Present; self.entity_count],
+                event_timestamps: vec![Timestamp::EPOCH; self.entity_count],
+            });
+        }
+        for column in 0..self.columns.len() {
+            let cells: Vec<Cell<'_>> = (0..self.entity_count)
+                .map(|row| self.cell(column, row))
+                .collect();
+            results.push(FeatureColumn {
+                values: cells.iter().map(|cell| cell.value.to_value()).collect(),
+                statuses: cells.iter().map(|cell| cell.status).collect(),
+                event_timestamps: cells.iter().map(|cell| cell.event_timestamp).collect(),
+            });
+        }
+        OnlineFeaturesResponse {
+            metadata: ResponseMetadata {
+                feature_names: self.feature_names.clone(),
+            },
+            results,
+        }
+    }
 }
 
 /// The names of the response's columns.
@@ -76,7 +216,7 @@ pub struct FeatureColumn {
     pub event_timestamps: Vec<Timestamp>,
 }
 
-/// The answer, in the shape of Feast's `/get-online-features` response.
+/// An owned answer, in the shape of Feast's `/get-online-features` response.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OnlineFeaturesResponse {
     /// Column names.
@@ -98,8 +238,6 @@ struct ViewRequest<'a> {
     view: &'a FeatureView,
     /// (feature index in the view, output column index)
     features: Vec<(usize, usize)>,
-    /// Whether a feature is asked for twice (then values are cloned, not moved).
-    has_repeated_features: bool,
 }
 
 impl FeatureServer {
@@ -130,21 +268,11 @@ impl FeatureServer {
     pub async fn get_online_features(
         &self,
         request: OnlineFeaturesRequest,
-    ) -> Result<OnlineFeaturesResponse, ServingError> {
+    ) -> Result<OnlineFeaturesResult, ServingError> {
         let registry = self.registry.snapshot();
-        let references: Vec<FeatureRef> = match (&request.features, &request.feature_service) {
-            (Some(_), Some(_)) => {
-                return Err(ServingError::invalid(
-                    "give either 'features' or 'feature_service', not both",
-                ));
-            }
-            (None, None) => {
-                return Err(ServingError::invalid(
-                    "the request names no features: give 'features' or 'feature_service'",
-                ));
-            }
-            (Some(features), None) => registry.resolve_feature_refs(features)?,
-            (None, Some(service)) => registry.resolve_feature_service(service)?,
+        let references: Vec<FeatureRef> = match &request.selection {
+            FeatureSelection::Features(features) => registry.resolve_feature_refs(features)?,
+            FeatureSelection::Service(service) => registry.resolve_feature_service(service)?,
         };
         if references.is_empty() {
             return Err(ServingError::invalid("the request names no features"));
@@ -153,6 +281,7 @@ impl FeatureServer {
         // Group the references by view, in order of first appearance.
         let mut view_requests: Vec<ViewRequest<'_>> = Vec::new();
         let mut join_keys: Vec<&JoinKey> = Vec::new();
+        let mut columns = Vec::with_capacity(references.len());
         for (position, reference) in references.iter().enumerate() {
             let view = registry.feature_views.get(&reference.view).ok_or_else(|| {
                 ServingError::invalid(format!("unknown feature view '{}'", reference.view))
@@ -169,17 +298,11 @@ impl FeatureServer {
                     view.name, reference.feature
                 ))
             })?;
-            match view_requests
-                .iter_mut()
-                .find(|existing| existing.view.name == view.name)
+            let view_slot = match view_requests
+                .iter()
+                .position(|existing| existing.view.name == view.name)
             {
-                Some(existing) => {
-                    existing.has_repeated_features |= existing
-                        .features
-                        .iter()
-                        .any(|(index, _)| *index == feature_index);
-                    existing.features.push((feature_index, position));
-                }
+                Some(slot) => slot,
                 None => {
                     for join_key in &view.join_keys {
                         if !join_keys.iter().any(|known| known.name == join_key.name) {
@@ -188,53 +311,57 @@ impl FeatureServer {
                     }
                     view_requests.push(ViewRequest {
                         view,
-                        features: vec![(feature_index, position)],
-                        has_repeated_features: false,
+                        features: Vec::new(),
                     });
+                    view_requests.len() - 1
                 }
-            }
+            };
+            view_requests[view_slot]
+                .features
+                .push((feature_index, position));
+            columns.push(ColumnSource {
+                view_slot,
+                feature_index,
+            });
         }
 
-        let entity_count = self.check_entity_columns(&request, &join_keys)?;
-        let entity_columns = Self::typed_entity_columns(&request, &join_keys)?;
+        let (entity_count, entity_columns) =
+            self.typed_entity_columns(request.entities, &join_keys)?;
 
         // Entity keys per distinct join-key combination, shared by the views that use it.
-        let mut keys_by_join_keys: HashMap<Vec<String>, Arc<Vec<EntityKey>>> = HashMap::new();
+        let mut keys_by_join_keys: HashMap<Vec<&str>, Arc<Vec<EntityKey>>> = HashMap::new();
         for view_request in &view_requests {
-            let names: Vec<String> = view_request
+            let names: Vec<&str> = view_request
                 .view
                 .join_keys
                 .iter()
-                .map(|join_key| join_key.name.clone())
+                .map(|join_key| join_key.name.as_str())
                 .collect();
             if keys_by_join_keys.contains_key(&names) {
                 continue;
             }
-            let columns: Vec<&Vec<Value>> = names
+            let key_columns: Vec<&Vec<Value>> = names
                 .iter()
                 .map(|name| {
-                    entity_columns.get(name.as_str()).ok_or_else(|| {
-                        ServingError::new(ErrorKind::Internal, "entity column vanished")
-                    })
+                    join_keys
+                        .iter()
+                        .position(|join_key| join_key.name == *name)
+                        .map(|index| &entity_columns[index])
+                        .ok_or_else(|| {
+                            ServingError::new(ErrorKind::Internal, "entity column vanished")
+                        })
                 })
                 .collect::<Result<_, _>>()?;
-            let mut keys = Vec::with_capacity(entity_count);
-            for row in 0..entity_count {
-                let values: Vec<Value> = columns.iter().map(|column| column[row].clone()).collect();
-                keys.push(
-                    EntityKey::from_values(&values)
-                        .map_err(|error| ServingError::invalid(error.to_string()))?,
-                );
-            }
+            let keys = build_entity_keys(&key_columns, entity_count)?;
             keys_by_join_keys.insert(names, Arc::new(keys));
         }
 
         let reads = view_requests.iter().map(|view_request| {
-            let names: Vec<String> = view_request
+            let names: Vec<&str> = view_request
                 .view
                 .join_keys
                 .iter()
-                .map(|join_key| join_key.name.clone())
+                .map(|join_key| join_key.name.as_str())
                 .collect();
             let keys = keys_by_join_keys.get(&names).cloned().unwrap_or_default();
             let store = Arc::clone(&self.store);
@@ -243,25 +370,16 @@ impl FeatureServer {
         });
         let rows_per_view = futures::future::try_join_all(reads).await?;
 
-        // Assemble: entity columns, then features in request order.
+        let now = Timestamp::now();
+        let mut views = Vec::with_capacity(view_requests.len());
+        for (view_request, rows) in view_requests.iter().zip(rows_per_view) {
+            views.push(index_view_rows(view_request.view, rows, now)?);
+        }
+
         let mut feature_names: Vec<String> = join_keys
             .iter()
             .map(|join_key| join_key.name.clone())
             .collect();
-        let mut results: Vec<FeatureColumn> =
-            Vec::with_capacity(join_keys.len() + references.len());
-        for join_key in &join_keys {
-            let values = entity_columns
-                .get(join_key.name.as_str())
-                .cloned()
-                .unwrap_or_default();
-            results.push(FeatureColumn {
-                values,
-                statuses: vec![FieldStatus::Present; entity_count],
-                event_timestamps: vec![Timestamp::EPOCH; entity_count],
-            });
-        }
-        let mut feature_columns: Vec<Option<FeatureColumn>> = vec![None; references.len()];
         for reference in &references {
             feature_names.push(if request.full_feature_names {
                 format!("{}__{}", reference.view, reference.feature)
@@ -269,81 +387,26 @@ impl FeatureServer {
                 reference.feature.clone()
             });
         }
-        let now = Timestamp::now();
-        for (view_request, rows) in view_requests.iter().zip(rows_per_view) {
-            let cutoff = view_request
-                .view
-                .ttl
-                .filter(|ttl| ttl.as_seconds() > 0)
-                .map(|ttl| now.saturating_sub(ttl));
-            let mut columns: Vec<FeatureColumn> = view_request
-                .features
-                .iter()
-                .map(|_| FeatureColumn {
-                    values: Vec::with_capacity(entity_count),
-                    statuses: Vec::with_capacity(entity_count),
-                    event_timestamps: Vec::with_capacity(entity_count),
-                })
-                .collect();
-            for row in rows {
-                let Some(stored) = row else {
-                    for column in &mut columns {
-                        column.values.push(Value::Null);
-                        column.statuses.push(FieldStatus::NotFound);
-                        column.event_timestamps.push(Timestamp::EPOCH);
-                    }
-                    continue;
-                };
-                let expired = cutoff.is_some_and(|cutoff| stored.event_timestamp < cutoff);
-                let mut decoded = if expired {
-                    Vec::new()
-                } else {
-                    codec::decode_row(&stored.values).map_err(|error| {
-                        ServingError::new(
-                            ErrorKind::Internal,
-                            format!(
-                                "stored row of feature view '{}' is unreadable: {error}",
-                                view_request.view.name
-                            ),
-                        )
-                    })?
-                };
-                for (column, (feature_index, _)) in columns.iter_mut().zip(&view_request.features) {
-                    column.event_timestamps.push(stored.event_timestamp);
-                    if expired {
-                        column.values.push(Value::Null);
-                        column.statuses.push(FieldStatus::OutsideMaxAge);
-                        continue;
-                    }
-                    let value = match decoded.get_mut(*feature_index) {
-                        Some(slot) if view_request.has_repeated_features => slot.clone(),
-                        Some(slot) => std::mem::replace(slot, Value::Null),
-                        None => Value::Null,
-                    };
-                    column.values.push(value);
-                    column.statuses.push(FieldStatus::Present);
-                }
-            }
-            for (column, (_, position)) in columns.into_iter().zip(&view_request.features) {
-                feature_columns[*position] = Some(column);
-            }
-        }
-        results.extend(feature_columns.into_iter().flatten());
-        Ok(OnlineFeaturesResponse {
-            metadata: ResponseMetadata { feature_names },
-            results,
+        Ok(OnlineFeaturesResult {
+            feature_names,
+            entity_columns,
+            entity_count,
+            views,
+            columns,
         })
     }
 
     /// Checks that the entity columns are exactly the join keys needed, all of one length
-    /// within the limit; returns that length.
-    fn check_entity_columns(
+    /// within the limit, and converts their values to the join keys' types. Returns the
+    /// entity count and the columns in the order of `join_keys`.
+    fn typed_entity_columns(
         &self,
-        request: &OnlineFeaturesRequest,
+        entities: Vec<(String, Vec<Value>)>,
         join_keys: &[&JoinKey],
-    ) -> Result<usize, ServingError> {
-        for name in request.entities.keys() {
-            if !join_keys.iter().any(|join_key| &join_key.name == name) {
+    ) -> Result<(usize, Vec<Vec<Value>>), ServingError> {
+        let mut by_name: HashMap<String, Vec<Value>> = HashMap::with_capacity(entities.len());
+        for (name, values) in entities {
+            if !join_keys.iter().any(|join_key| join_key.name == name) {
                 let expected: Vec<&str> = join_keys
                     .iter()
                     .map(|join_key| join_key.name.as_str())
@@ -353,17 +416,17 @@ impl FeatureServer {
                     expected.join(", ")
                 )));
             }
+            if by_name.insert(name.clone(), values).is_some() {
+                return Err(ServingError::invalid(format!(
+                    "entity column '{name}' is given twice"
+                )));
+            }
         }
         let mut entity_count: Option<usize> = None;
+        let mut typed_columns = Vec::with_capacity(join_keys.len());
         for join_key in join_keys {
-            let column = request.entities.get(&join_key.name).ok_or_else(|| {
+            let values = by_name.remove(&join_key.name).ok_or_else(|| {
                 ServingError::invalid(format!("missing entity column '{}'", join_key.name))
-            })?;
-            let values = column.as_array().ok_or_else(|| {
-                ServingError::invalid(format!(
-                    "entity column '{}' must be an array of values",
-                    join_key.name
-                ))
             })?;
             match entity_count {
                 Some(count) if count != values.len() => {
@@ -375,50 +438,130 @@ impl FeatureServer {
                 }
                 _ => entity_count = Some(values.len()),
             }
-        }
-        let count = entity_count.unwrap_or(0);
-        if count > self.limits.max_entities_per_request {
-            return Err(ServingError::new(
-                ErrorKind::PayloadTooLarge,
-                format!(
-                    "the request asks for {count} entities; the limit is {} per request",
-                    self.limits.max_entities_per_request
-                ),
-            ));
-        }
-        Ok(count)
-    }
-
-    fn typed_entity_columns<'a>(
-        request: &OnlineFeaturesRequest,
-        join_keys: &[&'a JoinKey],
-    ) -> Result<HashMap<&'a str, Vec<Value>>, ServingError> {
-        let mut columns = HashMap::with_capacity(join_keys.len());
-        for join_key in join_keys {
-            let values = request
-                .entities
-                .get(&join_key.name)
-                .and_then(|column| column.as_array())
-                .map(Vec::as_slice)
-                .unwrap_or_default();
+            if values.len() > self.limits.max_entities_per_request {
+                return Err(ServingError::new(
+                    ErrorKind::PayloadTooLarge,
+                    format!(
+                        "the request asks for {} entities; the limit is {} per request",
+                        values.len(),
+                        self.limits.max_entities_per_request
+                    ),
+                ));
+            }
             let mut typed = Vec::with_capacity(values.len());
-            for (index, json) in values.iter().enumerate() {
-                if json.is_null() {
+            for (index, value) in values.into_iter().enumerate() {
+                typed.push(coerce_join_key_value(value, &join_key.dtype).map_err(|got| {
+                    ServingError::invalid(format!("entity column '{}' at index {index}: expected a value of type {}, got {got}", join_key.name, join_key.dtype))
+                })?);
+            }
+            typed_columns.push(typed);
+        }
+        Ok((entity_count.unwrap_or(0), typed_columns))
+    }
+}
+
+/// Converts a request value to a join key's type; on failure returns what was given.
+fn coerce_join_key_value(value: Value, dtype: &ValueType) -> Result<Value, String> {
+    match (value, dtype) {
+        (Value::Int64(number), ValueType::Int64) => Ok(Value::Int64(number)),
+        (Value::Int32(number), ValueType::Int64) => Ok(Value::Int64(i64::from(number))),
+        (Value::Int64(number), ValueType::Int32) => i32::try_from(number)
+            .map(Value::Int32)
+            .map_err(|_| format!("{number} (out of range)")),
+        (Value::Int32(number), ValueType::Int32) => Ok(Value::Int32(number)),
+        (Value::String(text), ValueType::String) => Ok(Value::String(text)),
+        (Value::Null, _) => Err("null".to_string()),
+        (Value::String(_), _) => Err("a string".to_string()),
+        (Value::Float32(_) | Value::Float64(_), _) => Err("a decimal number".to_string()),
+        (Value::Int32(_) | Value::Int64(_), _) => Err("an integer".to_string()),
+        (other, _) => Err(format!("a {}", other.kind_name())),
+    }
+}
+
+fn build_entity_keys(
+    key_columns: &[&Vec<Value>],
+    entity_count: usize,
+) -> Result<Vec<EntityKey>, ServingError> {
+    let mut keys = Vec::with_capacity(entity_count);
+    if let [single] = key_columns {
+        for value in single.iter() {
+            let key = match value {
+                Value::Int64(number) => EntityKey::from_int(*number),
+                Value::Int32(number) => EntityKey::from_int(i64::from(*number)),
+                Value::String(text) => EntityKey::from_str_key(text),
+                other => {
                     return Err(ServingError::invalid(format!(
-                        "entity column '{}' has null at index {index}",
-                        join_key.name
+                        "a {} cannot be a join key value",
+                        other.kind_name()
                     )));
                 }
-                let value = Value::from_json(json, &join_key.dtype).map_err(|error| {
-                    ServingError::invalid(format!(
-                        "entity column '{}' at index {index}: {error}",
-                        join_key.name
-                    ))
-                })?;
-                typed.push(value);
-            }
-            columns.insert(join_key.name.as_str(), typed);
+            };
+            keys.push(key);
         }
-        Ok(columns)
+        return Ok(keys);
     }
+    for row in 0..entity_count {
+        let values: Vec<Value> = key_columns
+            .iter()
+            .map(|column| column[row].clone())
+            .collect();
+        keys.push(
+            EntityKey::from_values(&values)
+                .map_err(|error| ServingError::invalid(error.to_string()))?,
+        );
+    }
+    Ok(keys)
+}
+
+fn index_view_rows(
+    view: &FeatureView,
+    rows: Vec<Option<OnlineRow>>,
+    now: Timestamp,
+) -> Result<ViewRows, ServingError> {
+    let feature_count = view.features.len();
+    let cutoff = view
+        .ttl
+        .filter(|ttl| ttl.as_seconds() > 0)
+        .map(|ttl| now.saturating_sub(ttl));
+    let mut offsets = Vec::with_capacity(rows.len() * feature_count);
+    let mut row_statuses = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let start = offsets.len();
+        let status = match row {
+            None => FieldStatus::NotFound,
+            Some(stored) if cutoff.is_some_and(|cutoff| stored.event_timestamp < cutoff) => {
+                FieldStatus::OutsideMaxAge
+            }
+            Some(stored) => {
+                let count = codec::index_row(&stored.values, &mut offsets).map_err(|error| {
+                    ServingError::new(
+                        ErrorKind::Internal,
+                        format!(
+                            "stored row of feature view '{}' is unreadable: {error}",
+                            view.name
+                        ),
+                    )
+                })?;
+                if count != feature_count {
+                    return Err(ServingError::new(
+                        ErrorKind::Internal,
+                        format!(
+                            "stored row of feature view '{}' has {count} values, the view declares {feature_count}",
+                            view.name
+                        ),
+                    ));
+                }
+                FieldStatus::Present
+            }
+        };
+        offsets.resize(start + feature_count, 0);
+        row_statuses.push(status);
+    }
+    Ok(ViewRows {
+        name: view.name.clone(),
+        rows,
+        row_statuses,
+        offsets,
+        feature_count,
+    })
 }

@@ -37,7 +37,7 @@ fn bad_requests_get_clear_4xx_answers() {
         ("float entity", json!({"features": ["user_profile:age"], "entities": {"user_id": [1.5]}}).to_string(), 400, "expected a value of type int64, got a decimal number"),
         ("missing entity column", json!({"features": ["user_profile:age"], "entities": {}}).to_string(), 400, "missing entity column 'user_id'"),
         ("unknown entity column", json!({"features": ["user_profile:age"], "entities": {"user_id": [1], "uid": [1]}}).to_string(), 400, "'uid' is not a join key"),
-        ("entity column not an array", json!({"features": ["user_profile:age"], "entities": {"user_id": 1}}).to_string(), 400, "must be an array"),
+        ("entity column not an array", json!({"features": ["user_profile:age"], "entities": {"user_id": 1}}).to_string(), 400, "expected an array of entity key values"),
         ("too many entities", json!({"features": ["user_profile:age"], "entities": {"user_id": [1, 2, 3, 4, 5, 6]}}).to_string(), 413, "limit is 5"),
         ("oversized body", format!(r#"{{"features": ["user_profile:age"], "entities": {{"user_id": [1]}}, "pad": "{}"}}"#, "x".repeat(4096)), 413, "larger than the limit"),
     ];
