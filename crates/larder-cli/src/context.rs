@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
-use larder_online::{EmbeddedOnlineStore, MemoryOnlineStore, OnlineStoreError, SharedOnlineStore};
+use larder_online::{
+    CacheConfig, CachedOnlineStore, EmbeddedOnlineStore, MemoryOnlineStore, OnlineStoreError,
+    SharedOnlineStore,
+};
 use larder_registry::{
     FileRegistryStore, OfflineStoreConfig, OnlineStoreConfig, Registry, RegistryStore, RepoConfig,
 };
@@ -48,6 +51,20 @@ impl RepoContext {
 
     /// Opens the configured online store.
     pub fn open_online_store(&self) -> Result<SharedOnlineStore, OnlineStoreError> {
+        let store = self.open_backend()?;
+        Ok(match &self.config.online_cache {
+            Some(cache) => Arc::new(CachedOnlineStore::new(
+                store,
+                CacheConfig {
+                    max_entries: cache.max_entries,
+                    ttl: std::time::Duration::from_secs(cache.ttl.as_seconds()),
+                },
+            )),
+            None => store,
+        })
+    }
+
+    fn open_backend(&self) -> Result<SharedOnlineStore, OnlineStoreError> {
         match &self.config.online_store {
             OnlineStoreConfig::Embedded { path } => Ok(Arc::new(EmbeddedOnlineStore::open(
                 &self.config.resolve_path(&self.root, path),

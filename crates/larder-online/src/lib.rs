@@ -5,6 +5,7 @@
 //! backend implements and that [`conformance`] checks. Backends here:
 //! [`MemoryOnlineStore`] (the reference) and [`EmbeddedOnlineStore`] (persistent, on redb).
 
+mod cache;
 pub mod conformance;
 mod embedded;
 mod memory;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use larder_core::{EntityKey, FeatureViewId, Timestamp, WriteLane};
 
+pub use cache::{CacheConfig, CacheStats, CachedOnlineStore};
 pub use embedded::EmbeddedOnlineStore;
 pub use memory::MemoryOnlineStore;
 

@@ -41,6 +41,30 @@ pub struct RepoConfig {
     /// The feature server (`larder serve`).
     #[serde(default)]
     pub serving: ServingConfig,
+    /// A write-through cache in front of the online store; absent: no cache. Worth it for
+    /// remote stores (Redis, DynamoDB); the embedded store is about as fast as the cache.
+    #[serde(default)]
+    pub online_cache: Option<OnlineCacheConfig>,
+}
+
+/// Bounds of the write-through online cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OnlineCacheConfig {
+    /// Most cached rows across all feature views. Default 1,000,000.
+    pub max_entries: usize,
+    /// How long a cached row may be served before it is read again. Writes through this
+    /// process invalidate it at once; the TTL bounds staleness from other writers. Default 60s.
+    pub ttl: larder_core::TtlDuration,
+}
+
+impl Default for OnlineCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 1_000_000,
+            ttl: larder_core::TtlDuration::from_seconds(60),
+        }
+    }
 }
 
 /// Which online store to use; `type` selects it.
@@ -147,6 +171,7 @@ impl RepoConfig {
             online_store: OnlineStoreConfig::default(),
             offline_store: OfflineStoreConfig::default(),
             serving: ServingConfig::default(),
+            online_cache: None,
         }
     }
 
