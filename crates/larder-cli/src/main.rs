@@ -87,6 +87,19 @@ struct ServeArgs {
     /// Port to listen on; 0 picks a free one (default: serving.port in larder.yaml).
     #[arg(long)]
     port: Option<u16>,
+    /// gRPC port; 0 picks a free one (default: serving.grpc_port in larder.yaml).
+    #[arg(long)]
+    grpc_port: Option<u16>,
+}
+
+impl ServeArgs {
+    fn listen_options(&self) -> serve::ListenOptions {
+        serve::ListenOptions {
+            host: self.host.clone(),
+            port: self.port,
+            grpc_port: self.grpc_port,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -122,7 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init(args) => init(&args),
         Command::Apply { dry_run } => apply::run(&cli.repo, dry_run).await.map(|_| ()),
         Command::Materialize { views } => materialize::run(&cli.repo, &views).await,
-        Command::Serve(args) => serve::run(&cli.repo, args.host, args.port).await,
+        Command::Serve(args) => serve::run(&cli.repo, args.listen_options()).await,
         Command::Get(args) => get::run(&cli.repo, &args).await,
         Command::Quickstart {
             path,
@@ -143,7 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let context = context::RepoContext::load(&path)?;
             let store = context.open_online_store()?;
             materialize::run_with_store(&context, std::sync::Arc::clone(&store), &[]).await?;
-            serve::run_with_store(&context, store, serve.host, serve.port).await
+            serve::run_with_store(&context, store, serve.listen_options()).await
         }
     }
 }

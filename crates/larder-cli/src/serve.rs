@@ -11,22 +11,33 @@ use larder_server::{FeatureServer, RegistryHandle, ServingLimits};
 
 use crate::context::RepoContext;
 
-/// Opens the configured store and serves until Ctrl-C or SIGTERM.
-pub async fn run(root: &Path, host: Option<String>, port: Option<u16>) -> Result<()> {
-    let context = RepoContext::load(root)?;
-    let store = context.open_online_store()?;
-    run_with_store(&context, store, host, port).await
+/// Where to listen; `None` falls back to larder.yaml's `serving` section.
+#[derive(Debug, Clone, Default)]
+pub struct ListenOptions {
+    /// HTTP address.
+    pub host: Option<String>,
+    /// HTTP port (0: any free port).
+    pub port: Option<u16>,
+    /// gRPC port (0: any free port).
+    pub grpc_port: Option<u16>,
 }
 
-/// Serves `store` until Ctrl-C or SIGTERM.
+/// Opens the configured store and serves until Ctrl-C or SIGTERM.
+pub async fn run(root: &Path, listen: ListenOptions) -> Result<()> {
+    let context = RepoContext::load(root)?;
+    let store = context.open_online_store()?;
+    run_with_store(&context, store, listen).await
+}
+
+/// Serves `store` over HTTP (and gRPC when a gRPC port is configured) until Ctrl-C or SIGTERM.
 pub async fn run_with_store(
     context: &RepoContext,
     store: SharedOnlineStore,
-    host: Option<String>,
-    port: Option<u16>,
+    listen: ListenOptions,
 ) -> Result<()> {
     let registry = context.applied_registry()?;
     let project = registry.project.clone();
+    let example = example_request(&registry);
     let handle = Arc::new(RegistryHandle::new(registry));
     let refresher = handle.spawn_refresher(context.registry_store(), Duration::from_secs(1));
     let serving = &context.config.serving;
@@ -36,26 +47,77 @@ pub async fn run_with_store(
         max_concurrent_requests: serving.max_concurrent_requests,
     };
     let server = Arc::new(FeatureServer::new(handle, store, limits));
-    let host = host.unwrap_or_else(|| serving.host.clone());
-    let port = port.unwrap_or(serving.port);
+    let host = listen.host.unwrap_or_else(|| serving.host.clone());
+    let port = listen.port.unwrap_or(serving.port);
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))
         .await
         .with_context(|| format!("listening on {host}:{port}"))?;
     let address = listener.local_addr()?;
+    let grpc_listener = match listen.grpc_port.or(serving.grpc_port) {
+        Some(grpc_port) => Some(
+            tokio::net::TcpListener::bind((host.as_str(), grpc_port))
+                .await
+                .with_context(|| format!("listening for gRPC on {host}:{grpc_port}"))?,
+        ),
+        None => None,
+    };
     let address_file = context.server_address_file();
     if let Err(error) = std::fs::write(&address_file, format!("http://{address}\n")) {
         tracing::warn!(%error, path = %address_file.display(), "cannot record the server address");
     }
     println!("Larder is serving project '{project}' on http://{address}");
-    println!(
-        "Try: curl -s http://{address}/get-online-features -d '{{\"features\":[\"user_profile:age\",\"user_activity:clicks_7d\"],\"entities\":{{\"user_id\":[1,2,3]}}}}'"
-    );
+    let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
+    let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = receiver.wait_for(|stop| *stop).await;
+    };
+    let grpc_task = match grpc_listener {
+        Some(grpc_listener) => {
+            println!(
+                "gRPC (larder.serving.v1.FeatureServing) on {}",
+                grpc_listener.local_addr()?
+            );
+            let grpc_server = Arc::clone(&server);
+            let stop = stopped(stop_receiver.clone());
+            Some(tokio::spawn(async move {
+                larder_server::grpc::serve(grpc_listener, grpc_server, stop).await
+            }))
+        }
+        None => None,
+    };
+    if let Some(example) = example {
+        println!("Try: curl -s http://{address}/get-online-features -d '{example}'");
+    }
     std::io::stdout().flush()?;
-    larder_server::http::serve(listener, server, shutdown_signal()).await?;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_sender.send(true);
+    });
+    larder_server::http::serve(listener, server, stopped(stop_receiver)).await?;
+    if let Some(task) = grpc_task {
+        task.await.context("gRPC server task")??;
+    }
     refresher.abort();
     let _ = std::fs::remove_file(&address_file);
     println!("Stopped.");
     Ok(())
+}
+
+/// A request body naming the first feature of the first online view, for the startup hint.
+fn example_request(registry: &larder_registry::Registry) -> Option<String> {
+    let view = registry.feature_views.values().find(|view| view.online)?;
+    let feature = view.features.first()?;
+    let entities: serde_json::Map<String, serde_json::Value> = view
+        .join_keys
+        .iter()
+        .map(|join_key| {
+            let values = match join_key.dtype {
+                larder_core::ValueType::String => serde_json::json!(["a", "b"]),
+                _ => serde_json::json!([1, 2, 3]),
+            };
+            (join_key.name.clone(), values)
+        })
+        .collect();
+    Some(serde_json::json!({"features": [format!("{}:{}", view.name, feature.name)], "entities": entities}).to_string())
 }
 
 async fn shutdown_signal() {

@@ -6,6 +6,7 @@
 //! Prometheus metrics and overload protection.
 
 mod error;
+pub mod grpc;
 pub mod http;
 pub mod json;
 pub mod metrics;

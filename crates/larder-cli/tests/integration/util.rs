@@ -61,13 +61,14 @@ impl DemoRepo {
 pub struct Server {
     child: Child,
     pub base_url: String,
+    pub grpc_url: String,
 }
 
 impl Server {
     /// Starts `larder serve --port 0` in `repo` and waits for its address.
     pub fn start(repo: &Path) -> Self {
         let mut child = Command::new(larder_binary())
-            .args(["serve", "--port", "0"])
+            .args(["serve", "--port", "0", "--grpc-port", "0"])
             .current_dir(repo)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -76,22 +77,33 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(60);
-        let base_url = loop {
+        let mut base_url = None;
+        let mut grpc_url = None;
+        while base_url.is_none() || grpc_url.is_none() {
             assert!(
                 Instant::now() < deadline,
-                "larder serve did not print its address in time"
+                "larder serve did not print its addresses in time"
             );
             let line = lines
                 .next()
                 .expect("larder serve exited before listening")
                 .expect("stdout is readable");
             if let Some(position) = line.find("http://") {
-                break line[position..].trim().to_string();
+                base_url = Some(line[position..].trim().to_string());
+            } else if let Some(address) =
+                line.strip_prefix("gRPC (larder.serving.v1.FeatureServing) on ")
+            {
+                grpc_url = Some(format!("http://{}", address.trim()));
             }
-        };
+        }
+        let (base_url, grpc_url) = (base_url.unwrap_or_default(), grpc_url.unwrap_or_default());
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, base_url }
+        Self {
+            child,
+            base_url,
+            grpc_url,
+        }
     }
 
     /// POSTs a raw body to `path`; returns status and parsed JSON body.
