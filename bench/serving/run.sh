@@ -87,4 +87,18 @@ for rep in $(seq "$REPEATS"); do
     done
   done
 done
+# Overload: ~10x the connections that saturate the server, 1000 entities per request; then the
+# normal load again. Reports shed requests (503), peak RSS, and whether latency recovers.
+if [ "${SKIP_OVERLOAD:-0}" != 1 ]; then
+  ulimit -n 65536 2>/dev/null || true
+  rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$LARDER_PID/status"; }
+  hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$LARDER_PID/status"; }
+  before=$(rss_kib)
+  overload=$(BATCH=1000 wrk -t2 -c"${OVERLOAD_CONNECTIONS:-1000}" -d"${DURATION}s" --timeout 30s -s "$HARNESS/wrk_post.lua" "http://127.0.0.1:$LARDER_PORT" | grep '^WRKJSON' | sed 's/^WRKJSON //')
+  peak=$(hwm_kib)
+  sleep 2
+  recovered=$(BATCH=100 wrk -t1 -c8 -d"${DURATION}s" --timeout 30s -s "$HARNESS/wrk_post.lua" "http://127.0.0.1:$LARDER_PORT" | grep '^WRKJSON' | sed 's/^WRKJSON //')
+  after=$(rss_kib)
+  echo "{\"overload\":{\"connections\":${OVERLOAD_CONNECTIONS:-1000},\"entities\":1000,\"rss_before_kib\":$before,\"peak_rss_kib\":$peak,\"rss_after_kib\":$after,\"during\":$overload,\"recovery_100_entities_8_conns\":$recovered}}" | tee "$WORK/overload.json" >&2
+fi
 python3 "$ROOT/bench/serving/summarize.py" "$OUT"

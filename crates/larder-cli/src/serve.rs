@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use larder_online::SharedOnlineStore;
+use larder_server::push::PushService;
 use larder_server::{FeatureServer, RegistryHandle, ServingLimits};
 
 use crate::context::RepoContext;
@@ -46,6 +47,12 @@ pub async fn run_with_store(
         max_body_bytes: serving.max_body_bytes,
         max_concurrent_requests: serving.max_concurrent_requests,
     };
+    let write_path = Arc::new(larder_ingest::WritePath::new(Arc::clone(&store)));
+    let push = Arc::new(PushService::new(
+        Arc::clone(&handle),
+        write_path,
+        serving.max_entities_per_request,
+    ));
     let server = Arc::new(FeatureServer::new(handle, store, limits));
     let host = listen.host.unwrap_or_else(|| serving.host.clone());
     let port = listen.port.unwrap_or(serving.port);
@@ -92,7 +99,7 @@ pub async fn run_with_store(
         shutdown_signal().await;
         let _ = stop_sender.send(true);
     });
-    larder_server::http::serve(listener, server, stopped(stop_receiver)).await?;
+    larder_server::http::serve(listener, server, Some(push), stopped(stop_receiver)).await?;
     if let Some(task) = grpc_task {
         task.await.context("gRPC server task")??;
     }

@@ -3,6 +3,8 @@
 //! * `POST /get-online-features`: Feast's request and response shapes. The body is read as
 //!   JSON whatever its content type (so `curl -d` works).
 //! * `GET /health`: 200 with the applied registry's timestamp.
+//! * `POST /push`, `POST /write-to-online-store`: direct writes (Feast's shapes), when the
+//!   server is given a [`PushService`].
 //! * `GET /metrics`: Prometheus text format.
 //!
 //! Every error is a JSON body `{"error": {"code": ..., "message": ...}}` with a status chosen
@@ -24,6 +26,7 @@ use tokio::sync::Semaphore;
 
 use crate::error::{ErrorKind, ServingError};
 use crate::json::{parse_online_features_request, write_online_features_response};
+use crate::push::{PushRequest, PushService, parse_push, parse_write_to_online_store};
 use crate::serving::FeatureServer;
 
 /// The HTTP status for an error kind.
@@ -58,22 +61,29 @@ impl IntoResponse for ServingError {
 #[derive(Debug, Clone)]
 pub struct HttpState {
     server: Arc<FeatureServer>,
+    push: Option<Arc<PushService>>,
     admission: Arc<Semaphore>,
 }
 
-/// The router for a feature server.
-pub fn router(server: Arc<FeatureServer>) -> Router {
+/// The router for a feature server; direct writes are served when `push` is given.
+pub fn router(server: Arc<FeatureServer>, push: Option<Arc<PushService>>) -> Router {
     let admission = Arc::new(Semaphore::new(
         server.limits().max_concurrent_requests.max(1),
     ));
     let _ = crate::metrics::prometheus_handle();
     Router::new()
         .route("/get-online-features", post(get_online_features))
+        .route("/push", post(push_rows))
+        .route("/write-to-online-store", post(write_to_online_store))
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
         .fallback(not_found)
         .layer(middleware::from_fn(record_request_metrics))
-        .with_state(HttpState { server, admission })
+        .with_state(HttpState {
+            server,
+            push,
+            admission,
+        })
 }
 
 async fn record_request_metrics(request: Request, next: Next) -> Response {
@@ -165,13 +175,52 @@ async fn get_online_features(
         .into_response())
 }
 
+async fn direct_write(
+    state: &HttpState,
+    request: Request,
+    parse: fn(&[u8]) -> Result<PushRequest, ServingError>,
+) -> Result<Response, ServingError> {
+    let Some(push_service) = state.push.clone() else {
+        return Err(ServingError::new(
+            ErrorKind::NotFound,
+            "direct writes are not enabled on this server",
+        ));
+    };
+    let Ok(_permit) = state.admission.try_acquire() else {
+        metrics::counter!("larder_http_requests_rejected_total", "reason" => "overloaded")
+            .increment(1);
+        return Err(ServingError::new(
+            ErrorKind::Overloaded,
+            "the server is at its concurrency limit (serving.max_concurrent_requests); retry shortly",
+        ));
+    };
+    let bytes = read_body(request.into_body(), state.server.limits().max_body_bytes).await?;
+    let pushed = push_service.push(parse(&bytes)?).await?;
+    Ok(axum::Json(serde_json::json!({ "status": "ok", "feature_views": pushed })).into_response())
+}
+
+async fn push_rows(
+    State(state): State<HttpState>,
+    request: Request,
+) -> Result<Response, ServingError> {
+    direct_write(&state, request, parse_push).await
+}
+
+async fn write_to_online_store(
+    State(state): State<HttpState>,
+    request: Request,
+) -> Result<Response, ServingError> {
+    direct_write(&state, request, parse_write_to_online_store).await
+}
+
 /// Serves the router on a bound listener until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server: Arc<FeatureServer>,
+    push: Option<Arc<PushService>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(server))
+    axum::serve(listener, router(server, push))
         .with_graceful_shutdown(shutdown)
         .await
 }

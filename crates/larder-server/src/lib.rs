@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod http;
 pub mod json;
 pub mod metrics;
+pub mod push;
 mod registry_handle;
 mod serving;
 
