@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
-use larder_online::{EmbeddedOnlineStore, MemoryOnlineStore, OnlineStoreError, SharedOnlineStore};
+use larder_online::{
+    EmbeddedOnlineStore, MemoryDigestStore, MemoryOnlineStore, OnlineStoreError, SharedDigestStore,
+    SharedOnlineStore,
+};
 use larder_registry::{
     FileRegistryStore, OfflineStoreConfig, OnlineStoreConfig, Registry, RegistryStore, RepoConfig,
 };
@@ -54,6 +57,35 @@ impl RepoContext {
             )?)),
             OnlineStoreConfig::Memory => Ok(Arc::new(MemoryOnlineStore::new())),
         }
+    }
+
+    /// Opens the configured online store with the digest store of the batch lane's change
+    /// detection: the embedded store keeps digests in its own file; the memory store in
+    /// memory (both forget digests exactly when they forget rows).
+    pub fn open_online_and_digest_stores(
+        &self,
+    ) -> Result<(SharedOnlineStore, SharedDigestStore), OnlineStoreError> {
+        match &self.config.online_store {
+            OnlineStoreConfig::Embedded { path } => {
+                let store = EmbeddedOnlineStore::open(&self.config.resolve_path(&self.root, path))?;
+                let digests: SharedDigestStore = Arc::new(store.digest_store());
+                Ok((Arc::new(store), digests))
+            }
+            OnlineStoreConfig::Memory => Ok((
+                Arc::new(MemoryOnlineStore::new()),
+                Arc::new(MemoryDigestStore::new()),
+            )),
+        }
+    }
+
+    /// The run history of the batch lane, beside the registry (`runs.jsonl`).
+    pub fn run_history(&self) -> larder_ingest::RunHistory {
+        let registry_path = self.config.registry_path(&self.root);
+        let folder = registry_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
+        larder_ingest::RunHistory::new(folder.join("runs.jsonl"))
     }
 
     /// Where a running `larder serve` records the address it listens on, so that other

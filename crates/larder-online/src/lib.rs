@@ -6,6 +6,7 @@
 //! [`MemoryOnlineStore`] (the reference) and [`EmbeddedOnlineStore`] (persistent, on redb).
 
 pub mod conformance;
+mod digest;
 mod embedded;
 mod memory;
 
@@ -13,6 +14,10 @@ use std::sync::Arc;
 
 use larder_core::{EntityKey, FeatureViewId, Timestamp, WriteLane};
 
+pub use digest::{
+    DigestStore, MemoryDigestStore, RedbDigestStore, RowDigest, SharedDigestStore,
+    check_digest_store_conformance,
+};
 pub use embedded::EmbeddedOnlineStore;
 pub use memory::MemoryOnlineStore;
 

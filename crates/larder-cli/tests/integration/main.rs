@@ -3,5 +3,6 @@
 
 mod apply;
 mod bad_requests;
+mod change_detection;
 mod end_to_end;
 mod util;
