@@ -121,9 +121,13 @@ pub async fn run_with_stores(
                 end: None,
             },
         };
+        let previous_row_count = history
+            .last_successful_run(&view.name, view.version)?
+            .map(|report| report.rows_scanned);
         let options = MaterializeOptions {
             window,
             full_refresh: request.full_refresh,
+            previous_row_count,
         };
         let bar = if request.show_progress {
             ProgressBar::new_spinner()

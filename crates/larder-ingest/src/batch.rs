@@ -31,6 +31,8 @@ pub struct MaterializeOptions {
     pub window: TimeWindow,
     /// Ignore the stored digests and write every row online (digests are saved afresh).
     pub full_refresh: bool,
+    /// The row count of the view version's last successful run (for `row_count` checks).
+    pub previous_row_count: Option<u64>,
 }
 
 /// What one run of the batch lane for one view did: the record kept in the run history,
@@ -144,6 +146,14 @@ pub enum MaterializeError {
     /// A background task died.
     #[error("materialization task failed: {0}")]
     Task(String),
+    /// A data-quality check with `severity: error` failed; nothing was written.
+    #[error("feature view '{view}': {failures}; nothing was written")]
+    CheckFailed {
+        /// The view.
+        view: String,
+        /// The failing checks with example rows.
+        failures: String,
+    },
     /// The view cannot be materialized in batch.
     #[error("feature view '{view}' cannot be materialized: {reason}")]
     NotMaterializable {
@@ -179,6 +189,29 @@ pub async fn materialize_view(
     }
     let started = Instant::now();
     let mut report = RunReport::started(view, options);
+    // Checks run over the transformation output before anything is written anywhere.
+    let failures = crate::checks::evaluate_checks(
+        engine,
+        view,
+        options.window,
+        options.previous_row_count,
+        Timestamp::now(),
+    )
+    .await?;
+    let (blocking, warnings): (Vec<_>, Vec<_>) = failures
+        .into_iter()
+        .partition(|failure| failure.severity == larder_core::CheckSeverity::Error);
+    if !blocking.is_empty() {
+        return Err(MaterializeError::CheckFailed {
+            view: view.name.clone(),
+            failures: blocking
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    report.warnings = warnings.iter().map(ToString::to_string).collect();
     let mut stream = engine.execute_view(view, options.window).await?;
     let mut offline_writer: Option<Box<dyn OfflineWriter>> = if view.offline {
         Some(offline_store.begin_window_write(view, options.window)?)

@@ -326,6 +326,7 @@ mod tests {
             tags: Default::default(),
             description: String::new(),
             freshness_sla: None,
+            checks: Vec::new(),
         }
     }
 

@@ -134,3 +134,71 @@ fn a_windowed_run_replaces_only_the_windows_offline_rows() {
     );
     assert_eq!(offline_row_count(&repo.path, "user_activity"), all_rows);
 }
+
+fn add_profile_checks(repo: &Path, checks: &str) {
+    let path = repo.join("features/users.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let marker = "    description: Who the user is\n";
+    assert!(yaml.contains(marker));
+    let replaced = yaml.replace(marker, &format!("{marker}    checks:\n{checks}"));
+    std::fs::write(&path, replaced).unwrap();
+}
+
+#[test]
+fn a_failing_blocking_check_stops_the_run_before_anything_is_written() {
+    let repo = DemoRepo::init_with(500, &["--anchor", "2026-01-10"]);
+    add_profile_checks(
+        &repo.path,
+        "      - {type: not_null, column: age}\n      - {type: range, column: age, min: 18, max: 30}\n      - {type: allowed_values, column: country, values: [XX], severity: warn}\n      - {type: unique_entity_per_timestamp}\n",
+    );
+    larder_ok(&repo.path, &["apply"]);
+    let output = crate::util::larder(&repo.path, &["materialize", "--views", "user_profile"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("check range(age) failed") && stderr.contains("user_id="),
+        "the failure names the check with example rows: {stderr}"
+    );
+    assert!(!stderr.contains("not_null(age)"), "{stderr}");
+    assert!(
+        !repo.path.join("data/offline/user_profile").exists(),
+        "nothing may be written offline"
+    );
+    let runs = larder_ok(&repo.path, &["runs"]);
+    assert!(
+        runs.contains("failed") && runs.contains("range(age)"),
+        "{runs}"
+    );
+    let get = crate::util::larder(
+        &repo.path,
+        &[
+            "get",
+            "--entity",
+            "user_id=1",
+            "--features",
+            "user_profile:age",
+        ],
+    );
+    let get_stdout = String::from_utf8_lossy(&get.stdout);
+    assert!(
+        !get_stdout.contains("PRESENT"),
+        "nothing may be written online: {get_stdout}"
+    );
+}
+
+#[test]
+fn a_failing_warning_is_reported_and_the_run_goes_on() {
+    let repo = DemoRepo::init_with(300, &["--anchor", "2026-01-10"]);
+    add_profile_checks(
+        &repo.path,
+        "      - {type: allowed_values, column: country, values: [XX], severity: warn}\n      - {type: freshness, max_age: 1d, severity: warn}\n      - {type: row_count, max_change_percent: 10}\n",
+    );
+    larder_ok(&repo.path, &["apply"]);
+    let output = larder_ok(&repo.path, &["materialize", "--views", "user_profile"]);
+    assert!(
+        output.contains("warning: check allowed_values(country) failed")
+            && output.contains("warning: check freshness failed"),
+        "{output}"
+    );
+    assert_eq!(written_online(&output, "user_profile:v1"), 300);
+}
