@@ -26,6 +26,7 @@ pub fn harness_views() -> Vec<FeatureView> {
         tags: Default::default(),
         description: String::new(),
         freshness_sla: None,
+        checks: Vec::new(),
     };
     let feature = |name: String, dtype: ValueType| Feature {
         name,

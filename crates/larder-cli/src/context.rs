@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use larder_online::{
-    CacheConfig, CachedOnlineStore, EmbeddedOnlineStore, MemoryOnlineStore, OnlineStoreError,
-    SharedOnlineStore,
+    CacheConfig, CachedOnlineStore, EmbeddedOnlineStore, MemoryDigestStore, MemoryOnlineStore,
+    OnlineStoreError, SharedDigestStore, SharedOnlineStore,
 };
 use larder_registry::{
     FileRegistryStore, OfflineStoreConfig, OnlineStoreConfig, Registry, RegistryStore, RepoConfig,
@@ -51,8 +51,35 @@ impl RepoContext {
 
     /// Opens the configured online store.
     pub fn open_online_store(&self) -> Result<SharedOnlineStore, OnlineStoreError> {
-        let store = self.open_backend()?;
-        Ok(match &self.config.online_cache {
+        Ok(self.open_online_and_digest_stores()?.0)
+    }
+
+    /// Opens the configured online store (behind the write-through cache when
+    /// `online_cache` is set) with the digest store of the batch lane's change detection:
+    /// the embedded store keeps digests in its own file; the memory store in memory (both
+    /// forget digests exactly when they forget rows).
+    pub fn open_online_and_digest_stores(
+        &self,
+    ) -> Result<(SharedOnlineStore, SharedDigestStore), OnlineStoreError> {
+        let (store, digests): (SharedOnlineStore, SharedDigestStore) =
+            match &self.config.online_store {
+                OnlineStoreConfig::Embedded { path } => {
+                    let store =
+                        EmbeddedOnlineStore::open(&self.config.resolve_path(&self.root, path))?;
+                    let digests: SharedDigestStore = Arc::new(store.digest_store());
+                    (Arc::new(store), digests)
+                }
+                OnlineStoreConfig::Memory => (
+                    Arc::new(MemoryOnlineStore::new()),
+                    Arc::new(MemoryDigestStore::new()),
+                ),
+            };
+        Ok((self.with_cache(store), digests))
+    }
+
+    /// Wraps a store in the write-through cache when larder.yaml asks for one.
+    fn with_cache(&self, store: SharedOnlineStore) -> SharedOnlineStore {
+        match &self.config.online_cache {
             Some(cache) => Arc::new(CachedOnlineStore::new(
                 store,
                 CacheConfig {
@@ -61,16 +88,17 @@ impl RepoContext {
                 },
             )),
             None => store,
-        })
+        }
     }
 
-    fn open_backend(&self) -> Result<SharedOnlineStore, OnlineStoreError> {
-        match &self.config.online_store {
-            OnlineStoreConfig::Embedded { path } => Ok(Arc::new(EmbeddedOnlineStore::open(
-                &self.config.resolve_path(&self.root, path),
-            )?)),
-            OnlineStoreConfig::Memory => Ok(Arc::new(MemoryOnlineStore::new())),
-        }
+    /// The run history of the batch lane, beside the registry (`runs.jsonl`).
+    pub fn run_history(&self) -> larder_ingest::RunHistory {
+        let registry_path = self.config.registry_path(&self.root);
+        let folder = registry_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
+        larder_ingest::RunHistory::new(folder.join("runs.jsonl"))
     }
 
     /// Where a running `larder serve` records the address it listens on, so that other

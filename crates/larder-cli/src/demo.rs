@@ -418,3 +418,63 @@ fn activity_batches(options: &DemoOptions) -> Result<Vec<RecordBatch>> {
     }
     Ok(batches)
 }
+
+/// Whether the demo mutation selects a user: a seeded hash below `fraction`.
+fn is_mutated_user(user_id: i64, fraction: f64, seed: u64) -> bool {
+    let mut random = DemoRandom::new(seed ^ (user_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    random.unit() < fraction
+}
+
+/// Changes one integer feature (`loyalty_points` of the profiles, `clicks_1d` of the
+/// activity) of a seeded `fraction` of the demo users, in every source row of those users,
+/// keeping every event time: a content change that change detection must see. Benchmarks use
+/// it (`larder demo-mutate`). Returns the number of users changed.
+pub fn mutate_demo_sources(repo: &Path, fraction: f64, seed: u64) -> Result<u64> {
+    let mut changed_users = std::collections::HashSet::new();
+    for (file, column) in [
+        ("data/sources/profiles.parquet", "loyalty_points"),
+        ("data/sources/activity.parquet", "clicks_1d"),
+    ] {
+        let path = repo.join(file);
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?,
+        )?
+        .build()?;
+        let mut batches = Vec::new();
+        for batch in reader {
+            let batch = batch?;
+            let schema = batch.schema();
+            let (Ok(id_index), Ok(column_index)) =
+                (schema.index_of("user_id"), schema.index_of(column))
+            else {
+                bail!("{} has no user_id or {column} column", path.display());
+            };
+            let ids = batch
+                .column(id_index)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .context("user_id is not int64")?;
+            let values = batch
+                .column(column_index)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .with_context(|| format!("{column} is not int64"))?;
+            let mutated: Int64Array = ids
+                .iter()
+                .zip(values.iter())
+                .map(|(id, value)| match (id, value) {
+                    (Some(id), Some(value)) if is_mutated_user(id, fraction, seed) => {
+                        changed_users.insert(id);
+                        Some(value + 1)
+                    }
+                    (_, value) => value,
+                })
+                .collect();
+            let mut columns = batch.columns().to_vec();
+            columns[column_index] = Arc::new(mutated);
+            batches.push(RecordBatch::try_new(schema, columns)?);
+        }
+        write_parquet(&path, &batches)?;
+    }
+    Ok(changed_users.len() as u64)
+}

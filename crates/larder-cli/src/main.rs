@@ -39,11 +39,47 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Batch lane: run the views' transformations and write offline and online stores.
+    /// Batch lane: run the views' transformations and write offline and online stores
+    /// (online: only the rows that changed since the last run).
     Materialize {
         /// Only these feature views (comma-separated); default: all batch views.
         #[arg(long, value_delimiter = ',')]
         views: Vec<String>,
+        /// Only source rows with event time at or after this (YYYY-MM-DD or RFC 3339); the
+        /// offline rows of the window are replaced, others kept.
+        #[arg(long)]
+        start: Option<String>,
+        /// Only source rows with event time before this (YYYY-MM-DD or RFC 3339).
+        #[arg(long)]
+        end: Option<String>,
+        /// Ignore change detection and rewrite every row online.
+        #[arg(long)]
+        full_refresh: bool,
+    },
+    /// Batch lane from each view's last watermark (newest materialized event time) to now.
+    MaterializeIncremental {
+        /// Only these feature views (comma-separated); default: all batch views.
+        #[arg(long, value_delimiter = ',')]
+        views: Vec<String>,
+    },
+    /// Benchmark helper: change one feature of a seeded fraction of the demo users' source
+    /// rows, keeping their event times.
+    #[command(hide = true)]
+    DemoMutate {
+        /// Fraction of users to change (0.02 = 2%).
+        #[arg(long, default_value_t = 0.02)]
+        fraction: f64,
+        /// Seed that picks the users.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Show the batch lane's run history (oldest first).
+    Runs {
+        /// Only the runs of this feature view.
+        view: Option<String>,
+        /// Show at most this many runs (the newest).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
     },
     /// Serve online features over HTTP.
     Serve(ServeArgs),
@@ -134,7 +170,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(args) => init(&args),
         Command::Apply { dry_run } => apply::run(&cli.repo, dry_run).await.map(|_| ()),
-        Command::Materialize { views } => materialize::run(&cli.repo, &views).await,
+        Command::Materialize {
+            views,
+            start,
+            end,
+            full_refresh,
+        } => {
+            let window = larder_offline::TimeWindow {
+                start: materialize::parse_bound("--start", start.as_deref())?,
+                end: materialize::parse_bound("--end", end.as_deref())?,
+            };
+            let request = materialize::MaterializeRequest {
+                only_views: views,
+                window: materialize::RunWindow::Fixed(window),
+                full_refresh,
+                show_progress: true,
+            };
+            materialize::run(&cli.repo, &request).await
+        }
+        Command::MaterializeIncremental { views } => {
+            let request = materialize::MaterializeRequest {
+                only_views: views,
+                window: materialize::RunWindow::Incremental,
+                full_refresh: false,
+                show_progress: true,
+            };
+            materialize::run(&cli.repo, &request).await
+        }
+        Command::DemoMutate { fraction, seed } => {
+            let changed = demo::mutate_demo_sources(&cli.repo, fraction, seed)?;
+            println!("Changed {changed} users.");
+            Ok(())
+        }
+        Command::Runs { view, limit } => materialize::show_runs(&cli.repo, view.as_deref(), limit),
         Command::Serve(args) => serve::run(&cli.repo, args.listen_options()).await,
         Command::Get(args) => get::run(&cli.repo, &args).await,
         Command::Quickstart {
@@ -154,8 +222,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             apply::run(&path, false).await?;
             let context = context::RepoContext::load(&path)?;
-            let store = context.open_online_store()?;
-            materialize::run_with_store(&context, std::sync::Arc::clone(&store), &[]).await?;
+            let (store, digests) = context.open_online_and_digest_stores()?;
+            let request = materialize::MaterializeRequest {
+                only_views: Vec::new(),
+                window: materialize::RunWindow::Fixed(larder_offline::TimeWindow::default()),
+                full_refresh: false,
+                show_progress: true,
+            };
+            let reports = materialize::run_with_stores(
+                &context,
+                std::sync::Arc::clone(&store),
+                digests,
+                &request,
+            )
+            .await?;
+            materialize::print_total(&reports);
             serve::run_with_store(&context, store, serve.listen_options()).await
         }
     }

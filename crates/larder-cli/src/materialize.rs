@@ -1,13 +1,18 @@
-//! `larder materialize`: the batch lane for every batch feature view.
+//! `larder materialize`, `larder materialize-incremental` and `larder runs`: the batch lane
+//! and its run history.
 
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use larder_ingest::{MaterializeProgress, WritePath, materialize_view};
+use larder_core::{FeatureView, Timestamp};
+use larder_ingest::{
+    MaterializeOptions, MaterializeProgress, RunHistory, RunReport, WritePath, materialize_view,
+};
 use larder_offline::{TimeWindow, TransformEngine};
-use larder_online::SharedOnlineStore;
+use larder_online::{SharedDigestStore, SharedOnlineStore};
+use larder_registry::Registry;
 
 use crate::context::RepoContext;
 
@@ -19,41 +24,116 @@ impl MaterializeProgress for Bar {
     }
 }
 
-/// Opens the configured store and materializes.
-pub async fn run(root: &Path, only_views: &[String]) -> Result<()> {
-    let context = RepoContext::load(root)?;
-    let store = context.open_online_store()?;
-    run_with_store(&context, store, only_views).await
+/// Which rows a `materialize` run reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunWindow {
+    /// A fixed event-time window (open sides unbounded).
+    Fixed(TimeWindow),
+    /// From each view's last watermark (its newest materialized event time) to now.
+    Incremental,
 }
 
-/// Materializes the selected batch views into `store` and the offline store.
-pub async fn run_with_store(
-    context: &RepoContext,
-    store: SharedOnlineStore,
+/// What to materialize and how.
+#[derive(Debug, Clone)]
+pub struct MaterializeRequest {
+    /// Only these views; empty: every batch view.
+    pub only_views: Vec<String>,
+    /// The event-time window.
+    pub window: RunWindow,
+    /// Ignore digests and rewrite every row online.
+    pub full_refresh: bool,
+    /// Show progress bars.
+    pub show_progress: bool,
+}
+
+/// Parses a `--start`/`--end` bound.
+pub fn parse_bound(flag: &str, text: Option<&str>) -> Result<Option<Timestamp>> {
+    text.map(|text| {
+        Timestamp::parse(text).ok_or_else(|| {
+            anyhow!("{flag} '{text}' is not a date (YYYY-MM-DD) or an RFC 3339 time")
+        })
+    })
+    .transpose()
+}
+
+/// Opens the configured store and materializes.
+pub async fn run(root: &Path, request: &MaterializeRequest) -> Result<()> {
+    let context = RepoContext::load(root)?;
+    let (store, digests) = context.open_online_and_digest_stores()?;
+    let reports = run_with_stores(&context, store, digests, request).await?;
+    print_total(&reports);
+    Ok(())
+}
+
+/// Prints the last line of a `materialize` run.
+pub fn print_total(reports: &[RunReport]) {
+    let scanned: u64 = reports.iter().map(|report| report.rows_scanned).sum();
+    let written: u64 = reports.iter().map(|report| report.rows_written).sum();
+    println!("Materialized {scanned} rows ({written} written online).");
+}
+
+/// The batch views a request selects, in name order.
+pub fn selected_views<'registry>(
+    registry: &'registry Registry,
     only_views: &[String],
-) -> Result<()> {
-    let registry = context.applied_registry()?;
+) -> Result<Vec<&'registry FeatureView>> {
     for name in only_views {
         if !registry.feature_views.contains_key(name) {
             bail!("unknown feature view '{name}'");
         }
     }
+    Ok(registry
+        .feature_views
+        .values()
+        .filter(|view| only_views.is_empty() || only_views.contains(&view.name))
+        .filter(|view| {
+            registry
+                .sources
+                .get(&view.source)
+                .is_some_and(|source| source.kind.is_batch())
+        })
+        .filter(|view| view.online || view.offline)
+        .collect())
+}
+
+/// Materializes the selected batch views into `store` and the offline store, recording each
+/// run (successful or not) in the run history. Stops at the first failing view.
+pub async fn run_with_stores(
+    context: &RepoContext,
+    store: SharedOnlineStore,
+    digests: SharedDigestStore,
+    request: &MaterializeRequest,
+) -> Result<Vec<RunReport>> {
+    let registry = context.applied_registry()?;
+    let views = selected_views(&registry, &request.only_views)?;
     let engine = TransformEngine::new(&context.root, registry.sources.values()).await?;
     let offline_store = context.offline_store();
     let write_path = WritePath::new(store);
-    let mut total_rows = 0;
-    for view in registry.feature_views.values() {
-        if !only_views.is_empty() && !only_views.contains(&view.name) {
-            continue;
-        }
-        let is_batch = registry
-            .sources
-            .get(&view.source)
-            .is_some_and(|source| source.kind.is_batch());
-        if !is_batch || !(view.online || view.offline) {
-            continue;
-        }
-        let bar = ProgressBar::new_spinner();
+    let history = context.run_history();
+    let mut reports = Vec::new();
+    for view in views {
+        let window = match request.window {
+            RunWindow::Fixed(window) => window,
+            RunWindow::Incremental => TimeWindow {
+                start: history
+                    .last_successful_run(&view.name, view.version)?
+                    .and_then(|report| report.watermark_timestamp()),
+                end: None,
+            },
+        };
+        let previous_row_count = history
+            .last_successful_run(&view.name, view.version)?
+            .map(|report| report.rows_scanned);
+        let options = MaterializeOptions {
+            window,
+            full_refresh: request.full_refresh,
+            previous_row_count,
+        };
+        let bar = if request.show_progress {
+            ProgressBar::new_spinner()
+        } else {
+            ProgressBar::hidden()
+        };
         bar.set_style(
             ProgressStyle::with_template(
                 "{spinner} {prefix:20} {human_pos:>12} rows  {per_sec:>14}  {elapsed}",
@@ -63,31 +143,95 @@ pub async fn run_with_store(
         bar.set_prefix(view.id().to_string());
         bar.enable_steady_tick(Duration::from_millis(120));
         let progress = Bar(bar.clone());
-        let report = materialize_view(
+        let outcome = materialize_view(
             &engine,
             &offline_store,
             &write_path,
+            digests.as_ref(),
             view,
-            TimeWindow::default(),
+            &options,
             &progress,
         )
         .await;
         bar.finish_and_clear();
-        let report = report?;
-        total_rows += report.rows_scanned;
-        let seconds = report.duration.as_secs_f64().max(1e-9);
-        println!(
-            "{:<20} {:>10} rows in {:>6.2}s ({:>9.0} rows/s): online {} written, {} older skipped; offline {} rows in {} date partitions",
-            report.view.to_string(),
-            report.rows_scanned,
-            seconds,
-            report.rows_scanned as f64 / seconds,
-            report.online.written,
-            report.online.skipped_stale,
-            report.offline.rows,
-            report.offline.partitions
-        );
+        let report = match outcome {
+            Ok(report) => report,
+            Err(error) => {
+                let mut failed = RunReport::started(view, &options);
+                failed.status = "failed".to_string();
+                failed.error = Some(error.to_string());
+                failed.export_metrics();
+                record(&history, &failed);
+                return Err(anyhow!(error).context(format!("materializing '{}'", view.name)));
+            }
+        };
+        report.export_metrics();
+        record(&history, &report);
+        println!("{}", summary_line(&report));
+        for warning in &report.warnings {
+            println!("  warning: {warning}");
+        }
+        reports.push(report);
     }
-    println!("Materialized {total_rows} rows.");
+    Ok(reports)
+}
+
+fn record(history: &RunHistory, report: &RunReport) {
+    if let Err(error) = history.append(report) {
+        tracing::warn!(%error, "cannot record the run in the run history");
+    }
+}
+
+/// One line per run: what was scanned, changed, written and skipped.
+pub fn summary_line(report: &RunReport) -> String {
+    let seconds = report.duration().as_secs_f64().max(1e-9);
+    format!(
+        "{:<20} {:>10} rows scanned in {:>6.2}s ({:>9.0} rows/s): {} changed, {} written online, {} skipped ({} unchanged); offline {} rows in {} date partitions",
+        format!("{}:v{}", report.view, report.version),
+        report.rows_scanned,
+        seconds,
+        report.rows_scanned as f64 / seconds,
+        report.rows_changed,
+        report.rows_written,
+        report.rows_skipped,
+        report.rows_unchanged,
+        report.offline_rows,
+        report.offline_partitions
+    )
+}
+
+/// `larder runs [VIEW]`: the run history, oldest first.
+pub fn show_runs(root: &Path, view: Option<&str>, limit: usize) -> Result<()> {
+    let context = RepoContext::load(root)?;
+    let runs = context.run_history().runs(view)?;
+    if runs.is_empty() {
+        println!("No runs recorded yet.");
+        return Ok(());
+    }
+    println!(
+        "{:<25} {:<20} {:<9} {:>10} {:>10} {:>10} {:>10} {:>9}  watermark",
+        "started", "view", "status", "scanned", "changed", "written", "skipped", "seconds"
+    );
+    let skip = runs.len().saturating_sub(limit);
+    for run in runs.iter().skip(skip) {
+        println!(
+            "{:<25} {:<20} {:<9} {:>10} {:>10} {:>10} {:>10} {:>9.2}  {}",
+            run.started_at,
+            format!("{}:v{}", run.view, run.version),
+            run.status,
+            run.rows_scanned,
+            run.rows_changed,
+            run.rows_written,
+            run.rows_skipped,
+            run.duration().as_secs_f64(),
+            run.watermark.as_deref().unwrap_or("-")
+        );
+        if let Some(error) = &run.error {
+            println!("    error: {error}");
+        }
+        for warning in &run.warnings {
+            println!("    warning: {warning}");
+        }
+    }
     Ok(())
 }

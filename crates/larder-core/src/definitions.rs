@@ -187,6 +187,87 @@ pub struct FeatureView {
     pub description: String,
     /// How stale the view may be before it breaks its promise.
     pub freshness_sla: Option<TtlDuration>,
+    /// Data-quality checks run over the transformation's output before a batch run writes
+    /// anything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<DataQualityCheck>,
+}
+
+/// What a failing data-quality check does to a batch run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckSeverity {
+    /// The run stops before anything is written online or offline.
+    #[default]
+    Error,
+    /// The failure is reported and the run goes on.
+    Warn,
+}
+
+/// One data-quality rule over a feature view's transformation output.
+///
+/// Numbers and allowed values are kept as SQL literal text (validated when the repo is
+/// loaded), so that the definition stays exact and comparable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CheckRule {
+    /// The column has no nulls.
+    NotNull {
+        /// Column name.
+        column: String,
+    },
+    /// Every non-null value lies in `[min, max]` (an absent side is unbounded).
+    Range {
+        /// Column name.
+        column: String,
+        /// Inclusive minimum, a numeric literal.
+        min: Option<String>,
+        /// Inclusive maximum, a numeric literal.
+        max: Option<String>,
+    },
+    /// Every non-null value is one of these (SQL literals: `'FR'`, `3`, `true`).
+    AllowedValues {
+        /// Column name.
+        column: String,
+        /// The allowed values as SQL literals.
+        values: Vec<String>,
+    },
+    /// At most one row per (join keys, event time).
+    UniqueEntityPerTimestamp,
+    /// The row count is within `max_change_percent` % of the last successful run's.
+    RowCount {
+        /// Allowed relative change in percent, a numeric literal.
+        max_change_percent: String,
+    },
+    /// The newest event time is at most `max_age` old.
+    Freshness {
+        /// Largest allowed age of the newest row.
+        max_age: TtlDuration,
+    },
+}
+
+/// A data-quality check: a rule and its severity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataQualityCheck {
+    /// The rule.
+    pub rule: CheckRule,
+    /// Error (blocks the run) or warn.
+    #[serde(default)]
+    pub severity: CheckSeverity,
+}
+
+impl DataQualityCheck {
+    /// A short name for messages: `not_null(age)`, `range(age)`, `row_count`.
+    pub fn name(&self) -> String {
+        match &self.rule {
+            CheckRule::NotNull { column } => format!("not_null({column})"),
+            CheckRule::Range { column, .. } => format!("range({column})"),
+            CheckRule::AllowedValues { column, .. } => format!("allowed_values({column})"),
+            CheckRule::UniqueEntityPerTimestamp => "unique_entity_per_timestamp".to_string(),
+            CheckRule::RowCount { .. } => "row_count".to_string(),
+            CheckRule::Freshness { .. } => "freshness".to_string(),
+        }
+    }
 }
 
 impl FeatureView {

@@ -13,8 +13,9 @@ pub mod time;
 pub mod value;
 
 pub use definitions::{
-    DataSource, DataSourceKind, Entity, Feature, FeatureRef, FeatureService, FeatureServiceItem,
-    FeatureView, FeatureViewId, FileFormat, JoinKey,
+    CheckRule, CheckSeverity, DataQualityCheck, DataSource, DataSourceKind, Entity, Feature,
+    FeatureRef, FeatureService, FeatureServiceItem, FeatureView, FeatureViewId, FileFormat,
+    JoinKey,
 };
 pub use entity_key::EntityKey;
 pub use error::CoreError;

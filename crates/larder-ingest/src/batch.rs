@@ -4,14 +4,14 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use larder_core::{FeatureView, FeatureViewId, WriteLane};
+use larder_core::{FeatureView, Timestamp, WriteLane};
 use larder_offline::{
     OfflineError, OfflineStore, OfflineWriteSummary, OfflineWriter, TimeWindow, TransformEngine,
     ViewBatch,
 };
-use larder_online::WriteSummary;
+use larder_online::DigestStore;
 
-use crate::write_path::{FeatureRow, WriteError, WritePath};
+use crate::write_path::{ChangeSummary, FeatureRow, WriteError, WritePath};
 
 /// Receives progress while a view is materialized (a progress bar, metrics).
 pub trait MaterializeProgress: Send + Sync {
@@ -24,19 +24,112 @@ impl MaterializeProgress for () {
     fn rows_processed(&self, _rows: u64) {}
 }
 
-/// What materializing one view did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MaterializeReport {
-    /// The view version.
-    pub view: FeatureViewId,
+/// How one run of the batch lane goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaterializeOptions {
+    /// The event-time window of source rows to materialize; an open window is everything.
+    pub window: TimeWindow,
+    /// Ignore the stored digests and write every row online (digests are saved afresh).
+    pub full_refresh: bool,
+    /// The row count of the view version's last successful run (for `row_count` checks).
+    pub previous_row_count: Option<u64>,
+}
+
+/// What one run of the batch lane for one view did: the record kept in the run history,
+/// shown by the CLI and exported as metrics.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunReport {
+    /// Feature view name.
+    pub view: String,
+    /// Feature view version.
+    pub version: u32,
+    /// When the run started (RFC 3339, UTC).
+    pub started_at: String,
+    /// `succeeded` or `failed`.
+    pub status: String,
+    /// Why a failed run failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Inclusive start of the event-time window, if any (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_start: Option<String>,
+    /// Exclusive end of the event-time window, if any (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<String>,
+    /// The newest event time among the scanned rows (the next incremental run starts there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<String>,
     /// Rows produced by the transformation.
     pub rows_scanned: u64,
-    /// Online writes: rows stored and rows skipped as older than the stored value.
-    pub online: WriteSummary,
-    /// Offline writes.
-    pub offline: OfflineWriteSummary,
-    /// Wall time.
-    pub duration: Duration,
+    /// Entities that were new or changed, by content (so written online).
+    pub rows_changed: u64,
+    /// Rows the online store applied.
+    pub rows_written: u64,
+    /// Rows not written online: unchanged, older than the stored row, or superseded by a
+    /// newer row of the same entity in the same run.
+    pub rows_skipped: u64,
+    /// Of the skipped rows, entities whose content and event time equal the last run's.
+    pub rows_unchanged: u64,
+    /// Rows written offline.
+    pub offline_rows: u64,
+    /// Offline date partitions written.
+    pub offline_partitions: u64,
+    /// Data-quality warnings (checks with `severity: warn` that failed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+}
+
+impl RunReport {
+    /// A report of a run that has just started.
+    pub fn started(view: &FeatureView, options: &MaterializeOptions) -> Self {
+        Self {
+            view: view.name.clone(),
+            version: view.version,
+            started_at: Timestamp::now().to_rfc3339(),
+            status: "running".to_string(),
+            window_start: options.window.start.map(Timestamp::to_rfc3339),
+            window_end: options.window.end.map(Timestamp::to_rfc3339),
+            ..Self::default()
+        }
+    }
+
+    /// Whether the run succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.status == "succeeded"
+    }
+
+    /// The watermark as a timestamp.
+    pub fn watermark_timestamp(&self) -> Option<Timestamp> {
+        self.watermark.as_deref().and_then(Timestamp::parse)
+    }
+
+    /// The wall time.
+    pub fn duration(&self) -> Duration {
+        Duration::from_millis(self.duration_ms)
+    }
+
+    /// Adds this run to the process's `metrics` recorder (a no-op without one): counters
+    /// `larder_materialize_rows_{scanned,changed,written,skipped}_total`,
+    /// `larder_materialize_runs_total{status}` and the histogram
+    /// `larder_materialize_duration_seconds`, each labelled by `view`.
+    pub fn export_metrics(&self) {
+        let view = self.view.clone();
+        metrics::counter!("larder_materialize_rows_scanned_total", "view" => view.clone())
+            .increment(self.rows_scanned);
+        metrics::counter!("larder_materialize_rows_changed_total", "view" => view.clone())
+            .increment(self.rows_changed);
+        metrics::counter!("larder_materialize_rows_written_total", "view" => view.clone())
+            .increment(self.rows_written);
+        metrics::counter!("larder_materialize_rows_skipped_total", "view" => view.clone())
+            .increment(self.rows_skipped);
+        metrics::counter!("larder_materialize_runs_total", "view" => view.clone(), "status" => self.status.clone())
+            .increment(1);
+        metrics::histogram!("larder_materialize_duration_seconds", "view" => view)
+            .record(self.duration_ms as f64 / 1000.0);
+    }
 }
 
 /// Why a materialization failed. Online rows written before the failure stay (each is a
@@ -53,6 +146,14 @@ pub enum MaterializeError {
     /// A background task died.
     #[error("materialization task failed: {0}")]
     Task(String),
+    /// A data-quality check with `severity: error` failed; nothing was written.
+    #[error("feature view '{view}': {failures}; nothing was written")]
+    CheckFailed {
+        /// The view.
+        view: String,
+        /// The failing checks with example rows.
+        failures: String,
+    },
     /// The view cannot be materialized in batch.
     #[error("feature view '{view}' cannot be materialized: {reason}")]
     NotMaterializable {
@@ -65,15 +166,21 @@ pub enum MaterializeError {
 
 /// Materializes one feature view: streams its transformation's rows, writes them all to the
 /// offline store (replacing the view version's previous rows when the run completes), and
-/// writes them online through the write path, which keeps the newest row per entity.
+/// writes online, through [`WritePath::write_changed`], only the entities whose row is new
+/// or changed since the last run (by content, against `digests`).
+///
+/// An entity that disappears from the source keeps its last online row (like Feast); the
+/// view's `ttl` is what ages it out of serving. A new view version has no digests, so its
+/// first run writes every row.
 pub async fn materialize_view(
     engine: &TransformEngine,
     offline_store: &dyn OfflineStore,
     write_path: &WritePath,
+    digests: &dyn DigestStore,
     view: &FeatureView,
-    window: TimeWindow,
+    options: &MaterializeOptions,
     progress: &dyn MaterializeProgress,
-) -> Result<MaterializeReport, MaterializeError> {
+) -> Result<RunReport, MaterializeError> {
     if !view.online && !view.offline {
         return Err(MaterializeError::NotMaterializable {
             view: view.name.clone(),
@@ -81,14 +188,39 @@ pub async fn materialize_view(
         });
     }
     let started = Instant::now();
-    let mut stream = engine.execute_view(view, window).await?;
+    let mut report = RunReport::started(view, options);
+    // Checks run over the transformation output before anything is written anywhere.
+    let failures = crate::checks::evaluate_checks(
+        engine,
+        view,
+        options.window,
+        options.previous_row_count,
+        Timestamp::now(),
+    )
+    .await?;
+    let (blocking, warnings): (Vec<_>, Vec<_>) = failures
+        .into_iter()
+        .partition(|failure| failure.severity == larder_core::CheckSeverity::Error);
+    if !blocking.is_empty() {
+        return Err(MaterializeError::CheckFailed {
+            view: view.name.clone(),
+            failures: blocking
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    report.warnings = warnings.iter().map(ToString::to_string).collect();
+    let mut stream = engine.execute_view(view, options.window).await?;
     let mut offline_writer: Option<Box<dyn OfflineWriter>> = if view.offline {
-        Some(offline_store.begin_write(view)?)
+        Some(offline_store.begin_window_write(view, options.window)?)
     } else {
         None
     };
     let mut rows_scanned = 0u64;
-    let mut online = WriteSummary::default();
+    let mut changes = ChangeSummary::default();
+    let mut watermark: Option<Timestamp> = None;
     while let Some(next) = stream.next().await {
         let record_batch = next.map_err(|source| OfflineError::Query {
             context: format!("feature view '{}'", view.name),
@@ -109,10 +241,17 @@ pub async fn materialize_view(
         offline_writer = writer_back;
         let scanned = feature_rows.len() as u64;
         rows_scanned += scanned;
+        watermark = watermark.max(feature_rows.newest_event_timestamp);
         if view.online {
-            online.add(
+            changes.add(
                 write_path
-                    .write(view, WriteLane::Batch, feature_rows.rows)
+                    .write_changed(
+                        view,
+                        WriteLane::Batch,
+                        feature_rows.rows,
+                        digests,
+                        options.full_refresh,
+                    )
                     .await?,
             );
         }
@@ -124,18 +263,27 @@ pub async fn materialize_view(
             .map_err(|error| MaterializeError::Task(error.to_string()))??,
         None => OfflineWriteSummary::default(),
     };
-    Ok(MaterializeReport {
-        view: view.id(),
-        rows_scanned,
-        online,
-        offline,
-        duration: started.elapsed(),
-    })
+    report.status = "succeeded".to_string();
+    report.rows_scanned = rows_scanned;
+    report.rows_changed = changes.new + changes.changed;
+    report.rows_written = changes.online.written;
+    report.rows_unchanged = changes.unchanged;
+    report.rows_skipped = if view.online {
+        rows_scanned.saturating_sub(report.rows_changed)
+    } else {
+        0
+    };
+    report.watermark = watermark.map(Timestamp::to_rfc3339);
+    report.offline_rows = offline.rows;
+    report.offline_partitions = offline.partitions;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
 }
 
 struct ConvertedRows {
     rows: Vec<FeatureRow>,
     scanned: usize,
+    newest_event_timestamp: Option<Timestamp>,
 }
 
 impl ConvertedRows {
@@ -156,6 +304,9 @@ fn convert_batch(
         writer.write(&view_batch)?;
     }
     let scanned = view_batch.num_rows();
+    let newest_event_timestamp = (0..scanned)
+        .map(|row| view_batch.event_timestamp(row))
+        .max();
     let mut rows = Vec::new();
     if view.online {
         rows.reserve(scanned);
@@ -170,5 +321,12 @@ fn convert_batch(
             });
         }
     }
-    Ok((offline_writer, ConvertedRows { rows, scanned }))
+    Ok((
+        offline_writer,
+        ConvertedRows {
+            rows,
+            scanned,
+            newest_event_timestamp,
+        },
+    ))
 }

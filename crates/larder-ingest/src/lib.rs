@@ -7,7 +7,13 @@
 //! metadata whatever produced it.
 
 pub mod batch;
+mod checks;
+mod history;
 mod write_path;
 
-pub use batch::{MaterializeError, MaterializeProgress, MaterializeReport, materialize_view};
-pub use write_path::{FeatureRow, WriteError, WritePath};
+pub use batch::{
+    MaterializeError, MaterializeOptions, MaterializeProgress, RunReport, materialize_view,
+};
+pub use checks::{CheckFailure, evaluate_checks};
+pub use history::{RunHistory, RunHistoryError};
+pub use write_path::{ChangeSummary, FeatureRow, WriteError, WritePath, row_digest};

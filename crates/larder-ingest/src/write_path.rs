@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use larder_core::{EntityKey, FeatureView, Timestamp, Value, WriteLane, codec};
-use larder_online::{OnlineRow, OnlineStoreError, SharedOnlineStore, WriteSummary};
+use larder_online::{
+    DigestStore, OnlineRow, OnlineStoreError, RowDigest, SharedOnlineStore, WriteSummary,
+};
 
 /// One entity's feature values at one event time, in the view's declared feature order.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +36,46 @@ pub enum WriteError {
     /// retrying the batch is safe.
     #[error(transparent)]
     Store(#[from] OnlineStoreError),
+}
+
+/// What a change-detecting write ([`WritePath::write_changed`]) did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangeSummary {
+    /// Rows handed in.
+    pub received: u64,
+    /// Rows dropped because a newer row of the same entity was in the same batch.
+    pub superseded_in_batch: u64,
+    /// Entities with no digest yet (first materialization of the view version).
+    pub new: u64,
+    /// Entities whose event time or content differ from their digest.
+    pub changed: u64,
+    /// Entities whose event time and content equal their digest: not written.
+    pub unchanged: u64,
+    /// Entities whose digest has a newer event time: not written.
+    pub stale: u64,
+    /// What the online store did with the new and changed rows.
+    pub online: WriteSummary,
+}
+
+impl ChangeSummary {
+    /// Adds another summary into this one.
+    pub fn add(&mut self, other: ChangeSummary) {
+        self.received += other.received;
+        self.superseded_in_batch += other.superseded_in_batch;
+        self.new += other.new;
+        self.changed += other.changed;
+        self.unchanged += other.unchanged;
+        self.stale += other.stale;
+        self.online.add(other.online);
+    }
+}
+
+/// The digest of a row: its event time and the xxh3-64 hash of its encoded values.
+pub fn row_digest(event_timestamp: Timestamp, encoded_values: &[u8]) -> RowDigest {
+    RowDigest {
+        event_timestamp,
+        content_hash: twox_hash::XxHash3_64::oneshot(encoded_values),
+    }
 }
 
 /// The one component through which every lane writes online.
@@ -143,6 +185,84 @@ impl WritePath {
         Ok(summary)
     }
 
+    /// Writes only the rows that differ from what was last materialized, by content.
+    ///
+    /// Like [`WritePath::write`] (validation, newest row per entity, event-time ordering),
+    /// then each row's [`RowDigest`] (event time + xxh3 of its encoded values) is compared
+    /// with the digest stored for the entity in `digests`:
+    ///
+    /// * no digest: **new**, written;
+    /// * a digest with a newer event time: **stale**, not written (the store would refuse it);
+    /// * the same event time and the same content hash: **unchanged**, not written;
+    /// * anything else (a newer event time, or the same event time with other values):
+    ///   **changed**, written.
+    ///
+    /// Digests of written rows are saved only after the online write returned, so a crash in
+    /// between leaves rows without digests (rewritten next time), never a digest whose row was
+    /// not written. With `ignore_digests` every row counts as changed (a full refresh), and
+    /// digests are saved all the same.
+    pub async fn write_changed(
+        &self,
+        view: &FeatureView,
+        lane: WriteLane,
+        rows: Vec<FeatureRow>,
+        digests: &dyn DigestStore,
+        ignore_digests: bool,
+    ) -> Result<ChangeSummary, WriteError> {
+        Self::validate(view, &rows)?;
+        let received = rows.len() as u64;
+        let newest = Self::keep_newest_per_entity(rows);
+        let mut summary = ChangeSummary {
+            received,
+            superseded_in_batch: received - newest.len() as u64,
+            ..ChangeSummary::default()
+        };
+        if newest.is_empty() {
+            return Ok(summary);
+        }
+        let table = view.id();
+        let keys: Vec<EntityKey> = newest.iter().map(|row| row.entity_key.clone()).collect();
+        let stored_digests = if ignore_digests {
+            vec![None; keys.len()]
+        } else {
+            digests.read_digests(&table, &keys).await?
+        };
+        let write_timestamp = self.next_write_timestamp();
+        let mut online_rows = Vec::with_capacity(newest.len());
+        let mut new_digests = Vec::with_capacity(newest.len());
+        for (row, stored_digest) in newest.into_iter().zip(stored_digests) {
+            let values = codec::encode_row_to_vec(&row.values);
+            let digest = row_digest(row.event_timestamp, &values);
+            match stored_digest {
+                Some(stored) if stored.event_timestamp > digest.event_timestamp => {
+                    summary.stale += 1;
+                    continue;
+                }
+                Some(stored) if stored == digest => {
+                    summary.unchanged += 1;
+                    continue;
+                }
+                Some(_) => summary.changed += 1,
+                None => summary.new += 1,
+            }
+            new_digests.push((row.entity_key.clone(), digest));
+            online_rows.push(OnlineRow {
+                entity_key: row.entity_key,
+                event_timestamp: row.event_timestamp,
+                write_timestamp,
+                lane,
+                values,
+            });
+        }
+        if online_rows.is_empty() {
+            return Ok(summary);
+        }
+        summary.online = self.store.write_rows(&table, online_rows).await?;
+        // Only now that the values are written may their digests be saved.
+        digests.write_digests(&table, new_digests).await?;
+        Ok(summary)
+    }
+
     fn keep_newest_per_entity(rows: Vec<FeatureRow>) -> Vec<FeatureRow> {
         let mut position_by_key: HashMap<EntityKey, usize> = HashMap::with_capacity(rows.len());
         let mut kept: Vec<FeatureRow> = Vec::with_capacity(rows.len());
@@ -206,6 +326,7 @@ mod tests {
             tags: Default::default(),
             description: String::new(),
             freshness_sla: None,
+            checks: Vec::new(),
         }
     }
 
@@ -347,6 +468,171 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn only_new_or_changed_rows_are_written_by_content() {
+        let write_path = WritePath::new(Arc::new(MemoryOnlineStore::new()));
+        let digests = larder_online::MemoryDigestStore::new();
+        let view = view();
+        let first = write_path
+            .write_changed(
+                &view,
+                WriteLane::Batch,
+                vec![row(1, 100, 1), row(2, 100, 2), row(3, 100, 3)],
+                &digests,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!((first.new, first.changed, first.online.written), (3, 0, 3));
+        // Row 2 changes its value but keeps its event time; row 3 moves its event time only.
+        let second = write_path
+            .write_changed(
+                &view,
+                WriteLane::Batch,
+                vec![row(1, 100, 1), row(2, 100, 20), row(3, 150, 3)],
+                &digests,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                second.new,
+                second.changed,
+                second.unchanged,
+                second.online.written
+            ),
+            (0, 2, 1, 2),
+            "a changed value at an unchanged event time is a change"
+        );
+        assert_eq!(
+            stored_clicks(&write_path, &view.id(), 2).await,
+            Some((20, WriteLane::Batch))
+        );
+        let older = write_path
+            .write_changed(
+                &view,
+                WriteLane::Batch,
+                vec![row(3, 120, 9)],
+                &digests,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!((older.stale, older.online.written), (1, 0));
+        let nothing = write_path
+            .write_changed(
+                &view,
+                WriteLane::Batch,
+                vec![row(1, 100, 1), row(2, 100, 20), row(3, 150, 3)],
+                &digests,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!((nothing.unchanged, nothing.online.written), (3, 0));
+        let full = write_path
+            .write_changed(
+                &view,
+                WriteLane::Batch,
+                vec![row(1, 100, 1)],
+                &digests,
+                true,
+            )
+            .await
+            .unwrap();
+        assert_eq!(full.online.written, 1, "a full refresh rewrites every row");
+        let next_version = FeatureView {
+            version: 2,
+            ..view.clone()
+        };
+        let fresh = write_path
+            .write_changed(
+                &next_version,
+                WriteLane::Batch,
+                vec![row(1, 100, 1)],
+                &digests,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(fresh.new, 1, "a new view version writes every row");
+    }
+
+    /// A store whose writes fail, to show that no digest is saved for an unwritten row.
+    #[derive(Debug)]
+    struct FailingStore;
+
+    #[async_trait::async_trait]
+    impl larder_online::OnlineStore for FailingStore {
+        fn backend_name(&self) -> &'static str {
+            "failing"
+        }
+        async fn write_rows(
+            &self,
+            _table: &FeatureViewId,
+            _rows: Vec<OnlineRow>,
+        ) -> Result<WriteSummary, OnlineStoreError> {
+            Err(OnlineStoreError::Unavailable {
+                backend: "failing",
+                message: "down".into(),
+            })
+        }
+        async fn read_rows(
+            &self,
+            _table: &FeatureViewId,
+            keys: &[EntityKey],
+        ) -> Result<Vec<Option<OnlineRow>>, OnlineStoreError> {
+            Ok(vec![None; keys.len()])
+        }
+        async fn delete_rows(
+            &self,
+            _table: &FeatureViewId,
+            _keys: &[EntityKey],
+        ) -> Result<u64, OnlineStoreError> {
+            Ok(0)
+        }
+        async fn drop_table(&self, _table: &FeatureViewId) -> Result<(), OnlineStoreError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_online_write_saves_no_digest_so_the_next_run_converges() {
+        let digests = larder_online::MemoryDigestStore::new();
+        let view = view();
+        let failing = WritePath::new(Arc::new(FailingStore));
+        assert!(
+            failing
+                .write_changed(
+                    &view,
+                    WriteLane::Batch,
+                    vec![row(1, 100, 1)],
+                    &digests,
+                    false
+                )
+                .await
+                .is_err()
+        );
+        let saved = digests
+            .read_digests(&view.id(), &[EntityKey::from_int(1)])
+            .await
+            .unwrap();
+        assert_eq!(saved, vec![None]);
+        let working = WritePath::new(Arc::new(MemoryOnlineStore::new()));
+        let retry = working
+            .write_changed(
+                &view,
+                WriteLane::Batch,
+                vec![row(1, 100, 1)],
+                &digests,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(retry.online.written, 1);
     }
 
     #[test]

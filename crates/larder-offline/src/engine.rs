@@ -169,6 +169,23 @@ impl TransformEngine {
         view: &FeatureView,
         window: TimeWindow,
     ) -> Result<SendableRecordBatchStream, OfflineError> {
+        let frame = self.view_frame_in_window(view, window).await?;
+        frame
+            .execute_stream()
+            .await
+            .map_err(|source| OfflineError::Query {
+                context: Self::view_context(view),
+                source,
+            })
+    }
+
+    /// A view's transformation restricted to an event-time window, as a DataFrame (planned,
+    /// not run), for callers that run their own queries over it (data-quality checks).
+    pub async fn view_frame_in_window(
+        &self,
+        view: &FeatureView,
+        window: TimeWindow,
+    ) -> Result<DataFrame, OfflineError> {
         let mut frame = self.view_frame(view).await?;
         let bound = |timestamp: Timestamp| {
             lit(ScalarValue::TimestampMicrosecond(
@@ -192,12 +209,6 @@ impl TransformEngine {
                     source,
                 })?;
         }
-        frame
-            .execute_stream()
-            .await
-            .map_err(|source| OfflineError::Query {
-                context: Self::view_context(view),
-                source,
-            })
+        Ok(frame)
     }
 }

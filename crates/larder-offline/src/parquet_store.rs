@@ -16,6 +16,7 @@ use parquet::file::properties::WriterProperties;
 
 use crate::OfflineError;
 use crate::columns::ViewBatch;
+use crate::engine::TimeWindow;
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
@@ -44,6 +45,22 @@ pub trait OfflineWriter: Send {
 pub trait OfflineStore: Send + Sync + std::fmt::Debug {
     /// Starts replacing the rows of a view version.
     fn begin_write(&self, view: &FeatureView) -> Result<Box<dyn OfflineWriter>, OfflineError>;
+
+    /// Starts replacing the rows of a view version whose event time falls in `window`; rows
+    /// outside the window are kept. An unbounded window is [`OfflineStore::begin_write`].
+    fn begin_window_write(
+        &self,
+        view: &FeatureView,
+        window: TimeWindow,
+    ) -> Result<Box<dyn OfflineWriter>, OfflineError> {
+        if window.start.is_none() && window.end.is_none() {
+            return self.begin_write(view);
+        }
+        Err(OfflineError::Schema(format!(
+            "this offline store cannot replace an event-time window of feature view '{}'",
+            view.name
+        )))
+    }
 
     /// Registers a view version's rows as a DataFusion table; returns `false` if the view has
     /// never been materialized.
@@ -83,6 +100,14 @@ fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Offlin
 #[async_trait::async_trait]
 impl OfflineStore for ParquetOfflineStore {
     fn begin_write(&self, view: &FeatureView) -> Result<Box<dyn OfflineWriter>, OfflineError> {
+        self.begin_window_write(view, TimeWindow::default())
+    }
+
+    fn begin_window_write(
+        &self,
+        view: &FeatureView,
+        window: TimeWindow,
+    ) -> Result<Box<dyn OfflineWriter>, OfflineError> {
         let final_path = self.view_path(view);
         let parent = final_path
             .parent()
@@ -98,7 +123,10 @@ impl OfflineStore for ParquetOfflineStore {
         let staging_path = parent.join(format!(".v{}.staging-{unique}", view.version));
         std::fs::create_dir_all(&staging_path)
             .map_err(io_error(format!("creating {}", staging_path.display())))?;
+        let is_bounded = window.start.is_some() || window.end.is_some();
         Ok(Box::new(ParquetViewWriter {
+            view: view.clone(),
+            window: is_bounded.then_some(window),
             schema: ViewBatch::schema_of(view),
             staging_path,
             final_path,
@@ -135,6 +163,9 @@ impl OfflineStore for ParquetOfflineStore {
 }
 
 struct ParquetViewWriter {
+    view: FeatureView,
+    /// `Some` for a windowed write: only the window's rows are replaced.
+    window: Option<TimeWindow>,
     schema: arrow::datatypes::SchemaRef,
     staging_path: PathBuf,
     final_path: PathBuf,
@@ -215,6 +246,9 @@ impl OfflineWriter for ParquetViewWriter {
     }
 
     fn commit(mut self: Box<Self>) -> Result<OfflineWriteSummary, OfflineError> {
+        if let Some(window) = self.window {
+            return self.commit_window(window);
+        }
         let writers = std::mem::take(&mut self.writers);
         let partitions = writers.len() as u64;
         for (_, (path, writer)) in writers {
@@ -248,6 +282,162 @@ impl OfflineWriter for ParquetViewWriter {
             files: partitions,
             partitions,
         })
+    }
+}
+
+/// The day index of a partition folder named `date=YYYY-MM-DD`.
+fn partition_day(folder_name: &str) -> Option<i64> {
+    let date = folder_name.strip_prefix("date=")?;
+    let parsed = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    Some(
+        parsed
+            .and_hms_opt(0, 0, 0)?
+            .and_utc()
+            .timestamp_micros()
+            .div_euclid(MICROS_PER_DAY),
+    )
+}
+
+/// The folder name of a day's partition.
+fn partition_folder_name(day: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(day * MICROS_PER_DAY)
+        .map(|datetime| format!("date={}", datetime.format("%Y-%m-%d")))
+        .unwrap_or_else(|| format!("date=day{day}"))
+}
+
+fn window_contains(window: &TimeWindow, micros: i64) -> bool {
+    window.start.is_none_or(|start| micros >= start.as_micros())
+        && window.end.is_none_or(|end| micros < end.as_micros())
+}
+
+fn day_overlaps_window(window: &TimeWindow, day: i64) -> bool {
+    let day_start = day * MICROS_PER_DAY;
+    let day_end = day_start + MICROS_PER_DAY;
+    window.start.is_none_or(|start| day_end > start.as_micros())
+        && window.end.is_none_or(|end| day_start < end.as_micros())
+}
+
+impl ParquetViewWriter {
+    /// Commits a windowed write: every existing date partition that overlaps the window is
+    /// rebuilt from its rows outside the window plus the new rows, then swapped in by rename
+    /// (partition by partition); partitions outside the window are untouched.
+    fn commit_window(
+        mut self: Box<Self>,
+        window: TimeWindow,
+    ) -> Result<OfflineWriteSummary, OfflineError> {
+        let new_rows = self.rows;
+        std::fs::create_dir_all(&self.final_path)
+            .map_err(io_error(format!("creating {}", self.final_path.display())))?;
+        let mut overlapping_days = Vec::new();
+        let entries = std::fs::read_dir(&self.final_path)
+            .map_err(io_error(format!("listing {}", self.final_path.display())))?;
+        for entry in entries {
+            let entry =
+                entry.map_err(io_error(format!("listing {}", self.final_path.display())))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(day) = partition_day(&name)
+                && day_overlaps_window(&window, day)
+            {
+                overlapping_days.push((day, entry.path()));
+            }
+        }
+        for (day, folder) in &overlapping_days {
+            self.keep_rows_outside_window(*day, folder, &window)?;
+        }
+        let writers = std::mem::take(&mut self.writers);
+        let partitions = writers.len() as u64;
+        let mut staged_days = Vec::new();
+        for (day, (path, writer)) in writers {
+            let file = writer
+                .into_inner()
+                .map_err(|source| OfflineError::Parquet {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            file.sync_all()
+                .map_err(io_error(format!("syncing {}", path.display())))?;
+            staged_days.push(day);
+        }
+        for day in &staged_days {
+            let name = partition_folder_name(*day);
+            let staged = self.staging_path.join(&name);
+            let published = self.final_path.join(&name);
+            let aside = self.staging_path.join(format!("{name}.old"));
+            if published.exists() {
+                std::fs::rename(&published, &aside)
+                    .map_err(io_error(format!("moving {} aside", published.display())))?;
+            }
+            std::fs::rename(&staged, &published)
+                .map_err(io_error(format!("publishing {}", published.display())))?;
+        }
+        for (day, folder) in &overlapping_days {
+            if !staged_days.contains(day) && folder.exists() {
+                std::fs::remove_dir_all(folder)
+                    .map_err(io_error(format!("removing {}", folder.display())))?;
+            }
+        }
+        // The staging folder (with the partitions moved aside) is removed on drop.
+        Ok(OfflineWriteSummary {
+            rows: new_rows,
+            files: partitions,
+            partitions,
+        })
+    }
+
+    /// Copies the rows of an existing partition that lie outside the window into staging.
+    fn keep_rows_outside_window(
+        &mut self,
+        day: i64,
+        folder: &Path,
+        window: &TimeWindow,
+    ) -> Result<(), OfflineError> {
+        let entries =
+            std::fs::read_dir(folder).map_err(io_error(format!("listing {}", folder.display())))?;
+        for entry in entries {
+            let path = entry
+                .map_err(io_error(format!("listing {}", folder.display())))?
+                .path();
+            if path
+                .extension()
+                .is_none_or(|extension| extension != "parquet")
+            {
+                continue;
+            }
+            let file =
+                File::open(&path).map_err(io_error(format!("opening {}", path.display())))?;
+            let parquet_error = |source| OfflineError::Parquet {
+                path: path.display().to_string(),
+                source,
+            };
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .map_err(parquet_error)?
+                    .build()
+                    .map_err(parquet_error)?;
+            for batch in reader {
+                let batch = batch.map_err(|source| OfflineError::Arrow {
+                    context: format!("reading {}", path.display()),
+                    source,
+                })?;
+                let view_batch = ViewBatch::from_batch(&self.view, &batch)?;
+                let kept: Vec<u32> = (0..view_batch.num_rows())
+                    .filter(|row| {
+                        !window_contains(window, view_batch.event_timestamp(*row).as_micros())
+                    })
+                    .map(|row| row as u32)
+                    .collect();
+                if kept.is_empty() {
+                    continue;
+                }
+                let taken = take_record_batch(view_batch.record_batch(), &UInt32Array::from(kept))
+                    .map_err(|source| OfflineError::Arrow {
+                        context: "keeping rows outside the window".to_string(),
+                        source,
+                    })?;
+                self.write_day(day, &taken)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -85,6 +85,12 @@ impl EmbeddedOnlineStore {
         })
     }
 
+    /// A digest store kept in this store's own database file (tables `digest/{view}/v{N}`),
+    /// so the batch lane's change detection lives and dies with the online rows.
+    pub fn digest_store(&self) -> crate::RedbDigestStore {
+        crate::RedbDigestStore::from_database(Arc::clone(&self.database))
+    }
+
     /// The path of the database file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -7,6 +7,7 @@
 
 mod cache;
 pub mod conformance;
+mod digest;
 mod embedded;
 mod memory;
 
@@ -15,6 +16,10 @@ use std::sync::Arc;
 use larder_core::{EntityKey, FeatureViewId, Timestamp, WriteLane};
 
 pub use cache::{CacheConfig, CacheStats, CachedOnlineStore};
+pub use digest::{
+    DigestStore, MemoryDigestStore, RedbDigestStore, RowDigest, SharedDigestStore,
+    check_digest_store_conformance,
+};
 pub use embedded::EmbeddedOnlineStore;
 pub use memory::MemoryOnlineStore;
 

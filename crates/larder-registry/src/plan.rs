@@ -699,6 +699,13 @@ fn feature_view_details(old: &FeatureView, new: &FeatureView) -> Vec<String> {
             format_duration(new.freshness_sla.as_ref())
         ));
     }
+    if old.checks != new.checks {
+        details.push(format!(
+            "checks: {} -> {}",
+            old.checks.len(),
+            new.checks.len()
+        ));
+    }
     if old.online != new.online {
         details.push(format!("online: {} -> {}", old.online, new.online));
     }

@@ -246,6 +246,7 @@ mod tests {
             tags: BTreeMap::new(),
             description: String::new(),
             freshness_sla: None,
+            checks: Vec::new(),
         };
         let service = FeatureService {
             name: "ranker".into(),

@@ -3,6 +3,7 @@
 
 mod apply;
 mod bad_requests;
+mod change_detection;
 mod direct_writes;
 mod end_to_end;
 mod grpc;

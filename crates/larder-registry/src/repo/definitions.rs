@@ -156,6 +156,54 @@ pub(super) struct FeatureViewDefinition {
     pub(super) freshness_sla: Option<Spanned<String>>,
     /// Features.
     pub(super) features: Spanned<Vec<FeatureDefinition>>,
+    /// Data-quality checks over the transformation output.
+    #[serde(default)]
+    pub(super) checks: Vec<CheckDefinition>,
+}
+
+/// `feature_views[].checks[]`: one flat shape for every check type, so that every field
+/// keeps its position; fields that do not apply to the type are reported.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CheckDefinition {
+    /// not_null, range, allowed_values, unique_entity_per_timestamp, row_count, freshness.
+    #[serde(rename = "type")]
+    pub(super) check_type: Spanned<String>,
+    /// not_null, range, allowed_values: the column.
+    #[serde(default)]
+    pub(super) column: Option<Spanned<String>>,
+    /// range: inclusive minimum.
+    #[serde(default)]
+    pub(super) min: Option<Spanned<f64>>,
+    /// range: inclusive maximum.
+    #[serde(default)]
+    pub(super) max: Option<Spanned<f64>>,
+    /// allowed_values: the values.
+    #[serde(default)]
+    pub(super) values: Option<Spanned<Vec<CheckLiteral>>>,
+    /// row_count: allowed change against the last run, in percent.
+    #[serde(default)]
+    pub(super) max_change_percent: Option<Spanned<f64>>,
+    /// freshness: largest allowed age of the newest row (`2d`).
+    #[serde(default)]
+    pub(super) max_age: Option<Spanned<String>>,
+    /// error (default, blocks the run) or warn.
+    #[serde(default)]
+    pub(super) severity: Option<Spanned<String>>,
+}
+
+/// One allowed value of an `allowed_values` check.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum CheckLiteral {
+    /// `true` / `false`.
+    Bool(bool),
+    /// An integer.
+    Integer(i64),
+    /// A float.
+    Float(f64),
+    /// Text.
+    Text(String),
 }
 
 /// `feature_views[].features[]`.

@@ -117,6 +117,7 @@ fn expected_demo_registry() -> Registry {
         tags: BTreeMap::new(),
         description: String::new(),
         freshness_sla: None,
+        checks: Vec::new(),
     };
     let user_profile = FeatureView {
         name: "user_profile".into(),
@@ -864,4 +865,76 @@ fn view_schema_mismatches_point_at_the_declared_dtype() {
     );
 
     assert!(repo.check_view_schema("nope", &matching).is_err());
+}
+
+fn views_with_checks(checks: &[&str]) -> Vec<(&'static str, String)> {
+    let mut view_lines = vec![
+        "feature_views:",
+        "  - name: pushed",
+        "    version: 1",
+        "    entities: [user]",
+        "    source: direct",
+        "    features: [{name: score, dtype: float64}, {name: country, dtype: string}]",
+        "    checks:",
+    ];
+    view_lines.extend_from_slice(checks);
+    vec![
+        ("entities.yaml", crate::test_support::demo_entities()),
+        ("sources.yaml", crate::test_support::demo_sources()),
+        ("views.yaml", lines(&view_lines)),
+    ]
+}
+
+#[test]
+fn data_quality_checks_resolve_to_rules_with_sql_literals() {
+    use larder_core::{CheckRule, CheckSeverity};
+    let files = views_with_checks(&[
+        "      - {type: not_null, column: score}",
+        "      - {type: range, column: score, min: 0, max: 1.5, severity: warn}",
+        "      - {type: allowed_values, column: country, values: [FR, \"it's\", 3]}",
+        "      - {type: unique_entity_per_timestamp}",
+        "      - {type: row_count, max_change_percent: 20}",
+        "      - {type: freshness, max_age: 2d}",
+    ]);
+    let directory = write_repo(&files);
+    let repo = FeatureRepo::load(directory.path()).unwrap_or_else(|error| panic!("{error}"));
+    let checks = &repo.registry.feature_views["pushed"].checks;
+    assert_eq!(checks.len(), 6);
+    assert_eq!(
+        checks[1].rule,
+        CheckRule::Range {
+            column: "score".into(),
+            min: Some("0".into()),
+            max: Some("1.5".into())
+        }
+    );
+    assert_eq!(checks[1].severity, CheckSeverity::Warn);
+    assert_eq!(checks[0].severity, CheckSeverity::Error);
+    assert_eq!(
+        checks[2].rule,
+        CheckRule::AllowedValues {
+            column: "country".into(),
+            values: vec!["'FR'".into(), "'it''s'".into(), "3".into()]
+        }
+    );
+}
+
+#[test]
+fn bad_data_quality_checks_point_at_their_line() {
+    let diagnostics = load_errors(&views_with_checks(&[
+        "      - {type: not_nul, column: score}",
+        "      - {type: not_null, column: nope}",
+        "      - {type: range, column: score}",
+        "      - {type: row_count, max_change_percent: 5, severity: fatal}",
+    ]));
+    assert_eq!(diagnostics.len(), 4, "{diagnostics}");
+    assert_reported(
+        &diagnostics,
+        "views.yaml",
+        8,
+        "unknown check type 'not_nul'",
+    );
+    assert_reported(&diagnostics, "views.yaml", 9, "unknown column 'nope'");
+    assert_reported(&diagnostics, "views.yaml", 10, "needs min, max or both");
+    assert_reported(&diagnostics, "views.yaml", 11, "unknown severity 'fatal'");
 }

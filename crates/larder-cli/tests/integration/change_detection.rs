@@ -1,0 +1,206 @@
+//! The batch lane writes online only the rows that changed, reports every run and keeps the
+//! run history; windowed runs replace only the window's offline rows.
+
+use std::path::Path;
+
+use crate::util::{DemoRepo, larder_ok};
+
+/// The `N written online` figure of a view's summary line.
+fn written_online(stdout: &str, view: &str) -> u64 {
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with(view))
+        .unwrap_or_else(|| panic!("no summary line for {view} in:\n{stdout}"));
+    let before = line
+        .split(" written online")
+        .next()
+        .unwrap_or_else(|| panic!("no written count in {line}"));
+    before
+        .rsplit(' ')
+        .next()
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no written count in {line}"))
+}
+
+fn offline_row_count(repo: &Path, view: &str) -> usize {
+    let mut rows = 0;
+    let folder = repo.join("data/offline").join(view).join("v1");
+    for partition in std::fs::read_dir(&folder).unwrap() {
+        for file in std::fs::read_dir(partition.unwrap().path()).unwrap() {
+            let file = std::fs::File::open(file.unwrap().path()).unwrap();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            rows += reader.map(|batch| batch.unwrap().num_rows()).sum::<usize>();
+        }
+    }
+    rows
+}
+
+#[test]
+fn only_changed_rows_are_written_and_runs_are_recorded() {
+    let repo = DemoRepo::init_with(2_000, &["--anchor", "2026-01-10"]);
+    larder_ok(&repo.path, &["apply"]);
+    let first = larder_ok(&repo.path, &["materialize"]);
+    assert_eq!(written_online(&first, "user_profile:v1"), 2_000, "{first}");
+    assert_eq!(written_online(&first, "user_activity:v1"), 2_000, "{first}");
+
+    let unchanged = larder_ok(&repo.path, &["materialize"]);
+    assert_eq!(
+        written_online(&unchanged, "user_profile:v1"),
+        0,
+        "{unchanged}"
+    );
+    assert_eq!(
+        written_online(&unchanged, "user_activity:v1"),
+        0,
+        "{unchanged}"
+    );
+
+    let mutated = larder_ok(
+        &repo.path,
+        &["demo-mutate", "--fraction", "0.05", "--seed", "3"],
+    );
+    let changed_users: u64 = mutated
+        .trim()
+        .trim_start_matches("Changed ")
+        .trim_end_matches(" users.")
+        .parse()
+        .unwrap();
+    assert!(changed_users > 40 && changed_users < 200, "{mutated}");
+    let second = larder_ok(&repo.path, &["materialize"]);
+    assert_eq!(
+        written_online(&second, "user_profile:v1"),
+        changed_users,
+        "a changed value at an unchanged event time must be written: {second}"
+    );
+    assert_eq!(written_online(&second, "user_activity:v1"), changed_users);
+
+    let full = larder_ok(
+        &repo.path,
+        &["materialize", "--full-refresh", "--views", "user_profile"],
+    );
+    assert_eq!(written_online(&full, "user_profile:v1"), 2_000, "{full}");
+
+    let runs = larder_ok(&repo.path, &["runs", "user_profile"]);
+    let run_lines: Vec<&str> = runs
+        .lines()
+        .filter(|line| line.contains("user_profile:v1"))
+        .collect();
+    assert_eq!(run_lines.len(), 4, "{runs}");
+    assert!(
+        run_lines.iter().all(|line| line.contains("succeeded")),
+        "{runs}"
+    );
+    assert!(!runs.contains("user_activity"), "{runs}");
+}
+
+#[test]
+fn a_windowed_run_replaces_only_the_windows_offline_rows() {
+    let repo = DemoRepo::init_with(1_000, &["--anchor", "2026-01-10"]);
+    larder_ok(&repo.path, &["apply"]);
+    larder_ok(&repo.path, &["materialize", "--views", "user_activity"]);
+    let all_rows = offline_row_count(&repo.path, "user_activity");
+    assert_eq!(all_rows, 2_000, "two activity rows per user");
+    // The activity rows are on the two days before the anchor; re-run only the last day.
+    let windowed = larder_ok(
+        &repo.path,
+        &[
+            "materialize",
+            "--views",
+            "user_activity",
+            "--start",
+            "2026-01-09",
+            "--end",
+            "2026-01-10",
+        ],
+    );
+    assert!(windowed.contains("user_activity:v1"), "{windowed}");
+    assert_eq!(
+        offline_row_count(&repo.path, "user_activity"),
+        all_rows,
+        "rows outside the window are kept, rows inside replaced (not duplicated)"
+    );
+    let incremental = larder_ok(
+        &repo.path,
+        &["materialize-incremental", "--views", "user_activity"],
+    );
+    assert_eq!(
+        written_online(&incremental, "user_activity:v1"),
+        0,
+        "{incremental}"
+    );
+    assert_eq!(offline_row_count(&repo.path, "user_activity"), all_rows);
+}
+
+fn add_profile_checks(repo: &Path, checks: &str) {
+    let path = repo.join("features/users.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let marker = "    description: Who the user is\n";
+    assert!(yaml.contains(marker));
+    let replaced = yaml.replace(marker, &format!("{marker}    checks:\n{checks}"));
+    std::fs::write(&path, replaced).unwrap();
+}
+
+#[test]
+fn a_failing_blocking_check_stops_the_run_before_anything_is_written() {
+    let repo = DemoRepo::init_with(500, &["--anchor", "2026-01-10"]);
+    add_profile_checks(
+        &repo.path,
+        "      - {type: not_null, column: age}\n      - {type: range, column: age, min: 18, max: 30}\n      - {type: allowed_values, column: country, values: [XX], severity: warn}\n      - {type: unique_entity_per_timestamp}\n",
+    );
+    larder_ok(&repo.path, &["apply"]);
+    let output = crate::util::larder(&repo.path, &["materialize", "--views", "user_profile"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("check range(age) failed") && stderr.contains("user_id="),
+        "the failure names the check with example rows: {stderr}"
+    );
+    assert!(!stderr.contains("not_null(age)"), "{stderr}");
+    assert!(
+        !repo.path.join("data/offline/user_profile").exists(),
+        "nothing may be written offline"
+    );
+    let runs = larder_ok(&repo.path, &["runs"]);
+    assert!(
+        runs.contains("failed") && runs.contains("range(age)"),
+        "{runs}"
+    );
+    let get = crate::util::larder(
+        &repo.path,
+        &[
+            "get",
+            "--entity",
+            "user_id=1",
+            "--features",
+            "user_profile:age",
+        ],
+    );
+    let get_stdout = String::from_utf8_lossy(&get.stdout);
+    assert!(
+        get_stdout
+            .lines()
+            .any(|line| line.starts_with("age") && line.contains("NOT_FOUND")),
+        "nothing may be written online: {get_stdout}"
+    );
+}
+
+#[test]
+fn a_failing_warning_is_reported_and_the_run_goes_on() {
+    let repo = DemoRepo::init_with(300, &["--anchor", "2026-01-10"]);
+    add_profile_checks(
+        &repo.path,
+        "      - {type: allowed_values, column: country, values: [XX], severity: warn}\n      - {type: freshness, max_age: 1d, severity: warn}\n      - {type: row_count, max_change_percent: 10}\n",
+    );
+    larder_ok(&repo.path, &["apply"]);
+    let output = larder_ok(&repo.path, &["materialize", "--views", "user_profile"]);
+    assert!(
+        output.contains("warning: check allowed_values(country) failed")
+            && output.contains("warning: check freshness failed"),
+        "{output}"
+    );
+    assert_eq!(written_online(&output, "user_profile:v1"), 300);
+}

@@ -1,0 +1,509 @@
+//! Row digests: what the batch lane last materialized for each entity, so that a run writes
+//! online only the rows that are new or changed.
+//!
+//! A [`RowDigest`] is the event time and a 64-bit content hash of one stored row. The batch
+//! lane keeps one digest per (feature view version, entity) in a [`DigestStore`] beside the
+//! online data, compares every computed row with it, and writes online only the rows whose
+//! digest differs. Digests are written *after* the rows they describe, so a crash in between
+//! leaves rows without digests (rewritten by the next run), never a digest without its row.
+//!
+//! Backends: [`MemoryDigestStore`] (the reference, for the memory online store and tests) and
+//! [`RedbDigestStore`] (a redb file, or the embedded online store's own file through
+//! [`crate::EmbeddedOnlineStore::digest_store`], so that deleting the online file also
+//! forgets the digests). [`check_digest_store_conformance`] is the one suite both run.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use larder_core::{EntityKey, FeatureViewId, Timestamp};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::OnlineStoreError;
+
+/// The backend name of digest errors.
+const DIGEST_BACKEND_NAME: &str = "digest";
+
+/// Length of an encoded digest: event time (i64 LE) then content hash (u64 LE).
+const ENCODED_DIGEST_LENGTH: usize = 16;
+
+/// The redb table type of digests: entity key bytes to an encoded [`RowDigest`].
+type DigestTableDefinition<'name> = TableDefinition<'name, &'static [u8], &'static [u8]>;
+
+/// What was last materialized for one entity: its event time and a hash of its encoded values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RowDigest {
+    /// The event time of the materialized row.
+    pub event_timestamp: Timestamp,
+    /// A 64-bit hash (xxh3) of the row's encoded values.
+    pub content_hash: u64,
+}
+
+impl RowDigest {
+    /// The fixed-size bytes of this digest.
+    pub fn to_bytes(&self) -> [u8; ENCODED_DIGEST_LENGTH] {
+        let mut bytes = [0u8; ENCODED_DIGEST_LENGTH];
+        bytes[..8].copy_from_slice(&self.event_timestamp.as_micros().to_le_bytes());
+        bytes[8..].copy_from_slice(&self.content_hash.to_le_bytes());
+        bytes
+    }
+
+    /// Decodes [`RowDigest::to_bytes`]; `None` for bytes of the wrong length.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let (event_bytes, hash_bytes) = bytes.split_first_chunk::<8>()?;
+        let hash_array: [u8; 8] = hash_bytes.try_into().ok()?;
+        Some(Self {
+            event_timestamp: Timestamp(i64::from_le_bytes(*event_bytes)),
+            content_hash: u64::from_le_bytes(hash_array),
+        })
+    }
+}
+
+/// A table of row digests per feature view version.
+///
+/// # Specification
+///
+/// * Tables are named by [`FeatureViewId`]; a table that was never written holds nothing, so
+///   a new view version has no digests and its first run writes every row.
+/// * [`DigestStore::read_digests`] returns one slot per key, in request order.
+/// * [`DigestStore::write_digests`] replaces the digest of each given key (last one wins
+///   within a batch); when it returns, the digests are as durable as the backend promises.
+/// * [`DigestStore::delete_digests`] removes keys; [`DigestStore::drop_table`] a whole table.
+/// * [`DigestStore::list_keys`] returns every key of a table (used to find entities that
+///   disappeared from the source).
+#[async_trait::async_trait]
+pub trait DigestStore: Send + Sync + fmt::Debug + 'static {
+    /// Reads one slot per key, in order.
+    async fn read_digests(
+        &self,
+        table: &FeatureViewId,
+        keys: &[EntityKey],
+    ) -> Result<Vec<Option<RowDigest>>, OnlineStoreError>;
+
+    /// Stores digests, replacing older ones of the same keys.
+    async fn write_digests(
+        &self,
+        table: &FeatureViewId,
+        digests: Vec<(EntityKey, RowDigest)>,
+    ) -> Result<(), OnlineStoreError>;
+
+    /// Removes the digests of the given keys.
+    async fn delete_digests(
+        &self,
+        table: &FeatureViewId,
+        keys: &[EntityKey],
+    ) -> Result<(), OnlineStoreError>;
+
+    /// Every key that has a digest in a table.
+    async fn list_keys(&self, table: &FeatureViewId) -> Result<Vec<EntityKey>, OnlineStoreError>;
+
+    /// Removes a table; an unknown table is not an error.
+    async fn drop_table(&self, table: &FeatureViewId) -> Result<(), OnlineStoreError>;
+}
+
+/// A shared handle to any digest store.
+pub type SharedDigestStore = Arc<dyn DigestStore>;
+
+/// Digests kept in process memory: the reference implementation of [`DigestStore`].
+#[derive(Debug, Default)]
+pub struct MemoryDigestStore {
+    tables: RwLock<HashMap<FeatureViewId, HashMap<EntityKey, RowDigest>>>,
+}
+
+impl MemoryDigestStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait::async_trait]
+impl DigestStore for MemoryDigestStore {
+    async fn read_digests(
+        &self,
+        table: &FeatureViewId,
+        keys: &[EntityKey],
+    ) -> Result<Vec<Option<RowDigest>>, OnlineStoreError> {
+        let tables = self.tables.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(digests) = tables.get(table) else {
+            return Ok(vec![None; keys.len()]);
+        };
+        Ok(keys.iter().map(|key| digests.get(key).copied()).collect())
+    }
+
+    async fn write_digests(
+        &self,
+        table: &FeatureViewId,
+        digests: Vec<(EntityKey, RowDigest)>,
+    ) -> Result<(), OnlineStoreError> {
+        let mut tables = self.tables.write().unwrap_or_else(PoisonError::into_inner);
+        let stored = tables.entry(table.clone()).or_default();
+        for (key, digest) in digests {
+            stored.insert(key, digest);
+        }
+        Ok(())
+    }
+
+    async fn delete_digests(
+        &self,
+        table: &FeatureViewId,
+        keys: &[EntityKey],
+    ) -> Result<(), OnlineStoreError> {
+        let mut tables = self.tables.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(stored) = tables.get_mut(table) {
+            for key in keys {
+                stored.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_keys(&self, table: &FeatureViewId) -> Result<Vec<EntityKey>, OnlineStoreError> {
+        let tables = self.tables.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(tables
+            .get(table)
+            .map(|digests| digests.keys().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn drop_table(&self, table: &FeatureViewId) -> Result<(), OnlineStoreError> {
+        self.tables
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(table);
+        Ok(())
+    }
+}
+
+/// Digests in a redb database: tables `digest/{view}/v{version}`, one write transaction per
+/// batch, committed durably.
+#[derive(Clone)]
+pub struct RedbDigestStore {
+    database: Arc<redb::Database>,
+}
+
+impl fmt::Debug for RedbDigestStore {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("RedbDigestStore")
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbDigestStore {
+    /// Opens (or creates) a redb file of its own, for online backends that live elsewhere
+    /// (Redis, DynamoDB). Blocks on file I/O.
+    pub fn open(path: &Path) -> Result<Self, OnlineStoreError> {
+        if let Some(parent_directory) = path.parent()
+            && !parent_directory.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent_directory).map_err(|error| {
+                OnlineStoreError::Internal {
+                    backend: DIGEST_BACKEND_NAME,
+                    message: format!("cannot create {}: {error}", parent_directory.display()),
+                }
+            })?;
+        }
+        let database = redb::Database::create(path).map_err(|error| match error {
+            redb::DatabaseError::DatabaseAlreadyOpen
+            | redb::DatabaseError::LockProtocolMismatch => OnlineStoreError::Locked {
+                path: path.display().to_string(),
+            },
+            other => map_digest_redb_error(&format!("cannot open {}", path.display()), other),
+        })?;
+        Ok(Self::from_database(Arc::new(database)))
+    }
+
+    /// Keeps digests in an already open database (the embedded online store's file).
+    pub fn from_database(database: Arc<redb::Database>) -> Self {
+        Self { database }
+    }
+
+    async fn run_blocking<Output, Work>(&self, work: Work) -> Result<Output, OnlineStoreError>
+    where
+        Output: Send + 'static,
+        Work: FnOnce(&redb::Database) -> Result<Output, OnlineStoreError> + Send + 'static,
+    {
+        let database = Arc::clone(&self.database);
+        tokio::task::spawn_blocking(move || work(&database))
+            .await
+            .map_err(|join_error| OnlineStoreError::Internal {
+                backend: DIGEST_BACKEND_NAME,
+                message: format!("blocking task failed: {join_error}"),
+            })?
+    }
+}
+
+fn digest_table_name(table: &FeatureViewId) -> String {
+    format!("digest/{}/v{}", table.name, table.version)
+}
+
+fn map_digest_redb_error(context: &str, error: impl Into<redb::Error>) -> OnlineStoreError {
+    let error: redb::Error = error.into();
+    let message = format!("{context}: {error}");
+    match error {
+        redb::Error::Corrupted(_) => OnlineStoreError::Corrupt {
+            backend: DIGEST_BACKEND_NAME,
+            message,
+        },
+        _ => OnlineStoreError::Internal {
+            backend: DIGEST_BACKEND_NAME,
+            message,
+        },
+    }
+}
+
+fn begin_durable_digest_write(
+    database: &redb::Database,
+) -> Result<redb::WriteTransaction, OnlineStoreError> {
+    let mut transaction = database
+        .begin_write()
+        .map_err(|error| map_digest_redb_error("cannot begin a write transaction", error))?;
+    transaction
+        .set_durability(redb::Durability::Immediate)
+        .map_err(|error| map_digest_redb_error("cannot set immediate durability", error))?;
+    Ok(transaction)
+}
+
+#[async_trait::async_trait]
+impl DigestStore for RedbDigestStore {
+    async fn read_digests(
+        &self,
+        table: &FeatureViewId,
+        keys: &[EntityKey],
+    ) -> Result<Vec<Option<RowDigest>>, OnlineStoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table_name = digest_table_name(table);
+        let keys = keys.to_vec();
+        self.run_blocking(move |database| {
+            let transaction = database
+                .begin_read()
+                .map_err(|error| map_digest_redb_error("cannot begin a read", error))?;
+            let digests = match transaction.open_table(DigestTableDefinition::new(&table_name)) {
+                Ok(digests) => digests,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; keys.len()]),
+                Err(error) => return Err(map_digest_redb_error("cannot open digests", error)),
+            };
+            let mut slots = Vec::with_capacity(keys.len());
+            for key in &keys {
+                let stored = digests
+                    .get(key.as_bytes())
+                    .map_err(|error| map_digest_redb_error("cannot read a digest", error))?;
+                slots.push(
+                    stored.and_then(|stored_digest| RowDigest::from_bytes(stored_digest.value())),
+                );
+            }
+            Ok(slots)
+        })
+        .await
+    }
+
+    async fn write_digests(
+        &self,
+        table: &FeatureViewId,
+        digests: Vec<(EntityKey, RowDigest)>,
+    ) -> Result<(), OnlineStoreError> {
+        if digests.is_empty() {
+            return Ok(());
+        }
+        let table_name = digest_table_name(table);
+        self.run_blocking(move |database| {
+            let transaction = begin_durable_digest_write(database)?;
+            {
+                let mut stored = transaction
+                    .open_table(DigestTableDefinition::new(&table_name))
+                    .map_err(|error| map_digest_redb_error("cannot open digests", error))?;
+                for (key, digest) in &digests {
+                    stored
+                        .insert(key.as_bytes(), digest.to_bytes().as_slice())
+                        .map_err(|error| map_digest_redb_error("cannot write a digest", error))?;
+                }
+            }
+            transaction
+                .commit()
+                .map_err(|error| map_digest_redb_error("cannot commit digests", error))
+        })
+        .await
+    }
+
+    async fn delete_digests(
+        &self,
+        table: &FeatureViewId,
+        keys: &[EntityKey],
+    ) -> Result<(), OnlineStoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let table_name = digest_table_name(table);
+        let keys = keys.to_vec();
+        self.run_blocking(move |database| {
+            let transaction = begin_durable_digest_write(database)?;
+            {
+                let mut stored = transaction
+                    .open_table(DigestTableDefinition::new(&table_name))
+                    .map_err(|error| map_digest_redb_error("cannot open digests", error))?;
+                for key in &keys {
+                    stored
+                        .remove(key.as_bytes())
+                        .map_err(|error| map_digest_redb_error("cannot delete a digest", error))?;
+                }
+            }
+            transaction
+                .commit()
+                .map_err(|error| map_digest_redb_error("cannot commit digests", error))
+        })
+        .await
+    }
+
+    async fn list_keys(&self, table: &FeatureViewId) -> Result<Vec<EntityKey>, OnlineStoreError> {
+        let table_name = digest_table_name(table);
+        self.run_blocking(move |database| {
+            let transaction = database
+                .begin_read()
+                .map_err(|error| map_digest_redb_error("cannot begin a read", error))?;
+            let digests = match transaction.open_table(DigestTableDefinition::new(&table_name)) {
+                Ok(digests) => digests,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(error) => return Err(map_digest_redb_error("cannot open digests", error)),
+            };
+            let mut keys = Vec::new();
+            for entry in digests
+                .iter()
+                .map_err(|error| map_digest_redb_error("cannot list digests", error))?
+            {
+                let (key, _digest) =
+                    entry.map_err(|error| map_digest_redb_error("cannot list digests", error))?;
+                keys.push(EntityKey::from_bytes(key.value().to_vec()));
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn drop_table(&self, table: &FeatureViewId) -> Result<(), OnlineStoreError> {
+        let table_name = digest_table_name(table);
+        self.run_blocking(move |database| {
+            let transaction = begin_durable_digest_write(database)?;
+            transaction
+                .delete_table(DigestTableDefinition::new(&table_name))
+                .map_err(|error| map_digest_redb_error("cannot drop digests", error))?;
+            transaction
+                .commit()
+                .map_err(|error| map_digest_redb_error("cannot commit digests", error))
+        })
+        .await
+    }
+}
+
+/// The conformance suite of [`DigestStore`]: every backend runs it unchanged. Panics with the
+/// failing point.
+pub async fn check_digest_store_conformance(store: &dyn DigestStore) {
+    let table = FeatureViewId {
+        name: format!("digest_conformance_{}", std::process::id()),
+        version: 1,
+    };
+    let other_version = FeatureViewId {
+        version: 2,
+        ..table.clone()
+    };
+    let key = |id: i64| EntityKey::from_int(id);
+    let digest = |seconds: i64, hash: u64| RowDigest {
+        event_timestamp: Timestamp::from_seconds(seconds),
+        content_hash: hash,
+    };
+    let unknown = store
+        .read_digests(&table, &[key(1), key(2)])
+        .await
+        .unwrap_or_default();
+    assert_eq!(unknown, vec![None, None], "an unknown table holds nothing");
+    store
+        .write_digests(
+            &table,
+            vec![
+                (key(1), digest(10, 1)),
+                (key(2), digest(20, 2)),
+                (key(1), digest(11, 3)),
+            ],
+        )
+        .await
+        .unwrap_or_else(|error| panic!("write_digests failed: {error}"));
+    let read = store
+        .read_digests(&table, &[key(2), key(3), key(1)])
+        .await
+        .unwrap_or_else(|error| panic!("read_digests failed: {error}"));
+    assert_eq!(
+        read,
+        vec![Some(digest(20, 2)), None, Some(digest(11, 3))],
+        "slots follow the request order; the last digest of a key wins"
+    );
+    let other = store
+        .read_digests(&other_version, &[key(1)])
+        .await
+        .unwrap_or_default();
+    assert_eq!(other, vec![None], "another view version sees no digests");
+    let mut keys = store.list_keys(&table).await.unwrap_or_default();
+    keys.sort_by(|left, right| left.as_bytes().cmp(right.as_bytes()));
+    let mut expected = vec![key(1), key(2)];
+    expected.sort_by(|left, right| left.as_bytes().cmp(right.as_bytes()));
+    assert_eq!(keys, expected, "list_keys returns every key once");
+    store
+        .delete_digests(&table, &[key(2), key(9)])
+        .await
+        .unwrap_or_else(|error| panic!("delete_digests failed: {error}"));
+    let after_delete = store
+        .read_digests(&table, &[key(1), key(2)])
+        .await
+        .unwrap_or_default();
+    assert_eq!(after_delete, vec![Some(digest(11, 3)), None]);
+    store
+        .drop_table(&table)
+        .await
+        .unwrap_or_else(|error| panic!("drop_table failed: {error}"));
+    store
+        .drop_table(&table)
+        .await
+        .unwrap_or_else(|error| panic!("dropping an unknown table failed: {error}"));
+    let after_drop = store
+        .read_digests(&table, &[key(1)])
+        .await
+        .unwrap_or_default();
+    assert_eq!(after_drop, vec![None], "a dropped table holds nothing");
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_round_trip_through_bytes() {
+        let digest = RowDigest {
+            event_timestamp: Timestamp(-5),
+            content_hash: u64::MAX - 3,
+        };
+        assert_eq!(RowDigest::from_bytes(&digest.to_bytes()), Some(digest));
+        assert_eq!(RowDigest::from_bytes(&[1, 2, 3]), None);
+    }
+
+    #[tokio::test]
+    async fn memory_digest_store_conforms() {
+        check_digest_store_conformance(&MemoryDigestStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn redb_digest_store_conforms() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = RedbDigestStore::open(&folder.path().join("digests.redb")).unwrap();
+        check_digest_store_conformance(&store).await;
+    }
+
+    #[tokio::test]
+    async fn embedded_online_store_shares_its_file_with_its_digests() {
+        let folder = tempfile::tempdir().unwrap();
+        let online = crate::EmbeddedOnlineStore::open(&folder.path().join("online.redb")).unwrap();
+        check_digest_store_conformance(&online.digest_store()).await;
+    }
+}
