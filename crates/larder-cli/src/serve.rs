@@ -35,6 +35,7 @@ pub async fn run_with_store(
         max_body_bytes: serving.max_body_bytes,
     };
     let server = Arc::new(FeatureServer::new(handle, store, limits));
+    larder_server::training::set_offline_store(context.offline_store());
     let host = host.unwrap_or_else(|| serving.host.clone());
     let port = port.unwrap_or(serving.port);
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))

@@ -14,8 +14,8 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use larder_core::{FeatureRef, Timestamp};
 use larder_offline::training::{
-    DEFAULT_ENTITY_TIMESTAMP_COLUMN, EntityFile, EntityFileFormat, OfflineViewRows,
-    TrainingSetRequest, ViewRequest, build_training_set, training_session,
+    DEFAULT_ENTITY_TIMESTAMP_COLUMN, EntityFile, EntityFileFormat, TrainingSetRequest, ViewRequest,
+    build_training_set, training_session,
 };
 use larder_offline::{OfflineStore, ParquetOfflineStore};
 use larder_registry::Registry;
@@ -57,51 +57,6 @@ pub struct TrainingSetArgs {
     /// Memory for sorting, in MiB; sorts spill to the temporary folder beyond it.
     #[arg(long, default_value_t = 1024)]
     memory_mb: usize,
-}
-
-/// The view requests of a list of feature references, one per view in order of first mention,
-/// reading the views' offline rows.
-pub fn view_requests(
-    registry: &Registry,
-    references: &[FeatureRef],
-    store: &ParquetOfflineStore,
-) -> Result<Vec<ViewRequest>> {
-    let mut requests: Vec<ViewRequest> = Vec::new();
-    for reference in references {
-        let view = registry
-            .feature_views
-            .get(&reference.view)
-            .ok_or_else(|| anyhow!("unknown feature view '{}'", reference.view))?;
-        if view.feature_index(&reference.feature).is_none() {
-            bail!(
-                "feature view '{}' has no feature '{}'",
-                reference.view,
-                reference.feature
-            );
-        }
-        if let Some(existing) = requests
-            .iter_mut()
-            .find(|request| request.view.name == view.name)
-        {
-            if !existing.features.contains(&reference.feature) {
-                existing.features.push(reference.feature.clone());
-            }
-            continue;
-        }
-        let rows = OfflineViewRows::of_view(store, view)?.ok_or_else(|| {
-            anyhow!(
-                "feature view '{}' (version {}) has no offline rows: run `larder materialize` first",
-                view.name,
-                view.version
-            )
-        })?;
-        requests.push(ViewRequest {
-            view: view.clone(),
-            features: vec![reference.feature.clone()],
-            rows: Arc::new(rows),
-        });
-    }
-    Ok(requests)
 }
 
 fn feature_references(registry: &Registry, args: &TrainingSetArgs) -> Result<Vec<FeatureRef>> {
@@ -225,7 +180,7 @@ pub async fn run(root: &Path, args: &TrainingSetArgs) -> Result<()> {
     let registry = context.applied_registry()?;
     let store = context.offline_store();
     let references = feature_references(&registry, args)?;
-    let views = view_requests(&registry, &references, &store)?;
+    let views = larder_server::training::view_requests(&registry, &references, &store)?;
     let scratch = tempfile::tempdir().context("creating a temporary folder")?;
     let (entity_path, timestamp_column) = match (&args.entities, &args.start, &args.end) {
         (Some(path), _, _) => (path.clone(), args.timestamp_column.clone()),

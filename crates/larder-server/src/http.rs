@@ -52,6 +52,10 @@ pub fn router(server: Arc<FeatureServer>) -> Router {
     Router::new()
         .route("/get-online-features", post(get_online_features))
         .route("/health", get(health))
+        .route(
+            "/get-historical-features",
+            post(crate::training::get_historical_features),
+        )
         .fallback(not_found)
         .with_state(server)
 }

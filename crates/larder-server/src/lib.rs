@@ -8,6 +8,7 @@ mod error;
 pub mod http;
 mod registry_handle;
 mod serving;
+pub mod training;
 
 pub use error::{ErrorKind, ServingError};
 pub use registry_handle::RegistryHandle;

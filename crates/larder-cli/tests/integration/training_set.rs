@@ -9,7 +9,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int64Type, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::util::{DemoRepo, larder, larder_ok};
+use crate::util::{DemoRepo, Server, larder, larder_ok};
 
 const DAY: i64 = 86_400_000_000;
 /// 2026-01-01T00:00:00Z in microseconds.
@@ -203,4 +203,65 @@ fn training_set_errors_are_clear() {
     assert!(run("user_profile:age").contains("no offline rows: run `larder materialize` first"));
     larder_ok(&repo.path, &["materialize"]);
     assert!(run("user_profile:age").contains("no timestamp column 'event_timestamp'"));
+}
+
+#[test]
+fn training_set_over_http_streams_arrow_ipc() {
+    let repo = DemoRepo::init_with(50, &["--anchor", "2026-01-01"]);
+    larder_ok(&repo.path, &["apply"]);
+    larder_ok(&repo.path, &["materialize"]);
+    let activity = history(
+        &repo.path.join("data/sources/activity.parquet"),
+        "clicks_7d",
+    );
+    let server = Server::start(&repo.path);
+    let users = [3i64, 1, 99_999, 3];
+    let times = [ANCHOR, ANCHOR - DAY / 2, ANCHOR, ANCHOR - 30 * DAY];
+    let body = serde_json::json!({
+        "features": ["user_activity:clicks_7d"],
+        "entities": {
+            "user_id": users,
+            "event_timestamp": times.iter().map(|time| rfc3339(*time)).collect::<Vec<_>>(),
+            "label": [10, 11, 12, 13],
+        },
+    });
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .post(&format!("{}/get-historical-features", server.base_url))
+        .content_type("application/json")
+        .send(body.to_string())
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let bytes = response.body_mut().read_to_vec().unwrap();
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+    let mut labels = Vec::new();
+    let mut clicks = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        labels.extend(int64_column(&batch, "label"));
+        clicks.extend(int64_column(&batch, "clicks_7d"));
+    }
+    assert_eq!(labels, vec![Some(10), Some(11), Some(12), Some(13)]);
+    for index in 0..4 {
+        assert_eq!(
+            clicks[index],
+            expected(&activity, users[index], times[index], 7 * DAY),
+            "row {index}"
+        );
+    }
+    assert_eq!(clicks[2], None);
+
+    let (status, error) = server.post(
+        "/get-historical-features",
+        r#"{"features": ["user_activity:nope"], "entities": {"user_id": [1], "event_timestamp": ["2026-01-01"]}}"#,
+    );
+    assert_eq!(status, 400);
+    assert_eq!(
+        error["error"]["message"],
+        "feature view 'user_activity' has no feature 'nope'"
+    );
 }

@@ -54,6 +54,9 @@ use crate::OfflineError;
 use crate::arrow_types::{arrow_type_of, value_type_of};
 use asof::{ORDINAL_COLUMN, ROW_COLUMN, TIMESTAMP_COLUMN};
 
+/// A stream of record batches (DataFusion's, re-exported so callers need not name DataFusion).
+pub type SendableBatches = SendableRecordBatchStream;
+
 /// The default entity timestamp column (Feast's name).
 pub const DEFAULT_ENTITY_TIMESTAMP_COLUMN: &str = "event_timestamp";
 
