@@ -199,7 +199,7 @@ impl RowSource for EntityFile {
             .select(
                 columns
                     .iter()
-                    .map(|column| ident(column))
+                    .map(ident)
                     .collect::<Vec<_>>(),
             )
             .map_err(query_error)?;
