@@ -196,12 +196,7 @@ impl RowSource for EntityFile {
         };
         let frame = context.table("entities").await.map_err(query_error)?;
         let frame = frame
-            .select(
-                columns
-                    .iter()
-                    .map(ident)
-                    .collect::<Vec<_>>(),
-            )
+            .select(columns.iter().map(ident).collect::<Vec<_>>())
             .map_err(query_error)?;
         frame.execute_stream().await.map_err(query_error)
     }
