@@ -6,6 +6,7 @@ mod demo;
 mod get;
 mod materialize;
 mod serve;
+mod training_set;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,6 +86,8 @@ enum Command {
     Serve(ServeArgs),
     /// Read online features for some entities.
     Get(get::GetArgs),
+    /// Build a point-in-time correct training set from the offline store.
+    TrainingSet(training_set::TrainingSetArgs),
     /// init + apply + materialize + serve, in one go.
     Quickstart {
         /// Where to create the demo repo (reused if it already holds one).
@@ -205,6 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Runs { view, limit } => materialize::show_runs(&cli.repo, view.as_deref(), limit),
         Command::Serve(args) => serve::run(&cli.repo, args.listen_options()).await,
         Command::Get(args) => get::run(&cli.repo, &args).await,
+        Command::TrainingSet(args) => training_set::run(&cli.repo, &args).await,
         Command::Quickstart {
             path,
             entities,

@@ -54,6 +54,7 @@ pub async fn run_with_store(
         serving.max_entities_per_request,
     ));
     let server = Arc::new(FeatureServer::new(handle, store, limits));
+    larder_server::training::set_offline_store(context.offline_store());
     let host = listen.host.unwrap_or_else(|| serving.host.clone());
     let port = listen.port.unwrap_or(serving.port);
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))

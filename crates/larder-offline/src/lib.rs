@@ -6,6 +6,7 @@ mod arrow_types;
 mod columns;
 mod engine;
 mod parquet_store;
+pub mod training;
 
 pub use arrow_types::{arrow_type_of, value_type_of};
 pub use columns::{CanonicalColumn, ViewBatch};
@@ -23,6 +24,10 @@ pub enum OfflineError {
         /// DataFusion's error.
         source: datafusion::error::DataFusionError,
     },
+    /// A request that cannot be answered as asked: a missing column, a type mismatch, an
+    /// unknown feature (the caller's to fix).
+    #[error("{0}")]
+    InvalidRequest(String),
     /// Output that does not fit the declared schema.
     #[error("{0}")]
     Schema(String),

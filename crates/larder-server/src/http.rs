@@ -65,6 +65,13 @@ pub struct HttpState {
     admission: Arc<Semaphore>,
 }
 
+impl HttpState {
+    /// The feature server behind the handlers.
+    pub fn server(&self) -> &Arc<FeatureServer> {
+        &self.server
+    }
+}
+
 /// The router for a feature server; direct writes are served when `push` is given.
 pub fn router(server: Arc<FeatureServer>, push: Option<Arc<PushService>>) -> Router {
     let admission = Arc::new(Semaphore::new(
@@ -77,6 +84,10 @@ pub fn router(server: Arc<FeatureServer>, push: Option<Arc<PushService>>) -> Rou
         .route("/write-to-online-store", post(write_to_online_store))
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
+        .route(
+            "/get-historical-features",
+            post(crate::training::get_historical_features),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn(record_request_metrics))
         .with_state(HttpState {

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod push;
 mod registry_handle;
 mod serving;
+pub mod training;
 
 pub use error::{ErrorKind, ServingError};
 pub use registry_handle::RegistryHandle;

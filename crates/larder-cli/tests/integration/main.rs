@@ -7,4 +7,5 @@ mod change_detection;
 mod direct_writes;
 mod end_to_end;
 mod grpc;
+mod training_set;
 mod util;

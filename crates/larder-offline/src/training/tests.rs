@@ -1,0 +1,477 @@
+//! The training set join against a naive nested-loop model, on random small inputs.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    TimestampMillisecondArray, TimestampNanosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use futures::TryStreamExt;
+use larder_core::{Feature, FeatureView, JoinKey, TtlDuration, ValueType};
+use proptest::prelude::*;
+
+use super::*;
+
+const SECOND: i64 = 1_000_000;
+
+fn view(
+    name: &str,
+    keys: &[(&str, ValueType)],
+    features: &[(&str, ValueType)],
+    ttl_seconds: Option<u64>,
+) -> FeatureView {
+    FeatureView {
+        name: name.to_string(),
+        version: 1,
+        entities: vec![],
+        join_keys: keys
+            .iter()
+            .map(|(name, dtype)| JoinKey {
+                name: name.to_string(),
+                dtype: dtype.clone(),
+            })
+            .collect(),
+        source: "source".to_string(),
+        transformation: None,
+        transformation_path: None,
+        timestamp_field: "ts".to_string(),
+        features: features
+            .iter()
+            .map(|(name, dtype)| Feature {
+                name: name.to_string(),
+                dtype: dtype.clone(),
+                description: String::new(),
+            })
+            .collect(),
+        ttl: ttl_seconds.map(TtlDuration::from_seconds),
+        online: true,
+        offline: true,
+        owner: String::new(),
+        tier: None,
+        tags: Default::default(),
+        description: String::new(),
+        freshness_sla: None,
+        checks: Vec::new(),
+    }
+}
+
+/// One feature row of the two-key view: (a, b, event second, value).
+type PairRow = (i64, String, i64, i64);
+/// One feature row of the one-key view: (a, event second, value).
+type SingleRow = (i64, i64, f64);
+/// One entity row: (a, b, second).
+type EntityRow = (i64, String, i64);
+
+fn utc() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from("UTC")))
+}
+
+fn chunked(schema: Arc<Schema>, batch: RecordBatch, chunk: usize) -> MemoryRows {
+    let mut batches = Vec::new();
+    let mut offset = 0;
+    while offset < batch.num_rows() {
+        let length = chunk.min(batch.num_rows() - offset);
+        batches.push(batch.slice(offset, length));
+        offset += length;
+    }
+    MemoryRows::new(schema, batches)
+}
+
+fn pair_rows(rows: &[PairRow], chunk: usize) -> MemoryRows {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("a", DataType::Int64, true),
+        Field::new("b", DataType::Utf8, true),
+        Field::new("ts", utc(), true),
+        Field::new("f", DataType::Int64, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|row| row.0))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|row| row.1.clone()),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|row| row.2 * SECOND))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|row| row.3))),
+        ],
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
+    chunked(schema, batch, chunk)
+}
+
+fn single_rows(rows: &[SingleRow], chunk: usize) -> MemoryRows {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("a", DataType::Int64, true),
+        Field::new("ts", utc(), true),
+        Field::new("g", DataType::Float64, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|row| row.0))),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|row| row.1 * SECOND))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|row| row.2))),
+        ],
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
+    chunked(schema, batch, chunk)
+}
+
+/// The entity table, its timestamps in one of several units and zones (same instants).
+fn entity_rows(rows: &[EntityRow], timestamp_style: usize, chunk: usize) -> MemoryRows {
+    let seconds = rows.iter().map(|row| row.2);
+    let (timestamps, data_type): (ArrayRef, DataType) = match timestamp_style % 4 {
+        0 => (
+            Arc::new(TimestampMicrosecondArray::from_iter_values(
+                seconds.map(|s| s * SECOND),
+            )),
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+        ),
+        1 => (
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(seconds.map(|s| s * 1000))
+                    .with_timezone("+05:30"),
+            ),
+            DataType::Timestamp(TimeUnit::Millisecond, Some(Arc::from("+05:30"))),
+        ),
+        2 => (
+            Arc::new(
+                TimestampNanosecondArray::from_iter_values(seconds.map(|s| s * 1000 * SECOND))
+                    .with_timezone("America/New_York"),
+            ),
+            DataType::Timestamp(TimeUnit::Nanosecond, Some(Arc::from("America/New_York"))),
+        ),
+        _ => (
+            Arc::new(StringArray::from_iter_values(seconds.map(|s| {
+                chrono::DateTime::from_timestamp(s, 0)
+                    .map(|datetime| datetime.to_rfc3339())
+                    .unwrap_or_default()
+            }))),
+            DataType::Utf8,
+        ),
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("label", DataType::Int64, false),
+        Field::new("a", DataType::Int64, true),
+        Field::new("event_timestamp", data_type, true),
+        Field::new("b", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..rows.len() as i64)),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|row| row.0))),
+            timestamps,
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|row| row.1.clone()),
+            )),
+        ],
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
+    chunked(schema, batch, chunk)
+}
+
+/// The model: nested loops; later rows win ties.
+fn naive_latest<R>(
+    entity_second: i64,
+    ttl_seconds: Option<u64>,
+    rows: &[R],
+    matches_key: impl Fn(&R) -> bool,
+    second_of: impl Fn(&R) -> i64,
+) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (index, row) in rows.iter().enumerate() {
+        let second = second_of(row);
+        let fresh = match ttl_seconds.filter(|ttl| *ttl > 0) {
+            Some(ttl) => second > entity_second - ttl as i64,
+            None => true,
+        };
+        if !matches_key(row) || second > entity_second || !fresh {
+            continue;
+        }
+        if best.is_none_or(|best_index| second >= second_of(&rows[best_index])) {
+            best = Some(index);
+        }
+    }
+    best
+}
+
+fn run(session: &SessionContext, request: &TrainingSetRequest) -> Result<Vec<RecordBatch>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| error.to_string())?;
+    runtime.block_on(async {
+        let stream = build_training_set(session, request)
+            .await
+            .map_err(|error| error.to_string())?;
+        stream
+            .try_collect()
+            .await
+            .map_err(|error| error.to_string())
+    })
+}
+
+fn column<T: Clone + 'static>(batch: &RecordBatch, name: &str) -> T {
+    batch
+        .column_by_name(name)
+        .and_then(|column| column.as_any().downcast_ref::<T>().cloned())
+        .unwrap_or_else(|| panic!("column {name}"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_against_model(
+    entities: &[EntityRow],
+    pairs: &[PairRow],
+    singles: &[SingleRow],
+    pair_ttl: Option<u64>,
+    single_ttl: Option<u64>,
+    timestamp_style: usize,
+    chunk: usize,
+    memory_limit: usize,
+) -> Result<(), TestCaseError> {
+    let pair_view = view(
+        "pair",
+        &[("a", ValueType::Int64), ("b", ValueType::String)],
+        &[("f", ValueType::Int64)],
+        pair_ttl,
+    );
+    let single_view = view(
+        "single",
+        &[("a", ValueType::Int64)],
+        &[("g", ValueType::Float64)],
+        single_ttl,
+    );
+    let request = TrainingSetRequest {
+        entities: Arc::new(entity_rows(entities, timestamp_style, chunk)),
+        entity_timestamp_column: "event_timestamp".to_string(),
+        views: vec![
+            ViewRequest {
+                view: pair_view,
+                features: vec!["f".to_string()],
+                rows: Arc::new(pair_rows(pairs, chunk)),
+            },
+            ViewRequest {
+                view: single_view,
+                features: vec!["g".to_string()],
+                rows: Arc::new(single_rows(singles, chunk + 1)),
+            },
+        ],
+        full_feature_names: true,
+    };
+    let session =
+        training_session(memory_limit).map_err(|error| TestCaseError::fail(error.to_string()))?;
+    let batches = run(&session, &request).map_err(TestCaseError::fail)?;
+    let mut labels = Vec::new();
+    let mut f_values = Vec::new();
+    let mut g_values = Vec::new();
+    for batch in &batches {
+        let label: Int64Array = column(batch, "label");
+        let f: Int64Array = column(batch, "pair__f");
+        let g: Float64Array = column(batch, "single__g");
+        for row in 0..batch.num_rows() {
+            labels.push(label.value(row));
+            f_values.push(f.is_valid(row).then(|| f.value(row)));
+            g_values.push(g.is_valid(row).then(|| g.value(row)));
+        }
+    }
+    prop_assert_eq!(labels, (0..entities.len() as i64).collect::<Vec<_>>());
+    for (index, (a, b, second)) in entities.iter().enumerate() {
+        let expected_f = naive_latest(
+            *second,
+            pair_ttl,
+            pairs,
+            |row| row.0 == *a && row.1 == *b,
+            |row| row.2,
+        )
+        .map(|best| pairs[best].3);
+        let expected_g = naive_latest(*second, single_ttl, singles, |row| row.0 == *a, |row| row.1)
+            .map(|best| singles[best].2);
+        prop_assert_eq!(
+            f_values[index],
+            expected_f,
+            "entity row {} {:?}",
+            index,
+            entities[index]
+        );
+        prop_assert_eq!(
+            g_values[index],
+            expected_g,
+            "entity row {} {:?}",
+            index,
+            entities[index]
+        );
+    }
+    Ok(())
+}
+
+fn key_b() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("x".to_string()),
+        Just("y".to_string()),
+        Just("".to_string())
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn training_set_matches_the_nested_loop_model(
+        entities in prop::collection::vec((0i64..4, key_b(), 0i64..30), 0..40),
+        pair_seeds in prop::collection::vec((0i64..4, key_b(), 0i64..25), 0..60),
+        singles_seeds in prop::collection::vec((0i64..5, 0i64..25), 0..40),
+        pair_ttl in prop::option::of(0u64..12),
+        single_ttl in prop::option::of(1u64..12),
+        timestamp_style in 0usize..4,
+        chunk in 1usize..9,
+    ) {
+        // Unique values, so the row that won a tie is visible.
+        let pairs: Vec<PairRow> = pair_seeds
+            .into_iter()
+            .enumerate()
+            .map(|(index, (a, b, second))| (a, b, second, index as i64))
+            .collect();
+        let singles: Vec<SingleRow> = singles_seeds
+            .into_iter()
+            .enumerate()
+            .map(|(index, (a, second))| (a, second, index as f64))
+            .collect();
+        check_against_model(&entities, &pairs, &singles, pair_ttl, single_ttl, timestamp_style, chunk, 64 << 20)?;
+    }
+}
+
+#[test]
+fn sorts_spill_to_disk_and_still_match_the_model() {
+    // 200k feature rows under a small (16 MiB) pool shared by six sorts: the sorts must spill.
+    let pairs: Vec<PairRow> = (0..200_000i64)
+        .map(|index| {
+            (
+                (index * 7919) % 50,
+                if index % 3 == 0 { "x" } else { "y" }.to_string(),
+                (index * 31) % 1000,
+                index,
+            )
+        })
+        .collect();
+    let singles: Vec<SingleRow> = (0..1000i64)
+        .map(|index| (index % 50, index % 700, index as f64))
+        .collect();
+    let entities: Vec<EntityRow> = (0..300i64)
+        .map(|index| {
+            (
+                (index * 13) % 50,
+                if index % 2 == 0 { "x" } else { "y" }.to_string(),
+                (index * 17) % 1100,
+            )
+        })
+        .collect();
+    let result = check_against_model(
+        &entities,
+        &pairs,
+        &singles,
+        Some(40),
+        None,
+        0,
+        8192,
+        16 << 20,
+    );
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[test]
+fn errors_name_the_missing_column_the_type_mismatch_and_the_unknown_feature() {
+    let pair_view = view(
+        "pair",
+        &[("a", ValueType::Int64), ("b", ValueType::String)],
+        &[("f", ValueType::Int64)],
+        None,
+    );
+    let request =
+        |features: Vec<String>, timestamp_column: &str, view: FeatureView| TrainingSetRequest {
+            entities: Arc::new(entity_rows(&[(1, "x".to_string(), 3)], 0, 8)),
+            entity_timestamp_column: timestamp_column.to_string(),
+            views: vec![ViewRequest {
+                view,
+                features,
+                rows: Arc::new(pair_rows(&[], 8)),
+            }],
+            full_feature_names: false,
+        };
+    let session = training_session(16 << 20).unwrap_or_else(|error| panic!("{error}"));
+    let unknown = run(
+        &session,
+        &request(
+            vec!["nope".to_string()],
+            "event_timestamp",
+            pair_view.clone(),
+        ),
+    );
+    assert_eq!(
+        unknown.err().as_deref(),
+        Some("feature view 'pair' has no feature 'nope'")
+    );
+    let missing_timestamp = run(
+        &session,
+        &request(vec!["f".to_string()], "when", pair_view.clone()),
+    );
+    assert!(
+        missing_timestamp
+            .err()
+            .is_some_and(|message| message.contains("no timestamp column 'when'")),
+    );
+    let mut mismatched = pair_view.clone();
+    mismatched.join_keys[0].dtype = ValueType::String;
+    let mismatch = run(
+        &session,
+        &request(vec!["f".to_string()], "event_timestamp", mismatched),
+    );
+    assert_eq!(
+        mismatch.err().as_deref(),
+        Some("entity column 'a' has type Int64, but feature view 'pair' joins on it as string")
+    );
+    let mut missing_key = pair_view;
+    missing_key.join_keys[1].name = "c".to_string();
+    let missing = run(
+        &session,
+        &request(vec!["f".to_string()], "event_timestamp", missing_key),
+    );
+    assert!(
+        missing
+            .err()
+            .is_some_and(|message| message.contains("no column 'c'"))
+    );
+}
+
+#[test]
+fn a_label_column_named_like_a_feature_is_refused_without_full_names() {
+    let session = training_session(16 << 20).unwrap_or_else(|error| panic!("{error}"));
+    let request = TrainingSetRequest {
+        entities: Arc::new(entity_rows(&[(1, "x".to_string(), 3)], 0, 8)),
+        entity_timestamp_column: "event_timestamp".to_string(),
+        views: vec![ViewRequest {
+            view: view(
+                "pair",
+                &[("a", ValueType::Int64), ("b", ValueType::String)],
+                &[("label", ValueType::Int64)],
+                None,
+            ),
+            features: vec!["label".to_string()],
+            rows: Arc::new(pair_rows(&[], 8)),
+        }],
+        full_feature_names: false,
+    };
+    let result = run(&session, &request);
+    assert!(
+        result
+            .err()
+            .is_some_and(|message| message.contains("output column 'label' would appear twice"))
+    );
+}

@@ -1,0 +1,302 @@
+//! `POST /get-historical-features`: point-in-time correct training sets over HTTP, streamed
+//! back as an Arrow IPC stream (`application/vnd.apache.arrow.stream`).
+//!
+//! The request is JSON in Feast's spirit, the entity table given as columns:
+//!
+//! ```json
+//! {"features": ["user_activity:clicks_7d"],            // or "feature_service": "ranking"
+//!  "entities": {"user_id": [1, 2], "event_timestamp": ["2026-01-01T00:00:00Z", "2026-01-02"],
+//!               "label": [0, 1]},
+//!  "entity_timestamp_column": "event_timestamp",        // optional
+//!  "full_feature_names": false}                         // optional
+//! ```
+//!
+//! The offline store is set once per process with [`set_offline_store`] (the server state
+//! does not carry it yet); without it the route answers 503.
+
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{Field, Schema};
+use arrow::ipc::writer::StreamWriter;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use larder_core::FeatureRef;
+use larder_offline::ParquetOfflineStore;
+use larder_offline::training::{
+    DEFAULT_ENTITY_TIMESTAMP_COLUMN, MemoryRows, OfflineViewRows, TrainingSetRequest, ViewRequest,
+    build_training_set, training_session,
+};
+use larder_registry::Registry;
+use serde::Deserialize;
+
+use crate::error::{ErrorKind, ServingError};
+
+/// Memory for the sorts of one HTTP training set request; beyond it they spill to disk.
+const REQUEST_MEMORY_BYTES: usize = 256 << 20;
+
+static OFFLINE_STORE: OnceLock<ParquetOfflineStore> = OnceLock::new();
+
+/// Sets the offline store that `/get-historical-features` reads (the first call wins).
+pub fn set_offline_store(store: ParquetOfflineStore) {
+    let _ = OFFLINE_STORE.set(store);
+}
+
+/// The body of `POST /get-historical-features`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoricalFeaturesRequest {
+    /// Features as `view:feature`.
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// A feature service instead of `features`.
+    #[serde(default)]
+    pub feature_service: Option<String>,
+    /// The entity table as columns of equal length: join keys, a timestamp column, labels.
+    pub entities: serde_json::Map<String, serde_json::Value>,
+    /// The entity table's timestamp column (default `event_timestamp`).
+    #[serde(default)]
+    pub entity_timestamp_column: Option<String>,
+    /// Name output features `view__feature`.
+    #[serde(default)]
+    pub full_feature_names: bool,
+}
+
+/// The view requests of a list of feature references, one per view in order of first
+/// mention, reading the views' offline rows.
+pub fn view_requests(
+    registry: &Registry,
+    references: &[FeatureRef],
+    store: &ParquetOfflineStore,
+) -> Result<Vec<ViewRequest>, ServingError> {
+    let mut requests: Vec<ViewRequest> = Vec::new();
+    for reference in references {
+        let view = registry.feature_views.get(&reference.view).ok_or_else(|| {
+            ServingError::invalid(format!("unknown feature view '{}'", reference.view))
+        })?;
+        if view.feature_index(&reference.feature).is_none() {
+            return Err(ServingError::invalid(format!(
+                "feature view '{}' has no feature '{}'",
+                reference.view, reference.feature
+            )));
+        }
+        if let Some(existing) = requests
+            .iter_mut()
+            .find(|request| request.view.name == view.name)
+        {
+            if !existing.features.contains(&reference.feature) {
+                existing.features.push(reference.feature.clone());
+            }
+            continue;
+        }
+        let rows = OfflineViewRows::of_view(store, view)
+            .map_err(|error| ServingError::new(ErrorKind::Internal, error.to_string()))?
+            .ok_or_else(|| {
+                ServingError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "feature view '{}' (version {}) has no offline rows: run `larder materialize` first",
+                        view.name, view.version
+                    ),
+                )
+            })?;
+        requests.push(ViewRequest {
+            view: view.clone(),
+            features: vec![reference.feature.clone()],
+            rows: Arc::new(rows),
+        });
+    }
+    Ok(requests)
+}
+
+/// One JSON column as an Arrow array: integers, floats, booleans or strings (nulls allowed).
+fn json_column(name: &str, values: &[serde_json::Value]) -> Result<ArrayRef, ServingError> {
+    use serde_json::Value;
+    let non_null = values.iter().find(|value| !value.is_null());
+    let array: ArrayRef = match non_null {
+        Some(Value::Number(_)) if values.iter().all(|v| v.is_null() || v.is_i64()) => {
+            Arc::new(values.iter().map(Value::as_i64).collect::<Int64Array>())
+        }
+        Some(Value::Number(_)) if values.iter().all(|v| v.is_null() || v.is_number()) => {
+            Arc::new(values.iter().map(Value::as_f64).collect::<Float64Array>())
+        }
+        Some(Value::Bool(_)) if values.iter().all(|v| v.is_null() || v.is_boolean()) => {
+            Arc::new(values.iter().map(Value::as_bool).collect::<BooleanArray>())
+        }
+        Some(Value::String(_)) | None if values.iter().all(|v| v.is_null() || v.is_string()) => {
+            Arc::new(values.iter().map(Value::as_str).collect::<StringArray>())
+        }
+        _ => {
+            return Err(ServingError::invalid(format!(
+                "entity column '{name}' must hold only numbers, only booleans or only strings"
+            )));
+        }
+    };
+    Ok(array)
+}
+
+fn entity_table(
+    columns: &serde_json::Map<String, serde_json::Value>,
+) -> Result<MemoryRows, ServingError> {
+    let mut fields = Vec::new();
+    let mut arrays = Vec::new();
+    let mut length: Option<usize> = None;
+    for (name, value) in columns {
+        let Some(values) = value.as_array() else {
+            return Err(ServingError::invalid(format!(
+                "entity column '{name}' must be an array"
+            )));
+        };
+        if length.is_some_and(|expected| expected != values.len()) {
+            return Err(ServingError::invalid(
+                "entity columns must all have the same length",
+            ));
+        }
+        length = Some(values.len());
+        let array = json_column(name, values)?;
+        fields.push(Field::new(name, array.data_type().clone(), true));
+        arrays.push(array);
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(Arc::clone(&schema), arrays)
+        .map_err(|error| ServingError::invalid(format!("entity table: {error}")))?;
+    Ok(MemoryRows::new(schema, vec![batch]))
+}
+
+/// Encodes a stream of batches as one Arrow IPC stream, one chunk of bytes per batch.
+fn ipc_stream(
+    batches: larder_offline::training::SendableBatches,
+) -> Result<impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>>, ServingError> {
+    let schema = batches.schema();
+    let mut writer = StreamWriter::try_new(Vec::new(), &schema)
+        .map_err(|error| ServingError::new(ErrorKind::Internal, error.to_string()))?;
+    let header_bytes = std::mem::take(writer.get_mut());
+    let chunks = futures::stream::unfold(Some((batches, writer)), |state| async move {
+        let (mut batches, mut writer) = state?;
+        let next = batches.next();
+        let io_error = |error: String| std::io::Error::other(error);
+        match next.await {
+            Some(Ok(batch)) => {
+                let chunk = writer
+                    .write(&batch)
+                    .map(|()| std::mem::take(writer.get_mut()))
+                    .map_err(|error| io_error(error.to_string()));
+                Some((chunk, Some((batches, writer))))
+            }
+            Some(Err(error)) => Some((Err(io_error(error.to_string())), None)),
+            None => {
+                let chunk = writer
+                    .finish()
+                    .map(|()| std::mem::take(writer.get_mut()))
+                    .map_err(|error| io_error(error.to_string()));
+                Some((chunk, None))
+            }
+        }
+    });
+    Ok(futures::stream::once(async move { Ok(header_bytes) }).chain(chunks))
+}
+
+/// `POST /get-historical-features`.
+pub async fn get_historical_features(
+    State(state): State<crate::http::HttpState>,
+    request: Request,
+) -> Result<Response, ServingError> {
+    let server = state.server();
+    let Some(store) = OFFLINE_STORE.get() else {
+        return Err(ServingError::new(
+            ErrorKind::Unavailable,
+            "this server has no offline store configured",
+        ));
+    };
+    let limit = server.limits().max_body_bytes;
+    let bytes = axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| {
+            ServingError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("the request body is larger than the limit of {limit} bytes"),
+            )
+        })?;
+    let parsed: HistoricalFeaturesRequest = serde_json::from_slice(&bytes)
+        .map_err(|error| ServingError::invalid(format!("invalid request: {error}")))?;
+    let registry = server.registry().snapshot();
+    let references = match &parsed.feature_service {
+        Some(service) => registry
+            .resolve_feature_service(service)
+            .map_err(|error| ServingError::invalid(error.to_string()))?,
+        None => parsed
+            .features
+            .iter()
+            .map(|text| {
+                text.parse::<FeatureRef>().map_err(|_| {
+                    ServingError::invalid(format!(
+                        "invalid feature reference '{text}' (expected 'feature_view:feature')"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    if references.is_empty() {
+        return Err(ServingError::invalid("no features requested"));
+    }
+    let training_request = TrainingSetRequest {
+        entities: Arc::new(entity_table(&parsed.entities)?),
+        entity_timestamp_column: parsed
+            .entity_timestamp_column
+            .unwrap_or_else(|| DEFAULT_ENTITY_TIMESTAMP_COLUMN.to_string()),
+        views: view_requests(&registry, &references, store)?,
+        full_feature_names: parsed.full_feature_names,
+    };
+    let session = training_session(REQUEST_MEMORY_BYTES)
+        .map_err(|error| ServingError::new(ErrorKind::Internal, error.to_string()))?;
+    let stream = build_training_set(&session, &training_request)
+        .await
+        .map_err(|error| match error {
+            larder_offline::OfflineError::InvalidRequest(message) => ServingError::invalid(message),
+            other => ServingError::new(ErrorKind::Internal, other.to_string()),
+        })?;
+    let body = ipc_stream(stream)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/vnd.apache.arrow.stream"),
+        )],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::DataType;
+
+    #[tokio::test]
+    async fn ipc_chunks_concatenate_into_one_readable_stream() {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(Int64Array::from(vec![1, 2, 3]))],
+        )
+        .unwrap_or_else(|error| panic!("{error}"));
+        let rows = MemoryRows::new(Arc::clone(&schema), vec![batch.clone(), batch]);
+        let batches = larder_offline::training::RowSource::open(&rows, &["x".to_string()])
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let chunks: Vec<Vec<u8>> = ipc_stream(batches)
+            .unwrap_or_else(|error| panic!("{error}"))
+            .map(|chunk| chunk.unwrap_or_default())
+            .collect()
+            .await;
+        let bytes: Vec<u8> = chunks.concat();
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+            .unwrap_or_else(|error| panic!("{error}"));
+        let rows: usize = reader
+            .map(|batch| batch.map(|batch| batch.num_rows()).unwrap_or(0))
+            .sum();
+        assert_eq!(rows, 6);
+    }
+}
