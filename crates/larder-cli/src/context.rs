@@ -2,9 +2,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use larder_online::{EmbeddedOnlineStore, MemoryOnlineStore, OnlineStoreError, SharedOnlineStore};
+use larder_online::{
+    EmbeddedOnlineStore, MemoryOnlineStore, OnlineStoreError, SharedOnlineStore, TableOptions,
+};
+use larder_online_redis::{RedisOnlineStore, RedisOnlineStoreOptions};
 use larder_registry::{
     FileRegistryStore, OfflineStoreConfig, OnlineStoreConfig, Registry, RegistryStore, RepoConfig,
 };
@@ -46,14 +50,53 @@ impl RepoContext {
             })
     }
 
-    /// Opens the configured online store.
-    pub fn open_online_store(&self) -> Result<SharedOnlineStore, OnlineStoreError> {
+    /// Opens (or connects to) the configured online store.
+    pub async fn open_online_store(&self) -> Result<SharedOnlineStore, OnlineStoreError> {
         match &self.config.online_store {
             OnlineStoreConfig::Embedded { path } => Ok(Arc::new(EmbeddedOnlineStore::open(
                 &self.config.resolve_path(&self.root, path),
             )?)),
             OnlineStoreConfig::Memory => Ok(Arc::new(MemoryOnlineStore::new())),
+            OnlineStoreConfig::Redis(redis) => {
+                let options = RedisOnlineStoreOptions {
+                    urls: redis.urls.clone(),
+                    cluster: redis.cluster,
+                    pool_size: redis.pool_size,
+                    key_prefix: redis.key_prefix.clone(),
+                    username: redis.username.clone(),
+                    password: redis.password.clone(),
+                    connection_timeout: Duration::from_millis(redis.connection_timeout_ms),
+                    response_timeout: Duration::from_millis(redis.response_timeout_ms),
+                };
+                Ok(Arc::new(RedisOnlineStore::connect(options).await?))
+            }
         }
+    }
+
+    /// The hook `larder apply` runs after recording the registry: prepares the online table
+    /// of every online feature view with its TTL ([`larder_online::OnlineStore::prepare_table`]).
+    /// Stores that live in this process or in a local file need no preparation and are not
+    /// opened (a running `larder serve` may hold the embedded file).
+    pub async fn prepare_online_tables(&self, registry: &Registry) -> Result<usize> {
+        if matches!(
+            self.config.online_store,
+            OnlineStoreConfig::Embedded { .. } | OnlineStoreConfig::Memory
+        ) {
+            return Ok(0);
+        }
+        let store = self
+            .open_online_store()
+            .await
+            .context("opening the online store to prepare its tables")?;
+        let mut prepared = 0;
+        for view in registry.feature_views.values().filter(|view| view.online) {
+            store
+                .prepare_table(&view.id(), TableOptions::with_ttl(view.ttl))
+                .await
+                .with_context(|| format!("preparing the online table of {}", view.id()))?;
+            prepared += 1;
+        }
+        Ok(prepared)
     }
 
     /// Where a running `larder serve` records the address it listens on, so that other

@@ -141,7 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             apply::run(&path, false).await?;
             let context = context::RepoContext::load(&path)?;
-            let store = context.open_online_store()?;
+            let store = context.open_online_store().await?;
             materialize::run_with_store(&context, std::sync::Arc::clone(&store), &[]).await?;
             serve::run_with_store(&context, store, serve.host, serve.port).await
         }

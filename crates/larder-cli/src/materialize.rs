@@ -22,7 +22,7 @@ impl MaterializeProgress for Bar {
 /// Opens the configured store and materializes.
 pub async fn run(root: &Path, only_views: &[String]) -> Result<()> {
     let context = RepoContext::load(root)?;
-    let store = context.open_online_store()?;
+    let store = context.open_online_store().await?;
     run_with_store(&context, store, only_views).await
 }
 

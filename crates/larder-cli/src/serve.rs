@@ -14,7 +14,7 @@ use crate::context::RepoContext;
 /// Opens the configured store and serves until Ctrl-C or SIGTERM.
 pub async fn run(root: &Path, host: Option<String>, port: Option<u16>) -> Result<()> {
     let context = RepoContext::load(root)?;
-    let store = context.open_online_store()?;
+    let store = context.open_online_store().await?;
     run_with_store(&context, store, host, port).await
 }
 

@@ -22,7 +22,10 @@ use std::collections::BTreeMap;
 use larder_core::{DataSource, Entity, FeatureRef, FeatureService, FeatureView, Timestamp};
 use serde::{Deserialize, Serialize};
 
-pub use config::{OfflineStoreConfig, OnlineStoreConfig, RepoConfig, ServingConfig};
+pub use config::{
+    OfflineStoreConfig, OnlineStoreConfig, RedisOnlineStoreConfig, RepoConfig, ServingConfig,
+    redact_url_password,
+};
 pub use diagnostics::{Diagnostic, Diagnostics, Location};
 pub use plan::{ApplyPlan, ObjectChange, ObjectKind, plan_apply};
 pub use repo::{FeatureRepo, SchemaColumn};

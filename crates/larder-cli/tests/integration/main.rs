@@ -4,4 +4,5 @@
 mod apply;
 mod bad_requests;
 mod end_to_end;
+mod redis_store;
 mod util;
