@@ -23,7 +23,7 @@ PID=$!
 trap 'kill $PID 2>/dev/null; rm -rf "$DIR"' EXIT
 until redis-cli -p "$PORT" ping >/dev/null 2>&1; do sleep 0.05; done
 # Same payload: the average stored row of the two views (header + encoded values).
-VALUE_BYTES=$(REDIS_URL="redis://127.0.0.1:$PORT" ENTITIES=1000 SECONDS=1 "$BENCH" | awk '/stored value bytes/{gsub("B,","",$8); print int(($6+$8)/2)}')
+VALUE_BYTES=$(REDIS_URL="redis://127.0.0.1:$PORT" ENTITIES=1000 SECONDS=1 "$BENCH" | awk '/stored value bytes/{print int(($7+$10)/2)}')
 echo "value size: $VALUE_BYTES bytes"
 redis-benchmark -p "$PORT" -q -t set -d "$VALUE_BYTES" -n "$ENTITIES" -r "$ENTITIES" -P 100 >/dev/null
 for repeat in $(seq 1 "$REPEATS"); do
