@@ -543,13 +543,13 @@ fn encode_stored_row(row: &OnlineRow) -> Vec<u8> {
 /// Decodes a stored value back into the row of `entity_key`.
 fn decode_stored_row(
     entity_key: EntityKey,
-    stored: Vec<u8>,
+    mut stored: Vec<u8>,
 ) -> Result<OnlineRow, OnlineStoreError> {
     let corrupt = |message: String| OnlineStoreError::Corrupt {
         backend: BACKEND_NAME,
         message,
     };
-    let Some((header, values)) = stored.split_first_chunk::<STORED_ROW_HEADER_LENGTH>() else {
+    let Some(header) = stored.first_chunk::<STORED_ROW_HEADER_LENGTH>() else {
         return Err(corrupt(format!(
             "a stored row of key {entity_key} has {} bytes, fewer than its {STORED_ROW_HEADER_LENGTH}-byte header",
             stored.len()
@@ -559,19 +559,20 @@ fn decode_stored_row(
     event_bytes.copy_from_slice(&header[0..8]);
     let mut write_bytes = [0u8; 8];
     write_bytes.copy_from_slice(&header[8..16]);
-    let lane = WriteLane::from_code(header[16]).ok_or_else(|| {
+    let lane_code = header[16];
+    let lane = WriteLane::from_code(lane_code).ok_or_else(|| {
         corrupt(format!(
-            "a stored row of key {entity_key} has unknown lane code {}",
-            header[16]
+            "a stored row of key {entity_key} has unknown lane code {lane_code}"
         ))
     })?;
-    let values = values.to_vec();
+    // The values stay in the reply's buffer: shift them over the header instead of copying.
+    stored.drain(..STORED_ROW_HEADER_LENGTH);
     Ok(OnlineRow {
         entity_key,
         event_timestamp: timestamp_from_ordered_bytes(event_bytes),
         write_timestamp: timestamp_from_ordered_bytes(write_bytes),
         lane,
-        values,
+        values: stored,
     })
 }
 
