@@ -34,6 +34,13 @@ pub async fn run(root: &Path, dry_run: bool) -> Result<bool> {
         "Applied: the registry now holds {} feature views.",
         registry.feature_views.len()
     );
+    let prepared_tables = context.prepare_online_tables(&registry).await?;
+    if prepared_tables > 0 {
+        println!(
+            "Prepared {prepared_tables} online tables in the {} store.",
+            context.config.online_store.type_name()
+        );
+    }
     Ok(true)
 }
 

@@ -2,12 +2,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use larder_online::{
     CacheConfig, CachedOnlineStore, EmbeddedOnlineStore, MemoryDigestStore, MemoryOnlineStore,
-    OnlineStoreError, SharedDigestStore, SharedOnlineStore,
+    OnlineStoreError, RedbDigestStore, SharedDigestStore, SharedOnlineStore, TableOptions,
 };
+use larder_online_redis::{RedisOnlineStore, RedisOnlineStoreOptions};
 use larder_registry::{
     FileRegistryStore, OfflineStoreConfig, OnlineStoreConfig, Registry, RegistryStore, RepoConfig,
 };
@@ -49,16 +51,17 @@ impl RepoContext {
             })
     }
 
-    /// Opens the configured online store.
-    pub fn open_online_store(&self) -> Result<SharedOnlineStore, OnlineStoreError> {
-        Ok(self.open_online_and_digest_stores()?.0)
+    /// Opens (or connects to) the configured online store.
+    pub async fn open_online_store(&self) -> Result<SharedOnlineStore, OnlineStoreError> {
+        Ok(self.open_online_and_digest_stores().await?.0)
     }
 
     /// Opens the configured online store (behind the write-through cache when
     /// `online_cache` is set) with the digest store of the batch lane's change detection:
-    /// the embedded store keeps digests in its own file; the memory store in memory (both
-    /// forget digests exactly when they forget rows).
-    pub fn open_online_and_digest_stores(
+    /// the embedded store keeps digests in its own file, the memory store in memory (both
+    /// forget digests exactly when they forget rows), and a remote store (Redis) in a local
+    /// redb file beside the registry.
+    pub async fn open_online_and_digest_stores(
         &self,
     ) -> Result<(SharedOnlineStore, SharedDigestStore), OnlineStoreError> {
         let (store, digests): (SharedOnlineStore, SharedDigestStore) =
@@ -73,8 +76,33 @@ impl RepoContext {
                     Arc::new(MemoryOnlineStore::new()),
                     Arc::new(MemoryDigestStore::new()),
                 ),
+                OnlineStoreConfig::Redis(redis) => {
+                    let options = RedisOnlineStoreOptions {
+                        urls: redis.urls.clone(),
+                        cluster: redis.cluster,
+                        pool_size: redis.pool_size,
+                        key_prefix: redis.key_prefix.clone(),
+                        username: redis.username.clone(),
+                        password: redis.password.clone(),
+                        connection_timeout: Duration::from_millis(redis.connection_timeout_ms),
+                        response_timeout: Duration::from_millis(redis.response_timeout_ms),
+                    };
+                    let store = RedisOnlineStore::connect(options).await?;
+                    let digest_path = self.state_folder().join("digests.redb");
+                    let digests: SharedDigestStore = Arc::new(RedbDigestStore::open(&digest_path)?);
+                    (Arc::new(store), digests)
+                }
             };
         Ok((self.with_cache(store), digests))
+    }
+
+    /// The folder of the registry file, where local state (run history, digests) lives.
+    fn state_folder(&self) -> PathBuf {
+        let registry_path = self.config.registry_path(&self.root);
+        registry_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone())
     }
 
     /// Wraps a store in the write-through cache when larder.yaml asks for one.
@@ -99,6 +127,32 @@ impl RepoContext {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.root.clone());
         larder_ingest::RunHistory::new(folder.join("runs.jsonl"))
+    }
+
+    /// The hook `larder apply` runs after recording the registry: prepares the online table
+    /// of every online feature view with its TTL ([`larder_online::OnlineStore::prepare_table`]).
+    /// Stores that live in this process or in a local file need no preparation and are not
+    /// opened (a running `larder serve` may hold the embedded file).
+    pub async fn prepare_online_tables(&self, registry: &Registry) -> Result<usize> {
+        if matches!(
+            self.config.online_store,
+            OnlineStoreConfig::Embedded { .. } | OnlineStoreConfig::Memory
+        ) {
+            return Ok(0);
+        }
+        let store = self
+            .open_online_store()
+            .await
+            .context("opening the online store to prepare its tables")?;
+        let mut prepared = 0;
+        for view in registry.feature_views.values().filter(|view| view.online) {
+            store
+                .prepare_table(&view.id(), TableOptions::with_ttl(view.ttl))
+                .await
+                .with_context(|| format!("preparing the online table of {}", view.id()))?;
+            prepared += 1;
+        }
+        Ok(prepared)
     }
 
     /// Where a running `larder serve` records the address it listens on, so that other

@@ -55,7 +55,7 @@ pub async fn run(root: &Path, args: &GetArgs) -> Result<()> {
         "feature_service": args.feature_service,
         "entities": entity_columns(&args.entities)?,
     });
-    let response: serde_json::Value = match context.open_online_store() {
+    let response: serde_json::Value = match context.open_online_store().await {
         Ok(store) => {
             let registry = context.applied_registry()?;
             let server = FeatureServer::new(

@@ -226,7 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             apply::run(&path, false).await?;
             let context = context::RepoContext::load(&path)?;
-            let (store, digests) = context.open_online_and_digest_stores()?;
+            let (store, digests) = context.open_online_and_digest_stores().await?;
             let request = materialize::MaterializeRequest {
                 only_views: Vec::new(),
                 window: materialize::RunWindow::Fixed(larder_offline::TimeWindow::default()),

@@ -59,7 +59,7 @@ pub fn parse_bound(flag: &str, text: Option<&str>) -> Result<Option<Timestamp>> 
 /// Opens the configured store and materializes.
 pub async fn run(root: &Path, request: &MaterializeRequest) -> Result<()> {
     let context = RepoContext::load(root)?;
-    let (store, digests) = context.open_online_and_digest_stores()?;
+    let (store, digests) = context.open_online_and_digest_stores().await?;
     let reports = run_with_stores(&context, store, digests, request).await?;
     print_total(&reports);
     Ok(())

@@ -26,7 +26,7 @@ pub struct ListenOptions {
 /// Opens the configured store and serves until Ctrl-C or SIGTERM.
 pub async fn run(root: &Path, listen: ListenOptions) -> Result<()> {
     let context = RepoContext::load(root)?;
-    let store = context.open_online_store()?;
+    let store = context.open_online_store().await?;
     run_with_store(&context, store, listen).await
 }
 

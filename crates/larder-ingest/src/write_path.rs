@@ -2,10 +2,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
-use larder_core::{EntityKey, FeatureView, Timestamp, Value, WriteLane, codec};
+use larder_core::{EntityKey, FeatureView, FeatureViewId, Timestamp, Value, WriteLane, codec};
 use larder_online::{
-    DigestStore, OnlineRow, OnlineStoreError, RowDigest, SharedOnlineStore, WriteSummary,
+    DigestStore, OnlineRow, OnlineStoreError, RowDigest, SharedOnlineStore, TableOptions,
+    WriteSummary,
 };
 
 /// One entity's feature values at one event time, in the view's declared feature order.
@@ -83,6 +85,10 @@ pub fn row_digest(event_timestamp: Timestamp, encoded_values: &[u8]) -> RowDiges
 pub struct WritePath {
     store: SharedOnlineStore,
     last_write_micros: AtomicI64,
+    /// The options each table was prepared with by this write path, so that
+    /// [`larder_online::OnlineStore::prepare_table`] runs once per table, and again only when
+    /// the view's TTL changes.
+    prepared_tables: Mutex<HashMap<FeatureViewId, TableOptions>>,
 }
 
 impl WritePath {
@@ -91,6 +97,7 @@ impl WritePath {
         Self {
             store,
             last_write_micros: AtomicI64::new(0),
+            prepared_tables: Mutex::new(HashMap::new()),
         }
     }
 
@@ -180,7 +187,10 @@ impl WritePath {
                 skipped_stale: superseded_in_batch,
             });
         }
-        let mut summary = self.store.write_rows(&view.id(), online_rows).await?;
+        let table = view.id();
+        self.prepare_table_once(&table, TableOptions::with_ttl(view.ttl))
+            .await?;
+        let mut summary = self.store.write_rows(&table, online_rows).await?;
         summary.skipped_stale += superseded_in_batch;
         Ok(summary)
     }
@@ -257,10 +267,36 @@ impl WritePath {
         if online_rows.is_empty() {
             return Ok(summary);
         }
+        self.prepare_table_once(&table, TableOptions::with_ttl(view.ttl))
+            .await?;
         summary.online = self.store.write_rows(&table, online_rows).await?;
         // Only now that the values are written may their digests be saved.
         digests.write_digests(&table, new_digests).await?;
         Ok(summary)
+    }
+
+    /// Prepares `table` with `options` unless this write path already did. Two concurrent
+    /// first writes may both prepare the table, which is harmless (preparing is idempotent).
+    async fn prepare_table_once(
+        &self,
+        table: &FeatureViewId,
+        options: TableOptions,
+    ) -> Result<(), OnlineStoreError> {
+        let already_prepared = self
+            .prepared_tables
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(table)
+            == Some(&options);
+        if already_prepared {
+            return Ok(());
+        }
+        self.store.prepare_table(table, options).await?;
+        self.prepared_tables
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(table.clone(), options);
+        Ok(())
     }
 
     fn keep_newest_per_entity(rows: Vec<FeatureRow>) -> Vec<FeatureRow> {

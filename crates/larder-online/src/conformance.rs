@@ -29,9 +29,54 @@ use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use larder_core::codec::encode_row_to_vec;
-use larder_core::{EntityKey, FeatureViewId, Timestamp, Value, WriteLane};
+use larder_core::{EntityKey, FeatureViewId, Timestamp, TtlDuration, Value, WriteLane};
 
-use crate::{OnlineRow, OnlineStore, SharedOnlineStore, WriteSummary};
+use crate::{OnlineRow, OnlineStore, SharedOnlineStore, TableOptions, WriteSummary};
+
+/// Preparing a table (with or without a TTL, twice, before and after writes) never hides or
+/// changes a row that serving would still report as fresh, and a prepared table that was
+/// never written reads as empty.
+pub async fn check_prepared_tables_keep_fresh_rows(store: &dyn OnlineStore) {
+    let check = Check::new(store, "prepared_tables_keep_fresh_rows");
+    let table = check.fresh_table();
+    let one_hour = TableOptions::with_ttl(Some(TtlDuration::from_seconds(3_600)));
+    check.prepare(&table, one_hour).await;
+    check.prepare(&table, one_hour).await;
+    let slots = check.read(&table, &[int_key(1)]).await;
+    check.assert_all_slots_empty(&slots, "read of a prepared table that was never written");
+    let now = Timestamp::now().as_micros();
+    let fresh_row = sample_row_at(int_key(1), now, now, 1, WriteLane::Batch);
+    // An old event time written now: served as OUTSIDE_MAX_AGE, but still stored.
+    let backfilled_row = sample_row_at(int_key(2), now - 86_400_000_000, now, 2, WriteLane::Batch);
+    let summary = check
+        .write(&table, vec![fresh_row.clone(), backfilled_row.clone()])
+        .await;
+    check.assert_summary(summary, 2, 0, "write to a table prepared with a TTL");
+    check
+        .assert_row(&table, &fresh_row, "a fresh row of a table with a TTL")
+        .await;
+    check
+        .assert_row(&table, &backfilled_row, "a backfilled row written just now")
+        .await;
+    check.prepare(&table, TableOptions::default()).await;
+    check
+        .assert_row(
+            &table,
+            &fresh_row,
+            "after preparing the table again without a TTL",
+        )
+        .await;
+    let newer_row = sample_row_at(int_key(1), now + 1, now + 1, 3, WriteLane::Direct);
+    check.write(&table, vec![newer_row.clone()]).await;
+    check
+        .assert_row(
+            &table,
+            &newer_row,
+            "a row written after the TTL was removed",
+        )
+        .await;
+    check.drop_table(&table).await;
+}
 
 /// Number of rows of [`check_large_batch_round_trips`].
 pub const LARGE_BATCH_ROW_COUNT: usize = 5_000;
@@ -54,6 +99,7 @@ pub async fn run_all(store: SharedOnlineStore) {
     check_drop_table_removes_every_row(store_ref).await;
     check_empty_requests_are_no_ops(store_ref).await;
     check_large_batch_round_trips(store_ref).await;
+    check_prepared_tables_keep_fresh_rows(store_ref).await;
     check_concurrent_writers_keep_the_newest_row(store).await;
 }
 
@@ -881,6 +927,17 @@ impl<'store> Check<'store> {
             ),
             version: 1,
         }
+    }
+
+    async fn prepare(&self, table: &FeatureViewId, options: TableOptions) {
+        self.store
+            .prepare_table(table, options)
+            .await
+            .unwrap_or_else(|error| {
+                self.fail(&format!(
+                    "prepare of table {table} with {options:?} failed: {error}"
+                ))
+            });
     }
 
     async fn write(&self, table: &FeatureViewId, rows: Vec<OnlineRow>) -> WriteSummary {

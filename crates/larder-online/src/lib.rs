@@ -13,7 +13,7 @@ mod memory;
 
 use std::sync::Arc;
 
-use larder_core::{EntityKey, FeatureViewId, Timestamp, WriteLane};
+use larder_core::{EntityKey, FeatureViewId, Timestamp, TtlDuration, WriteLane};
 
 pub use cache::{CacheConfig, CacheStats, CachedOnlineStore};
 pub use digest::{
@@ -53,6 +53,39 @@ impl WriteSummary {
     pub fn add(&mut self, other: WriteSummary) {
         self.written += other.written;
         self.skipped_stale += other.skipped_stale;
+    }
+}
+
+/// Options of one online table, taken from its feature view and passed to
+/// [`OnlineStore::prepare_table`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct TableOptions {
+    /// The view's TTL. Serving reports a row whose event time is older than `now - ttl` as
+    /// `OUTSIDE_MAX_AGE`; a backend with server-side expiry may delete a row once
+    /// [`TableOptions::expire_at`] has passed. `None` (or zero) keeps rows until they are
+    /// replaced or deleted.
+    pub ttl: Option<TtlDuration>,
+}
+
+impl TableOptions {
+    /// Options with the given TTL (`None` or zero: rows never expire).
+    pub fn with_ttl(ttl: Option<TtlDuration>) -> Self {
+        Self {
+            ttl: ttl.filter(|ttl| ttl.as_seconds() > 0),
+        }
+    }
+
+    /// The instant after which a backend may expire `row`: the TTL after the later of its
+    /// event time and its write time, or `None` when the table has no TTL.
+    ///
+    /// Expiring at this instant never hides a row that serving would still report as fresh
+    /// (fresh means event time within the TTL, and the event time is at most this instant
+    /// minus the TTL), and a backfilled row with an old event time stays visible, as
+    /// `OUTSIDE_MAX_AGE`, for one TTL after it was written.
+    pub fn expire_at(&self, row: &OnlineRow) -> Option<Timestamp> {
+        let ttl = self.ttl?;
+        let base = row.event_timestamp.max(row.write_timestamp);
+        Some(Timestamp(base.as_micros().saturating_add(ttl.as_micros())))
     }
 }
 
@@ -115,12 +148,32 @@ pub enum OnlineStoreError {
 ///   older than one whose write already returned.
 /// * **Metadata.** Every returned row carries the event timestamp, write timestamp, lane and
 ///   value bytes exactly as written.
+/// * **Table options.** [`OnlineStore::prepare_table`] declares a table and its
+///   [`TableOptions`] before it is written: `larder apply` calls it for every online view,
+///   and the write path calls it before its first write to a table in a process. It is
+///   idempotent; calling it again with other options replaces them for later writes. A
+///   backend may create storage there (a DynamoDB table) and may expire a row server-side,
+///   but never before [`TableOptions::expire_at`] of that row; backends without
+///   server-side expiry keep rows, and serving's TTL check alone reports them as stale.
+///   Preparing never changes or removes stored rows, and writing to a table that was never
+///   prepared still works (without server-side expiry).
 /// * **Deletion.** [`OnlineStore::delete_rows`] removes the given keys from a table and
 ///   returns how many existed; [`OnlineStore::drop_table`] removes a whole table.
 #[async_trait::async_trait]
 pub trait OnlineStore: Send + Sync + std::fmt::Debug + 'static {
     /// A short backend name for messages and metrics (`memory`, `embedded`, `redis`).
     fn backend_name(&self) -> &'static str;
+
+    /// Declares a table and its options ahead of writes (see the trait docs). The default does
+    /// nothing, which suits backends that create tables on first write and never expire rows.
+    async fn prepare_table(
+        &self,
+        table: &FeatureViewId,
+        options: TableOptions,
+    ) -> Result<(), OnlineStoreError> {
+        let _ = (table, options);
+        Ok(())
+    }
 
     /// Writes a batch of rows to one table, ordered by event time (see the trait docs).
     async fn write_rows(

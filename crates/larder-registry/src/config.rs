@@ -78,6 +78,122 @@ pub enum OnlineStoreConfig {
     },
     /// In process memory: lost on exit; for tests and demos.
     Memory,
+    /// Redis or Valkey, standalone or Cluster.
+    Redis(RedisOnlineStoreConfig),
+}
+
+/// The `redis` online store: `{type: redis, urls: [redis://127.0.0.1:6379]}`.
+///
+/// Credentials may sit in the URLs (`redis://user:password@host:6379`) or in `username` /
+/// `password`; they are never logged (the `Debug` form redacts them), and the environment
+/// variable `LARDER_REDIS_PASSWORD` overrides `password` so that it can stay out of the repo.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisOnlineStoreConfig {
+    /// Server URLs. Standalone: one URL. Cluster: some or all nodes (the client discovers
+    /// the rest). Default `[redis://127.0.0.1:6379]`.
+    #[serde(default = "default_redis_urls")]
+    pub urls: Vec<String>,
+    /// Whether the URLs are Redis Cluster nodes. Default false.
+    #[serde(default)]
+    pub cluster: bool,
+    /// Multiplexed connections to a standalone server, used round-robin (each pipelines many
+    /// requests). A cluster keeps one per node. Default 4.
+    #[serde(default = "default_redis_pool_size")]
+    pub pool_size: usize,
+    /// Prefix of every key, so that several projects can share one server. Default `larder:`.
+    #[serde(default = "default_redis_key_prefix")]
+    pub key_prefix: String,
+    /// Username for `AUTH` (Redis 6 ACLs), if not in the URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Password for `AUTH`, if not in the URLs. Never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// How long connecting may take, in milliseconds. Default 2000.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub connection_timeout_ms: u64,
+    /// How long one command may take before a request fails with 503, in milliseconds.
+    /// Default 2000.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub response_timeout_ms: u64,
+}
+
+impl Default for RedisOnlineStoreConfig {
+    fn default() -> Self {
+        Self {
+            urls: default_redis_urls(),
+            cluster: false,
+            pool_size: default_redis_pool_size(),
+            key_prefix: default_redis_key_prefix(),
+            username: None,
+            password: None,
+            connection_timeout_ms: default_redis_timeout_ms(),
+            response_timeout_ms: default_redis_timeout_ms(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisOnlineStoreConfig {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted_urls: Vec<String> = self
+            .urls
+            .iter()
+            .map(|url| redact_url_password(url))
+            .collect();
+        formatter
+            .debug_struct("RedisOnlineStoreConfig")
+            .field("urls", &redacted_urls)
+            .field("cluster", &self.cluster)
+            .field("pool_size", &self.pool_size)
+            .field("key_prefix", &self.key_prefix)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("connection_timeout_ms", &self.connection_timeout_ms)
+            .field("response_timeout_ms", &self.response_timeout_ms)
+            .finish()
+    }
+}
+
+/// A URL with the password of its user info replaced by `<redacted>`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((user_info, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match user_info.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_string(),
+    }
+}
+
+fn default_redis_urls() -> Vec<String> {
+    vec!["redis://127.0.0.1:6379".to_string()]
+}
+
+fn default_redis_pool_size() -> usize {
+    4
+}
+
+fn default_redis_key_prefix() -> String {
+    "larder:".to_string()
+}
+
+fn default_redis_timeout_ms() -> u64 {
+    2_000
+}
+
+impl OnlineStoreConfig {
+    /// The `type` of the store, as written in larder.yaml.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Embedded { .. } => "embedded",
+            Self::Memory => "memory",
+            Self::Redis(_) => "redis",
+        }
+    }
 }
 
 impl Default for OnlineStoreConfig {
@@ -143,6 +259,53 @@ fn default_registry_path() -> PathBuf {
     PathBuf::from("data/registry.json")
 }
 
+/// The problems of a `redis` online store section.
+fn redis_config_problems(redis: &RedisOnlineStoreConfig) -> Vec<ConfigProblem> {
+    let mut problems = Vec::new();
+    if redis.urls.is_empty() {
+        problems.push(ConfigProblem {
+            keys: vec!["online_store", "urls"],
+            message: "no redis URL: give at least one (redis://host:port)".to_string(),
+        });
+    }
+    for url in &redis.urls {
+        if !(url.starts_with("redis://") || url.starts_with("valkey://")) {
+            problems.push(ConfigProblem {
+                keys: vec!["online_store", "urls"],
+                message: format!(
+                    "'{}' is not a redis URL (expected redis://host:port)",
+                    redact_url_password(url)
+                ),
+            });
+        }
+    }
+    if !redis.cluster && redis.urls.len() > 1 {
+        problems.push(ConfigProblem {
+            keys: vec!["online_store", "urls"],
+            message: "several URLs need `cluster: true` (a standalone store uses one server)"
+                .to_string(),
+        });
+    }
+    if redis.pool_size == 0 {
+        problems.push(ConfigProblem {
+            keys: vec!["online_store", "pool_size"],
+            message: "must be at least 1".to_string(),
+        });
+    }
+    for (key, value) in [
+        ("connection_timeout_ms", redis.connection_timeout_ms),
+        ("response_timeout_ms", redis.response_timeout_ms),
+    ] {
+        if value == 0 {
+            problems.push(ConfigProblem {
+                keys: vec!["online_store", key],
+                message: "must be at least 1 millisecond".to_string(),
+            });
+        }
+    }
+    problems
+}
+
 /// One problem found by [`RepoConfig::validation_problems`]: the key path and what is wrong.
 struct ConfigProblem {
     keys: Vec<&'static str>,
@@ -158,6 +321,8 @@ impl RepoConfig {
     pub const ENV_ONLINE_STORE_PATH: &'static str = "LARDER_ONLINE_STORE_PATH";
     /// Overrides the `path` of the Parquet offline store.
     pub const ENV_OFFLINE_STORE_PATH: &'static str = "LARDER_OFFLINE_STORE_PATH";
+    /// Overrides the `password` of a redis online store.
+    pub const ENV_REDIS_PASSWORD: &'static str = "LARDER_REDIS_PASSWORD";
     /// Overrides [`ServingConfig::host`].
     pub const ENV_SERVE_HOST: &'static str = "LARDER_SERVE_HOST";
     /// Overrides [`ServingConfig::port`].
@@ -290,6 +455,9 @@ impl RepoConfig {
                 message: "the online store path is empty".to_string(),
             });
         }
+        if let OnlineStoreConfig::Redis(redis) = &self.online_store {
+            problems.extend(redis_config_problems(redis));
+        }
         let OfflineStoreConfig::Parquet { path } = &self.offline_store;
         if path.as_os_str().is_empty() {
             problems.push(ConfigProblem {
@@ -330,6 +498,7 @@ impl RepoConfig {
     /// |-----------------------------|----------------------------------------|
     /// | `LARDER_REGISTRY`           | `registry`                             |
     /// | `LARDER_ONLINE_STORE_PATH`  | `online_store.path` (embedded only)    |
+    /// | `LARDER_REDIS_PASSWORD`     | `online_store.password` (redis only)   |
     /// | `LARDER_OFFLINE_STORE_PATH` | `offline_store.path`                   |
     /// | `LARDER_SERVE_HOST`         | `serving.host`                         |
     /// | `LARDER_SERVE_PORT`         | `serving.port`                         |
@@ -370,10 +539,21 @@ impl RepoConfig {
                     "is empty (expected a path)".to_string(),
                 ),
                 OnlineStoreConfig::Embedded { path } => *path = PathBuf::from(value),
-                OnlineStoreConfig::Memory => report(
+                OnlineStoreConfig::Memory | OnlineStoreConfig::Redis(_) => report(
                     Self::ENV_ONLINE_STORE_PATH,
                     "online_store.path",
-                    "is set but the online store has type memory, which has no path".to_string(),
+                    "is set but the online store is not embedded, so it has no path".to_string(),
+                ),
+            }
+        }
+        if let Some((empty, value)) = non_empty(Self::ENV_REDIS_PASSWORD) {
+            match &mut updated.online_store {
+                OnlineStoreConfig::Redis(redis) if !empty => redis.password = Some(value),
+                OnlineStoreConfig::Redis(_) => {}
+                _ => report(
+                    Self::ENV_REDIS_PASSWORD,
+                    "online_store.password",
+                    "is set but the online store is not redis".to_string(),
                 ),
             }
         }
@@ -549,6 +729,55 @@ serving: {host: 0.0.0.0, port: 8080, max_entities_per_request: 5, max_body_bytes
         assert_eq!(
             diagnostics.0[0].location,
             Some(Location::new("larder.yaml", 2, 1))
+        );
+    }
+
+    #[test]
+    fn redis_store_parses_with_defaults_and_redacts_credentials() {
+        let config = RepoConfig::parse(
+            "project: demo\nonline_store: {type: redis, urls: ['redis://app:s3cret@10.0.0.1:6379'], password: hunter2}\n",
+        )
+        .expect("valid config");
+        let OnlineStoreConfig::Redis(redis) = &config.online_store else {
+            panic!("expected a redis store, got {:?}", config.online_store);
+        };
+        assert_eq!(redis.pool_size, 4);
+        assert_eq!(redis.key_prefix, "larder:");
+        assert!(!redis.cluster);
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("hunter2"),
+            "{debug}"
+        );
+        let text = serde_saphyr::to_string(&config).expect("serializable");
+        assert_eq!(RepoConfig::parse(&text).expect("reads back"), config);
+
+        let mut overridden = config.clone();
+        overridden
+            .apply_environment_overrides(environment_of(&[("LARDER_REDIS_PASSWORD", "fromenv")]))
+            .expect("valid override");
+        let OnlineStoreConfig::Redis(redis) = &overridden.online_store else {
+            panic!("still redis");
+        };
+        assert_eq!(redis.password.as_deref(), Some("fromenv"));
+    }
+
+    #[test]
+    fn bad_redis_settings_point_at_their_keys() {
+        let diagnostics = RepoConfig::parse(
+            "project: demo\nonline_store:\n  type: redis\n  urls: [http://x, redis://y]\n  pool_size: 0\n",
+        )
+        .expect_err("invalid");
+        let text = diagnostics.to_string();
+        assert!(text.contains("'http://x' is not a redis URL"), "{text}");
+        assert!(text.contains("cluster: true"), "{text}");
+        assert!(text.contains("online_store.pool_size"), "{text}");
+        let diagnostics =
+            RepoConfig::parse("project: demo\nonline_store: {type: redis, pool: 3}\n")
+                .expect_err("unknown field");
+        assert!(
+            diagnostics.to_string().contains("unknown field `pool`"),
+            "{diagnostics}"
         );
     }
 

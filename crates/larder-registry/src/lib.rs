@@ -23,7 +23,8 @@ use larder_core::{DataSource, Entity, FeatureRef, FeatureService, FeatureView, T
 use serde::{Deserialize, Serialize};
 
 pub use config::{
-    OfflineStoreConfig, OnlineCacheConfig, OnlineStoreConfig, RepoConfig, ServingConfig,
+    OfflineStoreConfig, OnlineCacheConfig, OnlineStoreConfig, RedisOnlineStoreConfig, RepoConfig,
+    ServingConfig, redact_url_password,
 };
 pub use diagnostics::{Diagnostic, Diagnostics, Location};
 pub use plan::{ApplyPlan, ObjectChange, ObjectKind, plan_apply};

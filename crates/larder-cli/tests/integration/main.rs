@@ -7,5 +7,6 @@ mod change_detection;
 mod direct_writes;
 mod end_to_end;
 mod grpc;
+mod redis_store;
 mod training_set;
 mod util;

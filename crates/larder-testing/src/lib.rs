@@ -1,0 +1,397 @@
+//! Test support shared by Larder's crates: real servers spawned on ephemeral loopback ports.
+//!
+//! Backends are tested against the real thing (redis-server, a 3-node Redis Cluster, a
+//! DynamoDB-compatible moto server), never against mocks. Each server here:
+//!
+//! * listens on `127.0.0.1` on a port picked by binding port 0 and reading it back;
+//! * keeps its files in a temporary folder that is removed with it;
+//! * is killed, by its own process id, when its handle is dropped.
+//!
+//! When a server binary is missing, [`find_server_binary`] fails the test in CI (environment
+//! variable `CI` set to `true` or `1`) and otherwise returns `None` after printing a loud
+//! message, so a developer without Redis can still run the rest of the suite.
+//! `scripts/test.sh` installs every server the tests need.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to accept connections.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether the tests run in CI, where a missing server binary is a failure.
+pub fn running_in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| {
+        let value = value.trim().to_ascii_lowercase();
+        value == "true" || value == "1" || value == "yes"
+    })
+}
+
+/// Finds an executable on `PATH`. In CI a missing binary panics (the test fails); elsewhere
+/// it prints a loud message naming `install_hint` and returns `None`, so the caller skips.
+pub fn find_server_binary(name: &str, install_hint: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|directory| directory.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    if found.is_some() {
+        return found;
+    }
+    if running_in_ci() {
+        panic!("`{name}` is not installed, and CI requires it: {install_hint}");
+    }
+    eprintln!(
+        "\n!!!!! SKIPPED: `{name}` is not installed ({install_hint}); this test needs a real server. In CI this is a failure.\n"
+    );
+    None
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_loopback_port() -> u16 {
+    match TcpListener::bind(("127.0.0.1", 0)).and_then(|listener| listener.local_addr()) {
+        Ok(address) => address.port(),
+        Err(error) => panic!("cannot find a free loopback port: {error}"),
+    }
+}
+
+/// Waits until something accepts TCP connections on `127.0.0.1:port`.
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not accept connections on 127.0.0.1:{port} within {STARTUP_TIMEOUT:?}");
+}
+
+/// A child process that is killed (by its id) and reaped when dropped.
+#[derive(Debug)]
+pub struct ServerProcess {
+    name: String,
+    child: Option<Child>,
+}
+
+impl ServerProcess {
+    /// Spawns `command` with its output discarded.
+    pub fn spawn(name: impl Into<String>, command: &mut Command) -> Self {
+        let name = name.into();
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {name}: {error}"));
+        Self {
+            name,
+            child: Some(child),
+        }
+    }
+
+    /// The process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the process (SIGKILL) and waits for it; does nothing if it already stopped.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Err(error) = child.kill() {
+                eprintln!("cannot kill {}: {error}", self.name);
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A standalone `redis-server` on an ephemeral loopback port, without persistence.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    process: ServerProcess,
+    binary: PathBuf,
+    directory: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server; `None` outside CI when `redis-server` is not installed.
+    pub fn start() -> Option<Self> {
+        let binary = find_server_binary("redis-server", "apt-get install redis-server")?;
+        let directory = temporary_directory("redis");
+        let port = free_loopback_port();
+        let process = spawn_redis_server(&binary, port, directory.path(), &[]);
+        wait_for_redis(port);
+        Some(Self {
+            port,
+            process,
+            binary,
+            directory,
+        })
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its URL, `redis://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL), as a crash would; its data is lost.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts the server again on the same port (after [`RedisServer::kill`]), empty.
+    pub fn restart(&mut self) {
+        self.process.kill();
+        self.process = spawn_redis_server(&self.binary, self.port, self.directory.path(), &[]);
+        wait_for_redis(self.port);
+    }
+
+    /// Runs `redis-cli` against this server and returns its standard output.
+    pub fn cli(&self, arguments: &[&str]) -> String {
+        redis_cli(self.port, arguments)
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas), each on an ephemeral loopback port.
+#[derive(Debug)]
+pub struct RedisCluster {
+    ports: Vec<u16>,
+    processes: Vec<ServerProcess>,
+    _directory: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Number of master nodes.
+    pub const NODE_COUNT: usize = 3;
+
+    /// Starts three cluster-enabled servers, joins them with `redis-cli --cluster create`
+    /// and waits for `cluster_state:ok` on every node; `None` outside CI when `redis-server`
+    /// is not installed.
+    pub fn start() -> Option<Self> {
+        let binary = find_server_binary("redis-server", "apt-get install redis-server")?;
+        find_server_binary("redis-cli", "apt-get install redis-tools")?;
+        let directory = temporary_directory("redis-cluster");
+        let mut ports = Vec::with_capacity(Self::NODE_COUNT);
+        let mut processes = Vec::with_capacity(Self::NODE_COUNT);
+        for _ in 0..Self::NODE_COUNT {
+            let port = free_loopback_port();
+            let bus_port = free_loopback_port();
+            let node_directory = directory.path().join(port.to_string());
+            create_directory(&node_directory);
+            let config_file = node_directory.join("nodes.conf");
+            let bus_port_text = bus_port.to_string();
+            let config_file_text = config_file.display().to_string();
+            processes.push(spawn_redis_server(
+                &binary,
+                port,
+                &node_directory,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus_port_text,
+                    "--cluster-config-file",
+                    &config_file_text,
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            ));
+            ports.push(port);
+        }
+        for port in &ports {
+            wait_for_redis(*port);
+        }
+        let addresses: Vec<String> = ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        let mut create_arguments = vec!["--cluster", "create"];
+        create_arguments.extend(addresses.iter().map(String::as_str));
+        create_arguments.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        redis_cli(ports[0], &create_arguments);
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let every_node_ok = ports
+                .iter()
+                .all(|port| redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok"));
+            if every_node_ok {
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!("the redis cluster on ports {ports:?} did not reach cluster_state:ok");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Self {
+            ports,
+            processes,
+            _directory: directory,
+        })
+    }
+
+    /// The URL of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|port| format!("redis://127.0.0.1:{port}"))
+            .collect()
+    }
+
+    /// The port of every node.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// Kills every node.
+    pub fn kill(&mut self) {
+        for process in &mut self.processes {
+            process.kill();
+        }
+    }
+}
+
+/// A DynamoDB-compatible server (`moto_server` from PyPI `moto[server]`) on an ephemeral
+/// loopback port. It keeps everything in memory.
+#[derive(Debug)]
+pub struct MotoServer {
+    port: u16,
+    process: ServerProcess,
+}
+
+impl MotoServer {
+    /// Starts the server; `None` outside CI when `moto_server` is not installed.
+    pub fn start() -> Option<Self> {
+        let binary = find_server_binary("moto_server", "pip install 'moto[server]'")?;
+        let port = free_loopback_port();
+        let process = ServerProcess::spawn(
+            "moto_server",
+            Command::new(binary)
+                .arg("-H")
+                .arg("127.0.0.1")
+                .arg("-p")
+                .arg(port.to_string()),
+        );
+        wait_for_port(port, "moto_server");
+        wait_for_http_ok(port, "/moto-api/", "moto_server");
+        Some(Self { port, process })
+    }
+
+    /// Its endpoint URL, `http://127.0.0.1:{port}`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server; its data is lost.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+}
+
+fn temporary_directory(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("larder-{prefix}-"))
+        .tempdir()
+        .unwrap_or_else(|error| panic!("cannot create a temporary directory: {error}"))
+}
+
+fn create_directory(path: &Path) {
+    std::fs::create_dir_all(path)
+        .unwrap_or_else(|error| panic!("cannot create {}: {error}", path.display()));
+}
+
+fn spawn_redis_server(
+    binary: &Path,
+    port: u16,
+    directory: &Path,
+    extra_arguments: &[&str],
+) -> ServerProcess {
+    let mut command = Command::new(binary);
+    command
+        .arg("--bind")
+        .arg("127.0.0.1")
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--save")
+        .arg("")
+        .arg("--appendonly")
+        .arg("no")
+        .arg("--dir")
+        .arg(directory)
+        .args(extra_arguments);
+    ServerProcess::spawn(format!("redis-server on port {port}"), &mut command)
+}
+
+/// Waits until the server on `port` answers PING (it accepts connections while loading).
+fn wait_for_redis(port: u16) {
+    wait_for_port(port, "redis-server");
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut reply = [0u8; 16];
+            if stream.write_all(b"PING\r\n").is_ok()
+                && let Ok(length) = stream.read(&mut reply)
+                && reply[..length].starts_with(b"+PONG")
+            {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("redis-server on port {port} did not answer PING");
+}
+
+/// Waits until `GET path` on the port answers with a status line.
+fn wait_for_http_ok(port: u16, path: &str, what: &str) {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+            let mut reply = [0u8; 16];
+            if stream.write_all(request.as_bytes()).is_ok()
+                && let Ok(length) = stream.read(&mut reply)
+                && reply[..length].starts_with(b"HTTP/")
+            {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} on port {port} did not answer HTTP");
+}
+
+/// Runs `redis-cli -h 127.0.0.1 -p {port} {arguments}` and returns its standard output.
+pub fn redis_cli(port: u16, arguments: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .arg("-h")
+        .arg("127.0.0.1")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(arguments)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run redis-cli: {error}"));
+    if !output.status.success() {
+        panic!(
+            "redis-cli {arguments:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
