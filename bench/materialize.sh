@@ -13,7 +13,7 @@ REPEATS=${REPEATS:-3}
 WORK=${WORK:-${TMPDIR:-/tmp}/larder-bench-materialize}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
-cargo build --release -p larder-cli >&2
+[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -p larder-cli >&2
 LARDER="$(realpath "$TARGET_DIR/release/larder")"
 
 rm -rf "$WORK" && mkdir -p "$WORK"

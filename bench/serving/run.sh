@@ -24,7 +24,7 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT="$WORK/results.jsonl"
 mkdir -p "$WORK"; : > "$OUT"
 
-(cd "$ROOT" && cargo build --release -p larder-cli -p larder-bench >&2)
+[ "${SKIP_BUILD:-0}" = 1 ] || (cd "$ROOT" && cargo build --release -p larder-cli -p larder-bench >&2)
 LARDER="$TARGET_DIR/release/larder"; LOADGEN="$TARGET_DIR/release/larder-loadgen"
 
 # 1. The harness's seeded data (100,000 users, two views, 26 features).
