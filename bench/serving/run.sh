@@ -25,11 +25,11 @@ OUT="$WORK/results.jsonl"
 mkdir -p "$WORK"; : > "$OUT"
 
 [ "${SKIP_BUILD:-0}" = 1 ] || (cd "$ROOT" && cargo build --release -p larder-cli -p larder-bench >&2)
-LARDER="$TARGET_DIR/release/larder"; LOADGEN="$TARGET_DIR/release/larder-loadgen"
+LARDER="$TARGET_DIR/${PROFILE:-release}/larder"; LOADGEN="$TARGET_DIR/${PROFILE:-release}/larder-loadgen"
 
 # 1. The harness's seeded data (100,000 users, two views, 26 features).
 if [ ! -f "$DATA_DIR/profile.parquet" ]; then
-  "$PY" "$HARNESS/gen_data.py" --out "$DATA_DIR" --n-entities "$N_ENTITIES" --seed "$SEED" --skip-history >&2
+  "$PY" "$HARNESS/gen_data.py" --out "$DATA_DIR" --n-entities "$N_ENTITIES" --seed "$SEED" --hist-entities 1000 --hist-versions 2 >&2  # Feast's repo needs a (small) history file
 fi
 
 # 2. Larder: a repo with the same entity, views and features, materialized.
@@ -45,7 +45,7 @@ export FEATURES_JSON="$(python3 -c 'import json; print(json.dumps([f"user_profil
 PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
-wait_http() { for _ in $(seq 240); do curl -s -o /dev/null -w '%{http_code}' -X POST "$1/get-online-features" -d "{\"features\":$FEATURES_JSON,\"entities\":{\"user_id\":[1]}}" 2>/dev/null | grep -q 200 && return 0; sleep 0.5; done; echo "server at $1 did not come up" >&2; exit 1; }
+wait_http() { for _ in $(seq 240); do curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' "$1/get-online-features" -d "{\"features\":$FEATURES_JSON,\"entities\":{\"user_id\":[1]}}" 2>/dev/null | grep -q 200 && return 0; sleep 0.5; done; echo "server at $1 did not come up" >&2; exit 1; }
 cpu_of() { local t=0 p f; for p in "$@" $(for q in "$@"; do ps -o pid= --ppid "$q"; done); do read -r -a f < "/proc/$p/stat" 2>/dev/null || continue; t=$((t + f[13] + f[14])); done; echo "$t"; }
 HZ=$(getconf CLK_TCK)
 
