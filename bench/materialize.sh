@@ -14,7 +14,7 @@ WORK=${WORK:-${TMPDIR:-/tmp}/larder-bench-materialize}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -p larder-cli >&2
-LARDER="$(realpath "$TARGET_DIR/release/larder")"
+LARDER="$(realpath "$TARGET_DIR/${PROFILE:-release}/larder")"
 
 rm -rf "$WORK" && mkdir -p "$WORK"
 "$LARDER" init "$WORK/repo" --entities "$N" --anchor "$(date -u +%Y-%m-%d)" >/dev/null
