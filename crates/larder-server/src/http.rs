@@ -22,6 +22,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use tokio::sync::Semaphore;
 
 use crate::error::{ErrorKind, ServingError};
@@ -231,6 +232,13 @@ pub async fn serve(
     push: Option<Arc<PushService>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Responses are written whole; Nagle's algorithm would only hold them back
+    // waiting for the client's delayed ACK.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(server, push))
         .with_graceful_shutdown(shutdown)
         .await
