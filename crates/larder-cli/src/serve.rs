@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use larder_online::SharedOnlineStore;
 use larder_server::push::PushService;
-use larder_server::{FeatureServer, RegistryHandle, ServingLimits};
+use larder_server::training::TrainingService;
+use larder_server::{FeatureServer, RegistryHandle, Services, ServingLimits};
 
 use crate::context::RepoContext;
 
@@ -48,13 +49,21 @@ pub async fn run_with_store(
         max_concurrent_requests: serving.max_concurrent_requests,
     };
     let write_path = Arc::new(larder_ingest::WritePath::new(Arc::clone(&store)));
-    let push = Arc::new(PushService::new(
+    let offline_store = context.offline_store();
+    let push = PushService::new(
         Arc::clone(&handle),
         write_path,
         serving.max_entities_per_request,
-    ));
-    let server = Arc::new(FeatureServer::new(handle, store, limits));
-    larder_server::training::set_offline_store(context.offline_store());
+    )
+    .with_offline_store(Arc::new(offline_store.clone()));
+    let services = Services {
+        training: Some(Arc::new(TrainingService::new(
+            Arc::clone(&handle),
+            offline_store,
+        ))),
+        push: Some(Arc::new(push)),
+        features: Arc::new(FeatureServer::new(handle, store, limits)),
+    };
     let host = listen.host.unwrap_or_else(|| serving.host.clone());
     let port = listen.port.unwrap_or(serving.port);
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))
@@ -84,10 +93,10 @@ pub async fn run_with_store(
                 "gRPC (larder.serving.v1.FeatureServing) on {}",
                 grpc_listener.local_addr()?
             );
-            let grpc_server = Arc::clone(&server);
+            let grpc_services = services.clone();
             let stop = stopped(stop_receiver.clone());
             Some(tokio::spawn(async move {
-                larder_server::grpc::serve(grpc_listener, grpc_server, stop).await
+                larder_server::grpc::serve(grpc_listener, grpc_services, stop).await
             }))
         }
         None => None,
@@ -100,7 +109,7 @@ pub async fn run_with_store(
         shutdown_signal().await;
         let _ = stop_sender.send(true);
     });
-    larder_server::http::serve(listener, server, Some(push), stopped(stop_receiver)).await?;
+    larder_server::http::serve(listener, services, stopped(stop_receiver)).await?;
     if let Some(task) = grpc_task {
         task.await.context("gRPC server task")??;
     }

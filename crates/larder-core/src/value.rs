@@ -188,6 +188,72 @@ impl Value {
         }
     }
 
+    /// Converts a value to the declared type where no information is lost: integers widen to
+    /// wider integers and to floats, `float32` to `float64`, an `int64` narrows to `int32`
+    /// when in range, and list elements convert one by one. Anything else that does not
+    /// already conform is a [`CoreError::TypeMismatch`] describing what was given.
+    pub fn coerce_to(self, value_type: &ValueType) -> Result<Self, CoreError> {
+        if self.conforms_to(value_type) {
+            return Ok(self);
+        }
+        let mismatch = |value: &Self| CoreError::TypeMismatch {
+            expected: value_type.to_string(),
+            got: value.described(),
+        };
+        let converted = match (self, value_type) {
+            (Self::Int32(number), ValueType::Int64) => Self::Int64(i64::from(number)),
+            (Self::Int64(number), ValueType::Int32) => {
+                Self::Int32(i32::try_from(number).map_err(|_| CoreError::TypeMismatch {
+                    expected: value_type.to_string(),
+                    got: format!("{number} (out of range)"),
+                })?)
+            }
+            (Self::Int32(number), ValueType::Float32) => Self::Float32(number as f32),
+            (Self::Int32(number), ValueType::Float64) => Self::Float64(f64::from(number)),
+            (Self::Int64(number), ValueType::Float32) => Self::Float32(number as f32),
+            (Self::Int64(number), ValueType::Float64) => Self::Float64(number as f64),
+            (Self::Float32(number), ValueType::Float64) => Self::Float64(f64::from(number)),
+            (Self::List(elements), ValueType::List(element_type)) => Self::List(
+                elements
+                    .into_iter()
+                    .map(|element| element.coerce_to(element_type))
+                    .collect::<Result<_, _>>()?,
+            ),
+            (Self::List(elements), ValueType::Vector(dimension))
+                if elements.len() == *dimension as usize =>
+            {
+                let mut components = Vec::with_capacity(elements.len());
+                for element in elements {
+                    // Embeddings are float32 whatever precision the producer computed.
+                    match element {
+                        Self::Float64(component) => components.push(component as f32),
+                        other => match other.coerce_to(&ValueType::Float32)? {
+                            Self::Float32(component) => components.push(component),
+                            other => return Err(mismatch(&other)),
+                        },
+                    }
+                }
+                Self::Vector(components)
+            }
+            (other, _) => return Err(mismatch(&other)),
+        };
+        Ok(converted)
+    }
+
+    /// The value's kind with an article, for error messages ("an integer", "a string").
+    pub fn described(&self) -> String {
+        match self {
+            Self::Null => "null".to_string(),
+            Self::Int32(_) | Self::Int64(_) => "an integer".to_string(),
+            Self::Float32(_) | Self::Float64(_) => "a decimal number".to_string(),
+            Self::String(_) => "a string".to_string(),
+            Self::Bool(_) => "a bool".to_string(),
+            Self::Vector(components) => format!("a vector of {} components", components.len()),
+            Self::List(elements) => format!("a list of {} elements", elements.len()),
+            other => format!("a {}", other.kind_name()),
+        }
+    }
+
     /// Reads a JSON value as the declared type. Integers are accepted for float types and,
     /// for timestamps, RFC 3339 strings or integer seconds since the epoch.
     pub fn from_json(json: &serde_json::Value, value_type: &ValueType) -> Result<Self, CoreError> {
@@ -306,6 +372,58 @@ impl serde::Serialize for Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coerce_widens_without_loss_and_refuses_the_rest() {
+        assert_eq!(
+            Value::Int32(7).coerce_to(&ValueType::Int64).ok(),
+            Some(Value::Int64(7))
+        );
+        assert_eq!(
+            Value::Int64(7).coerce_to(&ValueType::Float64).ok(),
+            Some(Value::Float64(7.0))
+        );
+        assert_eq!(
+            Value::Int64(7).coerce_to(&ValueType::Int32).ok(),
+            Some(Value::Int32(7))
+        );
+        assert_eq!(
+            Value::Null.coerce_to(&ValueType::String).ok(),
+            Some(Value::Null)
+        );
+        assert_eq!(
+            Value::List(vec![Value::Int32(1), Value::Int64(2)])
+                .coerce_to(&ValueType::List(Box::new(ValueType::Int64)))
+                .ok(),
+            Some(Value::List(vec![Value::Int64(1), Value::Int64(2)]))
+        );
+        assert_eq!(
+            Value::List(vec![Value::Float64(0.5), Value::Int64(2)])
+                .coerce_to(&ValueType::Vector(2))
+                .ok(),
+            Some(Value::Vector(vec![0.5, 2.0]))
+        );
+        let refused = |value: Value, value_type: ValueType| match value.coerce_to(&value_type) {
+            Err(CoreError::TypeMismatch { got, .. }) => got,
+            other => panic!("expected a type mismatch, got {other:?}"),
+        };
+        assert_eq!(
+            refused(Value::Int64(1 << 40), ValueType::Int32),
+            format!("{} (out of range)", 1_i64 << 40)
+        );
+        assert_eq!(
+            refused(Value::Float64(1.5), ValueType::Int64),
+            "a decimal number"
+        );
+        assert_eq!(
+            refused(Value::String("x".into()), ValueType::Int64),
+            "a string"
+        );
+        assert_eq!(
+            refused(Value::Vector(vec![1.0]), ValueType::Vector(2)),
+            "a vector of 1 components"
+        );
+    }
 
     #[test]
     fn value_types_round_trip_through_text() {

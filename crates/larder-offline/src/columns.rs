@@ -8,6 +8,7 @@ use arrow::array::{
 };
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::scalar::ScalarValue;
 use larder_core::{EntityKey, FeatureView, Timestamp, Value, ValueType};
 
 use crate::OfflineError;
@@ -261,6 +262,67 @@ impl ViewBatch {
         })
     }
 
+    /// Builds a batch from rows of values: each row's join key values (in the view's key
+    /// order), event timestamp and feature values (in declared order). A value whose type is
+    /// not the column's is an error naming the row and the column.
+    pub fn from_rows<'a>(
+        view: &FeatureView,
+        rows: impl IntoIterator<Item = (&'a [Value], Timestamp, &'a [Value])>,
+    ) -> Result<Self, OfflineError> {
+        let mut key_columns: Vec<Vec<ScalarValue>> = vec![Vec::new(); view.join_keys.len()];
+        let mut timestamps: Vec<i64> = Vec::new();
+        let mut feature_columns: Vec<Vec<ScalarValue>> = vec![Vec::new(); view.features.len()];
+        for (row, (keys, event_timestamp, values)) in rows.into_iter().enumerate() {
+            if keys.len() != view.join_keys.len() || values.len() != view.features.len() {
+                return Err(OfflineError::Schema(format!(
+                    "feature view '{}', row {row}: expected {} join keys and {} features, got {} and {}",
+                    view.name,
+                    view.join_keys.len(),
+                    view.features.len(),
+                    keys.len(),
+                    values.len()
+                )));
+            }
+            for ((column, join_key), value) in key_columns.iter_mut().zip(&view.join_keys).zip(keys)
+            {
+                column.push(
+                    scalar_of(value, &join_key.dtype).map_err(|kind| {
+                        mistyped(view, row, &join_key.name, &join_key.dtype, kind)
+                    })?,
+                );
+            }
+            timestamps.push(event_timestamp.as_micros());
+            for ((column, feature), value) in
+                feature_columns.iter_mut().zip(&view.features).zip(values)
+            {
+                column
+                    .push(scalar_of(value, &feature.dtype).map_err(|kind| {
+                        mistyped(view, row, &feature.name, &feature.dtype, kind)
+                    })?);
+            }
+        }
+        let schema = Self::schema_of(view);
+        let array_error = |source| OfflineError::Query {
+            context: format!("feature view '{}': building rows", view.name),
+            source,
+        };
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for (column, join_key) in key_columns.into_iter().zip(&view.join_keys) {
+            arrays.push(scalars_to_array(column, &join_key.dtype).map_err(array_error)?);
+        }
+        arrays.push(Arc::new(
+            TimestampMicrosecondArray::from(timestamps).with_timezone("UTC"),
+        ));
+        for (column, feature) in feature_columns.into_iter().zip(&view.features) {
+            arrays.push(scalars_to_array(column, &feature.dtype).map_err(array_error)?);
+        }
+        let batch = RecordBatch::try_new(schema, arrays).map_err(|source| OfflineError::Arrow {
+            context: format!("feature view '{}': building rows", view.name),
+            source,
+        })?;
+        Self::from_batch(view, &batch)
+    }
+
     /// Number of rows.
     pub fn num_rows(&self) -> usize {
         self.batch.num_rows()
@@ -302,4 +364,73 @@ impl ViewBatch {
             .map(|column| column.value(row))
             .collect()
     }
+}
+
+fn mistyped(
+    view: &FeatureView,
+    row: usize,
+    column: &str,
+    dtype: &ValueType,
+    kind: &'static str,
+) -> OfflineError {
+    OfflineError::Schema(format!(
+        "feature view '{}', row {row}, column '{column}': expected {dtype}, got {kind}",
+        view.name
+    ))
+}
+
+/// One value as a DataFusion scalar of the column's canonical type; `Err` names the value's
+/// kind when it does not fit the type.
+fn scalar_of(value: &Value, dtype: &ValueType) -> Result<ScalarValue, &'static str> {
+    let scalar = match (value, dtype) {
+        (Value::Null, _) => {
+            ScalarValue::try_from(&arrow_type_of(dtype)).map_err(|_| "an unsupported null")?
+        }
+        (Value::Bool(flag), ValueType::Bool) => ScalarValue::Boolean(Some(*flag)),
+        (Value::Int32(number), ValueType::Int32) => ScalarValue::Int32(Some(*number)),
+        (Value::Int64(number), ValueType::Int64) => ScalarValue::Int64(Some(*number)),
+        (Value::Float32(number), ValueType::Float32) => ScalarValue::Float32(Some(*number)),
+        (Value::Float64(number), ValueType::Float64) => ScalarValue::Float64(Some(*number)),
+        (Value::String(text), ValueType::String) => ScalarValue::Utf8(Some(text.clone())),
+        (Value::Bytes(bytes), ValueType::Bytes) => ScalarValue::Binary(Some(bytes.clone())),
+        (Value::Timestamp(timestamp), ValueType::Timestamp) => {
+            ScalarValue::TimestampMicrosecond(Some(timestamp.as_micros()), Some(Arc::from("UTC")))
+        }
+        (Value::List(items), ValueType::List(element)) => {
+            let scalars = items
+                .iter()
+                .map(|item| scalar_of(item, element))
+                .collect::<Result<Vec<_>, _>>()?;
+            ScalarValue::List(ScalarValue::new_list_nullable(
+                &scalars,
+                &arrow_type_of(element),
+            ))
+        }
+        (Value::Vector(components), ValueType::Vector(dimension))
+            if components.len() == *dimension as usize =>
+        {
+            let values: ArrayRef = Arc::new(Float32Array::from(components.clone()));
+            let field = Arc::new(Field::new(
+                "item",
+                arrow::datatypes::DataType::Float32,
+                true,
+            ));
+            let array = FixedSizeListArray::try_new(field, *dimension as i32, values, None)
+                .map_err(|_| "a vector of another dimension")?;
+            ScalarValue::FixedSizeList(Arc::new(array))
+        }
+        (Value::Vector(_), ValueType::Vector(_)) => return Err("a vector of another dimension"),
+        (other, _) => return Err(other.kind_name()),
+    };
+    Ok(scalar)
+}
+
+fn scalars_to_array(
+    scalars: Vec<ScalarValue>,
+    dtype: &ValueType,
+) -> Result<ArrayRef, datafusion::error::DataFusionError> {
+    if scalars.is_empty() {
+        return Ok(arrow::array::new_empty_array(&arrow_type_of(dtype)));
+    }
+    ScalarValue::iter_to_array(scalars)
 }

@@ -62,6 +62,20 @@ pub trait OfflineStore: Send + Sync + std::fmt::Debug {
         )))
     }
 
+    /// Adds rows to a view version's history without replacing any: the direct-write lane's
+    /// offline copy. Readers see all of the rows or none of them.
+    fn append(
+        &self,
+        view: &FeatureView,
+        batch: &ViewBatch,
+    ) -> Result<OfflineWriteSummary, OfflineError> {
+        let _ = batch;
+        Err(OfflineError::Schema(format!(
+            "this offline store cannot append rows to feature view '{}'",
+            view.name
+        )))
+    }
+
     /// Registers a view version's rows as a DataFusion table; returns `false` if the view has
     /// never been materialized.
     async fn register_view(
@@ -136,6 +150,51 @@ impl OfflineStore for ParquetOfflineStore {
         }))
     }
 
+    /// Writes each day's rows to a new file beside the partition's existing ones: a hidden
+    /// temporary name first, renamed into place once synced, so a reader never sees half a
+    /// file. Appended files sort after the materialized `part-*` files and after earlier
+    /// appends, so at equal event times the later write wins in training sets.
+    fn append(
+        &self,
+        view: &FeatureView,
+        batch: &ViewBatch,
+    ) -> Result<OfflineWriteSummary, OfflineError> {
+        let final_path = self.view_path(view);
+        let unique = format!(
+            "push-{:020}-{}",
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
+            std::process::id()
+        );
+        let schema = ViewBatch::schema_of(view);
+        let mut summary = OfflineWriteSummary::default();
+        for (day, rows) in rows_by_day(batch)? {
+            let folder = final_path.join(partition_folder_name(day));
+            std::fs::create_dir_all(&folder)
+                .map_err(io_error(format!("creating {}", folder.display())))?;
+            let temporary = folder.join(format!(".{unique}.parquet.partial"));
+            let published = folder.join(format!("{unique}.parquet"));
+            let file = File::create(&temporary)
+                .map_err(io_error(format!("creating {}", temporary.display())))?;
+            let parquet_error = |source| OfflineError::Parquet {
+                path: temporary.display().to_string(),
+                source,
+            };
+            let mut writer =
+                ArrowWriter::try_new(file, Arc::clone(&schema), Some(writer_properties()))
+                    .map_err(parquet_error)?;
+            writer.write(&rows).map_err(parquet_error)?;
+            let file = writer.into_inner().map_err(parquet_error)?;
+            file.sync_all()
+                .map_err(io_error(format!("syncing {}", temporary.display())))?;
+            std::fs::rename(&temporary, &published)
+                .map_err(io_error(format!("publishing {}", published.display())))?;
+            summary.rows += rows.num_rows() as u64;
+            summary.files += 1;
+            summary.partitions += 1;
+        }
+        Ok(summary)
+    }
+
     async fn register_view(
         &self,
         context: &SessionContext,
@@ -186,15 +245,12 @@ impl ParquetViewWriter {
             let path = folder.join("part-00000.parquet");
             let file =
                 File::create(&path).map_err(io_error(format!("creating {}", path.display())))?;
-            let properties = WriterProperties::builder()
-                .set_compression(Compression::SNAPPY)
-                .set_max_row_group_row_count(Some(256 * 1024))
-                .build();
-            let writer = ArrowWriter::try_new(file, Arc::clone(&self.schema), Some(properties))
-                .map_err(|source| OfflineError::Parquet {
-                    path: path.display().to_string(),
-                    source,
-                })?;
+            let writer =
+                ArrowWriter::try_new(file, Arc::clone(&self.schema), Some(writer_properties()))
+                    .map_err(|source| OfflineError::Parquet {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
             self.writers.insert(day, (path, writer));
         }
         if let Some((path, writer)) = self.writers.get_mut(&day) {
@@ -216,31 +272,8 @@ impl OfflineWriter for ParquetViewWriter {
             return Ok(());
         }
         self.rows += rows as u64;
-        let days: Vec<i64> = (0..rows)
-            .map(|row| {
-                batch
-                    .event_timestamp(row)
-                    .as_micros()
-                    .div_euclid(MICROS_PER_DAY)
-            })
-            .collect();
-        let record_batch = batch.record_batch();
-        if days.iter().all(|day| *day == days[0]) {
-            return self.write_day(days[0], record_batch);
-        }
-        let mut rows_by_day: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-        for (row, day) in days.iter().enumerate() {
-            rows_by_day.entry(*day).or_default().push(row as u32);
-        }
-        for (day, indices) in rows_by_day {
-            let taken =
-                take_record_batch(record_batch, &UInt32Array::from(indices)).map_err(|source| {
-                    OfflineError::Arrow {
-                        context: "splitting rows by date".to_string(),
-                        source,
-                    }
-                })?;
-            self.write_day(day, &taken)?;
+        for (day, rows) in rows_by_day(batch)? {
+            self.write_day(day, &rows)?;
         }
         Ok(())
     }
@@ -283,6 +316,49 @@ impl OfflineWriter for ParquetViewWriter {
             partitions,
         })
     }
+}
+
+/// How every offline Parquet file is written.
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(256 * 1024))
+        .build()
+}
+
+/// A batch's rows split by the UTC day of their event time (one slice when all share a day).
+fn rows_by_day(batch: &ViewBatch) -> Result<Vec<(i64, RecordBatch)>, OfflineError> {
+    let days: Vec<i64> = (0..batch.num_rows())
+        .map(|row| {
+            batch
+                .event_timestamp(row)
+                .as_micros()
+                .div_euclid(MICROS_PER_DAY)
+        })
+        .collect();
+    let record_batch = batch.record_batch();
+    match days.first() {
+        None => return Ok(Vec::new()),
+        Some(first) if days.iter().all(|day| day == first) => {
+            return Ok(vec![(*first, record_batch.clone())]);
+        }
+        Some(_) => {}
+    }
+    let mut indices_by_day: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+    for (row, day) in days.iter().enumerate() {
+        indices_by_day.entry(*day).or_default().push(row as u32);
+    }
+    indices_by_day
+        .into_iter()
+        .map(|(day, indices)| {
+            take_record_batch(record_batch, &UInt32Array::from(indices))
+                .map(|rows| (day, rows))
+                .map_err(|source| OfflineError::Arrow {
+                    context: "splitting rows by date".to_string(),
+                    source,
+                })
+        })
+        .collect()
 }
 
 /// The day index of a partition folder named `date=YYYY-MM-DD`.

@@ -1,17 +1,22 @@
 //! The gRPC API (`proto/larder/serving/v1/serving.proto`): the same operations as HTTP, with
-//! typed binary values, over the same [`FeatureServer`] core, limits and load shedding.
+//! typed binary values, over the same [`Services`], limits and load shedding.
 
+use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
 
 use larder_core::Value;
 use larder_core::codec::{ValueRef, vector_components};
 use tokio::sync::Semaphore;
 use tonic::{Code, Request, Response, Status};
 
+use crate::Services;
 use crate::error::{ErrorKind, ServingError};
-use crate::serving::{
-    FeatureSelection, FeatureServer, FieldStatus, OnlineFeaturesRequest, OnlineFeaturesResult,
-};
+use crate::push::{PushColumn, PushRequest, PushTarget, PushTo};
+use crate::serving::{FeatureSelection, FieldStatus, OnlineFeaturesRequest, OnlineFeaturesResult};
+use crate::training::{HistoricalFeaturesQuery, entities_from_arrow_ipc, ipc_stream};
 
 /// The code generated from the `.proto` contract (client and server).
 #[allow(
@@ -41,20 +46,117 @@ pub fn status_of(error: ServingError) -> Status {
     Status::new(code, error.message)
 }
 
-/// The gRPC service over a feature server.
+/// The gRPC service over the feature services.
 #[derive(Debug, Clone)]
 pub struct GrpcFeatureServing {
-    server: Arc<FeatureServer>,
+    services: Services,
     admission: Arc<Semaphore>,
 }
 
 impl GrpcFeatureServing {
-    /// A tonic service for `server`, with its limits on message size and concurrency.
-    pub fn service(server: Arc<FeatureServer>) -> FeatureServingServer<Self> {
-        let limits = server.limits();
+    /// A tonic service for `services`, with their limits on message size and concurrency.
+    pub fn service(services: Services) -> FeatureServingServer<Self> {
+        let limits = services.features.limits();
+        let max_body_bytes = limits.max_body_bytes;
         let admission = Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1)));
-        FeatureServingServer::new(Self { server, admission })
-            .max_decoding_message_size(limits.max_body_bytes)
+        FeatureServingServer::new(Self {
+            services,
+            admission,
+        })
+        .max_decoding_message_size(max_body_bytes)
+    }
+
+    /// A permit to serve one request, or `RESOURCE_EXHAUSTED` at the concurrency limit.
+    fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Status> {
+        self.admission.try_acquire().map_err(|_| {
+            metrics::counter!("larder_grpc_requests_rejected_total", "reason" => "overloaded")
+                .increment(1);
+            status_of(ServingError::new(
+                ErrorKind::Overloaded,
+                "the server is at its concurrency limit; retry shortly",
+            ))
+        })
+    }
+}
+
+/// Counts a finished gRPC call and records its duration, by method and code.
+fn record_call<T>(
+    method: &'static str,
+    started: std::time::Instant,
+    outcome: &Result<T, ServingError>,
+) {
+    let code = match outcome {
+        Ok(_) => "OK",
+        Err(error) => error.kind.code(),
+    };
+    metrics::counter!("larder_grpc_requests_total", "method" => method, "code" => code)
+        .increment(1);
+    metrics::histogram!("larder_grpc_request_duration_seconds", "method" => method, "code" => code)
+        .record(started.elapsed().as_secs_f64());
+}
+
+fn selection_from_proto(
+    features: Option<proto::FeatureList>,
+    feature_service: Option<String>,
+) -> Result<FeatureSelection, ServingError> {
+    match (features, feature_service) {
+        (Some(list), _) => Ok(FeatureSelection::Features(list.val)),
+        (None, Some(name)) => Ok(FeatureSelection::Service(name)),
+        (None, None) => Err(ServingError::invalid(
+            "the request names no features: set 'features' or 'feature_service'",
+        )),
+    }
+}
+
+/// Converts a gRPC push to the protocol-agnostic request.
+pub fn push_from_proto(request: proto::PushRequest) -> Result<PushRequest, ServingError> {
+    let target = match request.target {
+        Some(proto::push_request::Target::PushSourceName(name)) => PushTarget::PushSource(name),
+        Some(proto::push_request::Target::FeatureViewName(name)) => PushTarget::FeatureView(name),
+        None => {
+            return Err(ServingError::invalid(
+                "the push names no target: set 'push_source_name' or 'feature_view_name'",
+            ));
+        }
+    };
+    let to = match proto::PushTo::try_from(request.to) {
+        Ok(proto::PushTo::Online) => PushTo::Online,
+        Ok(proto::PushTo::Offline) => PushTo::Offline,
+        Ok(proto::PushTo::OnlineAndOffline) => PushTo::OnlineAndOffline,
+        Err(_) => {
+            return Err(ServingError::invalid(format!(
+                "unknown 'to' value {}",
+                request.to
+            )));
+        }
+    };
+    let columns: HashMap<String, PushColumn> = request
+        .columns
+        .into_iter()
+        .map(|(name, values)| {
+            let values = values.val.into_iter().map(value_from_proto).collect();
+            (name, PushColumn::Typed(values))
+        })
+        .collect();
+    Ok(PushRequest {
+        target,
+        columns,
+        to,
+    })
+}
+
+fn push_response(pushed: Vec<crate::push::PushedView>) -> proto::PushResponse {
+    proto::PushResponse {
+        feature_views: pushed
+            .into_iter()
+            .map(|view| proto::PushedView {
+                feature_view: view.feature_view,
+                rows: view.rows,
+                written: view.written,
+                skipped_stale: view.skipped_stale,
+                written_offline: view.written_offline,
+            })
+            .collect(),
     }
 }
 
@@ -119,18 +221,11 @@ fn proto_status(status: FieldStatus) -> i32 {
 pub fn request_from_proto(
     request: proto::GetOnlineFeaturesRequest,
 ) -> Result<OnlineFeaturesRequest, ServingError> {
+    use proto::get_online_features_request::Kind;
     let selection = match request.kind {
-        Some(proto::get_online_features_request::Kind::Features(list)) => {
-            FeatureSelection::Features(list.val)
-        }
-        Some(proto::get_online_features_request::Kind::FeatureService(name)) => {
-            FeatureSelection::Service(name)
-        }
-        None => {
-            return Err(ServingError::invalid(
-                "the request names no features: set 'features' or 'feature_service'",
-            ));
-        }
+        Some(Kind::Features(list)) => selection_from_proto(Some(list), None)?,
+        Some(Kind::FeatureService(name)) => selection_from_proto(None, Some(name))?,
+        None => selection_from_proto(None, None)?,
     };
     let mut entities: Vec<(String, Vec<Value>)> = request
         .entities
@@ -184,43 +279,85 @@ impl FeatureServing for GrpcFeatureServing {
         &self,
         request: Request<proto::GetOnlineFeaturesRequest>,
     ) -> Result<Response<proto::GetOnlineFeaturesResponse>, Status> {
-        let Ok(_permit) = self.admission.try_acquire() else {
-            metrics::counter!("larder_grpc_requests_rejected_total", "reason" => "overloaded")
-                .increment(1);
-            return Err(status_of(ServingError::new(
-                ErrorKind::Overloaded,
-                "the server is at its concurrency limit; retry shortly",
-            )));
-        };
+        let _permit = self.admit()?;
         let started = std::time::Instant::now();
         let outcome = async {
             let parsed = request_from_proto(request.into_inner())?;
-            let result = self.server.get_online_features(parsed).await?;
+            let result = self.services.features.get_online_features(parsed).await?;
             for (view, rows) in result.rows_read_per_view() {
                 metrics::counter!("larder_online_rows_read_total", "feature_view" => view.to_string()).increment(rows as u64);
             }
             Ok::<_, ServingError>(response_to_proto(&result))
         }
         .await;
-        let code = match &outcome {
-            Ok(_) => "OK",
-            Err(error) => error.kind.code(),
-        };
-        metrics::counter!("larder_grpc_requests_total", "method" => "GetOnlineFeatures", "code" => code).increment(1);
-        metrics::histogram!("larder_grpc_request_duration_seconds", "method" => "GetOnlineFeatures", "code" => code)
-            .record(started.elapsed().as_secs_f64());
+        record_call("GetOnlineFeatures", started, &outcome);
         outcome.map(Response::new).map_err(status_of)
+    }
+
+    async fn push(
+        &self,
+        request: Request<proto::PushRequest>,
+    ) -> Result<Response<proto::PushResponse>, Status> {
+        let _permit = self.admit()?;
+        let started = std::time::Instant::now();
+        let outcome = async {
+            let push_service = self.services.push_service()?;
+            let pushed = push_service
+                .push(push_from_proto(request.into_inner())?)
+                .await?;
+            Ok::<_, ServingError>(push_response(pushed))
+        }
+        .await;
+        record_call("Push", started, &outcome);
+        outcome.map(Response::new).map_err(status_of)
+    }
+
+    type GetHistoricalFeaturesStream =
+        Pin<Box<dyn Stream<Item = Result<proto::ArrowIpcChunk, Status>> + Send + 'static>>;
+
+    async fn get_historical_features(
+        &self,
+        request: Request<proto::GetHistoricalFeaturesRequest>,
+    ) -> Result<Response<Self::GetHistoricalFeaturesStream>, Status> {
+        use proto::get_historical_features_request::Kind;
+        let started = std::time::Instant::now();
+        let outcome = async {
+            let training = self.services.training_service()?;
+            let request = request.into_inner();
+            let selection = match request.kind {
+                Some(Kind::Features(list)) => selection_from_proto(Some(list), None)?,
+                Some(Kind::FeatureService(name)) => selection_from_proto(None, Some(name))?,
+                None => selection_from_proto(None, None)?,
+            };
+            let query = HistoricalFeaturesQuery {
+                selection,
+                entities: entities_from_arrow_ipc(&request.entities_arrow_ipc)?,
+                entity_timestamp_column: Some(request.entity_timestamp_column)
+                    .filter(|column| !column.is_empty()),
+                full_feature_names: request.full_feature_names,
+            };
+            let batches = training.historical_features(query).await?;
+            ipc_stream(batches)
+        }
+        .await;
+        record_call("GetHistoricalFeatures", started, &outcome);
+        let chunks = outcome.map_err(status_of)?.map(|chunk| {
+            chunk
+                .map(|data| proto::ArrowIpcChunk { data })
+                .map_err(|error| Status::internal(format!("building the training set: {error}")))
+        });
+        Ok(Response::new(Box::pin(chunks)))
     }
 }
 
 /// Serves gRPC on a bound listener until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    server: Arc<FeatureServer>,
+    services: Services,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
-        .add_service(GrpcFeatureServing::service(server))
+        .add_service(GrpcFeatureServing::service(services))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY a small response waits for the client's delayed ACK
             // (a ~40 ms floor per request, measured).

@@ -25,10 +25,12 @@ use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use tokio::sync::Semaphore;
 
+use crate::Services;
 use crate::error::{ErrorKind, ServingError};
 use crate::json::{parse_online_features_request, write_online_features_response};
-use crate::push::{PushRequest, PushService, parse_push, parse_write_to_online_store};
+use crate::push::{PushRequest, parse_push, parse_write_to_online_store};
 use crate::serving::FeatureServer;
+use crate::training::{ipc_stream, parse_historical_features_request};
 
 /// The HTTP status for an error kind.
 pub fn status_of(kind: ErrorKind) -> StatusCode {
@@ -61,22 +63,33 @@ impl IntoResponse for ServingError {
 /// Shared state of the HTTP handlers.
 #[derive(Debug, Clone)]
 pub struct HttpState {
-    server: Arc<FeatureServer>,
-    push: Option<Arc<PushService>>,
+    services: Services,
     admission: Arc<Semaphore>,
 }
 
 impl HttpState {
     /// The feature server behind the handlers.
     pub fn server(&self) -> &Arc<FeatureServer> {
-        &self.server
+        &self.services.features
+    }
+
+    /// A permit to serve one request, or the 503 of a server at its concurrency limit.
+    fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ServingError> {
+        self.admission.try_acquire().map_err(|_| {
+            metrics::counter!("larder_http_requests_rejected_total", "reason" => "overloaded")
+                .increment(1);
+            ServingError::new(
+                ErrorKind::Overloaded,
+                "the server is at its concurrency limit (serving.max_concurrent_requests); retry shortly",
+            )
+        })
     }
 }
 
-/// The router for a feature server; direct writes are served when `push` is given.
-pub fn router(server: Arc<FeatureServer>, push: Option<Arc<PushService>>) -> Router {
+/// The router for `services`.
+pub fn router(services: Services) -> Router {
     let admission = Arc::new(Semaphore::new(
-        server.limits().max_concurrent_requests.max(1),
+        services.features.limits().max_concurrent_requests.max(1),
     ));
     let _ = crate::metrics::prometheus_handle();
     Router::new()
@@ -85,15 +98,11 @@ pub fn router(server: Arc<FeatureServer>, push: Option<Arc<PushService>>) -> Rou
         .route("/write-to-online-store", post(write_to_online_store))
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
-        .route(
-            "/get-historical-features",
-            post(crate::training::get_historical_features),
-        )
+        .route("/get-historical-features", post(get_historical_features))
         .fallback(not_found)
         .layer(middleware::from_fn(record_request_metrics))
         .with_state(HttpState {
-            server,
-            push,
+            services,
             admission,
         })
 }
@@ -121,7 +130,7 @@ async fn not_found(request: Request) -> ServingError {
 }
 
 async fn health(State(state): State<HttpState>) -> Response {
-    let registry = state.server.registry().snapshot();
+    let registry = state.server().registry().snapshot();
     let body = serde_json::json!({
         "status": "ok",
         "project": registry.project,
@@ -160,17 +169,10 @@ async fn get_online_features(
     State(state): State<HttpState>,
     request: Request,
 ) -> Result<Response, ServingError> {
-    let Ok(_permit) = state.admission.try_acquire() else {
-        metrics::counter!("larder_http_requests_rejected_total", "reason" => "overloaded")
-            .increment(1);
-        return Err(ServingError::new(
-            ErrorKind::Overloaded,
-            "the server is at its concurrency limit (serving.max_concurrent_requests); retry shortly",
-        ));
-    };
-    let bytes = read_body(request.into_body(), state.server.limits().max_body_bytes).await?;
+    let _permit = state.admit()?;
+    let bytes = read_body(request.into_body(), state.server().limits().max_body_bytes).await?;
     let parsed = parse_online_features_request(&bytes)?;
-    let result = state.server.get_online_features(parsed).await?;
+    let result = state.server().get_online_features(parsed).await?;
     for (view, rows) in result.rows_read_per_view() {
         metrics::counter!("larder_online_rows_read_total", "feature_view" => view.to_string())
             .increment(rows as u64);
@@ -192,23 +194,30 @@ async fn direct_write(
     request: Request,
     parse: fn(&[u8]) -> Result<PushRequest, ServingError>,
 ) -> Result<Response, ServingError> {
-    let Some(push_service) = state.push.clone() else {
-        return Err(ServingError::new(
-            ErrorKind::NotFound,
-            "direct writes are not enabled on this server",
-        ));
-    };
-    let Ok(_permit) = state.admission.try_acquire() else {
-        metrics::counter!("larder_http_requests_rejected_total", "reason" => "overloaded")
-            .increment(1);
-        return Err(ServingError::new(
-            ErrorKind::Overloaded,
-            "the server is at its concurrency limit (serving.max_concurrent_requests); retry shortly",
-        ));
-    };
-    let bytes = read_body(request.into_body(), state.server.limits().max_body_bytes).await?;
+    let push_service = state.services.push_service()?;
+    let _permit = state.admit()?;
+    let bytes = read_body(request.into_body(), state.server().limits().max_body_bytes).await?;
     let pushed = push_service.push(parse(&bytes)?).await?;
     Ok(axum::Json(serde_json::json!({ "status": "ok", "feature_views": pushed })).into_response())
+}
+
+/// `POST /get-historical-features`: the training set as an Arrow IPC stream.
+async fn get_historical_features(
+    State(state): State<HttpState>,
+    request: Request,
+) -> Result<Response, ServingError> {
+    let training = state.services.training_service()?;
+    let bytes = read_body(request.into_body(), state.server().limits().max_body_bytes).await?;
+    let query = parse_historical_features_request(&bytes)?;
+    let batches = training.historical_features(query).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/vnd.apache.arrow.stream"),
+        )],
+        Body::from_stream(ipc_stream(batches)?),
+    )
+        .into_response())
 }
 
 async fn push_rows(
@@ -228,8 +237,7 @@ async fn write_to_online_store(
 /// Serves the router on a bound listener until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    server: Arc<FeatureServer>,
-    push: Option<Arc<PushService>>,
+    services: Services,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // Responses are written whole; Nagle's algorithm would only hold them back
@@ -239,7 +247,7 @@ pub async fn serve(
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(server, push))
+    axum::serve(listener, router(services))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -2,8 +2,10 @@
 //! every feature view of a request from the online store concurrently, and answer in
 //! Feast's shapes.
 //!
-//! [`FeatureServer`] is the protocol-agnostic core; [`http`] puts it on HTTP/JSON, with
-//! Prometheus metrics and overload protection.
+//! [`FeatureServer`] is the protocol-agnostic core of online reads; [`push::PushService`]
+//! takes direct writes and [`training::TrainingService`] builds training sets. [`Services`]
+//! bundles them, and [`http`] (HTTP/JSON, with Prometheus metrics and overload protection)
+//! and [`grpc`] put the same services on the wire.
 
 mod error;
 pub mod grpc;
@@ -15,9 +17,54 @@ mod registry_handle;
 mod serving;
 pub mod training;
 
+use std::sync::Arc;
+
 pub use error::{ErrorKind, ServingError};
 pub use registry_handle::RegistryHandle;
 pub use serving::{
     Cell, FeatureColumn, FeatureSelection, FeatureServer, FieldStatus, OnlineFeaturesRequest,
     OnlineFeaturesResponse, OnlineFeaturesResult, ResponseMetadata, ServingLimits,
 };
+
+/// What a transport serves: online reads always; direct writes and training sets when the
+/// process was given them (otherwise their routes answer that they are not enabled).
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// Online feature reads.
+    pub features: Arc<FeatureServer>,
+    /// Direct writes (`/push`, `/write-to-online-store`, gRPC `Push`).
+    pub push: Option<Arc<push::PushService>>,
+    /// Training sets (`/get-historical-features`, gRPC `GetHistoricalFeatures`).
+    pub training: Option<Arc<training::TrainingService>>,
+}
+
+impl Services {
+    /// Online reads only.
+    pub fn reads_only(features: Arc<FeatureServer>) -> Self {
+        Self {
+            features,
+            push: None,
+            training: None,
+        }
+    }
+
+    /// The direct-write service, or the error a transport answers without it.
+    pub fn push_service(&self) -> Result<&Arc<push::PushService>, ServingError> {
+        self.push.as_ref().ok_or_else(|| {
+            ServingError::new(
+                ErrorKind::NotFound,
+                "direct writes are not enabled on this server",
+            )
+        })
+    }
+
+    /// The training-set service, or the error a transport answers without it.
+    pub fn training_service(&self) -> Result<&Arc<training::TrainingService>, ServingError> {
+        self.training.as_ref().ok_or_else(|| {
+            ServingError::new(
+                ErrorKind::Unavailable,
+                "this server has no offline store configured",
+            )
+        })
+    }
+}

@@ -11,8 +11,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use larder_core::{EntityKey, FeatureView, Timestamp, Value, WriteLane};
+use larder_core::{CoreError, EntityKey, FeatureView, Timestamp, Value, ValueType, WriteLane};
 use larder_ingest::{FeatureRow, WriteError, WritePath};
+use larder_offline::{OfflineStore, ViewBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorKind, ServingError};
@@ -40,13 +41,39 @@ pub enum PushTarget {
     FeatureView(String),
 }
 
+/// One pushed column: JSON values (HTTP) or typed values (gRPC), one per row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PushColumn {
+    /// Values as JSON, read as the column's declared type.
+    Json(Vec<serde_json::Value>),
+    /// Typed values, converted to the column's declared type where nothing is lost.
+    Typed(Vec<Value>),
+}
+
+impl PushColumn {
+    fn len(&self) -> usize {
+        match self {
+            Self::Json(values) => values.len(),
+            Self::Typed(values) => values.len(),
+        }
+    }
+
+    /// The value of `row` as `value_type`; `row` is below [`PushColumn::len`].
+    fn value(&self, row: usize, value_type: &ValueType) -> Result<Value, CoreError> {
+        match self {
+            Self::Json(values) => Value::from_json(&values[row], value_type),
+            Self::Typed(values) => values[row].clone().coerce_to(value_type),
+        }
+    }
+}
+
 /// A direct write: target, columns and destination.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PushRequest {
     /// The target views.
     pub target: PushTarget,
-    /// Columns by name, each with one JSON value per row.
-    pub columns: HashMap<String, Vec<serde_json::Value>>,
+    /// Columns by name, each with one value per row.
+    pub columns: HashMap<String, PushColumn>,
     /// Where the rows go.
     pub to: PushTo,
 }
@@ -60,8 +87,10 @@ pub struct PushedView {
     pub rows: u64,
     /// Rows stored online.
     pub written: u64,
-    /// Rows not stored because a newer value (by event time) was stored already.
+    /// Rows not stored online because a newer value (by event time) was stored already.
     pub skipped_stale: u64,
+    /// Rows appended to the offline store.
+    pub written_offline: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,7 +128,7 @@ pub fn parse_push(bytes: &[u8]) -> Result<PushRequest, ServingError> {
     let body: JsonPush = parse(bytes)?;
     Ok(PushRequest {
         target: PushTarget::PushSource(body.push_source_name),
-        columns: body.df,
+        columns: json_columns(body.df),
         to: body.to,
     })
 }
@@ -109,9 +138,15 @@ pub fn parse_write_to_online_store(bytes: &[u8]) -> Result<PushRequest, ServingE
     let body: JsonWriteToOnlineStore = parse(bytes)?;
     Ok(PushRequest {
         target: PushTarget::FeatureView(body.feature_view_name),
-        columns: body.df,
+        columns: json_columns(body.df),
         to: PushTo::Online,
     })
+}
+
+fn json_columns(df: HashMap<String, Vec<serde_json::Value>>) -> HashMap<String, PushColumn> {
+    df.into_iter()
+        .map(|(name, values)| (name, PushColumn::Json(values)))
+        .collect()
 }
 
 /// The direct-write lane.
@@ -119,6 +154,7 @@ pub fn parse_write_to_online_store(bytes: &[u8]) -> Result<PushRequest, ServingE
 pub struct PushService {
     registry: Arc<RegistryHandle>,
     write_path: Arc<WritePath>,
+    offline_store: Option<Arc<dyn OfflineStore>>,
     max_rows: usize,
 }
 
@@ -128,17 +164,34 @@ impl PushService {
         Self {
             registry,
             write_path,
+            offline_store: None,
             max_rows,
         }
     }
 
-    /// Validates every row for every target view, then writes them.
+    /// Accepts pushes `to` the offline store too, appending their rows to `store`.
+    pub fn with_offline_store(mut self, store: Arc<dyn OfflineStore>) -> Self {
+        self.offline_store = Some(store);
+        self
+    }
+
+    /// Validates every row for every target view, then writes them: online first (so a read
+    /// sees them once the call returns), then appended offline. A failure after the online
+    /// write is reported as such; retrying the whole push is safe (online writes are ordered
+    /// by event time, and an offline duplicate of a row changes no training set).
     pub async fn push(&self, request: PushRequest) -> Result<Vec<PushedView>, ServingError> {
-        if request.to != PushTo::Online {
-            return Err(ServingError::invalid(
-                "only \"to\": \"online\" is supported so far; offline pushes are not implemented yet",
-            ));
-        }
+        let to_online = matches!(request.to, PushTo::Online | PushTo::OnlineAndOffline);
+        let to_offline = matches!(request.to, PushTo::Offline | PushTo::OnlineAndOffline);
+        let offline_store = match (&self.offline_store, to_offline) {
+            (Some(store), true) => Some(store),
+            (None, true) => {
+                return Err(ServingError::new(
+                    ErrorKind::Unavailable,
+                    "this server has no offline store for pushes \"to\" the offline store",
+                ));
+            }
+            (_, false) => None,
+        };
         let registry = self.registry.snapshot();
         let views: Vec<&FeatureView> = match &request.target {
             PushTarget::FeatureView(name) => {
@@ -181,42 +234,94 @@ impl PushService {
         }
         let mut batches = Vec::with_capacity(views.len());
         for view in &views {
-            if !view.online {
+            if to_online && !view.online {
                 return Err(ServingError::invalid(format!(
                     "feature view '{}' is not online (online: false)",
                     view.name
                 )));
             }
-            batches.push(rows_for_view(
-                view,
-                &request.columns,
-                row_count,
-                views.len() == 1,
-            )?);
+            if to_offline && !view.offline {
+                return Err(ServingError::invalid(format!(
+                    "feature view '{}' is not offline (offline: false)",
+                    view.name
+                )));
+            }
+            let rows = rows_for_view(view, &request.columns, row_count, views.len() == 1)?;
+            let offline_batch = match to_offline {
+                true => Some(
+                    ViewBatch::from_rows(
+                        view,
+                        rows.iter().map(|row| {
+                            (
+                                row.key_values.as_slice(),
+                                row.feature_row.event_timestamp,
+                                row.feature_row.values.as_slice(),
+                            )
+                        }),
+                    )
+                    .map_err(|error| ServingError::invalid(error.to_string()))?,
+                ),
+                false => None,
+            };
+            batches.push((rows, offline_batch));
         }
         let mut pushed = Vec::with_capacity(views.len());
-        for (view, rows) in views.iter().zip(batches) {
-            let summary = self
-                .write_path
-                .write(view, WriteLane::Direct, rows)
-                .await
-                .map_err(|error| match error {
-                    WriteError::Store(store_error) => ServingError::from(store_error),
-                    other => ServingError::invalid(other.to_string()),
-                })?;
-            metrics::counter!("larder_direct_rows_written_total", "feature_view" => view.name.clone()).increment(summary.written);
-            pushed.push(PushedView {
+        for (view, (rows, offline_batch)) in views.iter().zip(batches) {
+            let mut outcome = PushedView {
                 feature_view: view.name.clone(),
                 rows: row_count as u64,
-                written: summary.written,
-                skipped_stale: summary.skipped_stale,
-            });
+                written: 0,
+                skipped_stale: 0,
+                written_offline: 0,
+            };
+            if to_online {
+                let rows = rows.into_iter().map(|row| row.feature_row).collect();
+                let summary = self
+                    .write_path
+                    .write(view, WriteLane::Direct, rows)
+                    .await
+                    .map_err(|error| match error {
+                        WriteError::Store(store_error) => ServingError::from(store_error),
+                        other => ServingError::invalid(other.to_string()),
+                    })?;
+                metrics::counter!("larder_direct_rows_written_total", "feature_view" => view.name.clone()).increment(summary.written);
+                outcome.written = summary.written;
+                outcome.skipped_stale = summary.skipped_stale;
+            }
+            if let (Some(store), Some(batch)) = (offline_store, offline_batch) {
+                let store = Arc::clone(store);
+                let owned_view = (*view).clone();
+                let appended =
+                    tokio::task::spawn_blocking(move || store.append(&owned_view, &batch))
+                        .await
+                        .map_err(|error| ServingError::new(ErrorKind::Internal, error.to_string()))?
+                        .map_err(|error| {
+                            let online = if to_online {
+                                " (the rows were written online; retrying the push is safe)"
+                            } else {
+                                ""
+                            };
+                            ServingError::new(
+                                ErrorKind::Internal,
+                                format!("appending to the offline store failed{online}: {error}"),
+                            )
+                        })?;
+                metrics::counter!("larder_direct_rows_written_offline_total", "feature_view" => view.name.clone()).increment(appended.rows);
+                outcome.written_offline = appended.rows;
+            }
+            pushed.push(outcome);
         }
         Ok(pushed)
     }
 }
 
-fn column_length(columns: &HashMap<String, Vec<serde_json::Value>>) -> Result<usize, ServingError> {
+/// A validated pushed row: the online row and the join key values it was keyed by.
+struct PushedRow {
+    key_values: Vec<Value>,
+    feature_row: FeatureRow,
+}
+
+fn column_length(columns: &HashMap<String, PushColumn>) -> Result<usize, ServingError> {
     let mut length = None;
     for (name, values) in columns {
         match length {
@@ -237,10 +342,10 @@ fn column_length(columns: &HashMap<String, Vec<serde_json::Value>>) -> Result<us
 /// carry columns for each of them.
 fn rows_for_view(
     view: &FeatureView,
-    columns: &HashMap<String, Vec<serde_json::Value>>,
+    columns: &HashMap<String, PushColumn>,
     row_count: usize,
     exact: bool,
-) -> Result<Vec<FeatureRow>, ServingError> {
+) -> Result<Vec<PushedRow>, ServingError> {
     let column = |name: &str| {
         columns.get(name).ok_or_else(|| {
             ServingError::invalid(format!(
@@ -262,13 +367,13 @@ fn rows_for_view(
             }
         }
     }
-    let key_columns: Vec<(&larder_core::JoinKey, &Vec<serde_json::Value>)> = view
+    let key_columns: Vec<(&larder_core::JoinKey, &PushColumn)> = view
         .join_keys
         .iter()
         .map(|key| column(&key.name).map(|values| (key, values)))
         .collect::<Result<_, _>>()?;
     let timestamps = column(&view.timestamp_field)?;
-    let feature_columns: Vec<&Vec<serde_json::Value>> = view
+    let feature_columns: Vec<&PushColumn> = view
         .features
         .iter()
         .map(|feature| column(&feature.name))
@@ -283,7 +388,8 @@ fn rows_for_view(
         };
         let mut key_values = Vec::with_capacity(key_columns.len());
         for (key, values) in &key_columns {
-            let value = Value::from_json(&values[row], &key.dtype)
+            let value = values
+                .value(row, &key.dtype)
                 .map_err(|error| invalid(&key.name, error.to_string()))?;
             if value.is_null() {
                 return Err(invalid(&key.name, "a join key cannot be null".to_string()));
@@ -292,33 +398,40 @@ fn rows_for_view(
         }
         let entity_key = EntityKey::from_values(&key_values)
             .map_err(|error| invalid("join keys", error.to_string()))?;
-        let event_timestamp =
-            match Value::from_json(&timestamps[row], &larder_core::ValueType::Timestamp) {
-                Ok(Value::Timestamp(timestamp)) => timestamp,
-                Ok(_) => {
-                    return Err(invalid(
-                        &view.timestamp_field,
-                        "the event timestamp cannot be null".to_string(),
-                    ));
-                }
-                Err(error) => {
-                    return Err(invalid(
-                        &view.timestamp_field,
-                        format!("{error} (RFC 3339 text or seconds since the epoch)"),
-                    ));
-                }
-            };
+        let event_timestamp = match timestamps.value(row, &ValueType::Timestamp) {
+            Ok(Value::Timestamp(timestamp)) => timestamp,
+            Ok(_) => {
+                return Err(invalid(
+                    &view.timestamp_field,
+                    "the event timestamp cannot be null".to_string(),
+                ));
+            }
+            Err(error) => {
+                let accepted = match timestamps {
+                    PushColumn::Json(_) => "RFC 3339 text or seconds since the epoch",
+                    PushColumn::Typed(_) => "a timestamp",
+                };
+                return Err(invalid(
+                    &view.timestamp_field,
+                    format!("{error} ({accepted})"),
+                ));
+            }
+        };
         let mut values = Vec::with_capacity(view.features.len());
         for (feature, feature_values) in view.features.iter().zip(&feature_columns) {
             values.push(
-                Value::from_json(&feature_values[row], &feature.dtype)
+                feature_values
+                    .value(row, &feature.dtype)
                     .map_err(|error| invalid(&feature.name, error.to_string()))?,
             );
         }
-        rows.push(FeatureRow {
-            entity_key,
-            event_timestamp: Timestamp(event_timestamp.as_micros()),
-            values,
+        rows.push(PushedRow {
+            key_values,
+            feature_row: FeatureRow {
+                entity_key,
+                event_timestamp: Timestamp(event_timestamp.as_micros()),
+                values,
+            },
         });
     }
     Ok(rows)

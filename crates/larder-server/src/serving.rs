@@ -462,20 +462,13 @@ impl FeatureServer {
 
 /// Converts a request value to a join key's type; on failure returns what was given.
 fn coerce_join_key_value(value: Value, dtype: &ValueType) -> Result<Value, String> {
-    match (value, dtype) {
-        (Value::Int64(number), ValueType::Int64) => Ok(Value::Int64(number)),
-        (Value::Int32(number), ValueType::Int64) => Ok(Value::Int64(i64::from(number))),
-        (Value::Int64(number), ValueType::Int32) => i32::try_from(number)
-            .map(Value::Int32)
-            .map_err(|_| format!("{number} (out of range)")),
-        (Value::Int32(number), ValueType::Int32) => Ok(Value::Int32(number)),
-        (Value::String(text), ValueType::String) => Ok(Value::String(text)),
-        (Value::Null, _) => Err("null".to_string()),
-        (Value::String(_), _) => Err("a string".to_string()),
-        (Value::Float32(_) | Value::Float64(_), _) => Err("a decimal number".to_string()),
-        (Value::Int32(_) | Value::Int64(_), _) => Err("an integer".to_string()),
-        (other, _) => Err(format!("a {}", other.kind_name())),
+    if value.is_null() {
+        return Err("null".to_string());
     }
+    value.coerce_to(dtype).map_err(|error| match error {
+        larder_core::CoreError::TypeMismatch { got, .. } => got,
+        other => other.to_string(),
+    })
 }
 
 fn build_entity_keys(

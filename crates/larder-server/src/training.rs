@@ -11,38 +11,90 @@
 //!  "full_feature_names": false}                         // optional
 //! ```
 //!
-//! The offline store is set once per process with [`set_offline_store`] (the server state
-//! does not carry it yet); without it the route answers 503.
+//! [`TrainingService`] is the transport-neutral part, shared with gRPC
+//! (`GetHistoricalFeatures`, whose entity table is itself Arrow IPC).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{Field, Schema};
 use arrow::ipc::writer::StreamWriter;
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use larder_core::FeatureRef;
 use larder_offline::ParquetOfflineStore;
 use larder_offline::training::{
-    DEFAULT_ENTITY_TIMESTAMP_COLUMN, MemoryRows, OfflineViewRows, TrainingSetRequest, ViewRequest,
-    build_training_set, training_session,
+    DEFAULT_ENTITY_TIMESTAMP_COLUMN, MemoryRows, OfflineViewRows, SendableBatches,
+    TrainingSetRequest, ViewRequest, build_training_set, training_session,
 };
 use larder_registry::Registry;
 use serde::Deserialize;
 
 use crate::error::{ErrorKind, ServingError};
+use crate::registry_handle::RegistryHandle;
+use crate::serving::FeatureSelection;
 
-/// Memory for the sorts of one HTTP training set request; beyond it they spill to disk.
+/// Memory for the sorts of one training set request; beyond it they spill to disk.
 const REQUEST_MEMORY_BYTES: usize = 256 << 20;
 
-static OFFLINE_STORE: OnceLock<ParquetOfflineStore> = OnceLock::new();
+/// A training set request, whatever the transport.
+#[derive(Debug)]
+pub struct HistoricalFeaturesQuery {
+    /// The features, by list or by feature service.
+    pub selection: FeatureSelection,
+    /// The entity table: join keys, a timestamp column and any labels.
+    pub entities: MemoryRows,
+    /// The entity table's timestamp column (default `event_timestamp`).
+    pub entity_timestamp_column: Option<String>,
+    /// Name output features `view__feature`.
+    pub full_feature_names: bool,
+}
 
-/// Sets the offline store that `/get-historical-features` reads (the first call wins).
-pub fn set_offline_store(store: ParquetOfflineStore) {
-    let _ = OFFLINE_STORE.set(store);
+/// Point-in-time correct training sets over the offline store, against the registry snapshot.
+#[derive(Debug)]
+pub struct TrainingService {
+    registry: Arc<RegistryHandle>,
+    store: ParquetOfflineStore,
+}
+
+impl TrainingService {
+    /// A service reading `store`'s history for the views of `registry`.
+    pub fn new(registry: Arc<RegistryHandle>, store: ParquetOfflineStore) -> Self {
+        Self { registry, store }
+    }
+
+    /// Starts a training set: resolves the features, checks the entity table and returns
+    /// the joined rows as a stream of batches in the entity table's row order.
+    pub async fn historical_features(
+        &self,
+        query: HistoricalFeaturesQuery,
+    ) -> Result<SendableBatches, ServingError> {
+        let registry = self.registry.snapshot();
+        let references = match &query.selection {
+            FeatureSelection::Service(service) => registry.resolve_feature_service(service)?,
+            FeatureSelection::Features(features) => registry.resolve_feature_refs(features)?,
+        };
+        if references.is_empty() {
+            return Err(ServingError::invalid("no features requested"));
+        }
+        let request = TrainingSetRequest {
+            entities: Arc::new(query.entities),
+            entity_timestamp_column: query
+                .entity_timestamp_column
+                .unwrap_or_else(|| DEFAULT_ENTITY_TIMESTAMP_COLUMN.to_string()),
+            views: view_requests(&registry, &references, &self.store)?,
+            full_feature_names: query.full_feature_names,
+        };
+        let session = training_session(REQUEST_MEMORY_BYTES)
+            .map_err(|error| ServingError::new(ErrorKind::Internal, error.to_string()))?;
+        build_training_set(&session, &request)
+            .await
+            .map_err(|error| match error {
+                larder_offline::OfflineError::InvalidRequest(message) => {
+                    ServingError::invalid(message)
+                }
+                other => ServingError::new(ErrorKind::Internal, other.to_string()),
+            })
+    }
 }
 
 /// The body of `POST /get-historical-features`.
@@ -167,8 +219,8 @@ fn entity_table(
 }
 
 /// Encodes a stream of batches as one Arrow IPC stream, one chunk of bytes per batch.
-fn ipc_stream(
-    batches: larder_offline::training::SendableBatches,
+pub fn ipc_stream(
+    batches: SendableBatches,
 ) -> Result<impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>>, ServingError> {
     let schema = batches.schema();
     let mut writer = StreamWriter::try_new(Vec::new(), &schema)
@@ -199,74 +251,36 @@ fn ipc_stream(
     Ok(futures::stream::once(async move { Ok(header_bytes) }).chain(chunks))
 }
 
-/// `POST /get-historical-features`.
-pub async fn get_historical_features(
-    State(state): State<crate::http::HttpState>,
-    request: Request,
-) -> Result<Response, ServingError> {
-    let server = state.server();
-    let Some(store) = OFFLINE_STORE.get() else {
-        return Err(ServingError::new(
-            ErrorKind::Unavailable,
-            "this server has no offline store configured",
-        ));
-    };
-    let limit = server.limits().max_body_bytes;
-    let bytes = axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|_| {
-            ServingError::new(
-                ErrorKind::PayloadTooLarge,
-                format!("the request body is larger than the limit of {limit} bytes"),
-            )
-        })?;
-    let parsed: HistoricalFeaturesRequest = serde_json::from_slice(&bytes)
+/// Parses the JSON body of `POST /get-historical-features`.
+pub fn parse_historical_features_request(
+    bytes: &[u8],
+) -> Result<HistoricalFeaturesQuery, ServingError> {
+    let parsed: HistoricalFeaturesRequest = serde_json::from_slice(bytes)
         .map_err(|error| ServingError::invalid(format!("invalid request: {error}")))?;
-    let registry = server.registry().snapshot();
-    let references = match &parsed.feature_service {
-        Some(service) => registry
-            .resolve_feature_service(service)
-            .map_err(|error| ServingError::invalid(error.to_string()))?,
-        None => parsed
-            .features
-            .iter()
-            .map(|text| {
-                text.parse::<FeatureRef>().map_err(|_| {
-                    ServingError::invalid(format!(
-                        "invalid feature reference '{text}' (expected 'feature_view:feature')"
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?,
+    let selection = match parsed.feature_service {
+        Some(service) => FeatureSelection::Service(service),
+        None => FeatureSelection::Features(parsed.features),
     };
-    if references.is_empty() {
-        return Err(ServingError::invalid("no features requested"));
-    }
-    let training_request = TrainingSetRequest {
-        entities: Arc::new(entity_table(&parsed.entities)?),
-        entity_timestamp_column: parsed
-            .entity_timestamp_column
-            .unwrap_or_else(|| DEFAULT_ENTITY_TIMESTAMP_COLUMN.to_string()),
-        views: view_requests(&registry, &references, store)?,
+    Ok(HistoricalFeaturesQuery {
+        selection,
+        entities: entity_table(&parsed.entities)?,
+        entity_timestamp_column: parsed.entity_timestamp_column,
         full_feature_names: parsed.full_feature_names,
+    })
+}
+
+/// Reads an entity table sent as an Arrow IPC stream.
+pub fn entities_from_arrow_ipc(bytes: &[u8]) -> Result<MemoryRows, ServingError> {
+    let invalid = |error: arrow::error::ArrowError| {
+        ServingError::invalid(format!(
+            "the entity table is not a readable Arrow IPC stream: {error}"
+        ))
     };
-    let session = training_session(REQUEST_MEMORY_BYTES)
-        .map_err(|error| ServingError::new(ErrorKind::Internal, error.to_string()))?;
-    let stream = build_training_set(&session, &training_request)
-        .await
-        .map_err(|error| match error {
-            larder_offline::OfflineError::InvalidRequest(message) => ServingError::invalid(message),
-            other => ServingError::new(ErrorKind::Internal, other.to_string()),
-        })?;
-    let body = ipc_stream(stream)?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/vnd.apache.arrow.stream"),
-        )],
-        Body::from_stream(body),
-    )
-        .into_response())
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(invalid)?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(invalid)?;
+    Ok(MemoryRows::new(schema, batches))
 }
 
 #[cfg(test)]

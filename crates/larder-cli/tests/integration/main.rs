@@ -7,6 +7,7 @@ mod change_detection;
 mod direct_writes;
 mod end_to_end;
 mod grpc;
+mod push_grpc;
 mod redis_store;
 mod training_set;
 mod util;

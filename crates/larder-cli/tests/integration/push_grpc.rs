@@ -1,0 +1,266 @@
+//! Direct writes over gRPC with typed values, pushes to the offline store (read back by
+//! training sets), and training sets over gRPC with an Arrow IPC entity table.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use larder_server::grpc::proto::feature_serving_client::FeatureServingClient;
+use larder_server::grpc::proto::value::Val;
+use larder_server::grpc::proto::{
+    FeatureList, GetHistoricalFeaturesRequest, PushRequest, PushTo, RepeatedValue, Value,
+    get_historical_features_request, push_request,
+};
+use serde_json::json;
+
+use crate::util::{DemoRepo, Server, larder_ok};
+
+const RELEVANCE: &str = "\
+sources:
+  - name: relevance_push
+    type: push
+    description: Scores computed by the relevance model service
+
+feature_views:
+  - name: relevance
+    version: 1
+    entities: [user]
+    source: relevance_push
+    ttl: 30d
+    features:
+      - {name: score, dtype: float64}
+      - {name: model, dtype: string}
+";
+
+fn column(values: Vec<Val>) -> RepeatedValue {
+    RepeatedValue {
+        val: values
+            .into_iter()
+            .map(|val| Value { val: Some(val) })
+            .collect(),
+    }
+}
+
+/// A typed gRPC push of (user, event time, score) rows for the relevance view.
+fn relevance_push(rows: &[(i64, i64, Val)], to: PushTo) -> PushRequest {
+    let users = rows.iter().map(|row| Val::Int32Val(row.0 as i32)).collect();
+    let times = rows
+        .iter()
+        .map(|row| Val::TimestampMicrosVal(row.1))
+        .collect();
+    let scores = rows.iter().map(|row| row.2.clone()).collect();
+    let models = rows
+        .iter()
+        .map(|_| Val::StringVal("v2".to_string()))
+        .collect();
+    PushRequest {
+        target: Some(push_request::Target::PushSourceName(
+            "relevance_push".into(),
+        )),
+        columns: [
+            ("user_id".to_string(), column(users)),
+            ("event_timestamp".to_string(), column(times)),
+            ("score".to_string(), column(scores)),
+            ("model".to_string(), column(models)),
+        ]
+        .into_iter()
+        .collect(),
+        to: to as i32,
+    }
+}
+
+fn online_scores(server: &Server, users: &[i64]) -> Vec<serde_json::Value> {
+    let (status, response) = server.post(
+        "/get-online-features",
+        &json!({"features": ["relevance:score"], "entities": {"user_id": users}}).to_string(),
+    );
+    assert_eq!(status, 200, "{response}");
+    response["results"][1]["values"].as_array().unwrap().clone()
+}
+
+fn entity_table_ipc(users: &[i64], times: &[i64]) -> Vec<u8> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Int64, false),
+        Field::new(
+            "event_timestamp",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("label", DataType::Int64, false),
+    ]));
+    let labels: Vec<i64> = (0..users.len() as i64).collect();
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(Int64Array::from(users.to_vec())),
+            Arc::new(TimestampMicrosecondArray::from(times.to_vec()).with_timezone("UTC")),
+            Arc::new(Int64Array::from(labels)),
+        ],
+    )
+    .unwrap();
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema).unwrap();
+    writer.write(&batch).unwrap();
+    writer.into_inner().unwrap()
+}
+
+#[test]
+fn grpc_pushes_typed_rows_online_and_offline_and_serves_training_sets() {
+    let repo = DemoRepo::init(10);
+    std::fs::write(repo.path.join("features/relevance.yaml"), RELEVANCE).unwrap();
+    larder_ok(&repo.path, &["apply"]);
+    let server = Server::start(&repo.path);
+    let now = chrono::Utc::now().timestamp_micros();
+    let hour = 3_600_000_000_i64;
+    let (earlier, later) = (now - 2 * hour, now - hour);
+
+    // HTTP push of JSON rows, to both stores.
+    let body = json!({
+        "push_source_name": "relevance_push",
+        "to": "online_and_offline",
+        "df": {
+            "user_id": [1, 2],
+            "event_timestamp": [earlier / 1_000_000, earlier / 1_000_000],
+            "score": [0.1, 0.2],
+            "model": ["v1", "v1"],
+        },
+    });
+    let (status, response) = server.post("/push", &body.to_string());
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["feature_views"][0]["written"], 2);
+    assert_eq!(response["feature_views"][0]["written_offline"], 2);
+    assert_eq!(
+        online_scores(&server, &[1, 2]),
+        vec![json!(0.1), json!(0.2)]
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = FeatureServingClient::connect(server.grpc_url.clone())
+            .await
+            .unwrap();
+
+        // A typed push to the offline store only: history grows, the online value stays.
+        // int32 user ids and an int64 score are converted to the declared types.
+        let pushed = client
+            .push(relevance_push(
+                &[(1, later, Val::Int64Val(9))],
+                PushTo::Offline,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(pushed.feature_views[0].written, 0);
+        assert_eq!(pushed.feature_views[0].written_offline, 1);
+        assert_eq!(online_scores(&server, &[1]), vec![json!(0.1)]);
+
+        // Online only, read back at once over HTTP.
+        let pushed = client
+            .push(relevance_push(
+                &[(3, later, Val::DoubleVal(0.5))],
+                PushTo::Online,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (
+                pushed.feature_views[0].written,
+                pushed.feature_views[0].written_offline
+            ),
+            (1, 0)
+        );
+        assert_eq!(online_scores(&server, &[3]), vec![json!(0.5)]);
+
+        // A bad row refuses the whole push and names the row and column.
+        let refused = client
+            .push(relevance_push(
+                &[
+                    (4, later, Val::DoubleVal(0.4)),
+                    (5, later, Val::StringVal("high".into())),
+                ],
+                PushTo::OnlineAndOffline,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused.message().contains("row 1, column 'score'"),
+            "{}",
+            refused.message()
+        );
+        assert_eq!(online_scores(&server, &[4]), vec![serde_json::Value::Null]);
+
+        // The training set sees both offline pushes, point in time: user 1 had 0.1 before
+        // the later push and 9.0 after it; user 3 was pushed online only; row order is kept.
+        let users = [1_i64, 1, 2, 3];
+        let times = [earlier + 1, later + 1, now, now];
+        let request = GetHistoricalFeaturesRequest {
+            kind: Some(get_historical_features_request::Kind::Features(
+                FeatureList {
+                    val: vec!["relevance:score".into()],
+                },
+            )),
+            entities_arrow_ipc: entity_table_ipc(&users, &times),
+            entity_timestamp_column: String::new(),
+            full_feature_names: false,
+        };
+        let mut stream = client
+            .get_historical_features(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await.unwrap() {
+            bytes.extend(chunk.data);
+        }
+        let reader =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+        let (mut labels, mut scores) = (Vec::new(), Vec::new());
+        for batch in reader {
+            let batch = batch.unwrap();
+            let label = batch.column_by_name("label").unwrap();
+            let label = label.as_any().downcast_ref::<Int64Array>().unwrap();
+            let score = batch.column_by_name("score").unwrap();
+            let score = score.as_any().downcast_ref::<Float64Array>().unwrap();
+            for row in 0..batch.num_rows() {
+                labels.push(label.value(row));
+                scores.push(score.is_valid(row).then(|| score.value(row)));
+            }
+        }
+        assert_eq!(labels, vec![0, 1, 2, 3]);
+        assert_eq!(scores, vec![Some(0.1), Some(9.0), Some(0.2), None]);
+
+        // Errors keep their meaning over gRPC.
+        let unknown = GetHistoricalFeaturesRequest {
+            kind: Some(get_historical_features_request::Kind::Features(
+                FeatureList {
+                    val: vec!["relevance:nope".into()],
+                },
+            )),
+            entities_arrow_ipc: entity_table_ipc(&[1], &[now]),
+            entity_timestamp_column: String::new(),
+            full_feature_names: false,
+        };
+        let error = client.get_historical_features(unknown).await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        assert!(
+            error.message().contains("no feature 'nope'"),
+            "{}",
+            error.message()
+        );
+        let garbage = GetHistoricalFeaturesRequest {
+            kind: Some(get_historical_features_request::Kind::FeatureService(
+                "ranking_model".into(),
+            )),
+            entities_arrow_ipc: b"not arrow".to_vec(),
+            entity_timestamp_column: String::new(),
+            full_feature_names: false,
+        };
+        let error = client.get_historical_features(garbage).await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        assert!(error.message().contains("Arrow IPC"), "{}", error.message());
+    });
+}
