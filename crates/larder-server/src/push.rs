@@ -246,6 +246,17 @@ impl PushService {
                     view.name
                 )));
             }
+            let reads_push_source = registry
+                .sources
+                .get(&view.source)
+                .is_some_and(|source| matches!(source.kind, larder_core::DataSourceKind::Push));
+            if to_offline && !reads_push_source {
+                return Err(ServingError::invalid(format!(
+                    "feature view '{}' reads source '{}', not a push source: only push views take \
+                     offline pushes (the next batch run would replace the rows)",
+                    view.name, view.source
+                )));
+            }
             let rows = rows_for_view(view, &request.columns, row_count, views.len() == 1)?;
             let offline_batch = match to_offline {
                 true => Some(

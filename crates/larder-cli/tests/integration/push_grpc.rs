@@ -193,6 +193,17 @@ fn grpc_pushes_typed_rows_online_and_offline_and_serves_training_sets() {
         );
         assert_eq!(online_scores(&server, &[4]), vec![serde_json::Value::Null]);
 
+        // A batch view takes no offline pushes: its next run would replace them.
+        let mut batch_view = relevance_push(&[(6, later, Val::DoubleVal(0.6))], PushTo::Offline);
+        batch_view.target = Some(push_request::Target::FeatureViewName("user_profile".into()));
+        let refused = client.push(batch_view).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused.message().contains("not a push source"),
+            "{}",
+            refused.message()
+        );
+
         // The training set sees both offline pushes, point in time: user 1 had 0.1 before
         // the later push and 9.0 after it; user 3 was pushed online only; row order is kept.
         let users = [1_i64, 1, 2, 3];
