@@ -332,30 +332,39 @@ pub fn write_online_features_response(result: &OnlineFeaturesResult, out: &mut V
         }
         out.extend_from_slice(b"]}");
     }
+    // One pass per column: values straight into `out`, statuses and event times into side
+    // buffers appended after. The columns of one view share each row's event time, so each
+    // row remembers its last formatted timestamp and most cells reuse the text.
+    let mut statuses: Vec<u8> = Vec::with_capacity(count * 12);
+    let mut timestamps: Vec<u8> = Vec::with_capacity(count * 28);
+    let mut last_timestamp: Vec<(i64, Vec<u8>)> = vec![(i64::MIN, Vec::new()); count];
     for column in 0..result.feature_column_count() {
         begin_column(out);
-        for row in 0..count {
+        statuses.clear();
+        timestamps.clear();
+        for (row, last) in last_timestamp.iter_mut().enumerate() {
+            let cell = result.cell(column, row);
             if row > 0 {
                 out.push(b',');
+                statuses.push(b',');
+                timestamps.push(b',');
             }
-            write_value_ref(out, result.cell(column, row).value);
+            write_value_ref(out, cell.value);
+            statuses.push(b'"');
+            statuses.extend_from_slice(cell.status.as_str().as_bytes());
+            statuses.push(b'"');
+            let micros = cell.event_timestamp.as_micros();
+            if last.0 != micros || last.1.is_empty() {
+                last.1.clear();
+                write_timestamp(&mut last.1, cell.event_timestamp);
+                last.0 = micros;
+            }
+            timestamps.extend_from_slice(&last.1);
         }
         out.extend_from_slice(b"],\"statuses\":[");
-        for row in 0..count {
-            if row > 0 {
-                out.push(b',');
-            }
-            out.push(b'"');
-            out.extend_from_slice(result.cell(column, row).status.as_str().as_bytes());
-            out.push(b'"');
-        }
+        out.extend_from_slice(&statuses);
         out.extend_from_slice(b"],\"event_timestamps\":[");
-        for row in 0..count {
-            if row > 0 {
-                out.push(b',');
-            }
-            write_timestamp(out, result.cell(column, row).event_timestamp);
-        }
+        out.extend_from_slice(&timestamps);
         out.extend_from_slice(b"]}");
     }
     out.extend_from_slice(b"]}");
