@@ -74,6 +74,15 @@ run_wrk() { # system url pid batch connections repeat
   echo "{\"system\":\"$1\",\"protocol\":\"http\",\"entities\":$4,\"connections\":$5,\"repeat\":$6,\"server_cpu_s\":$(awk -v a="$c0" -v b="$c1" -v hz="$HZ" 'BEGIN{printf "%.2f", (b-a)/hz}'),\"wrk\":$line}" | tee -a "$OUT" >&2
 }
 
+run_loadgen() { # batch connections repeat: gRPC, with the server's CPU time like run_wrk
+  local c0 c1 line
+  c0=$(cpu_of "$LARDER_PID")
+  line=$("$LOADGEN" --url "http://127.0.0.1:$LARDER_GRPC_PORT" --entities "$1" --connections "$2" --seconds "$DURATION" \
+    --max-entity "$N_ENTITIES" --label "{\"system\":\"larder\",\"protocol\":\"grpc\",\"entities\":$1,\"connections\":$2,\"repeat\":$3}")
+  c1=$(cpu_of "$LARDER_PID")
+  echo "$line" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d['server_cpu_s']=round(($c1-$c0)/$HZ,2); print(json.dumps(d))" | tee -a "$OUT" >&2
+}
+
 # Warm-up, then interleave the systems cell by cell so that noise hits both alike.
 BATCH=100 wrk -t1 -c8 -d2s -s "$HARNESS/wrk_post.lua" "http://127.0.0.1:$LARDER_PORT" >/dev/null 2>&1 || true
 [ "${SKIP_FEAST:-0}" != 1 ] && { BATCH=100 wrk -t1 -c4 -d3s -s "$HARNESS/wrk_post.lua" "http://127.0.0.1:$FEAST_PORT" >/dev/null 2>&1 || true; }
@@ -82,8 +91,7 @@ for rep in $(seq "$REPEATS"); do
     for B in $BATCHES; do
       run_wrk larder "http://127.0.0.1:$LARDER_PORT" "$LARDER_PID" "$B" "$C" "$rep"
       [ "${SKIP_FEAST:-0}" != 1 ] && run_wrk feast "http://127.0.0.1:$FEAST_PORT" "$FEAST_PID" "$B" "$C" "$rep"
-      "$LOADGEN" --url "http://127.0.0.1:$LARDER_GRPC_PORT" --entities "$B" --connections "$C" --seconds "$DURATION" \
-        --max-entity "$N_ENTITIES" --label "{\"system\":\"larder\",\"protocol\":\"grpc\",\"entities\":$B,\"connections\":$C,\"repeat\":$rep}" | tee -a "$OUT" >&2
+      run_loadgen "$B" "$C" "$rep"
     done
   done
 done

@@ -4,13 +4,16 @@
 //! `--seconds`, each request asking for `--entities` random user ids (0..max-entity) and the
 //! harness's 26 features; prints one JSON line with throughput and latency percentiles in the
 //! same keys as the wrk script (`rps`, `p50_ms`, `p99_ms`, …). Bounded in time; loopback only.
+//!
+//! Like wrk, which reads HTTP responses without parsing their JSON, it receives each
+//! response whole but does not decode its values (`--decode` does, to measure a client that
+//! does), so that on a shared 2-core machine the client's work does not pass for the server's.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use larder_bench::{IdGenerator, harness_feature_refs};
-use larder_server::grpc::proto::feature_serving_client::FeatureServingClient;
 use larder_server::grpc::proto::get_online_features_request::Kind;
 use larder_server::grpc::proto::value::Val;
 use larder_server::grpc::proto::{FeatureList, GetOnlineFeaturesRequest, RepeatedValue, Value};
@@ -35,6 +38,43 @@ struct Arguments {
     /// A JSON object whose fields are copied into the output line.
     #[arg(long, default_value = "{}")]
     label: String,
+    /// Decode every value of each response (default: receive it whole, skip the values).
+    #[arg(long)]
+    decode: bool,
+}
+
+/// A response read without its values: the `results` field (tag 2) is skipped as unknown,
+/// which costs one length check, not one allocation per value.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SkimmedResponse {
+    #[prost(string, repeated, tag = "1")]
+    feature_names: Vec<String>,
+}
+
+const GET_ONLINE_FEATURES: &str = "/larder.serving.v1.FeatureServing/GetOnlineFeatures";
+
+/// Sends one request and waits for its whole response, decoded or skimmed.
+async fn call(
+    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    body: GetOnlineFeaturesRequest,
+    decode: bool,
+) -> Result<(), tonic::Status> {
+    client
+        .ready()
+        .await
+        .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(GET_ONLINE_FEATURES);
+    let request = tonic::Request::new(body);
+    if decode {
+        let codec = tonic_prost::ProstCodec::<
+            GetOnlineFeaturesRequest,
+            larder_server::grpc::proto::GetOnlineFeaturesResponse,
+        >::default();
+        client.unary(request, path, codec).await.map(|_| ())
+    } else {
+        let codec = tonic_prost::ProstCodec::<GetOnlineFeaturesRequest, SkimmedResponse>::default();
+        client.unary(request, path, codec).await.map(|_| ())
+    }
 }
 
 fn request(
@@ -76,12 +116,15 @@ async fn main() -> Result<()> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for connection in 0..arguments.connections {
-        let mut client = FeatureServingClient::connect(arguments.url.clone())
+        let channel = tonic::transport::Endpoint::from_shared(arguments.url.clone())
+            .context("parsing --url")?
+            .connect()
             .await
-            .context("connecting")?
-            .max_decoding_message_size(64 << 20);
+            .context("connecting")?;
+        let mut client = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20);
         let features = features.clone();
-        let (entities, max_entity) = (arguments.entities, arguments.max_entity);
+        let (entities, max_entity, decode) =
+            (arguments.entities, arguments.max_entity, arguments.decode);
         tasks.push(tokio::spawn(async move {
             let mut generator = IdGenerator::new(12_345 + connection as u64);
             let mut latencies_micros: Vec<u64> = Vec::new();
@@ -89,7 +132,7 @@ async fn main() -> Result<()> {
             while Instant::now() < deadline {
                 let body = request(&mut generator, entities, max_entity, &features);
                 let sent = Instant::now();
-                match client.get_online_features(body).await {
+                match call(&mut client, body, decode).await {
                     Ok(_) => latencies_micros.push(sent.elapsed().as_micros() as u64),
                     Err(_) => errors += 1,
                 }
