@@ -7,7 +7,8 @@
 #
 # Usage: bench/training_set.sh   (env: LARDER=path/to/release/larder, PY=python with duckdb,
 #        pandas, pyarrow; DATA=folder with gen_data.py output; WORK=scratch; REPEATS=3;
-#        SIZES="100k 1m"; ENGINES="larder duckdb"; FEAST_HIST=path to bench_hist_feast.py setup)
+#        SIZES="100k 1m"; ENGINES="larder duckdb feast" — feast needs PY with feast 0.67, e.g.
+#        the harness venv /tmp/feast-venv/bin/python; HIST_TIMEOUT seconds per run, default 900)
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 PEERS="${PEERS:-$HERE/../../shared/peers/feast}"
@@ -58,6 +59,12 @@ YAML
   } > "$REPO/features/history.yaml"
   (cd "$REPO" && "$LARDER" apply >/dev/null && /usr/bin/time -f "materialize: %e s wall, %M KB peak RSS" "$LARDER" materialize)
 fi
+if [[ " $ENGINES " == *" feast "* ]] && [ ! -f "$WORK/feast_repo/.applied" ]; then
+  # The peers' Feast repo over the same files (file offline store: Dask), applied once.
+  rm -rf "$WORK/feast_repo"
+  "$PY" "$PEERS/make_repo.py" --store sqlite --repo "$WORK/feast_repo" --data "$DATA" >/dev/null
+  (cd "$WORK/feast_repo" && "$(dirname "$PY")/feast" apply >/dev/null 2>&1) && touch "$WORK/feast_repo/.applied"
+fi
 FEATURES=$(printf 'user_activity_hist:a_float_%s,' 0 1 2 3 4 5 6 7; printf 'user_activity_hist:a_int_%s,' 0 1 2 3 4)
 FEATURES="${FEATURES%,}"
 
@@ -79,6 +86,13 @@ for rep in $(seq "$REPEATS"); do
           /usr/bin/time -v "$PY" "$PEERS/bench_hist_duckdb.py" --history "$DATA/activity_history.parquet" \
             --entity-df "$DATA/entity_df_${size}.parquet" --label "$size" > "$log" 2>&1
           check=$(grep '^{' "$log" | tail -1 | "$PY" -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps({"rows": r["result_rows"], "non_null_a_float_0": r["non_null_a_float_0"], "sum_a_float_0": r["sum_a_float_0"], "sum_a_int_4": r["sum_a_int_4"]}))')
+          ;;
+        feast)
+          set +e
+          timeout "${HIST_TIMEOUT:-900}" /usr/bin/time -v "$PY" "$PEERS/bench_hist_feast.py" --repo "$WORK/feast_repo" \
+            --entity-df "$DATA/entity_df_${size}.parquet" --label "$size" > "$log" 2>&1
+          set -e
+          check=$(grep '^{' "$log" | tail -1 | "$PY" -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps({"rows": r["result_rows"], "non_null_a_float_0": r["non_null_a_float_0"], "sum_a_float_0": r["sum_a_float_0"], "sum_a_int_4": r["sum_a_int_4"]}))' 2>/dev/null || echo null)
           ;;
         *) echo "unknown engine $engine" >&2; exit 2 ;;
       esac

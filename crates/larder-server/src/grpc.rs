@@ -30,8 +30,197 @@ pub mod proto {
     tonic::include_proto!("larder.serving.v1");
 }
 
-use proto::feature_serving_server::{FeatureServing, FeatureServingServer};
+/// The generated server: the messages of [`proto`], except that `GetOnlineFeatures` answers
+/// with an [`EncodedOnlineFeaturesResponse`].
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+pub mod server {
+    include!(concat!(env!("OUT_DIR"), "/server/larder.serving.v1.rs"));
+}
+
 use proto::value::Val;
+use server::feature_serving_server::{FeatureServing, FeatureServingServer};
+
+/// A `GetOnlineFeaturesResponse` already in protobuf wire format, written straight from the
+/// stored row bytes by [`encode_response`]: no message tree, no allocation per value, and no
+/// second pass to compute nested lengths. Clients decode it as the generated message.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EncodedOnlineFeaturesResponse {
+    encoded: Vec<u8>,
+}
+
+impl EncodedOnlineFeaturesResponse {
+    /// The wire bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.encoded
+    }
+}
+
+impl prost::Message for EncodedOnlineFeaturesResponse {
+    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
+        buf.put_slice(&self.encoded);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Only ever sent by the server; decode with `proto::GetOnlineFeaturesResponse`.
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.encoded.len()
+    }
+
+    fn clear(&mut self) {
+        self.encoded.clear();
+    }
+}
+
+/// Protobuf wire types.
+const VARINT: u64 = 0;
+const FIXED64: u64 = 1;
+const LENGTH_DELIMITED: u64 = 2;
+const FIXED32: u64 = 5;
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn varint_len(value: u64) -> usize {
+    prost::encoding::encoded_len_varint(value)
+}
+
+fn put_key(out: &mut Vec<u8>, field: u64, wire_type: u64) {
+    put_varint(out, (field << 3) | wire_type);
+}
+
+/// Writes `content` as length-delimited field `field`.
+fn put_bytes_field(out: &mut Vec<u8>, field: u64, content: &[u8]) {
+    put_key(out, field, LENGTH_DELIMITED);
+    put_varint(out, content.len() as u64);
+    out.extend_from_slice(content);
+}
+
+/// Writes one value as an element of `FeatureVector.values` (field 1): a `Value` message
+/// whose one field is the `val` case of the value's type.
+fn put_value(out: &mut Vec<u8>, value: ValueRef<'_>) {
+    put_key(out, 1, LENGTH_DELIMITED);
+    match value {
+        ValueRef::Null => put_varint(out, 0),
+        ValueRef::Bool(flag) => {
+            out.extend_from_slice(&[2, (1 << 3) | VARINT as u8, u8::from(flag)]);
+        }
+        ValueRef::Int32(number) => {
+            // int32 is sign-extended to 64 bits on the wire.
+            let wide = i64::from(number) as u64;
+            put_varint(out, 1 + varint_len(wide) as u64);
+            put_key(out, 2, VARINT);
+            put_varint(out, wide);
+        }
+        ValueRef::Int64(number) => {
+            put_varint(out, 1 + varint_len(number as u64) as u64);
+            put_key(out, 3, VARINT);
+            put_varint(out, number as u64);
+        }
+        ValueRef::Float32(number) => {
+            out.extend_from_slice(&[5, (4 << 3) | FIXED32 as u8]);
+            out.extend_from_slice(&number.to_le_bytes());
+        }
+        ValueRef::Float64(number) => {
+            out.extend_from_slice(&[9, (5 << 3) | FIXED64 as u8]);
+            out.extend_from_slice(&number.to_le_bytes());
+        }
+        ValueRef::String(text) => put_text_value(out, 6, text.as_bytes()),
+        ValueRef::Bytes(bytes) => put_text_value(out, 7, bytes),
+        ValueRef::Timestamp(timestamp) => {
+            let micros = timestamp.as_micros() as u64;
+            put_varint(out, 1 + varint_len(micros) as u64);
+            put_key(out, 8, VARINT);
+            put_varint(out, micros);
+        }
+        ValueRef::List { .. } | ValueRef::Vector { .. } => {
+            // Rare in ranking requests: through the generated message.
+            let message = proto_value_ref(value);
+            put_varint(out, prost::Message::encoded_len(&message) as u64);
+            prost::Message::encode_raw(&message, out);
+        }
+    }
+}
+
+/// The `Value` message body of a string or bytes case, with its length prefix.
+fn put_text_value(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+    let length = bytes.len() as u64;
+    put_varint(out, 1 + varint_len(length) as u64 + length);
+    put_bytes_field(out, field, bytes);
+}
+
+/// Writes a packed repeated varint field.
+fn put_packed(out: &mut Vec<u8>, scratch: &mut Vec<u8>, field: u64, values: impl Iterator<Item = u64>) {
+    scratch.clear();
+    for value in values {
+        put_varint(scratch, value);
+    }
+    if !scratch.is_empty() {
+        put_bytes_field(out, field, scratch);
+    }
+}
+
+/// Encodes a result as a `GetOnlineFeaturesResponse` in wire format, like
+/// [`response_to_proto`] would, without building it.
+pub fn encode_response(result: &OnlineFeaturesResult) -> EncodedOnlineFeaturesResponse {
+    let count = result.entity_count;
+    let columns = result.entity_columns.len() + result.feature_column_count();
+    let mut out = Vec::with_capacity(64 + columns * count * 16);
+    for name in &result.feature_names {
+        put_bytes_field(&mut out, 1, name.as_bytes());
+    }
+    let mut vector = Vec::with_capacity(count * 16);
+    let mut scratch = Vec::with_capacity(count * 10);
+    for values in &result.entity_columns {
+        let message = proto::FeatureVector {
+            values: values.iter().map(proto_value).collect(),
+            statuses: vec![proto::FieldStatus::Present as i32; count],
+            event_timestamps_micros: vec![0; count],
+        };
+        vector.clear();
+        prost::Message::encode_raw(&message, &mut vector);
+        put_bytes_field(&mut out, 2, &vector);
+    }
+    for column in 0..result.feature_column_count() {
+        vector.clear();
+        for row in 0..count {
+            put_value(&mut vector, result.cell(column, row).value);
+        }
+        put_packed(
+            &mut vector,
+            &mut scratch,
+            2,
+            (0..count).map(|row| proto_status(result.cell(column, row).status) as u64),
+        );
+        put_packed(
+            &mut vector,
+            &mut scratch,
+            3,
+            (0..count).map(|row| result.cell(column, row).event_timestamp.as_micros() as u64),
+        );
+        put_bytes_field(&mut out, 2, &vector);
+    }
+    EncodedOnlineFeaturesResponse { encoded: out }
+}
 
 /// The gRPC status for a serving error: the one place that maps error kinds to gRPC.
 pub fn status_of(error: ServingError) -> Status {
@@ -278,7 +467,7 @@ impl FeatureServing for GrpcFeatureServing {
     async fn get_online_features(
         &self,
         request: Request<proto::GetOnlineFeaturesRequest>,
-    ) -> Result<Response<proto::GetOnlineFeaturesResponse>, Status> {
+    ) -> Result<Response<EncodedOnlineFeaturesResponse>, Status> {
         let _permit = self.admit()?;
         let started = std::time::Instant::now();
         let outcome = async {
@@ -287,7 +476,7 @@ impl FeatureServing for GrpcFeatureServing {
             for (view, rows) in result.rows_read_per_view() {
                 metrics::counter!("larder_online_rows_read_total", "feature_view" => view.to_string()).increment(rows as u64);
             }
-            Ok::<_, ServingError>(response_to_proto(&result))
+            Ok::<_, ServingError>(encode_response(&result))
         }
         .await;
         record_call("GetOnlineFeatures", started, &outcome);

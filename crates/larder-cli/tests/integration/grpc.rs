@@ -94,6 +94,14 @@ fn grpc_returns_the_same_values_as_http() {
                     status.as_str_name(),
                     http_column["statuses"][row].as_str().unwrap()
                 );
+                let http_time = http_column["event_timestamps"][row].as_str().unwrap();
+                let http_micros = chrono::DateTime::parse_from_rfc3339(http_time)
+                    .unwrap()
+                    .timestamp_micros();
+                assert_eq!(
+                    vector.event_timestamps_micros[row], http_micros,
+                    "{name} row {row}"
+                );
             }
         }
         assert_eq!(
