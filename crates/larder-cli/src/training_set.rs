@@ -210,10 +210,23 @@ pub async fn run(root: &Path, args: &TrainingSetArgs) -> Result<()> {
     let schema: SchemaRef = stream.schema();
     let file = File::create(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
-    let properties = WriterProperties::builder()
+    // Dictionaries pay off for text only; for numeric features they cost ~8% of the run
+    // (parquet's interner, measured at 1M rows) and rarely shrink the file.
+    let mut properties = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .build();
-    let mut writer = ArrowWriter::try_new(file, schema, Some(properties))?;
+        .set_dictionary_enabled(false);
+    for field in schema.fields() {
+        if matches!(
+            field.data_type(),
+            arrow::datatypes::DataType::Utf8 | arrow::datatypes::DataType::LargeUtf8
+        ) {
+            properties = properties.set_column_dictionary_enabled(
+                parquet::schema::types::ColumnPath::from(field.name().as_str()),
+                true,
+            );
+        }
+    }
+    let mut writer = ArrowWriter::try_new(file, schema, Some(properties.build()))?;
     let bar = match total_rows {
         Some(total) => ProgressBar::new(total).with_style(ProgressStyle::with_template(
             "{bar:30} {human_pos:>12}/{human_len} entity rows  {elapsed}",
