@@ -4,8 +4,11 @@
 # Uses the peer harness in ../shared/peers/feast (its venv, its seeded data generator and its
 # wrk script), so both servers get byte-identical request bodies: 1, 100 and 1000 random
 # user_ids x the same 26 features, at 1 and 8 connections. Larder serves from its embedded
-# store (release build); Feast serves from SQLite with 2 gunicorn workers (its best
-# configuration on 2 cores, see RESULTS.md) unless FEAST_STORE=redis.
+# store (release build), or from Redis with LARDER_STORE=redis; Feast serves from SQLite with 2
+# gunicorn workers (its best configuration on 2 cores, see RESULTS.md) unless FEAST_STORE=redis.
+# Both on Redis share one private redis-server (the harness's redis_ctl.sh, its port), under
+# different key prefixes:
+#   LARDER_STORE=redis FEAST_STORE=redis BATCHES=100 bench/serving/run.sh
 #
 #   bench/serving/run.sh                         # DURATION=8 REPEATS=3
 #   DURATION=4 REPEATS=1 SKIP_FEAST=1 bench/serving/run.sh
@@ -35,7 +38,16 @@ fi
 # 2. Larder: a repo with the same entity, views and features, materialized.
 REPO="$WORK/larder-repo"
 rm -rf "$REPO"; mkdir -p "$REPO"
-python3 "$ROOT/bench/serving/make_larder_repo.py" --repo "$REPO" --data "$DATA_DIR"
+LARDER_STORE="${LARDER_STORE:-embedded}"
+if [ "$LARDER_STORE" = redis ] || [ "$FEAST_STORE" = redis ]; then "$HARNESS/redis_ctl.sh" start >&2; fi
+if [ "$LARDER_STORE" = redis ]; then
+  python3 "$ROOT/bench/serving/make_larder_repo.py" --repo "$REPO" --data "$DATA_DIR" \
+    --online-store "type: redis
+  urls: [\"redis://127.0.0.1:$REDIS_PORT\"]
+  key_prefix: \"larder:\""
+else
+  python3 "$ROOT/bench/serving/make_larder_repo.py" --repo "$REPO" --data "$DATA_DIR"
+fi
 "$LARDER" --repo "$REPO" apply >/dev/null
 "$LARDER" --repo "$REPO" materialize | tail -3 >&2
 
@@ -43,7 +55,10 @@ export N_ENTITIES
 export FEATURES_JSON="$(python3 -c 'import json; print(json.dumps([f"user_profile:p_float_{i}" for i in range(7)]+[f"user_profile:p_int_{i}" for i in range(5)]+["user_profile:p_segment"]+[f"user_activity:a_float_{i}" for i in range(8)]+[f"user_activity:a_int_{i}" for i in range(5)]))')"
 
 PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; }
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  if [ "$LARDER_STORE" = redis ] || [ "$FEAST_STORE" = redis ]; then "$HARNESS/redis_ctl.sh" stop >&2 || true; fi
+}
 trap cleanup EXIT
 wait_http() { for _ in $(seq 240); do curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' "$1/get-online-features" -d "{\"features\":$FEATURES_JSON,\"entities\":{\"user_id\":[1]}}" 2>/dev/null | grep -q 200 && return 0; sleep 0.5; done; echo "server at $1 did not come up" >&2; exit 1; }
 cpu_of() { local t=0 p f; for p in "$@" $(for q in "$@"; do ps -o pid= --ppid "$q"; done); do read -r -a f < "/proc/$p/stat" 2>/dev/null || continue; t=$((t + f[13] + f[14])); done; echo "$t"; }
@@ -54,9 +69,8 @@ LARDER_PID=$!; PIDS+=("$LARDER_PID")
 wait_http "http://127.0.0.1:$LARDER_PORT"
 
 if [ "${SKIP_FEAST:-0}" != 1 ]; then
-  FEAST_REPO="$WORK/feast-repo"
+  FEAST_REPO="$WORK/feast-repo"; [ "$FEAST_STORE" = redis ] && FEAST_REPO="$WORK/feast-repo-redis" && rm -f "$FEAST_REPO/.materialized"
   if [ ! -f "$FEAST_REPO/data/online.db" ] && [ ! -f "$FEAST_REPO/.materialized" ]; then
-    if [ "$FEAST_STORE" = redis ]; then "$HARNESS/redis_ctl.sh" start >&2; fi
     "$PY" "$HARNESS/make_repo.py" --store "$FEAST_STORE" --repo "$FEAST_REPO" --data "$DATA_DIR" --redis-port "$REDIS_PORT" >&2
     (cd "$FEAST_REPO" && "$FEAST" apply >/dev/null && "$FEAST" materialize 2024-12-01T00:00:00 2025-02-01T00:00:00 >/dev/null)
     touch "$FEAST_REPO/.materialized"
