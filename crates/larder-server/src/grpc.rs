@@ -18,7 +18,7 @@ use crate::push::{PushColumn, PushRequest, PushTarget, PushTo};
 use crate::serving::{FeatureSelection, FieldStatus, OnlineFeaturesRequest, OnlineFeaturesResult};
 use crate::training::{HistoricalFeaturesQuery, entities_from_arrow_ipc, ipc_stream};
 
-/// The code generated from the `.proto` contract (client and server).
+/// The code generated from the `.proto` contract.
 #[allow(
     missing_docs,
     clippy::all,
@@ -26,22 +26,20 @@ use crate::training::{HistoricalFeaturesQuery, entities_from_arrow_ipc, ipc_stre
     clippy::unwrap_used,
     clippy::expect_used
 )]
-pub mod proto {
-    tonic::include_proto!("larder.serving.v1");
+mod generated {
+    /// The messages and the client.
+    pub mod proto {
+        tonic::include_proto!("larder.serving.v1");
+    }
+
+    /// The server: the messages of [`proto`], except that `GetOnlineFeatures` answers with
+    /// an [`EncodedOnlineFeaturesResponse`](super::EncodedOnlineFeaturesResponse).
+    pub mod server {
+        include!(concat!(env!("OUT_DIR"), "/server/larder.serving.v1.rs"));
+    }
 }
 
-/// The generated server: the messages of [`proto`], except that `GetOnlineFeatures` answers
-/// with an [`EncodedOnlineFeaturesResponse`].
-#[allow(
-    missing_docs,
-    clippy::all,
-    clippy::pedantic,
-    clippy::unwrap_used,
-    clippy::expect_used
-)]
-pub mod server {
-    include!(concat!(env!("OUT_DIR"), "/server/larder.serving.v1.rs"));
-}
+pub use generated::{proto, server};
 
 use proto::value::Val;
 use server::feature_serving_server::{FeatureServing, FeatureServingServer};
@@ -169,7 +167,12 @@ fn put_text_value(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
 }
 
 /// Writes a packed repeated varint field.
-fn put_packed(out: &mut Vec<u8>, scratch: &mut Vec<u8>, field: u64, values: impl Iterator<Item = u64>) {
+fn put_packed(
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+    field: u64,
+    values: impl Iterator<Item = u64>,
+) {
     scratch.clear();
     for value in values {
         put_varint(scratch, value);

@@ -1,6 +1,5 @@
 //! The gRPC API answers like the HTTP API, with typed values.
 
-use larder_server::grpc::proto::feature_serving_client::FeatureServingClient;
 use larder_server::grpc::proto::get_online_features_request::Kind;
 use larder_server::grpc::proto::value::Val;
 use larder_server::grpc::proto::{
@@ -8,7 +7,7 @@ use larder_server::grpc::proto::{
 };
 use serde_json::json;
 
-use crate::util::{DemoRepo, Server, larder_ok};
+use crate::util::{DemoRepo, Server, larder_ok, with_grpc_client};
 
 fn int_values(values: &[i64]) -> RepeatedValue {
     RepeatedValue {
@@ -34,14 +33,7 @@ fn grpc_returns_the_same_values_as_http() {
     );
     assert_eq!(status, 200);
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut client = FeatureServingClient::connect(server.grpc_url.clone())
-            .await
-            .unwrap();
+    with_grpc_client(server.grpc_url.clone(), |mut client| async move {
         let request = GetOnlineFeaturesRequest {
             kind: Some(Kind::FeatureService("ranking_model".into())),
             entities: [("user_id".to_string(), int_values(&users))]

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use arrow::array::{Array, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use larder_server::grpc::proto::feature_serving_client::FeatureServingClient;
 use larder_server::grpc::proto::value::Val;
 use larder_server::grpc::proto::{
     FeatureList, GetHistoricalFeaturesRequest, PushRequest, PushTo, RepeatedValue, Value,
@@ -13,7 +12,7 @@ use larder_server::grpc::proto::{
 };
 use serde_json::json;
 
-use crate::util::{DemoRepo, Server, larder_ok};
+use crate::util::{DemoRepo, Server, larder_ok, with_grpc_client};
 
 const RELEVANCE: &str = "\
 sources:
@@ -133,15 +132,7 @@ fn grpc_pushes_typed_rows_online_and_offline_and_serves_training_sets() {
         vec![json!(0.1), json!(0.2)]
     );
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut client = FeatureServingClient::connect(server.grpc_url.clone())
-            .await
-            .unwrap();
-
+    with_grpc_client(server.grpc_url.clone(), |mut client| async move {
         // A typed push to the offline store only: history grows, the online value stays.
         // int32 user ids and an int64 score are converted to the declared types.
         let pushed = client

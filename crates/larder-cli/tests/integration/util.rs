@@ -149,3 +149,26 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `body` on a current-thread runtime with a gRPC client connected to `url`.
+pub fn with_grpc_client<Body, Done>(url: String, body: Body)
+where
+    Body: FnOnce(
+        larder_server::grpc::proto::feature_serving_client::FeatureServingClient<
+            tonic::transport::Channel,
+        >,
+    ) -> Done,
+    Done: std::future::Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let client =
+            larder_server::grpc::proto::feature_serving_client::FeatureServingClient::connect(url)
+                .await
+                .expect("the gRPC server accepts a connection");
+        body(client).await;
+    });
+}
