@@ -18,6 +18,12 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools
 fi
 
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "== installing moto (DynamoDB-compatible test server)"
+  python3 -m pip install -q 'moto[server]'
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -9,6 +9,7 @@ use larder_online::{
     CacheConfig, CachedOnlineStore, EmbeddedOnlineStore, MemoryDigestStore, MemoryOnlineStore,
     OnlineStoreError, RedbDigestStore, SharedDigestStore, SharedOnlineStore, TableOptions,
 };
+use larder_online_dynamodb::{DynamoDbOnlineStore, DynamoDbOnlineStoreOptions};
 use larder_online_redis::{RedisOnlineStore, RedisOnlineStoreOptions};
 use larder_registry::{
     FileRegistryStore, OfflineStoreConfig, OnlineStoreConfig, Registry, RegistryStore, RepoConfig,
@@ -59,7 +60,7 @@ impl RepoContext {
     /// Opens the configured online store (behind the write-through cache when
     /// `online_cache` is set) with the digest store of the batch lane's change detection:
     /// the embedded store keeps digests in its own file, the memory store in memory (both
-    /// forget digests exactly when they forget rows), and a remote store (Redis) in a local
+    /// forget digests exactly when they forget rows), and a remote store (Redis, DynamoDB) in a local
     /// redb file beside the registry.
     pub async fn open_online_and_digest_stores(
         &self,
@@ -88,12 +89,30 @@ impl RepoContext {
                         response_timeout: Duration::from_millis(redis.response_timeout_ms),
                     };
                     let store = RedisOnlineStore::connect(options).await?;
-                    let digest_path = self.state_folder().join("digests.redb");
-                    let digests: SharedDigestStore = Arc::new(RedbDigestStore::open(&digest_path)?);
-                    (Arc::new(store), digests)
+                    (Arc::new(store), self.local_digest_store()?)
+                }
+                OnlineStoreConfig::DynamoDb(dynamodb) => {
+                    let options = DynamoDbOnlineStoreOptions {
+                        region: dynamodb.region.clone(),
+                        endpoint: dynamodb.endpoint.clone(),
+                        table_prefix: dynamodb.table_prefix.clone(),
+                        credentials: dynamodb
+                            .access_key_id
+                            .clone()
+                            .zip(dynamodb.secret_access_key.clone()),
+                        max_concurrency: dynamodb.max_concurrency,
+                    };
+                    let store = DynamoDbOnlineStore::connect(options)?;
+                    (Arc::new(store), self.local_digest_store()?)
                 }
             };
         Ok((self.with_cache(store), digests))
+    }
+
+    /// The digests of a remote store's rows, in a local redb file beside the registry.
+    fn local_digest_store(&self) -> Result<SharedDigestStore, OnlineStoreError> {
+        let digest_path = self.state_folder().join("digests.redb");
+        Ok(Arc::new(RedbDigestStore::open(&digest_path)?))
     }
 
     /// The folder of the registry file, where local state (run history, digests) lives.

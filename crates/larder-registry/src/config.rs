@@ -80,6 +80,114 @@ pub enum OnlineStoreConfig {
     Memory,
     /// Redis or Valkey, standalone or Cluster.
     Redis(RedisOnlineStoreConfig),
+    /// DynamoDB, or a DynamoDB-compatible server.
+    #[serde(rename = "dynamodb")]
+    DynamoDb(DynamoDbOnlineStoreConfig),
+}
+
+/// The `dynamodb` online store: `{type: dynamodb, region: eu-west-1}`, one table per feature
+/// view version, created by `larder apply`.
+///
+/// Credentials come from `access_key_id` / `secret_access_key`, or else from the standard
+/// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (/ `AWS_SESSION_TOKEN`) variables; they are
+/// never logged (the `Debug` form redacts them).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamoDbOnlineStoreConfig {
+    /// The AWS region. Default `us-east-1`.
+    #[serde(default = "default_dynamodb_region")]
+    pub region: String,
+    /// An endpoint URL: a DynamoDB-compatible server or a VPC endpoint. Default: AWS's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Prefix of every table name, so that several projects can share an account.
+    /// Default `larder.`.
+    #[serde(default = "default_dynamodb_table_prefix")]
+    pub table_prefix: String,
+    /// Access key id; with `secret_access_key`, instead of the environment's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// Secret access key. Never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    /// Most requests in flight per operation. Default 32.
+    #[serde(default = "default_dynamodb_max_concurrency")]
+    pub max_concurrency: usize,
+}
+
+impl std::fmt::Debug for DynamoDbOnlineStoreConfig {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("DynamoDbOnlineStoreConfig")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("table_prefix", &self.table_prefix)
+            .field(
+                "access_key_id",
+                &self.access_key_id.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("max_concurrency", &self.max_concurrency)
+            .finish()
+    }
+}
+
+fn default_dynamodb_region() -> String {
+    "us-east-1".to_string()
+}
+
+fn default_dynamodb_table_prefix() -> String {
+    "larder.".to_string()
+}
+
+fn default_dynamodb_max_concurrency() -> usize {
+    32
+}
+
+/// The problems of a `dynamodb` online store section.
+fn dynamodb_config_problems(dynamodb: &DynamoDbOnlineStoreConfig) -> Vec<ConfigProblem> {
+    let mut problems = Vec::new();
+    if dynamodb.region.trim().is_empty() {
+        problems.push(ConfigProblem {
+            keys: vec!["online_store", "region"],
+            message: "the region is empty".to_string(),
+        });
+    }
+    if let Some(endpoint) = &dynamodb.endpoint
+        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+    {
+        problems.push(ConfigProblem {
+            keys: vec!["online_store", "endpoint"],
+            message: format!("'{endpoint}' is not an http(s) URL"),
+        });
+    }
+    let prefix_ok = dynamodb
+        .table_prefix
+        .chars()
+        .all(|character| character.is_ascii_alphanumeric() || "_.-".contains(character));
+    if !prefix_ok {
+        problems.push(ConfigProblem {
+            keys: vec!["online_store", "table_prefix"],
+            message: "DynamoDB table names allow only letters, digits, '_', '.' and '-'"
+                .to_string(),
+        });
+    }
+    if dynamodb.access_key_id.is_some() != dynamodb.secret_access_key.is_some() {
+        problems.push(ConfigProblem {
+            keys: vec!["online_store", "access_key_id"],
+            message: "give both access_key_id and secret_access_key, or neither".to_string(),
+        });
+    }
+    if dynamodb.max_concurrency == 0 {
+        problems.push(ConfigProblem {
+            keys: vec!["online_store", "max_concurrency"],
+            message: "must be at least 1".to_string(),
+        });
+    }
+    problems
 }
 
 /// The `redis` online store: `{type: redis, urls: [redis://127.0.0.1:6379]}`.
@@ -192,6 +300,7 @@ impl OnlineStoreConfig {
             Self::Embedded { .. } => "embedded",
             Self::Memory => "memory",
             Self::Redis(_) => "redis",
+            Self::DynamoDb(_) => "dynamodb",
         }
     }
 }
@@ -458,6 +567,9 @@ impl RepoConfig {
         if let OnlineStoreConfig::Redis(redis) = &self.online_store {
             problems.extend(redis_config_problems(redis));
         }
+        if let OnlineStoreConfig::DynamoDb(dynamodb) = &self.online_store {
+            problems.extend(dynamodb_config_problems(dynamodb));
+        }
         let OfflineStoreConfig::Parquet { path } = &self.offline_store;
         if path.as_os_str().is_empty() {
             problems.push(ConfigProblem {
@@ -539,7 +651,9 @@ impl RepoConfig {
                     "is empty (expected a path)".to_string(),
                 ),
                 OnlineStoreConfig::Embedded { path } => *path = PathBuf::from(value),
-                OnlineStoreConfig::Memory | OnlineStoreConfig::Redis(_) => report(
+                OnlineStoreConfig::Memory
+                | OnlineStoreConfig::Redis(_)
+                | OnlineStoreConfig::DynamoDb(_) => report(
                     Self::ENV_ONLINE_STORE_PATH,
                     "online_store.path",
                     "is set but the online store is not embedded, so it has no path".to_string(),
@@ -778,6 +892,42 @@ serving: {host: 0.0.0.0, port: 8080, max_entities_per_request: 5, max_body_bytes
         assert!(
             diagnostics.to_string().contains("unknown field `pool`"),
             "{diagnostics}"
+        );
+    }
+
+    #[test]
+    fn dynamodb_store_parses_validates_and_redacts_credentials() {
+        let config = RepoConfig::parse(
+            "project: demo\nonline_store: {type: dynamodb, endpoint: 'http://127.0.0.1:5000', access_key_id: AKIAX, secret_access_key: s3cret}\n",
+        )
+        .expect("valid config");
+        let OnlineStoreConfig::DynamoDb(dynamodb) = &config.online_store else {
+            panic!("expected a dynamodb store, got {:?}", config.online_store);
+        };
+        assert_eq!(dynamodb.region, "us-east-1");
+        assert_eq!(dynamodb.table_prefix, "larder.");
+        assert_eq!(dynamodb.max_concurrency, 32);
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("AKIAX"),
+            "{debug}"
+        );
+        let text = serde_saphyr::to_string(&config).expect("serializable");
+        assert_eq!(RepoConfig::parse(&text).expect("reads back"), config);
+
+        let diagnostics = RepoConfig::parse(
+            "project: demo\nonline_store:\n  type: dynamodb\n  endpoint: localhost:8000\n  table_prefix: 'my prefix'\n  access_key_id: AKIAX\n",
+        )
+        .expect_err("invalid");
+        let text = diagnostics.to_string();
+        assert!(
+            text.contains("'localhost:8000' is not an http(s) URL"),
+            "{text}"
+        );
+        assert!(text.contains("online_store.table_prefix"), "{text}");
+        assert!(
+            text.contains("give both access_key_id and secret_access_key"),
+            "{text}"
         );
     }
 

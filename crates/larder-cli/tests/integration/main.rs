@@ -5,6 +5,7 @@ mod apply;
 mod bad_requests;
 mod change_detection;
 mod direct_writes;
+mod dynamodb_store;
 mod end_to_end;
 mod grpc;
 mod push_grpc;
