@@ -6,6 +6,7 @@
 # user_ids x the same 26 features, at 1 and 8 connections. Larder serves from its embedded
 # store (release build), or from Redis with LARDER_STORE=redis; Feast serves from SQLite with 2
 # gunicorn workers (its best configuration on 2 cores, see RESULTS.md) unless FEAST_STORE=redis.
+# LARDER_STORE=dynamodb serves from a moto server (DynamoDB-compatible, Python) it starts.
 # Both on Redis share one private redis-server (the harness's redis_ctl.sh, its port), under
 # different key prefixes:
 #   LARDER_STORE=redis FEAST_STORE=redis BATCHES=100 bench/serving/run.sh
@@ -40,7 +41,18 @@ REPO="$WORK/larder-repo"
 rm -rf "$REPO"; mkdir -p "$REPO"
 LARDER_STORE="${LARDER_STORE:-embedded}"
 if [ "$LARDER_STORE" = redis ] || [ "$FEAST_STORE" = redis ]; then "$HARNESS/redis_ctl.sh" start >&2; fi
-if [ "$LARDER_STORE" = redis ]; then
+if [ "$LARDER_STORE" = dynamodb ]; then
+  # A DynamoDB-compatible server (moto, Python) on a free loopback port.
+  MOTO_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  moto_server -H 127.0.0.1 -p "$MOTO_PORT" > "$WORK/moto.log" 2>&1 &
+  MOTO_PID=$!
+  until curl -s -o /dev/null "http://127.0.0.1:$MOTO_PORT/moto-api/"; do sleep 0.2; done
+  python3 "$ROOT/bench/serving/make_larder_repo.py" --repo "$REPO" --data "$DATA_DIR" \
+    --online-store "type: dynamodb
+  endpoint: http://127.0.0.1:$MOTO_PORT
+  access_key_id: test
+  secret_access_key: test"
+elif [ "$LARDER_STORE" = redis ]; then
   python3 "$ROOT/bench/serving/make_larder_repo.py" --repo "$REPO" --data "$DATA_DIR" \
     --online-store "type: redis
   urls: [\"redis://127.0.0.1:$REDIS_PORT\"]
@@ -58,6 +70,7 @@ PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   if [ "$LARDER_STORE" = redis ] || [ "$FEAST_STORE" = redis ]; then "$HARNESS/redis_ctl.sh" stop >&2 || true; fi
+  if [ -n "${MOTO_PID:-}" ]; then kill "$MOTO_PID" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 wait_http() { for _ in $(seq 240); do curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' "$1/get-online-features" -d "{\"features\":$FEATURES_JSON,\"entities\":{\"user_id\":[1]}}" 2>/dev/null | grep -q 200 && return 0; sleep 0.5; done; echo "server at $1 did not come up" >&2; exit 1; }
