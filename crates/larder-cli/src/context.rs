@@ -185,6 +185,12 @@ impl RepoContext {
             .join("server.addr")
     }
 
+    /// The stream consumers' state (aggregation tiles and stream positions), beside the
+    /// registry.
+    pub fn stream_state_path(&self) -> PathBuf {
+        self.state_folder().join("stream-state.redb")
+    }
+
     /// The configured offline store.
     pub fn offline_store(&self) -> larder_offline::ParquetOfflineStore {
         match &self.config.offline_store {

@@ -6,6 +6,7 @@ mod demo;
 mod get;
 mod materialize;
 mod serve;
+mod stream;
 mod training_set;
 
 use std::path::PathBuf;
@@ -84,6 +85,16 @@ enum Command {
     },
     /// Serve online features over HTTP.
     Serve(ServeArgs),
+    /// Streaming lane: replay a recorded event history (JSON lines, in stream order) through
+    /// a stream view's aggregations into the offline store, as serving computed them.
+    StreamBackfill {
+        /// The stream feature view.
+        #[arg(long)]
+        view: String,
+        /// The event history: one message per line.
+        #[arg(long)]
+        events: PathBuf,
+    },
     /// Read online features for some entities.
     Get(get::GetArgs),
     /// Build a point-in-time correct training set from the offline store.
@@ -208,6 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Runs { view, limit } => materialize::show_runs(&cli.repo, view.as_deref(), limit),
         Command::Serve(args) => serve::run(&cli.repo, args.listen_options()).await,
         Command::Get(args) => get::run(&cli.repo, &args).await,
+        Command::StreamBackfill { view, events } => stream::backfill(&cli.repo, &view, &events),
         Command::TrainingSet(args) => training_set::run(&cli.repo, &args).await,
         Command::Quickstart {
             path,

@@ -49,6 +49,13 @@ pub async fn run_with_store(
         max_concurrent_requests: serving.max_concurrent_requests,
     };
     let write_path = Arc::new(larder_ingest::WritePath::new(Arc::clone(&store)));
+    let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
+    let stream_consumers = crate::stream::spawn_consumers(
+        context,
+        &handle.snapshot(),
+        Arc::clone(&write_path),
+        &stop_receiver,
+    )?;
     let offline_store = context.offline_store();
     let push = PushService::new(
         Arc::clone(&handle),
@@ -83,7 +90,6 @@ pub async fn run_with_store(
         tracing::warn!(%error, path = %address_file.display(), "cannot record the server address");
     }
     println!("Larder is serving project '{project}' on http://{address}");
-    let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
     let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
         let _ = receiver.wait_for(|stop| *stop).await;
     };
@@ -112,6 +118,9 @@ pub async fn run_with_store(
     larder_server::http::serve(listener, services, stopped(stop_receiver)).await?;
     if let Some(task) = grpc_task {
         task.await.context("gRPC server task")??;
+    }
+    for consumer in stream_consumers {
+        let _ = consumer.await;
     }
     refresher.abort();
     let _ = std::fs::remove_file(&address_file);

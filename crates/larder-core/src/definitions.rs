@@ -70,6 +70,9 @@ pub enum DataSourceKind {
         consumer_group: Option<String>,
         /// `earliest` or `latest`.
         start_offset: Option<String>,
+        /// How messages are decoded.
+        #[serde(default)]
+        payload: crate::stream::StreamPayload,
     },
     /// A subject of a NATS JetStream stream (the streaming lane).
     Nats {
@@ -81,6 +84,9 @@ pub enum DataSourceKind {
         subject: String,
         /// Durable consumer name.
         durable: Option<String>,
+        /// How messages are decoded.
+        #[serde(default)]
+        payload: crate::stream::StreamPayload,
     },
     /// Rows written directly by producers through the push API.
     Push,
@@ -90,6 +96,19 @@ impl DataSourceKind {
     /// Whether rows of this source are read in batch (by `materialize`).
     pub fn is_batch(&self) -> bool {
         matches!(self, Self::File { .. })
+    }
+
+    /// Whether rows of this source arrive on a stream (Kafka or NATS).
+    pub fn is_stream(&self) -> bool {
+        matches!(self, Self::Kafka { .. } | Self::Nats { .. })
+    }
+
+    /// How the messages of a stream source are decoded; `None` for other sources.
+    pub fn stream_payload(&self) -> Option<&crate::stream::StreamPayload> {
+        match self {
+            Self::Kafka { payload, .. } | Self::Nats { payload, .. } => Some(payload),
+            _ => None,
+        }
     }
 
     /// A short name of the kind, for messages.

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod definitions;
 pub mod entity_key;
 pub mod error;
+pub mod stream;
 pub mod time;
 pub mod value;
 
@@ -19,6 +20,10 @@ pub use definitions::{
 };
 pub use entity_key::EntityKey;
 pub use error::CoreError;
+pub use stream::{
+    Aggregation, AggregationFunction, MessageFormat, StreamAggregations, StreamField,
+    StreamPayload, TimestampUnit,
+};
 pub use time::{Timestamp, TtlDuration};
 pub use value::{Value, ValueType};
 

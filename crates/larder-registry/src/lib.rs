@@ -19,7 +19,9 @@ mod yaml_tree;
 
 use std::collections::BTreeMap;
 
-use larder_core::{DataSource, Entity, FeatureRef, FeatureService, FeatureView, Timestamp};
+use larder_core::{
+    DataSource, Entity, FeatureRef, FeatureService, FeatureView, StreamAggregations, Timestamp,
+};
 use serde::{Deserialize, Serialize};
 
 pub use config::{
@@ -47,6 +49,9 @@ pub struct Registry {
     pub feature_views: BTreeMap<String, FeatureView>,
     /// Feature services by name.
     pub feature_services: BTreeMap<String, FeatureService>,
+    /// The windowed aggregations of the stream feature views, by feature view name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stream_views: BTreeMap<String, StreamAggregations>,
 }
 
 /// Why a list of feature references cannot be resolved.

@@ -215,6 +215,7 @@ pub fn plan_apply(
         feature_view_details,
         &mut changes,
     );
+    add_stream_aggregation_changes(recorded, desired, &mut changes);
     for change in &mut changes {
         if let ObjectChange::Changed {
             kind: ObjectKind::FeatureView,
@@ -253,7 +254,13 @@ pub fn plan_apply(
                 old.version.saturating_add(1)
             )
         } else if new.version == old.version {
-            let data_changes = data_defining_changes(old, new);
+            let mut data_changes = data_defining_changes(old, new);
+            if let Some(change) = aggregation_change(
+                recorded.stream_views.get(name),
+                desired.stream_views.get(name),
+            ) {
+                data_changes.push(change);
+            }
             if data_changes.is_empty() {
                 continue;
             }
@@ -273,6 +280,113 @@ pub fn plan_apply(
         });
     }
     diagnostics.into_result(ApplyPlan { changes })
+}
+
+/// Describes how a stream view's aggregations changed (allowed lateness aside, which may
+/// change freely), as a verb phrase; `None` when they did not.
+fn aggregation_change(
+    old: Option<&larder_core::StreamAggregations>,
+    new: Option<&larder_core::StreamAggregations>,
+) -> Option<String> {
+    let old_aggregations = old.map(|old| &old.aggregations);
+    let new_aggregations = new.map(|new| &new.aggregations);
+    if old_aggregations == new_aggregations {
+        return None;
+    }
+    Some(format!(
+        "changed its aggregations ({} -> {})",
+        describe_aggregations(old),
+        describe_aggregations(new)
+    ))
+}
+
+fn describe_aggregations(aggregations: Option<&larder_core::StreamAggregations>) -> String {
+    let Some(aggregations) = aggregations else {
+        return "none".to_string();
+    };
+    aggregations
+        .aggregations
+        .iter()
+        .map(|aggregation| {
+            let function = match aggregation.function {
+                larder_core::AggregationFunction::LastN { n } => format!("last_n({n})"),
+                other => other.name().to_string(),
+            };
+            let column = aggregation.column.as_deref().unwrap_or("*");
+            format!(
+                "{} = {function}({column}) over {}",
+                aggregation.feature,
+                format_duration(aggregation.window)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Lists changes of stream views' aggregations and allowed lateness that leave the
+/// [`FeatureView`] itself unchanged (a window from 1h to 2h keeps the feature's name and
+/// dtype), and adds them to the details of views that changed otherwise.
+fn add_stream_aggregation_changes(
+    recorded: &Registry,
+    desired: &Registry,
+    changes: &mut Vec<ObjectChange>,
+) {
+    for (name, new_view) in &desired.feature_views {
+        if !recorded.feature_views.contains_key(name) {
+            continue;
+        }
+        let old = recorded.stream_views.get(name);
+        let new = desired.stream_views.get(name);
+        let mut details = Vec::new();
+        if let Some(change) = aggregation_change(old, new) {
+            details.push(change.replacen("changed its aggregations", "aggregations:", 1));
+        }
+        let lateness = |aggregations: Option<&larder_core::StreamAggregations>| {
+            aggregations.map(|aggregations| aggregations.allowed_lateness)
+        };
+        if lateness(old) != lateness(new) {
+            details.push(format!(
+                "allowed_lateness: {} -> {}",
+                optional_or_none(lateness(old).as_ref()),
+                optional_or_none(lateness(new).as_ref())
+            ));
+        }
+        if details.is_empty() {
+            continue;
+        }
+        let existing = changes.iter_mut().find(|change| {
+            change.kind() == ObjectKind::FeatureView && change.name() == name.as_str()
+        });
+        match existing {
+            Some(ObjectChange::Changed {
+                details: existing_details,
+                ..
+            }) => {
+                existing_details.retain(|detail| detail != "definition changed");
+                existing_details.extend(details);
+            }
+            Some(_) => {}
+            None => {
+                let position = changes
+                    .iter()
+                    .position(|change| {
+                        change.kind() > ObjectKind::FeatureView
+                            || (change.kind() == ObjectKind::FeatureView
+                                && change.name() > name.as_str())
+                    })
+                    .unwrap_or(changes.len());
+                changes.insert(
+                    position,
+                    ObjectChange::Changed {
+                        kind: ObjectKind::FeatureView,
+                        name: name.clone(),
+                        summary: Some(format!("v{}", new_view.version)),
+                        details,
+                    },
+                );
+            }
+        }
+    }
 }
 
 fn diff_objects<T: PartialEq>(
@@ -423,6 +537,7 @@ fn describe_source_kind(kind: &DataSourceKind) -> String {
             topic,
             consumer_group,
             start_offset,
+            ..
         } => {
             let mut text = format!("kafka topic {topic} on {}", brokers.join(","));
             if let Some(group) = consumer_group {
@@ -438,6 +553,7 @@ fn describe_source_kind(kind: &DataSourceKind) -> String {
             stream,
             subject,
             durable,
+            ..
         } => {
             let mut text = format!("nats subject {subject} of stream {stream} at {url}");
             if let Some(durable) = durable {

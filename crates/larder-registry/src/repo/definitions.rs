@@ -94,6 +94,15 @@ pub(super) struct SourceDefinition {
     /// nats: durable consumer.
     #[serde(default)]
     pub(super) durable: Option<Spanned<String>>,
+    /// kafka, nats: how messages are encoded (json).
+    #[serde(default)]
+    pub(super) message_format: Option<Spanned<String>>,
+    /// kafka, nats: the unit of numeric event times (s, ms, us).
+    #[serde(default)]
+    pub(super) timestamp_unit: Option<Spanned<String>>,
+    /// kafka, nats: typed columns read from each message.
+    #[serde(default)]
+    pub(super) fields: Option<Spanned<Vec<StreamFieldDefinition>>>,
     /// The event-time column.
     #[serde(default)]
     pub(super) timestamp_field: Option<Spanned<String>>,
@@ -106,6 +115,38 @@ pub(super) struct SourceDefinition {
     /// Labels.
     #[serde(default)]
     pub(super) tags: BTreeMap<String, String>,
+}
+
+/// `sources[].fields[]`: one typed column of a stream message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StreamFieldDefinition {
+    /// Column name.
+    pub(super) name: Spanned<String>,
+    /// Declared type.
+    pub(super) dtype: Spanned<String>,
+    /// Dotted path in the message (`user.id`); default: the name.
+    #[serde(default)]
+    pub(super) path: Option<Spanned<String>>,
+}
+
+/// `feature_views[].aggregations[]`: one windowed aggregation of a stream feature view.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AggregationDefinition {
+    /// Feature name; default `{column}_{function}_{window}` (`count_{window}`).
+    #[serde(default)]
+    pub(super) name: Option<Spanned<String>>,
+    /// count, sum, mean, min, max, last, last_n.
+    pub(super) function: Spanned<String>,
+    /// The input column (a field of the source); not for count.
+    #[serde(default)]
+    pub(super) column: Option<Spanned<String>>,
+    /// Window length in event time (`1h`).
+    pub(super) window: Spanned<String>,
+    /// last_n: how many values.
+    #[serde(default)]
+    pub(super) n: Option<Spanned<i64>>,
 }
 
 fn default_true() -> bool {
@@ -154,8 +195,15 @@ pub(super) struct FeatureViewDefinition {
     /// Freshness promise.
     #[serde(default)]
     pub(super) freshness_sla: Option<Spanned<String>>,
-    /// Features.
-    pub(super) features: Spanned<Vec<FeatureDefinition>>,
+    /// Features; omitted for a stream feature view with aggregations.
+    #[serde(default)]
+    pub(super) features: Option<Spanned<Vec<FeatureDefinition>>>,
+    /// Windowed aggregations over a stream source (a stream feature view).
+    #[serde(default)]
+    pub(super) aggregations: Option<Spanned<Vec<AggregationDefinition>>>,
+    /// Stream feature views: how late an event may be (`5m`); default 0s.
+    #[serde(default)]
+    pub(super) allowed_lateness: Option<Spanned<String>>,
     /// Data-quality checks over the transformation output.
     #[serde(default)]
     pub(super) checks: Vec<CheckDefinition>,

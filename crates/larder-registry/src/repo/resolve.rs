@@ -5,9 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
 use larder_core::{
-    CheckRule, CheckSeverity, DataQualityCheck, DataSource, DataSourceKind, Entity, Feature,
-    FeatureRef, FeatureService, FeatureServiceItem, FeatureView, FileFormat, JoinKey, TtlDuration,
-    ValueType,
+    Aggregation, AggregationFunction, CheckRule, CheckSeverity, DataQualityCheck, DataSource,
+    DataSourceKind, Entity, Feature, FeatureRef, FeatureService, FeatureServiceItem, FeatureView,
+    FileFormat, JoinKey, MessageFormat, StreamAggregations, StreamField, StreamPayload,
+    TimestampUnit, TtlDuration, ValueType,
 };
 use serde_saphyr::Spanned;
 
@@ -16,8 +17,8 @@ use crate::config::RepoConfig;
 use crate::diagnostics::{Diagnostic, Diagnostics, Location};
 use crate::plan::ObjectKind;
 use crate::repo::definitions::{
-    CheckDefinition, CheckLiteral, FeatureServiceDefinition, FeatureViewDefinition,
-    SourceDefinition,
+    AggregationDefinition, CheckDefinition, CheckLiteral, FeatureServiceDefinition,
+    FeatureViewDefinition, SourceDefinition,
 };
 use crate::repo::discovery::ParsedFile;
 use crate::repo::{FeatureLocations, FeatureViewLocations};
@@ -292,7 +293,25 @@ impl<'a> Resolver<'a> {
         let name = &definition.name.value;
         let source_type = definition.source_type.value.trim().to_ascii_lowercase();
         let type_location = Location::from_yaml(&file.path, &definition.source_type.referenced);
-        let type_specific_fields: [(&str, Option<&serde_saphyr::Location>); 10] = [
+        let type_specific_fields: [(&str, Option<&serde_saphyr::Location>); 13] = [
+            (
+                "message_format",
+                definition
+                    .message_format
+                    .as_ref()
+                    .map(|field| &field.referenced),
+            ),
+            (
+                "timestamp_unit",
+                definition
+                    .timestamp_unit
+                    .as_ref()
+                    .map(|field| &field.referenced),
+            ),
+            (
+                "fields",
+                definition.fields.as_ref().map(|field| &field.referenced),
+            ),
             (
                 "path",
                 definition.path.as_ref().map(|field| &field.referenced),
@@ -342,8 +361,24 @@ impl<'a> Resolver<'a> {
         ];
         let allowed_fields: &[&str] = match source_type.as_str() {
             "file" => &["path", "format"],
-            "kafka" => &["brokers", "topic", "consumer_group", "start_offset"],
-            "nats" => &["url", "stream", "subject", "durable"],
+            "kafka" => &[
+                "brokers",
+                "topic",
+                "consumer_group",
+                "start_offset",
+                "message_format",
+                "timestamp_unit",
+                "fields",
+            ],
+            "nats" => &[
+                "url",
+                "stream",
+                "subject",
+                "durable",
+                "message_format",
+                "timestamp_unit",
+                "fields",
+            ],
             "push" => &[],
             _ => {
                 self.report(
@@ -404,6 +439,15 @@ impl<'a> Resolver<'a> {
             Some("event_timestamp".to_string())
         } else {
             required_text(self, "timestamp_field", definition.timestamp_field.as_ref())
+        };
+        let payload = if matches!(source_type.as_str(), "kafka" | "nats") {
+            let payload = self.resolve_stream_payload(file, definition, key_prefix);
+            if payload.is_none() {
+                valid = false;
+            }
+            payload.unwrap_or_default()
+        } else {
+            StreamPayload::default()
         };
         let kind = match source_type.as_str() {
             "file" => {
@@ -494,6 +538,7 @@ impl<'a> Resolver<'a> {
                         topic,
                         consumer_group: optional_text(definition.consumer_group.as_ref()),
                         start_offset,
+                        payload,
                     }),
                     _ => None,
                 }
@@ -508,6 +553,7 @@ impl<'a> Resolver<'a> {
                         stream,
                         subject,
                         durable: optional_text(definition.durable.as_ref()),
+                        payload,
                     }),
                     _ => None,
                 }
@@ -527,6 +573,365 @@ impl<'a> Resolver<'a> {
         })
     }
 
+    /// Resolves a stream source's `message_format`, `timestamp_unit` and `fields`; `None`
+    /// when any of them is wrong (each problem reported at its position).
+    fn resolve_stream_payload(
+        &mut self,
+        file: &ParsedFile,
+        definition: &SourceDefinition,
+        key_prefix: &str,
+    ) -> Option<StreamPayload> {
+        let mut payload = StreamPayload::default();
+        let mut valid = true;
+        if let Some(format) = &definition.message_format {
+            match format.value.trim().to_ascii_lowercase().as_str() {
+                "json" => payload.format = MessageFormat::Json,
+                other => {
+                    self.report(
+                        Location::from_yaml(&file.path, &format.referenced),
+                        format!("{key_prefix}.message_format"),
+                        format!("unknown message format '{other}' (expected json)"),
+                    );
+                    valid = false;
+                }
+            }
+        }
+        if let Some(unit) = &definition.timestamp_unit {
+            match unit.value.trim() {
+                "s" => payload.timestamp_unit = TimestampUnit::Seconds,
+                "ms" => payload.timestamp_unit = TimestampUnit::Milliseconds,
+                "us" => payload.timestamp_unit = TimestampUnit::Microseconds,
+                other => {
+                    self.report(
+                        Location::from_yaml(&file.path, &unit.referenced),
+                        format!("{key_prefix}.timestamp_unit"),
+                        format!("unknown timestamp unit '{other}' (expected s, ms or us)"),
+                    );
+                    valid = false;
+                }
+            }
+        }
+        for field in definition
+            .fields
+            .iter()
+            .flat_map(|fields| fields.value.iter())
+        {
+            let field_name = field.name.value.trim().to_string();
+            let field_key = format!("{key_prefix}.fields.{field_name}");
+            let name_location = Location::from_yaml(&file.path, &field.name.referenced);
+            if !is_valid_name(&field_name) {
+                self.report(
+                    name_location,
+                    format!("{field_key}.name"),
+                    format!(
+                        "invalid field name '{field_name}' (names match [A-Za-z_][A-Za-z0-9_]*)"
+                    ),
+                );
+                valid = false;
+                continue;
+            }
+            if payload.field(&field_name).is_some() {
+                self.report(
+                    name_location,
+                    format!("{field_key}.name"),
+                    format!("duplicate field '{field_name}'"),
+                );
+                valid = false;
+                continue;
+            }
+            let path_text = field
+                .path
+                .as_ref()
+                .map_or(field_name.as_str(), |path| path.value.trim());
+            let path: Vec<String> = path_text.split('.').map(str::to_string).collect();
+            if path.iter().any(String::is_empty) {
+                let location = field.path.as_ref().map_or(name_location, |path| {
+                    Location::from_yaml(&file.path, &path.referenced)
+                });
+                self.report(
+                    location,
+                    format!("{field_key}.path"),
+                    format!(
+                        "path '{path_text}' has an empty segment (expected keys joined by '.', e.g. user.id)"
+                    ),
+                );
+                valid = false;
+                continue;
+            }
+            let Some(dtype) =
+                self.parse_dtype(&file.path, &field.dtype, format!("{field_key}.dtype"))
+            else {
+                valid = false;
+                continue;
+            };
+            payload.fields.push(StreamField {
+                name: field_name,
+                path,
+                dtype,
+            });
+        }
+        valid.then_some(payload)
+    }
+
+    /// Resolves `aggregations:` of a stream feature view into its features and
+    /// [`StreamAggregations`]; `None` when anything is wrong (each problem reported).
+    fn resolve_aggregations(
+        &mut self,
+        file: &ParsedFile,
+        definition: &FeatureViewDefinition,
+        aggregations: &Spanned<Vec<AggregationDefinition>>,
+        key_prefix: &str,
+    ) -> Option<(
+        Vec<Feature>,
+        StreamAggregations,
+        BTreeMap<String, FeatureLocations>,
+    )> {
+        let located = |position: &serde_saphyr::Location| Location::from_yaml(&file.path, position);
+        let view_name = &definition.name.value;
+        let error_count_before = self.diagnostics.len();
+        if let Some(features) = &definition.features {
+            self.report(
+                located(&features.referenced),
+                format!("{key_prefix}.features"),
+                format!(
+                    "feature view '{view_name}' has aggregations, which define its features: remove 'features'"
+                ),
+            );
+        }
+        if aggregations.value.is_empty() {
+            self.report(
+                located(&aggregations.referenced),
+                format!("{key_prefix}.aggregations"),
+                format!("feature view '{view_name}' lists no aggregations"),
+            );
+        }
+        if definition.transformation.is_some() {
+            self.report(
+                located(&definition.source.referenced),
+                format!("{key_prefix}.transformation"),
+                "a stream feature view with aggregations cannot have a SQL transformation",
+            );
+        }
+        let source_name = &definition.source.value;
+        let payload = match self.registry.sources.get(source_name) {
+            Some(source) => match source.kind.stream_payload() {
+                Some(payload) => Some(payload.clone()),
+                None => {
+                    self.report(
+                        located(&definition.source.referenced),
+                        format!("{key_prefix}.source"),
+                        format!(
+                            "feature view '{view_name}' has aggregations but its source '{source_name}' is of type {}: aggregations need a kafka or nats source",
+                            source.kind.kind_name()
+                        ),
+                    );
+                    None
+                }
+            },
+            // An unknown or broken source is reported elsewhere.
+            None => None,
+        };
+        let allowed_lateness = match &definition.allowed_lateness {
+            None => TtlDuration::from_seconds(0),
+            Some(text) => match text.value.parse::<TtlDuration>() {
+                Ok(duration) => duration,
+                Err(error) => {
+                    self.report(
+                        located(&text.referenced),
+                        format!("{key_prefix}.allowed_lateness"),
+                        error.to_string(),
+                    );
+                    TtlDuration::from_seconds(0)
+                }
+            },
+        };
+        let mut features = Vec::new();
+        let mut resolved = Vec::new();
+        let mut locations: BTreeMap<String, FeatureLocations> = BTreeMap::new();
+        for (index, aggregation) in aggregations.value.iter().enumerate() {
+            let key = format!("{key_prefix}.aggregations[{index}]");
+            let function_location = located(&aggregation.function.referenced);
+            let function_text = aggregation.function.value.trim().to_ascii_lowercase();
+            let function = match function_text.as_str() {
+                "count" => AggregationFunction::Count,
+                "sum" => AggregationFunction::Sum,
+                "mean" | "avg" => AggregationFunction::Mean,
+                "min" => AggregationFunction::Min,
+                "max" => AggregationFunction::Max,
+                "last" => AggregationFunction::Last,
+                "last_n" => match &aggregation.n {
+                    Some(n) if (1..=1000).contains(&n.value) => AggregationFunction::LastN {
+                        n: u32::try_from(n.value).unwrap_or(1),
+                    },
+                    Some(n) => {
+                        self.report(
+                            located(&n.referenced),
+                            format!("{key}.n"),
+                            format!("n must be from 1 to 1000, not {}", n.value),
+                        );
+                        continue;
+                    }
+                    None => {
+                        self.report(
+                            function_location,
+                            format!("{key}.n"),
+                            "a last_n aggregation needs n (how many values)",
+                        );
+                        continue;
+                    }
+                },
+                other => {
+                    self.report(
+                        function_location,
+                        format!("{key}.function"),
+                        format!(
+                            "unknown aggregation function '{other}' (expected count, sum, mean, min, max, last or last_n)"
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if let (Some(n), false) = (
+                &aggregation.n,
+                matches!(function, AggregationFunction::LastN { .. }),
+            ) {
+                self.report(
+                    located(&n.referenced),
+                    format!("{key}.n"),
+                    format!("'n' does not apply to {}", function.name()),
+                );
+            }
+            let window_location = located(&aggregation.window.referenced);
+            let window = match aggregation.window.value.parse::<TtlDuration>() {
+                Ok(window) if window.as_seconds() > 0 => window,
+                Ok(_) => {
+                    self.report(
+                        window_location,
+                        format!("{key}.window"),
+                        "window must be positive",
+                    );
+                    continue;
+                }
+                Err(error) => {
+                    self.report(window_location, format!("{key}.window"), error.to_string());
+                    continue;
+                }
+            };
+            let column = aggregation
+                .column
+                .as_ref()
+                .map(|column| column.value.trim().to_string());
+            let input_dtype = match (&aggregation.column, &payload) {
+                (Some(column), Some(payload)) => match payload.field(column.value.trim()) {
+                    Some(field) => Some(field.dtype.clone()),
+                    None => {
+                        let declared = name_list(payload.fields.iter().map(|field| &field.name));
+                        self.report(
+                            located(&column.referenced),
+                            format!("{key}.column"),
+                            format!(
+                                "column '{}' is not a field of source '{source_name}' (declared fields: {declared}); declare it under the source's fields with its dtype",
+                                column.value
+                            ),
+                        );
+                        continue;
+                    }
+                },
+                (None, _) if function.needs_column() => {
+                    self.report(
+                        function_location,
+                        format!("{key}.column"),
+                        format!("a {} aggregation needs a column", function.name()),
+                    );
+                    continue;
+                }
+                _ => None,
+            };
+            let output_dtype = match function.output_type(input_dtype.as_ref()) {
+                Some(dtype) => dtype,
+                None => {
+                    let input = input_dtype
+                        .as_ref()
+                        .map_or_else(|| "none".to_string(), ToString::to_string);
+                    self.report(
+                        function_location,
+                        format!("{key}.function"),
+                        format!(
+                            "{} cannot aggregate a column of type {input}",
+                            function.name()
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let window_text = aggregation.window.value.trim().to_string();
+            let default_name = match (&column, function) {
+                (None, _) => format!("count_{window_text}"),
+                (Some(column), AggregationFunction::LastN { n }) => {
+                    format!("{column}_last{n}_{window_text}")
+                }
+                (Some(column), function) => format!("{column}_{}_{window_text}", function.name()),
+            };
+            let (feature_name, name_location) = match &aggregation.name {
+                Some(name) => (name.value.trim().to_string(), located(&name.referenced)),
+                None => (default_name, function_location.clone()),
+            };
+            if !is_valid_name(&feature_name) {
+                self.report(
+                    name_location,
+                    format!("{key}.name"),
+                    format!(
+                        "invalid feature name '{feature_name}' (names match [A-Za-z_][A-Za-z0-9_]*){}",
+                        if aggregation.name.is_none() {
+                            "; give the aggregation a name"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+                continue;
+            }
+            if let Some(first) = locations.get(&feature_name) {
+                let message = format!(
+                    "duplicate feature '{feature_name}' in feature view '{view_name}' (first declared at {})",
+                    first.name
+                );
+                self.report(name_location, format!("{key}.name"), message);
+                continue;
+            }
+            locations.insert(
+                feature_name.clone(),
+                FeatureLocations {
+                    name: name_location,
+                    dtype: function_location,
+                },
+            );
+            features.push(Feature {
+                name: feature_name.clone(),
+                dtype: output_dtype,
+                description: String::new(),
+            });
+            resolved.push(Aggregation {
+                feature: feature_name,
+                function,
+                column,
+                input_dtype,
+                window,
+            });
+        }
+        if self.diagnostics.len() > error_count_before || payload.is_none() {
+            return None;
+        }
+        Some((
+            features,
+            StreamAggregations {
+                aggregations: resolved,
+                allowed_lateness,
+            },
+            locations,
+        ))
+    }
+
     pub(super) fn resolve_feature_views(&mut self, file: &ParsedFile) {
         for definition in file.definitions.feature_views.iter().flatten() {
             let name = definition.name.value.clone();
@@ -535,9 +940,14 @@ impl<'a> Resolver<'a> {
             if !self.declare(ObjectKind::FeatureView, &name, &name_location, &key_prefix) {
                 continue;
             }
-            if let Some((view, locations)) =
+            if let Some((view, locations, stream_aggregations)) =
                 self.resolve_feature_view(file, definition, &key_prefix, name_location)
             {
+                if let Some(stream_aggregations) = stream_aggregations {
+                    self.registry
+                        .stream_views
+                        .insert(name.clone(), stream_aggregations);
+                }
                 self.registry.feature_views.insert(name.clone(), view);
                 self.feature_view_locations.insert(name, locations);
             }
@@ -550,7 +960,11 @@ impl<'a> Resolver<'a> {
         definition: &FeatureViewDefinition,
         key_prefix: &str,
         name_location: Location,
-    ) -> Option<(FeatureView, FeatureViewLocations)> {
+    ) -> Option<(
+        FeatureView,
+        FeatureViewLocations,
+        Option<StreamAggregations>,
+    )> {
         let name = definition.name.value.clone();
         let error_count_before = self.diagnostics.len();
         let located = |position: &serde_saphyr::Location| Location::from_yaml(&file.path, position);
@@ -686,17 +1100,62 @@ impl<'a> Resolver<'a> {
             format!("{key_prefix}.freshness_sla"),
         );
 
-        // Features.
-        if definition.features.value.is_empty() {
-            self.report(
-                located(&definition.features.referenced),
-                format!("{key_prefix}.features"),
-                format!("feature view '{name}' declares no features"),
-            );
-        }
+        // Features: declared, or computed by the aggregations of a stream feature view.
         let mut features: Vec<Feature> = Vec::new();
         let mut feature_locations: BTreeMap<String, FeatureLocations> = BTreeMap::new();
-        for feature in &definition.features.value {
+        let mut stream_aggregations = None;
+        if let Some(aggregations) = &definition.aggregations {
+            if let Some((aggregated, resolved, locations)) =
+                self.resolve_aggregations(file, definition, aggregations, key_prefix)
+            {
+                for feature in &aggregated {
+                    if let Some(owner) = join_key_owners.get(&feature.name) {
+                        let location = locations
+                            .get(&feature.name)
+                            .map_or_else(|| name_location.clone(), |found| found.name.clone());
+                        self.report(
+                            location,
+                            format!("{key_prefix}.aggregations"),
+                            format!("feature '{}' has the name of a join key of entity '{owner}'; rename the aggregation", feature.name),
+                        );
+                    }
+                }
+                features = aggregated;
+                feature_locations = locations;
+                stream_aggregations = Some(resolved);
+            }
+        } else if let Some(lateness) = &definition.allowed_lateness {
+            self.report(
+                located(&lateness.referenced),
+                format!("{key_prefix}.allowed_lateness"),
+                "allowed_lateness applies only to a stream feature view with aggregations",
+            );
+        }
+        let declared_features: &[crate::repo::definitions::FeatureDefinition] = match (
+            &definition.features,
+            &definition.aggregations,
+        ) {
+            (Some(declared), None) => {
+                if declared.value.is_empty() {
+                    self.report(
+                        located(&declared.referenced),
+                        format!("{key_prefix}.features"),
+                        format!("feature view '{name}' declares no features"),
+                    );
+                }
+                &declared.value
+            }
+            (None, None) => {
+                self.report(
+                        name_location.clone(),
+                        format!("{key_prefix}.features"),
+                        format!("feature view '{name}' declares no features (add features, or aggregations over a stream source)"),
+                    );
+                &[]
+            }
+            (_, Some(_)) => &[],
+        };
+        for feature in declared_features {
             let feature_name = feature.name.value.clone();
             let feature_prefix = format!("{key_prefix}.features.{feature_name}");
             let feature_name_location = located(&feature.name.referenced);
@@ -800,7 +1259,7 @@ impl<'a> Resolver<'a> {
             freshness_sla,
             checks,
         };
-        Some((view, locations))
+        Some((view, locations, stream_aggregations))
     }
 
     /// Resolves `checks:`, reporting unknown types, missing or misplaced fields and unknown

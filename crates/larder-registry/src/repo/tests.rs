@@ -94,6 +94,7 @@ fn expected_demo_registry() -> Registry {
                 topic: "clicks".into(),
                 consumer_group: None,
                 start_offset: None,
+                payload: Default::default(),
             },
             "ts",
         ),
@@ -182,6 +183,7 @@ fn expected_demo_registry() -> Registry {
             .map(|view| (view.name.clone(), view))
             .collect(),
         feature_services: BTreeMap::from([("ranker_v1".into(), ranker)]),
+        stream_views: BTreeMap::new(),
     }
 }
 

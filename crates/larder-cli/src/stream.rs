@@ -1,0 +1,117 @@
+//! The streaming lane in the binary: consumers started by `larder serve`, and
+//! `larder stream-backfill` (the offline rows of a stream view from a recorded event history).
+
+use std::io::BufRead;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use larder_core::DataSourceKind;
+use larder_ingest::WritePath;
+use larder_registry::Registry;
+use larder_stream::nats::{StreamViewJob, run_nats_view};
+use larder_stream::state::StreamStateStore;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::context::RepoContext;
+
+/// The online views fed by a stream source, with their aggregations.
+pub fn stream_jobs(registry: &Registry) -> Vec<StreamViewJob> {
+    registry
+        .feature_views
+        .values()
+        .filter(|view| view.online)
+        .filter_map(|view| {
+            let source = registry.sources.get(&view.source)?;
+            source.kind.is_stream().then(|| StreamViewJob {
+                view: view.clone(),
+                source: source.clone(),
+                aggregations: registry.stream_views.get(&view.name).cloned(),
+            })
+        })
+        .collect()
+}
+
+/// Starts one consumer per stream view (NATS; Kafka views are reported as not consumed yet).
+/// They stop when `stop` turns true.
+pub fn spawn_consumers(
+    context: &RepoContext,
+    registry: &Registry,
+    write_path: Arc<WritePath>,
+    stop: &watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>> {
+    let jobs = stream_jobs(registry);
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let state = StreamStateStore::open(&context.stream_state_path())
+        .context("opening the stream consumers' state")?;
+    let mut handles = Vec::new();
+    for job in jobs {
+        match &job.source.kind {
+            DataSourceKind::Nats { stream, .. } => {
+                println!(
+                    "Consuming NATS stream '{stream}' into feature view '{}' (consumer {})",
+                    job.view.name,
+                    job.durable_name()
+                );
+                handles.push(tokio::spawn(run_nats_view(
+                    job,
+                    Arc::clone(&write_path),
+                    state.clone(),
+                    stop.clone(),
+                )));
+            }
+            _ => {
+                tracing::warn!(view = %job.view.name, "Kafka sources are not consumed yet");
+                eprintln!(
+                    "warning: feature view '{}' reads a Kafka source, which `larder serve` does not consume yet",
+                    job.view.name
+                );
+            }
+        }
+    }
+    Ok(handles)
+}
+
+/// `larder stream-backfill`: replays a recorded event history (one message per line, in
+/// stream order) through the view's aggregations and replaces its offline rows.
+pub fn backfill(root: &Path, view_name: &str, events: &Path) -> Result<()> {
+    let context = RepoContext::load(root)?;
+    let registry = context.applied_registry()?;
+    let view = registry
+        .feature_views
+        .get(view_name)
+        .ok_or_else(|| anyhow!("unknown feature view '{view_name}'"))?;
+    let Some(aggregations) = registry.stream_views.get(view_name) else {
+        bail!(
+            "feature view '{view_name}' has no aggregations: only stream views with aggregations are backfilled"
+        );
+    };
+    let source = registry
+        .sources
+        .get(&view.source)
+        .ok_or_else(|| anyhow!("unknown source '{}'", view.source))?;
+    let file = std::fs::File::open(events)
+        .with_context(|| format!("opening the event history {}", events.display()))?;
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.with_context(|| format!("reading {}", events.display()))?;
+        if !line.trim().is_empty() {
+            lines.push(line);
+        }
+    }
+    let (rows, report) = larder_stream::backfill::backfill_rows(
+        view,
+        source,
+        aggregations,
+        lines.iter().map(|line| line.as_bytes()),
+    )?;
+    let summary = larder_stream::backfill::write_offline(&context.offline_store(), view, &rows)?;
+    println!(
+        "Backfilled feature view '{view_name}': {} events applied, {} late (dropped), {} invalid; {} offline rows in {} files.",
+        report.applied, report.late, report.invalid, summary.rows, summary.files
+    );
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! The streaming lane end to end: events published to a real nats-server (JetStream) are
+//! aggregated by `larder serve` and servable over HTTP within seconds; a `kill -9` of the
+//! server in the middle of the stream loses nothing and counts nothing twice.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use larder_testing::NatsServer;
+use serde_json::json;
+
+use crate::util::{Server, larder_ok};
+
+const USERS: i64 = 10;
+
+fn write_stream_repo(root: &Path, nats_url: &str) {
+    std::fs::write(
+        root.join("larder.yaml"),
+        "project: streamtest\nregistry: data/registry.json\nonline_store: {type: embedded, path: data/online.redb}\noffline_store: {type: parquet, path: data/offline}\n",
+    )
+    .unwrap();
+    let definitions = format!(
+        r#"entities:
+  - name: user
+    join_keys: [{{name: user_id, dtype: int64}}]
+sources:
+  - name: clicks
+    type: nats
+    url: {nats_url}
+    stream: CLICKS
+    subject: clicks.>
+    timestamp_field: ts
+    timestamp_unit: ms
+    fields:
+      - {{name: user_id, dtype: int64, path: user.id}}
+      - {{name: amount, dtype: float64}}
+feature_views:
+  - name: user_clicks
+    version: 1
+    entities: [user]
+    source: clicks
+    allowed_lateness: 1h
+    freshness_sla: 5s
+    aggregations:
+      - {{function: count, window: 7d}}
+      - {{function: sum, column: amount, window: 7d}}
+      - {{function: last_n, column: amount, window: 1h, n: 3}}
+"#
+    );
+    std::fs::write(root.join("features.yaml"), definitions).unwrap();
+}
+
+/// Publishes events `range` (user = index % USERS, amount = index % 7) with a JetStream ack
+/// each, timestamps a few minutes before now and shuffled within a minute.
+fn publish(nats_url: &str, range: std::ops::Range<i64>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(nats_url).await.unwrap();
+        let context = async_nats::jetstream::new(client);
+        context
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: "CLICKS".into(),
+                subjects: vec!["clicks.>".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut acks = Vec::new();
+        for index in range {
+            let event = json!({
+                "user": {"id": index % USERS},
+                "ts": now_ms - 300_000 + (index * 7_919) % 60_000,
+                "amount": (index % 7) as f64,
+            });
+            let ack = context
+                .publish(
+                    format!("clicks.{}", index % USERS),
+                    event.to_string().into(),
+                )
+                .await
+                .unwrap();
+            acks.push(ack);
+            if acks.len() >= 2_000 {
+                for ack in acks.drain(..) {
+                    ack.await.unwrap();
+                }
+            }
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    });
+}
+
+/// (count_7d, amount_sum_7d) per user, as served.
+fn served(server: &Server) -> Vec<(i64, f64)> {
+    let users: Vec<i64> = (0..USERS).collect();
+    let (status, response) = server.post(
+        "/get-online-features",
+        &json!({"features": ["user_clicks:count_7d", "user_clicks:amount_sum_7d"],
+                "entities": {"user_id": users}})
+        .to_string(),
+    );
+    assert_eq!(status, 200, "{response}");
+    let counts = response["results"][1]["values"].as_array().unwrap();
+    let sums = response["results"][2]["values"].as_array().unwrap();
+    counts
+        .iter()
+        .zip(sums)
+        .map(|(count, sum)| (count.as_i64().unwrap_or(0), sum.as_f64().unwrap_or(0.0)))
+        .collect()
+}
+
+fn expected(total: i64) -> Vec<(i64, f64)> {
+    (0..USERS)
+        .map(|user| {
+            let indices = (0..total).filter(|index| index % USERS == user);
+            let count = indices.clone().count() as i64;
+            let sum = indices.map(|index| (index % 7) as f64).sum();
+            (count, sum)
+        })
+        .collect()
+}
+
+fn wait_for(server: &Server, want: &[(i64, f64)], within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = served(server);
+        if got == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "served values did not converge within {within:?}:\n got {got:?}\nwant {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn nats_events_are_aggregated_servable_within_seconds_and_survive_kill_9() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let temp = tempfile::tempdir().unwrap();
+    let repo = temp.path();
+    write_stream_repo(repo, &nats.url());
+    let applied = larder_ok(repo, &["apply"]);
+    assert!(applied.contains("user_clicks"), "{applied}");
+
+    // Servable within seconds.
+    publish(&nats.url(), 0..500);
+    let server = Server::start(repo);
+    let took = wait_for(&server, &expected(500), Duration::from_secs(30));
+    eprintln!("500 events servable after {took:?}");
+    let first = 500;
+    publish(&nats.url(), first..first + 1_000);
+    let took = wait_for(&server, &expected(first + 1_000), Duration::from_secs(10));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+
+    // kill -9 in the middle of a large stream, then more events while it is down.
+    let total_before_kill = first + 1_000 + 30_000;
+    publish(&nats.url(), first + 1_000..total_before_kill);
+    let partial_deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let served_events: i64 = served(&server).iter().map(|(count, _)| count).sum();
+        if served_events > first + 1_000 || Instant::now() > partial_deadline {
+            eprintln!("killing the server after {served_events} of {total_before_kill} events");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(server); // SIGKILL
+    let total = total_before_kill + 2_000;
+    publish(&nats.url(), total_before_kill..total);
+    let server = Server::start(repo);
+    wait_for(&server, &expected(total), Duration::from_secs(60));
+
+    // Freshness is exported per view.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let metrics = agent
+        .get(&format!("{}/metrics", server.base_url))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "larder_stream_event_to_servable_duration_seconds_bucket{view=\"user_clicks\""
+        ),
+        "{metrics}"
+    );
+
+    // And a plain restart replays nothing twice.
+    drop(server);
+    let server = Server::start(repo);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(served(&server), expected(total));
+}

@@ -1,0 +1,195 @@
+//! The persisted state of stream consumers: each view's entity tiles and its position in the
+//! stream (last applied sequence per partition, newest event time seen), in one redb file.
+//!
+//! A batch's entity states and its new position are committed in **one** durable
+//! transaction, so after a crash (even `kill -9`) the file holds the state as of some batch
+//! boundary together with exactly the sequences that produced it. Resuming after those
+//! sequences and skipping any message at or below them makes a replay count nothing twice.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use larder_core::{EntityKey, FeatureViewId};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::StreamError;
+
+const POSITIONS: TableDefinition<'static, &'static str, &'static [u8]> =
+    TableDefinition::new("stream_positions");
+
+fn entity_table_name(view: &FeatureViewId) -> String {
+    format!("stream_entities/{}/v{}", view.name, view.version)
+}
+
+fn position_key(view: &FeatureViewId) -> String {
+    format!("{}/v{}", view.name, view.version)
+}
+
+fn state_error(context: &str) -> impl FnOnce(redb::Error) -> StreamError + '_ {
+    move |error| StreamError::State(format!("{context}: {error}"))
+}
+
+/// Where a view's consumer stands in its stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ViewPosition {
+    /// The last applied sequence (NATS stream sequence, Kafka offset) per partition.
+    pub sequences: BTreeMap<String, u64>,
+    /// The newest event time seen (µs), from which lateness is measured.
+    pub max_seen: Option<i64>,
+    /// Events dropped as late so far.
+    pub late_dropped: u64,
+}
+
+impl ViewPosition {
+    /// The last applied sequence of a partition.
+    pub fn sequence(&self, partition: &str) -> Option<u64> {
+        self.sequences.get(partition).copied()
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        serde_json::json!({
+            "sequences": self.sequences,
+            "max_seen": self.max_seen,
+            "late_dropped": self.late_dropped,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let json: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        let sequences = json
+            .get("sequences")?
+            .as_object()?
+            .iter()
+            .map(|(partition, sequence)| Some((partition.clone(), sequence.as_u64()?)))
+            .collect::<Option<_>>()?;
+        Some(Self {
+            sequences,
+            max_seen: json.get("max_seen").and_then(serde_json::Value::as_i64),
+            late_dropped: json
+                .get("late_dropped")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+        })
+    }
+}
+
+/// A view's persisted state.
+#[derive(Debug, Default)]
+pub struct LoadedState {
+    /// Every entity's encoded tiles.
+    pub entities: Vec<(EntityKey, Vec<u8>)>,
+    /// The position that state corresponds to.
+    pub position: ViewPosition,
+}
+
+/// The redb file of the stream consumers' state. Its methods block: call them from
+/// `spawn_blocking`.
+#[derive(Debug, Clone)]
+pub struct StreamStateStore {
+    database: Arc<redb::Database>,
+}
+
+impl StreamStateStore {
+    /// Opens or creates the file. Only one process may hold it.
+    pub fn open(path: &Path) -> Result<Self, StreamError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|error| {
+                StreamError::State(format!("creating {}: {error}", parent.display()))
+            })?;
+        }
+        let database = redb::Database::create(path).map_err(|error| {
+            StreamError::State(format!(
+                "cannot open {} (is another larder process consuming streams from this repo?): {error}",
+                path.display()
+            ))
+        })?;
+        Ok(Self {
+            database: Arc::new(database),
+        })
+    }
+
+    /// Loads a view's state (empty when it never ran).
+    pub fn load(&self, view: &FeatureViewId) -> Result<LoadedState, StreamError> {
+        let transaction = self
+            .database
+            .begin_read()
+            .map_err(|error| StreamError::State(format!("cannot begin a read: {error}")))?;
+        let mut state = LoadedState::default();
+        match transaction.open_table(POSITIONS) {
+            Ok(positions) => {
+                if let Some(bytes) = positions
+                    .get(position_key(view).as_str())
+                    .map_err(|error| state_error("reading a position")(error.into()))?
+                {
+                    state.position = ViewPosition::from_bytes(bytes.value()).ok_or_else(|| {
+                        StreamError::State(format!("corrupt stream position of {view}"))
+                    })?;
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(state),
+            Err(error) => return Err(state_error("opening positions")(error.into())),
+        }
+        let name = entity_table_name(view);
+        let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
+            TableDefinition::new(&name);
+        match transaction.open_table(definition) {
+            Ok(entities) => {
+                for entry in entities
+                    .iter()
+                    .map_err(|error| state_error("listing entity states")(error.into()))?
+                {
+                    let (key, value) = entry
+                        .map_err(|error| state_error("reading entity states")(error.into()))?;
+                    state.entities.push((
+                        EntityKey::from_bytes(key.value().to_vec()),
+                        value.value().to_vec(),
+                    ));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(error) => return Err(state_error("opening entity states")(error.into())),
+        }
+        Ok(state)
+    }
+
+    /// Commits changed entity states and the new position in one durable transaction.
+    pub fn commit(
+        &self,
+        view: &FeatureViewId,
+        entities: &[(EntityKey, Vec<u8>)],
+        position: &ViewPosition,
+    ) -> Result<(), StreamError> {
+        let mut transaction = self
+            .database
+            .begin_write()
+            .map_err(|error| state_error("beginning a write")(error.into()))?;
+        transaction
+            .set_durability(redb::Durability::Immediate)
+            .map_err(|error| state_error("setting durability")(error.into()))?;
+        {
+            let name = entity_table_name(view);
+            let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
+                TableDefinition::new(&name);
+            let mut table = transaction
+                .open_table(definition)
+                .map_err(|error| state_error("opening entity states")(error.into()))?;
+            for (key, state) in entities {
+                table
+                    .insert(key.as_bytes(), state.as_slice())
+                    .map_err(|error| state_error("writing an entity state")(error.into()))?;
+            }
+            let mut positions = transaction
+                .open_table(POSITIONS)
+                .map_err(|error| state_error("opening positions")(error.into()))?;
+            positions
+                .insert(position_key(view).as_str(), position.to_bytes().as_slice())
+                .map_err(|error| state_error("writing a position")(error.into()))?;
+        }
+        transaction
+            .commit()
+            .map_err(|error| state_error("committing")(error.into()))
+    }
+}
