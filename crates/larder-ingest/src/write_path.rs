@@ -4,11 +4,19 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use crate::freshness::FreshnessBoard;
 use larder_core::{EntityKey, FeatureView, FeatureViewId, Timestamp, Value, WriteLane, codec};
 use larder_online::{
     DigestStore, OnlineRow, OnlineStoreError, RowDigest, SharedOnlineStore, TableOptions,
     WriteSummary,
 };
+
+/// The event times (µs) of rows about to be written, for the freshness board.
+fn event_times_of(rows: &[OnlineRow]) -> Vec<i64> {
+    rows.iter()
+        .map(|row| row.event_timestamp.as_micros())
+        .collect()
+}
 
 /// One entity's feature values at one event time, in the view's declared feature order.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +97,7 @@ pub struct WritePath {
     /// [`larder_online::OnlineStore::prepare_table`] runs once per table, and again only when
     /// the view's TTL changes.
     prepared_tables: Mutex<HashMap<FeatureViewId, TableOptions>>,
+    freshness: FreshnessBoard,
 }
 
 impl WritePath {
@@ -98,7 +107,13 @@ impl WritePath {
             store,
             last_write_micros: AtomicI64::new(0),
             prepared_tables: Mutex::new(HashMap::new()),
+            freshness: FreshnessBoard::default(),
         }
+    }
+
+    /// How fresh the values written through this write path are, per view.
+    pub fn freshness(&self) -> &FreshnessBoard {
+        &self.freshness
     }
 
     /// The online store it writes to.
@@ -190,7 +205,10 @@ impl WritePath {
         let table = view.id();
         self.prepare_table_once(&table, TableOptions::with_ttl(view.ttl))
             .await?;
+        let event_times = event_times_of(&online_rows);
         let mut summary = self.store.write_rows(&table, online_rows).await?;
+        self.freshness
+            .record(&view.name, lane, &event_times, Timestamp::now());
         summary.skipped_stale += superseded_in_batch;
         Ok(summary)
     }
@@ -269,7 +287,10 @@ impl WritePath {
         }
         self.prepare_table_once(&table, TableOptions::with_ttl(view.ttl))
             .await?;
+        let event_times = event_times_of(&online_rows);
         summary.online = self.store.write_rows(&table, online_rows).await?;
+        self.freshness
+            .record(&view.name, lane, &event_times, Timestamp::now());
         // Only now that the values are written may their digests be saved.
         digests.write_digests(&table, new_digests).await?;
         Ok(summary)

@@ -97,6 +97,7 @@ pub fn router(services: Services) -> Router {
         .route("/push", post(push_rows))
         .route("/write-to-online-store", post(write_to_online_store))
         .route("/health", get(health))
+        .route("/status", get(status))
         .route("/metrics", get(render_metrics))
         .route("/get-historical-features", post(get_historical_features))
         .fallback(not_found)
@@ -127,6 +128,22 @@ async fn not_found(request: Request) -> ServingError {
         ErrorKind::NotFound,
         format!("no route {} {}", request.method(), request.uri().path()),
     )
+}
+
+async fn status(State(state): State<HttpState>) -> Response {
+    let registry = state.server().registry().snapshot();
+    let board = state
+        .services
+        .push
+        .as_ref()
+        .map(|push| push.write_path().freshness().snapshot())
+        .unwrap_or_default();
+    axum::Json(crate::status::report(
+        &registry,
+        &board,
+        larder_core::Timestamp::now(),
+    ))
+    .into_response()
 }
 
 async fn health(State(state): State<HttpState>) -> Response {

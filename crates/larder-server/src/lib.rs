@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod push;
 mod registry_handle;
 mod serving;
+pub mod status;
 pub mod training;
 
 use std::sync::Arc;

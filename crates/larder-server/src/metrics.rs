@@ -3,8 +3,10 @@
 //! Names: `larder_http_requests_total{endpoint,status}`,
 //! `larder_http_request_duration_seconds{endpoint,status}` (histogram),
 //! `larder_http_requests_in_flight`, `larder_http_requests_rejected_total{reason}`,
-//! `larder_online_rows_read_total{feature_view}`, and the online store decorators'
-//! `larder_online_cache_{hits,misses}_total`.
+//! `larder_online_rows_read_total{feature_view}`, the online store decorators'
+//! `larder_online_cache_{hits,misses}_total`, the write path's
+//! `larder_event_to_servable_duration_seconds{view,lane}` (histogram, stream and direct lanes)
+//! and the stream consumers' `larder_stream_events_total{view,outcome}`.
 
 use std::sync::OnceLock;
 
@@ -18,12 +20,25 @@ const LATENCY_BUCKETS: [f64; 16] = [
     1.0, 2.5, 10.0,
 ];
 
+/// Event-to-servable buckets, in seconds: 10 ms to a day.
+const FRESHNESS_BUCKETS: [f64; 16] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3_600.0,
+    86_400.0,
+];
+
 /// Installs the Prometheus recorder once per process and returns its handle; `None` if
 /// another recorder was installed first (metrics are then not rendered).
 pub fn prometheus_handle() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "larder_event_to_servable_duration_seconds".to_string(),
+                    ),
+                    &FRESHNESS_BUCKETS,
+                )
+                .ok()?
                 .set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Suffix("duration_seconds".to_string()),
                     &LATENCY_BUCKETS,

@@ -169,6 +169,11 @@ impl PushService {
         }
     }
 
+    /// The write path it writes through (shared with the stream consumers).
+    pub fn write_path(&self) -> &Arc<WritePath> {
+        &self.write_path
+    }
+
     /// Accepts pushes `to` the offline store too, appending their rows to `store`.
     pub fn with_offline_store(mut self, store: Arc<dyn OfflineStore>) -> Self {
         self.offline_store = Some(store);

@@ -1,7 +1,7 @@
 //! The streaming lane of Larder.
 //!
-//! Events arrive on a stream (NATS JetStream here; the Kafka protocol plugs into the same
-//! [`processor::StreamProcessor`]), are decoded by a [`decode::MessageDecoder`] into typed
+//! Events arrive on a stream (the Kafka protocol in a consumer group, or NATS JetStream) and
+//! feed one [`processor::StreamProcessor`] per partition, are decoded by a [`decode::MessageDecoder`] into typed
 //! columns, aggregated per entity by the tile engine ([`engine::ViewAggregator`]) and written
 //! through the one [`larder_ingest::WritePath`] with lane `stream`, so event-time ordering is
 //! the same as for the batch and direct lanes.
@@ -18,8 +18,10 @@
 //! history through the same engine, so training values equal served values.
 
 pub mod backfill;
+pub mod consumer;
 pub mod decode;
 pub mod engine;
+pub mod kafka;
 pub mod nats;
 pub mod processor;
 pub mod state;

@@ -3,19 +3,17 @@
 
 use std::sync::Arc;
 
-use larder_core::{DataSource, FeatureView, StreamAggregations, Timestamp, WriteLane};
+use larder_core::{DataSource, FeatureView, StreamAggregations, WriteLane};
 use larder_ingest::{FeatureRow, WritePath};
 
 use crate::StreamError;
 use crate::decode::MessageDecoder;
 use crate::engine::{AggregationPlan, EventOutcome, StreamEvent, ViewAggregator};
-use crate::state::{StreamStateStore, ViewPosition};
+use crate::state::{PartitionPosition, StreamStateStore};
 
-/// One message read from a stream.
+/// One message read from a partition of a stream.
 #[derive(Debug, Clone)]
 pub struct StreamMessage {
-    /// The partition it came from (a Kafka partition number; `0` for a NATS stream).
-    pub partition: String,
     /// Its sequence in the partition (NATS stream sequence, Kafka offset); grows by message.
     pub sequence: u64,
     /// The encoded message.
@@ -37,6 +35,17 @@ pub struct BatchReport {
     pub rows_written: u64,
 }
 
+impl BatchReport {
+    /// Adds another report's counts to this one.
+    pub fn add(&mut self, other: &BatchReport) {
+        self.applied += other.applied;
+        self.duplicates += other.duplicates;
+        self.late += other.late;
+        self.invalid += other.invalid;
+        self.rows_written += other.rows_written;
+    }
+}
+
 enum ViewMode {
     /// Windowed aggregations over tiles.
     Aggregating(Box<ViewAggregator>),
@@ -44,14 +53,17 @@ enum ViewMode {
     Passthrough,
 }
 
-/// Consumes one feature view's stream: decode, aggregate, write, commit.
+/// Consumes one feature view's stream in one partition: decode, aggregate, write, commit.
 pub struct StreamProcessor {
     view: FeatureView,
+    partition: String,
     decoder: MessageDecoder,
     mode: ViewMode,
     write_path: Arc<WritePath>,
     state: StreamStateStore,
-    position: ViewPosition,
+    position: PartitionPosition,
+    /// Rows of a passthrough view not written yet.
+    pending_rows: Vec<FeatureRow>,
 }
 
 impl std::fmt::Debug for StreamProcessor {
@@ -59,6 +71,7 @@ impl std::fmt::Debug for StreamProcessor {
         formatter
             .debug_struct("StreamProcessor")
             .field("view", &self.view.id())
+            .field("partition", &self.partition)
             .field("position", &self.position)
             .finish_non_exhaustive()
     }
@@ -100,20 +113,25 @@ fn plan_view(
 }
 
 impl StreamProcessor {
-    /// Opens a view's processor, restoring its persisted state and position.
+    /// Opens a view's processor for one partition, restoring its persisted state and
+    /// position there.
     pub async fn open(
         view: FeatureView,
         source: &DataSource,
         aggregations: Option<&StreamAggregations>,
+        partition: impl Into<String>,
         write_path: Arc<WritePath>,
         state: StreamStateStore,
     ) -> Result<Self, StreamError> {
+        let partition = partition.into();
         let (decoder, mut mode) = plan_view(&view, source, aggregations)?;
         let view_id = view.id();
         let loading_store = state.clone();
-        let loaded = tokio::task::spawn_blocking(move || loading_store.load(&view_id))
-            .await
-            .map_err(|error| StreamError::State(format!("loading task failed: {error}")))??;
+        let loading_partition = partition.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || loading_store.load(&view_id, &loading_partition))
+                .await
+                .map_err(|error| StreamError::State(format!("loading task failed: {error}")))??;
         if let ViewMode::Aggregating(aggregator) = &mut mode {
             aggregator.set_max_seen(loaded.position.max_seen);
             for (key, encoded) in loaded.entities {
@@ -122,11 +140,13 @@ impl StreamProcessor {
         }
         Ok(Self {
             view,
+            partition,
             decoder,
             mode,
             write_path,
             state,
             position: loaded.position,
+            pending_rows: Vec::new(),
         })
     }
 
@@ -135,42 +155,48 @@ impl StreamProcessor {
         &self.view
     }
 
+    /// The partition it consumes.
+    pub fn partition(&self) -> &str {
+        &self.partition
+    }
+
     /// Where it stands (as persisted after the last successful batch).
-    pub fn position(&self) -> &ViewPosition {
+    pub fn position(&self) -> &PartitionPosition {
         &self.position
     }
 
-    /// Processes a batch: skips messages at or below the last applied sequence of their
-    /// partition, decodes and applies the others, writes the changed entities' rows through
-    /// the write path (lane `stream`), then commits the entity states and the new position in
-    /// one transaction. Only when this returns `Ok` may the caller acknowledge the messages.
-    ///
-    /// On `Err` the in-memory state may be ahead of the persisted one: drop this processor
-    /// and [`StreamProcessor::open`] a new one, which resumes from the persisted position.
-    pub async fn process(
-        &mut self,
-        messages: &[StreamMessage],
-    ) -> Result<BatchReport, StreamError> {
+    /// Whether the view keeps aggregation state (which a takeover must rebuild).
+    pub fn keeps_state(&self) -> bool {
+        matches!(self.mode, ViewMode::Aggregating(_))
+    }
+
+    /// Decodes and applies messages to the in-memory state only, without writing: a replay
+    /// of history (its aggregation rows are written by the next [`StreamProcessor::process`];
+    /// a passthrough view's replayed rows are not written again).
+    pub fn absorb(&mut self, messages: &[StreamMessage]) -> BatchReport {
+        let pending_rows = self.pending_rows.len();
+        let report = self.apply_messages(messages);
+        self.pending_rows.truncate(pending_rows);
+        report
+    }
+
+    fn apply_messages(&mut self, messages: &[StreamMessage]) -> BatchReport {
         let mut report = BatchReport::default();
-        let mut position = self.position.clone();
-        let mut passthrough_rows: Vec<FeatureRow> = Vec::new();
-        let mut event_times: Vec<Timestamp> = Vec::with_capacity(messages.len());
         for message in messages {
-            if position
-                .sequence(&message.partition)
+            if self
+                .position
+                .last_sequence
                 .is_some_and(|last| message.sequence <= last)
             {
                 report.duplicates += 1;
                 continue;
             }
-            position
-                .sequences
-                .insert(message.partition.clone(), message.sequence);
+            self.position.last_sequence = Some(message.sequence);
             let decoded = match self.decoder.decode(&message.payload) {
                 Ok(decoded) => decoded,
                 Err(error) => {
                     report.invalid += 1;
-                    tracing::warn!(view = %self.view.name, partition = %message.partition, sequence = message.sequence, %error, "skipping a stream message");
+                    tracing::warn!(view = %self.view.name, partition = %self.partition, sequence = message.sequence, %error, "skipping a stream message");
                     continue;
                 }
             };
@@ -184,18 +210,16 @@ impl StreamProcessor {
                     match aggregator.apply(&event) {
                         EventOutcome::Applied => {
                             report.applied += 1;
-                            event_times.push(event.event_timestamp);
                         }
                         EventOutcome::Late => {
                             report.late += 1;
-                            position.late_dropped += 1;
+                            self.position.late_dropped += 1;
                         }
                     }
                 }
                 ViewMode::Passthrough => {
                     report.applied += 1;
-                    event_times.push(decoded.event_timestamp);
-                    passthrough_rows.push(FeatureRow {
+                    self.pending_rows.push(FeatureRow {
                         entity_key: decoded.entity_key,
                         event_timestamp: decoded.event_timestamp,
                         values: decoded.values,
@@ -203,13 +227,30 @@ impl StreamProcessor {
                 }
             }
         }
+        if let ViewMode::Aggregating(aggregator) = &self.mode {
+            self.position.max_seen = aggregator.max_seen();
+        }
+        report
+    }
+
+    /// Processes a batch: skips messages at or below the last applied sequence, decodes and
+    /// applies the others, writes the changed entities' rows through the write path (lane
+    /// `stream`), then commits the entity states and the new position in one transaction.
+    /// Only when this returns `Ok` may the caller acknowledge the messages.
+    ///
+    /// On `Err` the in-memory state may be ahead of the persisted one: drop this processor
+    /// and [`StreamProcessor::open`] a new one, which resumes from the persisted position.
+    pub async fn process(
+        &mut self,
+        messages: &[StreamMessage],
+    ) -> Result<BatchReport, StreamError> {
+        let mut report = self.apply_messages(messages);
         let (rows, states) = match &mut self.mode {
             ViewMode::Aggregating(aggregator) => {
-                position.max_seen = aggregator.max_seen();
                 let changes = aggregator.take_changes();
                 (changes.rows, changes.states)
             }
-            ViewMode::Passthrough => (passthrough_rows, Vec::new()),
+            ViewMode::Passthrough => (std::mem::take(&mut self.pending_rows), Vec::new()),
         };
         if !rows.is_empty() {
             let summary = self
@@ -220,16 +261,18 @@ impl StreamProcessor {
         }
         let store = self.state.clone();
         let view_id = self.view.id();
-        let committed = position.clone();
-        tokio::task::spawn_blocking(move || store.commit(&view_id, &states, &committed))
-            .await
-            .map_err(|error| StreamError::State(format!("commit task failed: {error}")))??;
-        self.position = position;
-        self.record_metrics(&report, &event_times);
+        let partition = self.partition.clone();
+        let committed = self.position.clone();
+        tokio::task::spawn_blocking(move || {
+            store.commit(&view_id, &partition, &states, &committed)
+        })
+        .await
+        .map_err(|error| StreamError::State(format!("commit task failed: {error}")))??;
+        self.record_metrics(&report);
         Ok(report)
     }
 
-    fn record_metrics(&self, report: &BatchReport, event_times: &[Timestamp]) {
+    fn record_metrics(&self, report: &BatchReport) {
         let view = self.view.name.clone();
         for (outcome, count) in [
             ("applied", report.applied),
@@ -241,14 +284,6 @@ impl StreamProcessor {
                 metrics::counter!("larder_stream_events_total", "view" => view.clone(), "outcome" => outcome)
                     .increment(count);
             }
-        }
-        let now = Timestamp::now().as_micros();
-        let histogram = metrics::histogram!(
-            "larder_stream_event_to_servable_duration_seconds",
-            "view" => view
-        );
-        for event_time in event_times {
-            histogram.record((now - event_time.as_micros()).max(0) as f64 / 1e6);
         }
     }
 }

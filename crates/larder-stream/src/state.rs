@@ -1,12 +1,12 @@
-//! The persisted state of stream consumers: each view's entity tiles and its position in the
-//! stream (last applied sequence per partition, newest event time seen), in one redb file.
+//! The persisted state of stream consumers, per (view, partition): the entity tiles and the
+//! position in the partition (last applied sequence, newest event time seen), in one redb
+//! file.
 //!
 //! A batch's entity states and its new position are committed in **one** durable
 //! transaction, so after a crash (even `kill -9`) the file holds the state as of some batch
-//! boundary together with exactly the sequences that produced it. Resuming after those
-//! sequences and skipping any message at or below them makes a replay count nothing twice.
+//! boundary together with exactly the sequence that produced it. Resuming after that
+//! sequence and skipping any message at or below it makes a replay count nothing twice.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,38 +18,36 @@ use crate::StreamError;
 const POSITIONS: TableDefinition<'static, &'static str, &'static [u8]> =
     TableDefinition::new("stream_positions");
 
-fn entity_table_name(view: &FeatureViewId) -> String {
-    format!("stream_entities/{}/v{}", view.name, view.version)
+fn entity_table_name(view: &FeatureViewId, partition: &str) -> String {
+    format!(
+        "stream_entities/{}/v{}/{partition}",
+        view.name, view.version
+    )
 }
 
-fn position_key(view: &FeatureViewId) -> String {
-    format!("{}/v{}", view.name, view.version)
+fn position_key(view: &FeatureViewId, partition: &str) -> String {
+    format!("{}/v{}/{partition}", view.name, view.version)
 }
 
 fn state_error(context: &str) -> impl FnOnce(redb::Error) -> StreamError + '_ {
     move |error| StreamError::State(format!("{context}: {error}"))
 }
 
-/// Where a view's consumer stands in its stream.
+/// Where a view's consumer stands in one partition of its stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ViewPosition {
-    /// The last applied sequence (NATS stream sequence, Kafka offset) per partition.
-    pub sequences: BTreeMap<String, u64>,
+pub struct PartitionPosition {
+    /// The last applied sequence (NATS stream sequence, Kafka offset).
+    pub last_sequence: Option<u64>,
     /// The newest event time seen (µs), from which lateness is measured.
     pub max_seen: Option<i64>,
     /// Events dropped as late so far.
     pub late_dropped: u64,
 }
 
-impl ViewPosition {
-    /// The last applied sequence of a partition.
-    pub fn sequence(&self, partition: &str) -> Option<u64> {
-        self.sequences.get(partition).copied()
-    }
-
+impl PartitionPosition {
     fn to_bytes(&self) -> Vec<u8> {
         serde_json::json!({
-            "sequences": self.sequences,
+            "last_sequence": self.last_sequence,
             "max_seen": self.max_seen,
             "late_dropped": self.late_dropped,
         })
@@ -59,14 +57,10 @@ impl ViewPosition {
 
     fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let json: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-        let sequences = json
-            .get("sequences")?
-            .as_object()?
-            .iter()
-            .map(|(partition, sequence)| Some((partition.clone(), sequence.as_u64()?)))
-            .collect::<Option<_>>()?;
         Some(Self {
-            sequences,
+            last_sequence: json
+                .get("last_sequence")
+                .and_then(serde_json::Value::as_u64),
             max_seen: json.get("max_seen").and_then(serde_json::Value::as_i64),
             late_dropped: json
                 .get("late_dropped")
@@ -76,13 +70,13 @@ impl ViewPosition {
     }
 }
 
-/// A view's persisted state.
+/// The persisted state of a view in one partition.
 #[derive(Debug, Default)]
 pub struct LoadedState {
     /// Every entity's encoded tiles.
     pub entities: Vec<(EntityKey, Vec<u8>)>,
     /// The position that state corresponds to.
-    pub position: ViewPosition,
+    pub position: PartitionPosition,
 }
 
 /// The redb file of the stream consumers' state. Its methods block: call them from
@@ -90,7 +84,11 @@ pub struct LoadedState {
 #[derive(Debug, Clone)]
 pub struct StreamStateStore {
     database: Arc<redb::Database>,
+    instance_id: Arc<str>,
 }
+
+const METADATA: TableDefinition<'static, &'static str, &'static str> =
+    TableDefinition::new("stream_metadata");
 
 impl StreamStateStore {
     /// Opens or creates the file. Only one process may hold it.
@@ -106,13 +104,54 @@ impl StreamStateStore {
                 path.display()
             ))
         })?;
+        let instance_id = Self::instance_id_of(&database)?;
         Ok(Self {
             database: Arc::new(database),
+            instance_id: instance_id.into(),
         })
     }
 
-    /// Loads a view's state (empty when it never ran).
-    pub fn load(&self, view: &FeatureViewId) -> Result<LoadedState, StreamError> {
+    /// The id of the consumer that owns this file, made at its creation: stable across
+    /// restarts, distinct between processes (each holds its own file). Kafka consumers use it
+    /// as their static group membership, so a restarted process takes its own place back.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    fn instance_id_of(database: &redb::Database) -> Result<String, StreamError> {
+        let transaction = database
+            .begin_write()
+            .map_err(|error| state_error("beginning a write")(error.into()))?;
+        let id = {
+            let mut table = transaction
+                .open_table(METADATA)
+                .map_err(|error| state_error("opening metadata")(error.into()))?;
+            let existing = table
+                .get("instance_id")
+                .map_err(|error| state_error("reading the instance id")(error.into()))?
+                .map(|id| id.value().to_string());
+            match existing {
+                Some(id) => id,
+                None => {
+                    let nanos = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |elapsed| elapsed.as_nanos());
+                    let id = format!("{:x}-{:x}", nanos, std::process::id());
+                    table
+                        .insert("instance_id", id.as_str())
+                        .map_err(|error| state_error("writing the instance id")(error.into()))?;
+                    id
+                }
+            }
+        };
+        transaction
+            .commit()
+            .map_err(|error| state_error("committing")(error.into()))?;
+        Ok(id)
+    }
+
+    /// Loads a view's state in a partition (empty when it never ran there).
+    pub fn load(&self, view: &FeatureViewId, partition: &str) -> Result<LoadedState, StreamError> {
         let transaction = self
             .database
             .begin_read()
@@ -121,18 +160,21 @@ impl StreamStateStore {
         match transaction.open_table(POSITIONS) {
             Ok(positions) => {
                 if let Some(bytes) = positions
-                    .get(position_key(view).as_str())
+                    .get(position_key(view, partition).as_str())
                     .map_err(|error| state_error("reading a position")(error.into()))?
                 {
-                    state.position = ViewPosition::from_bytes(bytes.value()).ok_or_else(|| {
-                        StreamError::State(format!("corrupt stream position of {view}"))
-                    })?;
+                    state.position =
+                        PartitionPosition::from_bytes(bytes.value()).ok_or_else(|| {
+                            StreamError::State(format!(
+                                "corrupt stream position of {view} in partition {partition}"
+                            ))
+                        })?;
                 }
             }
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(state),
             Err(error) => return Err(state_error("opening positions")(error.into())),
         }
-        let name = entity_table_name(view);
+        let name = entity_table_name(view, partition);
         let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
             TableDefinition::new(&name);
         match transaction.open_table(definition) {
@@ -159,8 +201,9 @@ impl StreamStateStore {
     pub fn commit(
         &self,
         view: &FeatureViewId,
+        partition: &str,
         entities: &[(EntityKey, Vec<u8>)],
-        position: &ViewPosition,
+        position: &PartitionPosition,
     ) -> Result<(), StreamError> {
         let mut transaction = self
             .database
@@ -170,7 +213,7 @@ impl StreamStateStore {
             .set_durability(redb::Durability::Immediate)
             .map_err(|error| state_error("setting durability")(error.into()))?;
         {
-            let name = entity_table_name(view);
+            let name = entity_table_name(view, partition);
             let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
                 TableDefinition::new(&name);
             let mut table = transaction
@@ -185,7 +228,10 @@ impl StreamStateStore {
                 .open_table(POSITIONS)
                 .map_err(|error| state_error("opening positions")(error.into()))?;
             positions
-                .insert(position_key(view).as_str(), position.to_bytes().as_slice())
+                .insert(
+                    position_key(view, partition).as_str(),
+                    position.to_bytes().as_slice(),
+                )
                 .map_err(|error| state_error("writing a position")(error.into()))?;
         }
         transaction

@@ -372,13 +372,13 @@ async fn online_values_equal_offline_values_at_the_same_instant() {
         view.clone(),
         &source,
         Some(&spec),
+        "0",
         Arc::clone(&write_path),
         state.clone(),
     )
     .await
     .unwrap();
     let as_message = |index: usize| StreamMessage {
-        partition: "0".into(),
         sequence: index as u64 + 1,
         payload: messages[index].clone(),
     };
@@ -399,6 +399,7 @@ async fn online_values_equal_offline_values_at_the_same_instant() {
                 view.clone(),
                 &source,
                 Some(&spec),
+                "0",
                 Arc::clone(&write_path),
                 state.clone(),
             )
@@ -502,5 +503,217 @@ async fn online_values_equal_offline_values_at_the_same_instant() {
                 feature.name
             );
         }
+    }
+}
+
+/// Consumers that take a partition over from each other, replaying the stretch they did not
+/// see into their state without writing it (as the Kafka consumer does after a rebalance),
+/// leave in the online store the values one consumer that read everything leaves.
+#[tokio::test]
+async fn takeovers_with_replayed_gaps_equal_a_single_consumer() {
+    let (view, spec) = test_view(600);
+    let source = test_source();
+    let messages: Vec<StreamMessage> = recorded_stream(3_000)
+        .iter()
+        .map(to_message)
+        .enumerate()
+        .map(|(index, payload)| StreamMessage {
+            sequence: index as u64,
+            payload,
+        })
+        .collect();
+    let directory = tempfile::tempdir().unwrap();
+    let open = |name: &str, store: &Arc<MemoryOnlineStore>| {
+        let state = StreamStateStore::open(&directory.path().join(name)).unwrap();
+        StreamProcessor::open(
+            view.clone(),
+            &source,
+            Some(&spec),
+            "3",
+            Arc::new(WritePath::new(store.clone())),
+            state,
+        )
+    };
+
+    let single_store = Arc::new(MemoryOnlineStore::new());
+    let mut single = open("single.redb", &single_store).await.unwrap();
+    for chunk in messages.chunks(100) {
+        single.process(chunk).await.unwrap();
+    }
+
+    let shared = Arc::new(MemoryOnlineStore::new());
+    let mut first = open("a.redb", &shared).await.unwrap();
+    first.process(&messages[..1_000]).await.unwrap();
+    // The second consumer never held the partition: it replays everything before its turn.
+    let mut second = open("b.redb", &shared).await.unwrap();
+    let replayed = second.absorb(&messages[..1_000]);
+    assert_eq!(replayed.rows_written, 0);
+    second.process(&messages[1_000..2_000]).await.unwrap();
+    // The first comes back: its saved state misses only the second's stretch.
+    drop(first);
+    let mut first = open("a.redb", &shared).await.unwrap();
+    assert_eq!(first.position().last_sequence, Some(999));
+    first.absorb(&messages[1_000..2_000]);
+    first.process(&messages[2_000..]).await.unwrap();
+
+    let keys: Vec<EntityKey> = (0..25).map(EntityKey::from_int).collect();
+    let values = |rows: Vec<Option<larder_online::OnlineRow>>| -> Vec<(Timestamp, Vec<Value>)> {
+        rows.into_iter()
+            .map(|row| {
+                let row = row.unwrap();
+                let values = larder_core::codec::decode_row(&row.values).unwrap();
+                (row.event_timestamp, values)
+            })
+            .collect()
+    };
+    let expected = values(single_store.read_rows(&view.id(), &keys).await.unwrap());
+    let got = values(shared.read_rows(&view.id(), &keys).await.unwrap());
+    assert_eq!(got, expected);
+}
+
+/// The three lanes meet in one write path: a stream consumer (passthrough view), batch
+/// runs with change detection and direct writes, interleaved concurrently for the same
+/// entities with shuffled event times, over the real embedded store. Whatever the order,
+/// each entity keeps the row with the newest event time, and the lane that wrote it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_stream_and_direct_writes_interleave_and_the_newest_survives() {
+    use larder_core::WriteLane;
+    use larder_ingest::FeatureRow;
+    use larder_online::{EmbeddedOnlineStore, MemoryDigestStore};
+
+    const USERS: i64 = 30;
+    const ROUNDS: i64 = 40;
+    let (mut view, _) = test_view(600);
+    view.name = "user_latest".into();
+    view.features = vec![
+        Feature {
+            name: "amount".into(),
+            dtype: ValueType::Float64,
+            description: String::new(),
+        },
+        Feature {
+            name: "units".into(),
+            dtype: ValueType::Int64,
+            description: String::new(),
+        },
+    ];
+    let source = test_source();
+    let directory = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedOnlineStore::open(&directory.path().join("online.redb")).unwrap());
+    let write_path = Arc::new(WritePath::new(store.clone()));
+    // Distinct event times per (round, lane, user), shuffled across rounds: a value encodes
+    // its lane and second, so the survivor tells who wrote it and when.
+    let second_of = |round: i64, lane: i64, user: i64| {
+        1_700_000_000 + ((round * 7_919 + lane * 104_729 + user * 31) % 10_007) * 3 + lane
+    };
+    let row = move |round: i64, lane: i64, user: i64| {
+        let second = second_of(round, lane, user);
+        (second, lane as f64, second)
+    };
+
+    let stream = {
+        let (view, source, write_path, state_path) = (
+            view.clone(),
+            source.clone(),
+            Arc::clone(&write_path),
+            directory.path().join("stream.redb"),
+        );
+        tokio::spawn(async move {
+            let state = StreamStateStore::open(&state_path).unwrap();
+            let mut processor = StreamProcessor::open(view, &source, None, "0", write_path, state)
+                .await
+                .unwrap();
+            let mut sequence = 0;
+            for round in 0..ROUNDS {
+                let messages: Vec<StreamMessage> = (0..USERS)
+                    .map(|user| {
+                        let (second, amount, units) = row(round, 0, user);
+                        sequence += 1;
+                        StreamMessage {
+                            sequence,
+                            payload: serde_json::json!({
+                                "user": {"id": user}, "ts": second * 1_000,
+                                "amount": amount, "units": units,
+                            })
+                            .to_string()
+                            .into_bytes(),
+                        }
+                    })
+                    .collect();
+                processor.process(&messages).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let rows_of = move |round: i64, lane: i64| -> Vec<FeatureRow> {
+        (0..USERS)
+            .map(|user| {
+                let (second, amount, units) = row(round, lane, user);
+                FeatureRow {
+                    entity_key: EntityKey::from_int(user),
+                    event_timestamp: Timestamp(second * SECOND),
+                    values: vec![Value::Float64(amount), Value::Int64(units)],
+                }
+            })
+            .collect()
+    };
+    let batch = {
+        let (view, write_path) = (view.clone(), Arc::clone(&write_path));
+        tokio::spawn(async move {
+            let digests = MemoryDigestStore::new();
+            for round in 0..ROUNDS {
+                write_path
+                    .write_changed(&view, WriteLane::Batch, rows_of(round, 1), &digests, false)
+                    .await
+                    .unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let direct = {
+        let (view, write_path) = (view.clone(), Arc::clone(&write_path));
+        tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                write_path
+                    .write(&view, WriteLane::Direct, rows_of(round, 2))
+                    .await
+                    .unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    stream.await.unwrap();
+    batch.await.unwrap();
+    direct.await.unwrap();
+
+    let keys: Vec<EntityKey> = (0..USERS).map(EntityKey::from_int).collect();
+    let stored = store.read_rows(&view.id(), &keys).await.unwrap();
+    let lanes = [WriteLane::Stream, WriteLane::Batch, WriteLane::Direct];
+    for (user, stored) in (0..USERS).zip(stored) {
+        let stored = stored.unwrap();
+        let (round, lane) = (0..ROUNDS)
+            .flat_map(|round| (0..3).map(move |lane| (round, lane)))
+            .max_by_key(|(round, lane)| second_of(*round, *lane, user))
+            .unwrap();
+        let (second, amount, units) = row(round, lane, user);
+        assert_eq!(
+            stored.event_timestamp,
+            Timestamp(second * SECOND),
+            "user {user}"
+        );
+        assert_eq!(stored.lane, lanes[lane as usize], "user {user}");
+        assert_eq!(
+            larder_core::codec::decode_row(&stored.values).unwrap(),
+            vec![Value::Float64(amount), Value::Int64(units)],
+            "user {user}"
+        );
+    }
+    // Every lane won somewhere, so the test exercises each against the others.
+    let stored = store.read_rows(&view.id(), &keys).await.unwrap();
+    for lane in lanes {
+        assert!(
+            stored.iter().flatten().any(|row| row.lane == lane),
+            "{lane:?}"
+        );
     }
 }

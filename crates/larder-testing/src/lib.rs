@@ -350,6 +350,47 @@ impl NatsServer {
     }
 }
 
+/// A Kafka-protocol broker (tansu, in-memory storage) on an ephemeral loopback port.
+/// Topics are not created automatically: create them with the client's admin API.
+#[derive(Debug)]
+pub struct KafkaBroker {
+    port: u16,
+    _process: ServerProcess,
+}
+
+impl KafkaBroker {
+    /// Starts the broker; `None` outside CI when `tansu` is not installed.
+    pub fn start() -> Option<Self> {
+        let binary = find_server_binary(
+            "tansu",
+            "cargo install tansu --version 0.6.0 --locked --features dynostore",
+        )?;
+        let port = free_loopback_port();
+        let address = format!("tcp://127.0.0.1:{port}");
+        let process = ServerProcess::spawn(
+            "tansu",
+            Command::new(binary)
+                .arg("broker")
+                .arg("--listener-url")
+                .arg(&address)
+                .arg("--advertised-listener-url")
+                .arg(&address)
+                .arg("--storage-engine")
+                .arg("memory://tansu/"),
+        );
+        wait_for_port(port, "tansu");
+        Some(Self {
+            port,
+            _process: process,
+        })
+    }
+
+    /// Its bootstrap address, `127.0.0.1:{port}`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
 fn spawn_nats_server(binary: &Path, port: u16, directory: &Path) -> ServerProcess {
     let process = ServerProcess::spawn(
         "nats-server",

@@ -10,6 +10,7 @@ mod end_to_end;
 mod grpc;
 mod push_grpc;
 mod redis_store;
+mod stream_kafka;
 mod stream_nats;
 mod training_set;
 mod util;

@@ -193,9 +193,27 @@ fn nats_events_are_aggregated_servable_within_seconds_and_survive_kill_9() {
         .unwrap();
     assert!(
         metrics.contains(
-            "larder_stream_event_to_servable_duration_seconds_bucket{view=\"user_clicks\""
+            "larder_event_to_servable_duration_seconds_bucket{view=\"user_clicks\",lane=\"stream\""
         ),
         "{metrics}"
+    );
+
+    // `larder status` reports the view's freshness against its 5 s SLA: the events were
+    // stamped four to five minutes in the past, so the lag is that old and the view is late.
+    let status: serde_json::Value =
+        serde_json::from_str(&larder_ok(repo, &["status", "--json"])).unwrap();
+    let view = &status["views"][0];
+    assert_eq!(view["view"], "user_clicks", "{status}");
+    assert_eq!(view["source"], "nats", "{status}");
+    assert_eq!(view["freshness_sla_seconds"], 5.0, "{status}");
+    assert_eq!(view["last_write_lane"], "stream", "{status}");
+    let lag_p99 = view["lag_p99_seconds"].as_f64().unwrap();
+    assert!((200.0..400.0).contains(&lag_p99), "{status}");
+    assert_eq!(view["status"], "late", "{status}");
+    let table = larder_ok(repo, &["status"]);
+    assert!(
+        table.contains("user_clicks:v1") && table.contains("late"),
+        "{table}"
     );
 
     // And a plain restart replays nothing twice.

@@ -1,0 +1,91 @@
+//! Stream load generator: publishes JSON click events to a NATS JetStream subject, as fast as
+//! the broker acknowledges them or paced at a fixed rate, each stamped with its publish time
+//! as event time (so the server's event-to-servable lag is the whole pipeline's latency).
+//!
+//! `larder-stream-load --nats nats://127.0.0.1:4222 --stream CLICKS --subject clicks.all
+//!  --events 1000000 --keys 1000000 --rate 50000`
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// NATS server URL.
+    #[arg(long)]
+    nats: String,
+    /// JetStream stream (created when missing, over `subject`).
+    #[arg(long, default_value = "CLICKS")]
+    stream: String,
+    /// Subject to publish on.
+    #[arg(long, default_value = "clicks.all")]
+    subject: String,
+    /// How many events.
+    #[arg(long)]
+    events: u64,
+    /// Distinct user ids (events go to users in a scrambled order).
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: u64,
+    /// Events per second; 0 publishes as fast as the broker acknowledges.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// First event index (to continue a previous run's numbering).
+    #[arg(long, default_value_t = 0)]
+    offset: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let client = async_nats::connect(args.nats.as_str())
+        .await
+        .with_context(|| format!("connecting to {}", args.nats))?;
+    let jetstream = async_nats::jetstream::new(client);
+    jetstream
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: args.stream.clone(),
+            subjects: vec![args.subject.clone()],
+            ..Default::default()
+        })
+        .await
+        .context("creating the stream")?;
+    let started = Instant::now();
+    let mut pending = Vec::with_capacity(4_096);
+    const TICK: u64 = 1_000;
+    for index in args.offset..args.offset + args.events {
+        if args.rate > 0 && (index - args.offset) % TICK == 0 {
+            // Pace in ticks of 1000 events: wait until this tick's start time.
+            let due = Duration::from_secs_f64((index - args.offset) as f64 / args.rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let user = index.wrapping_mul(2_654_435_761) % args.keys;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let payload = format!(
+            r#"{{"user_id":{user},"ts":{now_ms},"amount":{}.5}}"#,
+            index % 100
+        );
+        let ack = jetstream
+            .publish(args.subject.clone(), payload.into())
+            .await
+            .context("publishing")?;
+        pending.push(ack);
+        if pending.len() >= 4_096 {
+            for ack in pending.drain(..) {
+                ack.await.context("waiting for an acknowledgement")?;
+            }
+        }
+    }
+    for ack in pending {
+        ack.await.context("waiting for an acknowledgement")?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "published {} events in {seconds:.2} s ({:.0} events/s)",
+        args.events,
+        args.events as f64 / seconds
+    );
+    Ok(())
+}

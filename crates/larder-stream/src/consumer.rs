@@ -1,0 +1,129 @@
+//! What every stream consumer shares, whatever the broker: the job description, the restart
+//! loop, and the batching of messages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use larder_core::{DataSource, DataSourceKind, FeatureView, StreamAggregations};
+use larder_ingest::WritePath;
+use tokio::sync::watch;
+
+use crate::StreamError;
+use crate::state::StreamStateStore;
+
+/// Most messages in one batch.
+pub(crate) const MAX_BATCH: usize = 5_000;
+/// How long a batch waits for more messages once it has one.
+pub(crate) const BATCH_LINGER: Duration = Duration::from_millis(20);
+
+/// Everything a view's consumer needs.
+#[derive(Debug, Clone)]
+pub struct StreamViewJob {
+    /// The view.
+    pub view: FeatureView,
+    /// Its source (Kafka or NATS).
+    pub source: DataSource,
+    /// Its aggregations (`None`: values copied from the messages).
+    pub aggregations: Option<StreamAggregations>,
+}
+
+impl StreamViewJob {
+    /// The name under which the broker tracks this view's consumption: the source's
+    /// consumer group (Kafka) or durable consumer (NATS), `larder` by default, then the view
+    /// and its version, so two views of one topic consume it independently and a new
+    /// version starts afresh.
+    pub fn consumer_name(&self) -> String {
+        let prefix = match &self.source.kind {
+            DataSourceKind::Nats {
+                durable: Some(name),
+                ..
+            }
+            | DataSourceKind::Kafka {
+                consumer_group: Some(name),
+                ..
+            } => name.as_str(),
+            _ => "larder",
+        };
+        format!("{prefix}-{}-v{}", self.view.name, self.view.version)
+    }
+}
+
+/// Consumes a view's stream until `shutdown` turns true, restarting after failures with a
+/// growing pause (each restart reloads the persisted state and resumes after its position).
+pub async fn run_view(
+    job: StreamViewJob,
+    write_path: Arc<WritePath>,
+    state: StreamStateStore,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let attempt = match &job.source.kind {
+            DataSourceKind::Nats { .. } => {
+                crate::nats::consume(&job, Arc::clone(&write_path), state.clone(), &mut shutdown)
+                    .await
+            }
+            DataSourceKind::Kafka { .. } => {
+                crate::kafka::consume(&job, Arc::clone(&write_path), state.clone(), &mut shutdown)
+                    .await
+            }
+            _ => Err(StreamError::Definition(format!(
+                "source '{}' of feature view '{}' is not a stream",
+                job.source.name, job.view.name
+            ))),
+        };
+        match attempt {
+            Ok(()) => return,
+            Err(StreamError::Definition(error)) => {
+                tracing::error!(view = %job.view.name, %error, "stream consumer cannot run");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(view = %job.view.name, %error, "stream consumer failed; restarting");
+                metrics::counter!("larder_stream_consumer_restarts_total", "view" => job.view.name.clone())
+                    .increment(1);
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Waits for a first message, then gathers more for at most [`BATCH_LINGER`] or until
+/// [`MAX_BATCH`]. `Ok(None)` when `shutdown` turned true first.
+pub(crate) async fn next_batch<T, S>(
+    messages: &mut S,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Vec<T>>, StreamError>
+where
+    S: Stream<Item = Result<T, StreamError>> + Unpin,
+{
+    let ended = || StreamError::Broker("the message stream ended".to_string());
+    let first = tokio::select! {
+        first = messages.next() => first.ok_or_else(ended)??,
+        _ = shutdown.wait_for(|stop| *stop) => return Ok(None),
+    };
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + BATCH_LINGER;
+    while batch.len() < MAX_BATCH {
+        match tokio::time::timeout_at(deadline, messages.next()).await {
+            Ok(message) => batch.push(message.ok_or_else(ended)??),
+            Err(_) => break,
+        }
+    }
+    Ok(Some(batch))
+}
+
+/// Maps a broker error into [`StreamError::Broker`] with what was being done.
+pub(crate) fn broker_error<E: std::fmt::Display>(
+    context: &str,
+) -> impl FnOnce(E) -> StreamError + '_ {
+    move |error| StreamError::Broker(format!("{context}: {error}"))
+}

@@ -1,0 +1,351 @@
+//! The Kafka-protocol consumer of a stream view, in a consumer group.
+//!
+//! Several `larder` processes that consume the same view join one consumer group
+//! ([`StreamViewJob::consumer_name`]) and share the topic's partitions. Each process keeps,
+//! per partition it has consumed, the aggregation state and the last applied offset
+//! ([`crate::state`]); the group's committed offset only says where to fetch from.
+//!
+//! Correctness rests on one property of the engine: replaying a partition's messages in
+//! order from the same state gives the same state and rows. So:
+//!
+//! * after a batch the rows are written, the state and offset committed locally, and only
+//!   then the offset committed to the group;
+//! * a (re)start skips messages at or below the local offset (they were counted already);
+//! * when a partition arrives whose first fetched offset is past the local offset + 1
+//!   (another process consumed the gap), the gap is replayed from the broker into the state,
+//!   which is then again the state of a single consumer that read everything; the next batch
+//!   writes the rows of the entities the replay touched, the values the other process wrote. A process that never held the partition
+//!   replays it from the earliest retained offset: keep the topic's retention at least as
+//!   long as the largest window.
+//!
+//! Events of one entity must go to one partition (the producer keys messages by entity), as
+//! Kafka's per-key ordering requires anyway.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use larder_core::DataSourceKind;
+use larder_ingest::WritePath;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::Message;
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+
+use crate::StreamError;
+use crate::consumer::{StreamViewJob, broker_error, next_batch};
+use crate::processor::{BatchReport, StreamMessage, StreamProcessor};
+use crate::state::StreamStateStore;
+
+/// How long a blocking broker request (committed offsets, watermarks) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the replay of a gap may wait for its next message.
+const REPLAY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Messages per chunk handed from the replay thread to the processor.
+const REPLAY_CHUNK: usize = 10_000;
+
+/// Counts the group's rebalances, so that processors opened before one are dropped (their
+/// partition may have been consumed elsewhere in between).
+struct RebalanceCounter {
+    generation: Arc<AtomicU64>,
+}
+
+impl ClientContext for RebalanceCounter {}
+
+impl ConsumerContext for RebalanceCounter {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                let partitions: Vec<i32> = partitions
+                    .elements()
+                    .iter()
+                    .map(|element| element.partition())
+                    .collect();
+                tracing::info!(?partitions, "Kafka partitions assigned");
+            }
+            Rebalance::Revoke(_) => tracing::info!("Kafka partitions revoked"),
+            Rebalance::Error(error) => tracing::warn!(%error, "Kafka rebalance failed"),
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+type GroupConsumer = StreamConsumer<RebalanceCounter>;
+
+fn client_config(brokers: &[String]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers.join(","))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("max.poll.interval.ms", "20000")
+        .set("log_level", "4");
+    config
+}
+
+/// Consumes a view's Kafka topic until `shutdown` turns true or an error.
+pub(crate) async fn consume(
+    job: &StreamViewJob,
+    write_path: Arc<WritePath>,
+    state: StreamStateStore,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), StreamError> {
+    let DataSourceKind::Kafka {
+        brokers,
+        topic,
+        start_offset,
+        ..
+    } = &job.source.kind
+    else {
+        return Err(StreamError::Definition(format!(
+            "source '{}' is not a Kafka source",
+            job.source.name
+        )));
+    };
+    let group = job.consumer_name();
+    let reset = match start_offset.as_deref() {
+        None | Some("earliest") => "earliest",
+        Some("latest") => "latest",
+        Some(other) => {
+            return Err(StreamError::Definition(format!(
+                "source '{}': start_offset must be 'earliest' or 'latest', not '{other}'",
+                job.source.name
+            )));
+        }
+    };
+    let generation = Arc::new(AtomicU64::new(0));
+    let consumer: Arc<GroupConsumer> = Arc::new(
+        client_config(brokers)
+            .set("group.id", &group)
+            .set(
+                "group.instance.id",
+                format!("{group}-{}", state.instance_id()),
+            )
+            .set("auto.offset.reset", reset)
+            .create_with_context(RebalanceCounter {
+                generation: Arc::clone(&generation),
+            })
+            .map_err(broker_error("creating the Kafka consumer"))?,
+    );
+    consumer
+        .subscribe(&[topic.as_str()])
+        .map_err(broker_error("subscribing"))?;
+    tracing::info!(view = %job.view.name, %group, "consuming Kafka topic '{topic}'");
+
+    let mut processors: HashMap<i32, StreamProcessor> = HashMap::new();
+    let mut opened_in = generation.load(Ordering::SeqCst);
+    let mut messages = consumer.stream().map(|message| {
+        let message = message.map_err(broker_error("receiving"))?;
+        let offset = u64::try_from(message.offset()).map_err(|_| {
+            StreamError::Broker(format!("message with offset {}", message.offset()))
+        })?;
+        Ok((
+            message.partition(),
+            StreamMessage {
+                sequence: offset,
+                payload: message.payload().unwrap_or_default().to_vec(),
+            },
+        ))
+    });
+    loop {
+        let Some(batch) = next_batch(&mut messages, shutdown).await? else {
+            return Ok(());
+        };
+        let current = generation.load(Ordering::SeqCst);
+        if current != opened_in {
+            // A rebalance happened: a partition we held may have been consumed elsewhere.
+            processors.clear();
+            opened_in = current;
+        }
+        let mut by_partition: Vec<(i32, Vec<StreamMessage>)> = Vec::new();
+        for (partition, message) in batch {
+            match by_partition.iter_mut().find(|(held, _)| *held == partition) {
+                Some((_, messages)) => messages.push(message),
+                None => by_partition.push((partition, vec![message])),
+            }
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (partition, messages) in by_partition {
+            let processor = match processors.entry(partition) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    let mut processor = StreamProcessor::open(
+                        job.view.clone(),
+                        &job.source,
+                        job.aggregations.as_ref(),
+                        partition.to_string(),
+                        Arc::clone(&write_path),
+                        state.clone(),
+                    )
+                    .await?;
+                    let first = messages.first().map_or(0, |message| message.sequence);
+                    catch_up(&consumer, job, topic, partition, first, &mut processor).await?;
+                    entry.insert(processor)
+                }
+            };
+            processor.process(&messages).await?;
+            if let Some(last) = messages.last() {
+                let next_offset = i64::try_from(last.sequence + 1).unwrap_or(i64::MAX);
+                offsets
+                    .add_partition_offset(topic, partition, Offset::Offset(next_offset))
+                    .map_err(broker_error("recording an offset"))?;
+            }
+        }
+        // The state is durable: now the group may move on. A lost commit only makes some
+        // process skip (its own state) or replay (another's) those messages.
+        consumer
+            .commit(&offsets, CommitMode::Async)
+            .map_err(broker_error("committing offsets"))?;
+    }
+}
+
+/// Brings a freshly opened processor up to the message before `first`, the first offset the
+/// group fetched for the partition, by replaying the gap it did not see.
+async fn catch_up(
+    consumer: &Arc<GroupConsumer>,
+    job: &StreamViewJob,
+    topic: &str,
+    partition: i32,
+    first: u64,
+    processor: &mut StreamProcessor,
+) -> Result<(), StreamError> {
+    if !processor.keeps_state() {
+        return Ok(());
+    }
+    let from = match processor.position().last_sequence {
+        Some(last) => last + 1,
+        None => {
+            // Never held here: if the group has consumed the partition before, its history
+            // must be replayed; a new group starts where the broker put it.
+            let group_consumer = Arc::clone(consumer);
+            let topic_name = topic.to_string();
+            let committed = tokio::task::spawn_blocking(move || {
+                let mut wanted = TopicPartitionList::new();
+                wanted.add_partition(&topic_name, partition);
+                group_consumer.committed_offsets(wanted, Timeout::After(REQUEST_TIMEOUT))
+            })
+            .await
+            .map_err(|error| StreamError::Broker(format!("offset task failed: {error}")))?
+            .map_err(broker_error("reading committed offsets"))?;
+            let committed = committed
+                .find_partition(topic, partition)
+                .map(|element| element.offset());
+            if !matches!(committed, Some(Offset::Offset(_))) {
+                return Ok(());
+            }
+            0
+        }
+    };
+    if from >= first {
+        return Ok(());
+    }
+    tracing::info!(view = %job.view.name, partition, from, to = first - 1, "replaying a partition's history into the aggregation state");
+    let DataSourceKind::Kafka { brokers, .. } = &job.source.kind else {
+        return Ok(());
+    };
+    let (sender, mut receiver) = mpsc::channel::<Result<Vec<StreamMessage>, StreamError>>(2);
+    let config = client_config(brokers);
+    let topic_name = topic.to_string();
+    let reader = tokio::task::spawn_blocking(move || {
+        let result = read_range(&config, &topic_name, partition, from, first, &sender);
+        if let Err(error) = result {
+            let _ = sender.blocking_send(Err(error));
+        }
+    });
+    let mut replayed = BatchReport::default();
+    while let Some(chunk) = receiver.recv().await {
+        replayed.add(&processor.absorb(&chunk?));
+    }
+    reader
+        .await
+        .map_err(|error| StreamError::Broker(format!("replay task failed: {error}")))?;
+    let reached = processor
+        .position()
+        .last_sequence
+        .map_or(0, |last| last + 1);
+    if reached < first {
+        return Err(StreamError::Broker(format!(
+            "the replay of partition {partition} stopped at offset {reached}, before {first}"
+        )));
+    }
+    tracing::info!(view = %job.view.name, partition, applied = replayed.applied, "replayed");
+    Ok(())
+}
+
+/// Reads offsets `[from, until)` of one partition (those still retained) and sends them in
+/// chunks. Blocking.
+fn read_range(
+    config: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    from: u64,
+    until: u64,
+    sender: &mpsc::Sender<Result<Vec<StreamMessage>, StreamError>>,
+) -> Result<(), StreamError> {
+    let reader: BaseConsumer = config
+        .clone()
+        .set("group.id", "larder-replay")
+        .create()
+        .map_err(broker_error("creating the replay consumer"))?;
+    let (low, _) = reader
+        .fetch_watermarks(topic, partition, Timeout::After(REQUEST_TIMEOUT))
+        .map_err(broker_error("reading watermarks"))?;
+    let start = from.max(u64::try_from(low).unwrap_or(0));
+    if start >= until {
+        return Ok(());
+    }
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(
+            topic,
+            partition,
+            Offset::Offset(i64::try_from(start).unwrap_or(i64::MAX)),
+        )
+        .map_err(broker_error("assigning the replay"))?;
+    reader
+        .assign(&assignment)
+        .map_err(broker_error("assigning the replay"))?;
+    let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
+    loop {
+        let Some(message) = reader.poll(REPLAY_IDLE_TIMEOUT) else {
+            return Err(StreamError::Broker(format!(
+                "no message from partition {partition} of '{topic}' for {REPLAY_IDLE_TIMEOUT:?} during a replay"
+            )));
+        };
+        let message = message.map_err(broker_error("replaying"))?;
+        let offset = u64::try_from(message.offset()).unwrap_or(0);
+        if offset >= until {
+            break;
+        }
+        chunk.push(StreamMessage {
+            sequence: offset,
+            payload: message.payload().unwrap_or_default().to_vec(),
+        });
+        if offset + 1 >= until {
+            break;
+        }
+        if chunk.len() >= REPLAY_CHUNK
+            && sender
+                .blocking_send(Ok(std::mem::replace(
+                    &mut chunk,
+                    Vec::with_capacity(REPLAY_CHUNK),
+                )))
+                .is_err()
+        {
+            return Ok(());
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = sender.blocking_send(Ok(chunk));
+    }
+    Ok(())
+}
