@@ -1,6 +1,7 @@
 //! What every stream consumer shares, whatever the broker: the job description, the restart
 //! loop, and the batching of messages.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,4 +127,33 @@ pub(crate) fn broker_error<E: std::fmt::Display>(
     context: &str,
 ) -> impl FnOnce(E) -> StreamError + '_ {
     move |error| StreamError::Broker(format!("{context}: {error}"))
+}
+
+/// The one batch being persisted in the background while the next is prepared.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    task: Option<tokio::task::JoinHandle<Result<(), StreamError>>>,
+}
+
+impl InFlight {
+    /// Waits for the batch in flight (returning its error, if it failed), then starts
+    /// persisting the next one.
+    pub(crate) async fn replace<F>(&mut self, persist: F) -> Result<(), StreamError>
+    where
+        F: Future<Output = Result<(), StreamError>> + Send + 'static,
+    {
+        self.finish().await?;
+        self.task = Some(tokio::spawn(persist));
+        Ok(())
+    }
+
+    /// Waits for the batch in flight, if any.
+    pub(crate) async fn finish(&mut self) -> Result<(), StreamError> {
+        match self.task.take() {
+            Some(task) => task
+                .await
+                .map_err(|error| StreamError::State(format!("persist task failed: {error}")))?,
+            None => Ok(()),
+        }
+    }
 }

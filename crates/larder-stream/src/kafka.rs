@@ -39,7 +39,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
 use crate::StreamError;
-use crate::consumer::{StreamViewJob, broker_error, next_batch};
+use crate::consumer::{InFlight, StreamViewJob, broker_error, next_batch};
 use crate::processor::{BatchReport, StreamMessage, StreamProcessor};
 use crate::state::StreamStateStore;
 
@@ -156,13 +156,18 @@ pub(crate) async fn consume(
             },
         ))
     });
+    // One batch is persisted (written, committed, offsets committed) while the next one is
+    // decoded and aggregated; persists run one after the other.
+    let mut in_flight = InFlight::default();
     loop {
         let Some(batch) = next_batch(&mut messages, shutdown).await? else {
-            return Ok(());
+            return in_flight.finish().await;
         };
         let current = generation.load(Ordering::SeqCst);
         if current != opened_in {
             // A rebalance happened: a partition we held may have been consumed elsewhere.
+            // Reopen from the files, once what was prepared is in them.
+            in_flight.finish().await?;
             processors.clear();
             opened_in = current;
         }
@@ -174,10 +179,12 @@ pub(crate) async fn consume(
             }
         }
         let mut offsets = TopicPartitionList::new();
+        let mut prepared = Vec::with_capacity(by_partition.len());
         for (partition, messages) in by_partition {
             let processor = match processors.entry(partition) {
                 std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
                 std::collections::hash_map::Entry::Vacant(entry) => {
+                    in_flight.finish().await?;
                     let mut processor = StreamProcessor::open(
                         job.view.clone(),
                         &job.source,
@@ -192,7 +199,7 @@ pub(crate) async fn consume(
                     entry.insert(processor)
                 }
             };
-            processor.process(&messages).await?;
+            prepared.push(processor.prepare(&messages));
             if let Some(last) = messages.last() {
                 let next_offset = i64::try_from(last.sequence + 1).unwrap_or(i64::MAX);
                 offsets
@@ -200,11 +207,19 @@ pub(crate) async fn consume(
                     .map_err(broker_error("recording an offset"))?;
             }
         }
-        // The state is durable: now the group may move on. A lost commit only makes some
-        // process skip (its own state) or replay (another's) those messages.
-        consumer
-            .commit(&offsets, CommitMode::Async)
-            .map_err(broker_error("committing offsets"))?;
+        let group_consumer = Arc::clone(&consumer);
+        in_flight
+            .replace(async move {
+                for batch in prepared {
+                    batch.persist().await?;
+                }
+                // The state is durable: now the group may move on. A lost commit only makes
+                // some process skip (its own state) or replay (another's) those messages.
+                group_consumer
+                    .commit(&offsets, CommitMode::Async)
+                    .map_err(broker_error("committing offsets"))
+            })
+            .await?;
     }
 }
 

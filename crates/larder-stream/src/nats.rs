@@ -16,7 +16,7 @@ use larder_ingest::WritePath;
 use tokio::sync::watch;
 
 use crate::StreamError;
-use crate::consumer::{MAX_BATCH, StreamViewJob, broker_error, next_batch};
+use crate::consumer::{InFlight, MAX_BATCH, StreamViewJob, broker_error, next_batch};
 use crate::processor::{StreamMessage, StreamProcessor};
 use crate::state::StreamStateStore;
 
@@ -83,9 +83,12 @@ pub(crate) async fn consume(
         .map_err(|error| broker_error("pulling messages")(error.to_string()))?
         .map(|message| message.map_err(broker_error("receiving")));
     tracing::info!(view = %job.view.name, %durable, start_sequence, "consuming NATS stream '{stream}'");
+    // One batch is persisted (written, committed, acknowledged) while the next one is
+    // decoded and aggregated; persists run one after the other.
+    let mut in_flight = InFlight::default();
     loop {
-        let Some(batch) = next_batch(&mut messages, shutdown).await? else {
-            return Ok(());
+        let Some(mut batch) = next_batch(&mut messages, shutdown).await? else {
+            return in_flight.finish().await;
         };
         let mut stream_messages = Vec::with_capacity(batch.len());
         for message in &batch {
@@ -97,13 +100,20 @@ pub(crate) async fn consume(
                 payload: message.payload.to_vec(),
             });
         }
-        processor.process(&stream_messages).await?;
-        if let Some(last) = batch.last() {
-            // Only now are the batch's effects durable; a lost ack just redelivers messages
-            // that the processor will skip.
-            last.ack()
-                .await
-                .map_err(|error| broker_error("acknowledging")(error.to_string()))?;
-        }
+        let prepared = processor.prepare(&stream_messages);
+        let last = batch.pop();
+        in_flight
+            .replace(async move {
+                prepared.persist().await?;
+                if let Some(last) = last {
+                    // Only now are the batch's effects durable; a lost ack just redelivers
+                    // messages that the processor will skip.
+                    last.ack()
+                        .await
+                        .map_err(|error| broker_error("acknowledging")(error.to_string()))?;
+                }
+                Ok(())
+            })
+            .await?;
     }
 }

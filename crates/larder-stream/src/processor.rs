@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use larder_core::{DataSource, FeatureView, StreamAggregations, WriteLane};
+use larder_core::{DataSource, EntityKey, FeatureView, StreamAggregations, WriteLane};
 use larder_ingest::{FeatureRow, WritePath};
 
 use crate::StreamError;
@@ -55,7 +55,7 @@ enum ViewMode {
 
 /// Consumes one feature view's stream in one partition: decode, aggregate, write, commit.
 pub struct StreamProcessor {
-    view: FeatureView,
+    view: Arc<FeatureView>,
     partition: String,
     decoder: MessageDecoder,
     mode: ViewMode,
@@ -139,7 +139,7 @@ impl StreamProcessor {
             }
         }
         Ok(Self {
-            view,
+            view: Arc::new(view),
             partition,
             decoder,
             mode,
@@ -160,7 +160,7 @@ impl StreamProcessor {
         &self.partition
     }
 
-    /// Where it stands (as persisted after the last successful batch).
+    /// Where it stands: the position of the last prepared batch.
     pub fn position(&self) -> &PartitionPosition {
         &self.position
     }
@@ -233,18 +233,16 @@ impl StreamProcessor {
         report
     }
 
-    /// Processes a batch: skips messages at or below the last applied sequence, decodes and
-    /// applies the others, writes the changed entities' rows through the write path (lane
-    /// `stream`), then commits the entity states and the new position in one transaction.
-    /// Only when this returns `Ok` may the caller acknowledge the messages.
+    /// Applies a batch to the in-memory state (skipping messages at or below the last applied
+    /// sequence) and returns what must be made durable: the changed entities' rows, their
+    /// encoded states and the new position. The caller persists it with
+    /// [`PreparedBatch::persist`] (which may overlap with preparing the next batch, as long
+    /// as persists run one after the other) and acknowledges the messages only after that.
     ///
-    /// On `Err` the in-memory state may be ahead of the persisted one: drop this processor
-    /// and [`StreamProcessor::open`] a new one, which resumes from the persisted position.
-    pub async fn process(
-        &mut self,
-        messages: &[StreamMessage],
-    ) -> Result<BatchReport, StreamError> {
-        let mut report = self.apply_messages(messages);
+    /// If a persist fails, the in-memory state is ahead of the persisted one: drop this
+    /// processor and [`StreamProcessor::open`] a new one, which resumes from the file.
+    pub fn prepare(&mut self, messages: &[StreamMessage]) -> PreparedBatch {
+        let report = self.apply_messages(messages);
         let (rows, states) = match &mut self.mode {
             ViewMode::Aggregating(aggregator) => {
                 let changes = aggregator.take_changes();
@@ -252,38 +250,78 @@ impl StreamProcessor {
             }
             ViewMode::Passthrough => (std::mem::take(&mut self.pending_rows), Vec::new()),
         };
-        if !rows.is_empty() {
-            let summary = self
-                .write_path
-                .write(&self.view, WriteLane::Stream, rows)
-                .await?;
-            report.rows_written = summary.written;
+        PreparedBatch {
+            view: Arc::clone(&self.view),
+            partition: self.partition.clone(),
+            rows,
+            states,
+            position: self.position.clone(),
+            report,
+            write_path: Arc::clone(&self.write_path),
+            state: self.state.clone(),
         }
-        let store = self.state.clone();
-        let view_id = self.view.id();
-        let partition = self.partition.clone();
-        let committed = self.position.clone();
-        tokio::task::spawn_blocking(move || {
-            store.commit(&view_id, &partition, &states, &committed)
-        })
-        .await
-        .map_err(|error| StreamError::State(format!("commit task failed: {error}")))??;
-        self.record_metrics(&report);
-        Ok(report)
     }
 
-    fn record_metrics(&self, report: &BatchReport) {
-        let view = self.view.name.clone();
-        for (outcome, count) in [
-            ("applied", report.applied),
-            ("duplicate", report.duplicates),
-            ("late", report.late),
-            ("invalid", report.invalid),
-        ] {
-            if count > 0 {
-                metrics::counter!("larder_stream_events_total", "view" => view.clone(), "outcome" => outcome)
-                    .increment(count);
-            }
+    /// Prepares and persists a batch: see [`StreamProcessor::prepare`].
+    pub async fn process(
+        &mut self,
+        messages: &[StreamMessage],
+    ) -> Result<BatchReport, StreamError> {
+        self.prepare(messages).persist().await
+    }
+}
+
+/// A batch applied in memory, not yet durable ([`StreamProcessor::prepare`]).
+#[derive(Debug)]
+pub struct PreparedBatch {
+    view: Arc<FeatureView>,
+    partition: String,
+    rows: Vec<FeatureRow>,
+    states: Vec<(EntityKey, Vec<u8>)>,
+    position: PartitionPosition,
+    report: BatchReport,
+    write_path: Arc<WritePath>,
+    state: StreamStateStore,
+}
+
+impl PreparedBatch {
+    /// Writes the rows through the write path (lane `stream`), then commits the entity
+    /// states and the position in one transaction. Only when this returns `Ok` may the
+    /// batch's messages be acknowledged.
+    pub async fn persist(self) -> Result<BatchReport, StreamError> {
+        let Self {
+            view,
+            partition,
+            rows,
+            states,
+            position,
+            mut report,
+            write_path,
+            state,
+        } = self;
+        if !rows.is_empty() {
+            let summary = write_path.write(&view, WriteLane::Stream, rows).await?;
+            report.rows_written = summary.written;
+        }
+        let view_id = view.id();
+        tokio::task::spawn_blocking(move || state.commit(&view_id, &partition, &states, &position))
+            .await
+            .map_err(|error| StreamError::State(format!("commit task failed: {error}")))??;
+        record_metrics(&view.name, &report);
+        Ok(report)
+    }
+}
+
+fn record_metrics(view: &str, report: &BatchReport) {
+    for (outcome, count) in [
+        ("applied", report.applied),
+        ("duplicate", report.duplicates),
+        ("late", report.late),
+        ("invalid", report.invalid),
+    ] {
+        if count > 0 {
+            metrics::counter!("larder_stream_events_total", "view" => view.to_string(), "outcome" => outcome)
+                .increment(count);
         }
     }
 }

@@ -7,8 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
+use futures::StreamExt;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -33,6 +34,11 @@ struct Args {
     /// First event index (to continue a previous run's numbering).
     #[arg(long, default_value_t = 0)]
     offset: u64,
+    /// Instead of publishing, pull `events` messages from the stream with a fresh consumer
+    /// and acknowledge them in batches, doing nothing else: the broker's raw delivery rate,
+    /// the limit any consumer works under.
+    #[arg(long)]
+    consume: bool,
 }
 
 #[tokio::main]
@@ -50,6 +56,9 @@ async fn main() -> Result<()> {
         })
         .await
         .context("creating the stream")?;
+    if args.consume {
+        return consume(&jetstream, &args).await;
+    }
     let started = Instant::now();
     let mut pending = Vec::with_capacity(4_096);
     const TICK: u64 = 1_000;
@@ -86,6 +95,45 @@ async fn main() -> Result<()> {
         "published {} events in {seconds:.2} s ({:.0} events/s)",
         args.events,
         args.events as f64 / seconds
+    );
+    Ok(())
+}
+
+async fn consume(jetstream: &async_nats::jetstream::Context, args: &Args) -> Result<()> {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    let stream = jetstream
+        .get_stream(args.stream.as_str())
+        .await
+        .context("opening the stream")?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::All,
+            max_ack_pending: 20_000,
+            ..Default::default()
+        })
+        .await
+        .context("creating a consumer")?;
+    let mut messages = consumer.messages().await.context("pulling")?;
+    let started = Instant::now();
+    let mut received = 0u64;
+    while received < args.events {
+        let Some(message) = messages.next().await else {
+            bail!("the message stream ended after {received} messages");
+        };
+        let message = message.map_err(|error| anyhow::anyhow!("receiving: {error}"))?;
+        received += 1;
+        if received % 5_000 == 0 || received == args.events {
+            message
+                .ack()
+                .await
+                .map_err(|error| anyhow::anyhow!("acknowledging: {error}"))?;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "consumed {received} events in {seconds:.2} s ({:.0} events/s, no processing)",
+        received as f64 / seconds
     );
     Ok(())
 }
