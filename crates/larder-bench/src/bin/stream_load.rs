@@ -63,7 +63,7 @@ async fn main() -> Result<()> {
     let mut pending = Vec::with_capacity(4_096);
     const TICK: u64 = 1_000;
     for index in args.offset..args.offset + args.events {
-        if args.rate > 0 && (index - args.offset) % TICK == 0 {
+        if args.rate > 0 && (index - args.offset).is_multiple_of(TICK) {
             // Pace in ticks of 1000 events: wait until this tick's start time.
             let due = Duration::from_secs_f64((index - args.offset) as f64 / args.rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
@@ -123,7 +123,7 @@ async fn consume(jetstream: &async_nats::jetstream::Context, args: &Args) -> Res
         };
         let message = message.map_err(|error| anyhow::anyhow!("receiving: {error}"))?;
         received += 1;
-        if received % 5_000 == 0 || received == args.events {
+        if received.is_multiple_of(5_000) || received == args.events {
             message
                 .ack()
                 .await
