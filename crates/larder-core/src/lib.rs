@@ -21,8 +21,8 @@ pub use definitions::{
 pub use entity_key::EntityKey;
 pub use error::CoreError;
 pub use stream::{
-    Aggregation, AggregationFunction, MessageFormat, StreamAggregations, StreamField,
-    StreamPayload, TimestampUnit,
+    Aggregation, AggregationFunction, MessageFormat, ProtobufSchema, StreamAggregations,
+    StreamField, StreamPayload, TimestampUnit,
 };
 pub use time::{Timestamp, TtlDuration};
 pub use value::{Value, ValueType};

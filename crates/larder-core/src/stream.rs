@@ -18,6 +18,20 @@ pub enum MessageFormat {
     /// One JSON object per message.
     #[default]
     Json,
+    /// One Protobuf message per message, of the type named in [`StreamPayload::protobuf`].
+    Protobuf,
+}
+
+/// The Protobuf schema of a stream's messages, compiled from a `.proto` file of the feature
+/// repo when it is applied (so serving needs no protobuf compiler and no repo files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtobufSchema {
+    /// The `.proto` file, relative to the repo root.
+    pub proto_file: String,
+    /// Full name of the message type (`acme.events.Click`).
+    pub message: String,
+    /// The compiled file and its imports, an encoded `google.protobuf.FileDescriptorSet`.
+    pub descriptor_set: Vec<u8>,
 }
 
 /// The unit of a numeric event time in a message (text is always RFC 3339).
@@ -71,6 +85,9 @@ pub struct StreamPayload {
     /// own name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<StreamField>,
+    /// The message schema when the format is Protobuf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protobuf: Option<ProtobufSchema>,
 }
 
 impl StreamPayload {

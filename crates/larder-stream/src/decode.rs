@@ -1,7 +1,8 @@
 //! Decoding stream messages into typed columns.
 
 use larder_core::{
-    DataSource, EntityKey, FeatureView, StreamPayload, Timestamp, TimestampUnit, Value, ValueType,
+    DataSource, EntityKey, FeatureView, MessageFormat, StreamPayload, Timestamp, TimestampUnit,
+    Value, ValueType,
 };
 
 use crate::StreamError;
@@ -61,6 +62,8 @@ pub struct DecodedMessage {
 /// messages, as the source's payload declares them (undeclared names are top-level keys).
 #[derive(Debug, Clone)]
 pub struct MessageDecoder {
+    /// `None`: JSON; otherwise the Protobuf message type.
+    protobuf: Option<prost_reflect::MessageDescriptor>,
     join_keys: Vec<ColumnReader>,
     timestamp: ColumnReader,
     timestamp_unit: TimestampUnit,
@@ -80,7 +83,32 @@ impl MessageDecoder {
                 source.name, view.name
             ))
         })?;
+        let protobuf = match (payload.format, &payload.protobuf) {
+            (MessageFormat::Json, _) => None,
+            (MessageFormat::Protobuf, Some(schema)) => {
+                let pool = prost_reflect::DescriptorPool::decode(schema.descriptor_set.as_slice())
+                    .map_err(|error| {
+                        StreamError::Definition(format!(
+                            "source '{}': the compiled '{}' cannot be read: {error}",
+                            source.name, schema.proto_file
+                        ))
+                    })?;
+                Some(pool.get_message_by_name(&schema.message).ok_or_else(|| {
+                    StreamError::Definition(format!(
+                        "source '{}': '{}' declares no message '{}'",
+                        source.name, schema.proto_file, schema.message
+                    ))
+                })?)
+            }
+            (MessageFormat::Protobuf, None) => {
+                return Err(StreamError::Definition(format!(
+                    "source '{}' reads protobuf messages but has no compiled schema (apply the repo again)",
+                    source.name
+                )));
+            }
+        };
         Ok(Self {
+            protobuf,
             join_keys: view
                 .join_keys
                 .iter()
@@ -95,10 +123,34 @@ impl MessageDecoder {
         })
     }
 
-    /// Decodes one JSON message.
+    /// Decodes one message (JSON, or Protobuf read through its JSON mapping with the
+    /// `.proto` field names and 64-bit integers as numbers, so paths and types work alike).
     pub fn decode(&self, bytes: &[u8]) -> Result<DecodedMessage, StreamError> {
-        let message: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|error| StreamError::Decode(format!("not a JSON message: {error}")))?;
+        let message: serde_json::Value = match &self.protobuf {
+            None => serde_json::from_slice(bytes)
+                .map_err(|error| StreamError::Decode(format!("not a JSON message: {error}")))?,
+            Some(descriptor) => {
+                let decoded = prost_reflect::DynamicMessage::decode(descriptor.clone(), bytes)
+                    .map_err(|error| {
+                        StreamError::Decode(format!(
+                            "not a protobuf {} message: {error}",
+                            descriptor.full_name()
+                        ))
+                    })?;
+                let options = prost_reflect::SerializeOptions::new()
+                    .stringify_64_bit_integers(false)
+                    .use_proto_field_name(true)
+                    .skip_default_fields(false);
+                decoded
+                    .serialize_with_options(serde_json::value::Serializer, &options)
+                    .map_err(|error| {
+                        StreamError::Decode(format!(
+                            "protobuf {} message: {error}",
+                            descriptor.full_name()
+                        ))
+                    })?
+            }
+        };
         if !message.is_object() {
             return Err(StreamError::Decode(
                 "the message is not a JSON object".to_string(),

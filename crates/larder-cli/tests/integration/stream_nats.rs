@@ -222,3 +222,162 @@ fn nats_events_are_aggregated_servable_within_seconds_and_survive_kill_9() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(served(&server), expected(total));
 }
+
+/// A protobuf field key (field number and wire type) as a varint.
+fn protobuf_varint(mut value: u64, out: &mut Vec<u8>) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// `acme.events.Click { int64 user_id = 1; double amount = 2; google.protobuf.Timestamp ts = 3; }`
+/// encoded by hand (wire format), independent of the decoder under test.
+fn click_protobuf(user_id: i64, amount: f64, ts_ms: i64) -> Vec<u8> {
+    let mut timestamp = Vec::new();
+    protobuf_varint(1 << 3, &mut timestamp);
+    protobuf_varint((ts_ms / 1_000) as u64, &mut timestamp);
+    protobuf_varint(2 << 3, &mut timestamp);
+    protobuf_varint(((ts_ms % 1_000) * 1_000_000) as u64, &mut timestamp);
+    let mut message = Vec::new();
+    protobuf_varint(1 << 3, &mut message);
+    protobuf_varint(user_id as u64, &mut message);
+    protobuf_varint((2 << 3) | 1, &mut message);
+    message.extend_from_slice(&amount.to_le_bytes());
+    protobuf_varint((3 << 3) | 2, &mut message);
+    protobuf_varint(timestamp.len() as u64, &mut message);
+    message.extend_from_slice(&timestamp);
+    message
+}
+
+#[test]
+fn protobuf_messages_are_decoded_with_the_repo_schema() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let temp = tempfile::tempdir().unwrap();
+    let repo = temp.path();
+    std::fs::write(
+        repo.join("larder.yaml"),
+        "project: prototest\nregistry: data/registry.json\nonline_store: {type: embedded, path: data/online.redb}\noffline_store: {type: parquet, path: data/offline}\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(repo.join("protos")).unwrap();
+    std::fs::write(
+        repo.join("protos/click.proto"),
+        "syntax = \"proto3\";\npackage acme.events;\nimport \"google/protobuf/timestamp.proto\";\nmessage Click {\n  int64 user_id = 1;\n  double amount = 2;\n  google.protobuf.Timestamp ts = 3;\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("features.yaml"),
+        format!(
+            r#"entities:
+  - name: user
+    join_keys: [{{name: user_id, dtype: int64}}]
+sources:
+  - name: clicks
+    type: nats
+    url: {}
+    stream: PROTO
+    subject: proto.clicks
+    message_format: protobuf
+    proto_file: protos/click.proto
+    proto_message: acme.events.Click
+    timestamp_field: ts
+    fields: [{{name: amount, dtype: float64}}]
+feature_views:
+  - name: user_spend
+    version: 1
+    entities: [user]
+    source: clicks
+    aggregations:
+      - {{function: count, window: 1h}}
+      - {{function: sum, column: amount, window: 1h}}
+"#,
+            nats.url()
+        ),
+    )
+    .unwrap();
+    larder_ok(repo, &["apply"]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    runtime.block_on(async {
+        let context = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        context
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: "PROTO".into(),
+                subjects: vec!["proto.clicks".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        for index in 0..300i64 {
+            let payload = click_protobuf(index % 5, 0.25 * (index % 4) as f64, now_ms - index);
+            context
+                .publish("proto.clicks", payload.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        // Not a Click: skipped and counted, the stream goes on.
+        context
+            .publish("proto.clicks", vec![0xff, 0xff, 0xff].into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    });
+    let server = Server::start(repo);
+    let want: Vec<(i64, f64)> = (0..5)
+        .map(|user| {
+            let indices: Vec<i64> = (0..300).filter(|index| index % 5 == user).collect();
+            let sum = indices.iter().map(|index| 0.25 * (index % 4) as f64).sum();
+            (indices.len() as i64, sum)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, response) = server.post(
+            "/get-online-features",
+            &json!({"features": ["user_spend:count_1h", "user_spend:amount_sum_1h"],
+                    "entities": {"user_id": [0, 1, 2, 3, 4]}})
+            .to_string(),
+        );
+        assert_eq!(status, 200, "{response}");
+        let got: Vec<(i64, f64)> = (0..5)
+            .map(|row| {
+                (
+                    response["results"][1]["values"][row].as_i64().unwrap_or(0),
+                    response["results"][2]["values"][row]
+                        .as_f64()
+                        .unwrap_or(0.0),
+                )
+            })
+            .collect();
+        if got == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "got {got:?}, want {want:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let metrics = agent
+        .get(&format!("{}/metrics", server.base_url))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("larder_stream_events_total{view=\"user_spend\",outcome=\"invalid\"} 1"),
+        "{metrics}"
+    );
+}

@@ -94,9 +94,15 @@ pub(super) struct SourceDefinition {
     /// nats: durable consumer.
     #[serde(default)]
     pub(super) durable: Option<Spanned<String>>,
-    /// kafka, nats: how messages are encoded (json).
+    /// kafka, nats: how messages are encoded (json or protobuf).
     #[serde(default)]
     pub(super) message_format: Option<Spanned<String>>,
+    /// kafka, nats with protobuf: the `.proto` file, relative to the repo root.
+    #[serde(default)]
+    pub(super) proto_file: Option<Spanned<String>>,
+    /// kafka, nats with protobuf: the full name of the message type.
+    #[serde(default)]
+    pub(super) proto_message: Option<Spanned<String>>,
     /// kafka, nats: the unit of numeric event times (s, ms, us).
     #[serde(default)]
     pub(super) timestamp_unit: Option<Spanned<String>>,

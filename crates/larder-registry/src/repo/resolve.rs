@@ -7,8 +7,8 @@ use std::path::{Component, Path, PathBuf};
 use larder_core::{
     Aggregation, AggregationFunction, CheckRule, CheckSeverity, DataQualityCheck, DataSource,
     DataSourceKind, Entity, Feature, FeatureRef, FeatureService, FeatureServiceItem, FeatureView,
-    FileFormat, JoinKey, MessageFormat, StreamAggregations, StreamField, StreamPayload,
-    TimestampUnit, TtlDuration, ValueType,
+    FileFormat, JoinKey, MessageFormat, ProtobufSchema, StreamAggregations, StreamField,
+    StreamPayload, TimestampUnit, TtlDuration, ValueType,
 };
 use serde_saphyr::Spanned;
 
@@ -23,6 +23,9 @@ use crate::repo::definitions::{
 use crate::repo::discovery::ParsedFile;
 use crate::repo::{FeatureLocations, FeatureViewLocations};
 
+/// How far behind the newest event an event of a stream view may be and still count, when
+/// the view does not say (`allowed_lateness`).
+const DEFAULT_ALLOWED_LATENESS_SECONDS: u64 = 300;
 /// Whether a name matches `[A-Za-z_][A-Za-z0-9_]*`.
 fn is_valid_name(name: &str) -> bool {
     let mut characters = name.chars();
@@ -293,7 +296,21 @@ impl<'a> Resolver<'a> {
         let name = &definition.name.value;
         let source_type = definition.source_type.value.trim().to_ascii_lowercase();
         let type_location = Location::from_yaml(&file.path, &definition.source_type.referenced);
-        let type_specific_fields: [(&str, Option<&serde_saphyr::Location>); 13] = [
+        let type_specific_fields: [(&str, Option<&serde_saphyr::Location>); 15] = [
+            (
+                "proto_file",
+                definition
+                    .proto_file
+                    .as_ref()
+                    .map(|field| &field.referenced),
+            ),
+            (
+                "proto_message",
+                definition
+                    .proto_message
+                    .as_ref()
+                    .map(|field| &field.referenced),
+            ),
             (
                 "message_format",
                 definition
@@ -367,6 +384,8 @@ impl<'a> Resolver<'a> {
                 "consumer_group",
                 "start_offset",
                 "message_format",
+                "proto_file",
+                "proto_message",
                 "timestamp_unit",
                 "fields",
             ],
@@ -376,6 +395,8 @@ impl<'a> Resolver<'a> {
                 "subject",
                 "durable",
                 "message_format",
+                "proto_file",
+                "proto_message",
                 "timestamp_unit",
                 "fields",
             ],
@@ -586,13 +607,51 @@ impl<'a> Resolver<'a> {
         if let Some(format) = &definition.message_format {
             match format.value.trim().to_ascii_lowercase().as_str() {
                 "json" => payload.format = MessageFormat::Json,
+                "protobuf" => payload.format = MessageFormat::Protobuf,
                 other => {
                     self.report(
                         Location::from_yaml(&file.path, &format.referenced),
                         format!("{key_prefix}.message_format"),
-                        format!("unknown message format '{other}' (expected json)"),
+                        format!("unknown message format '{other}' (expected json or protobuf)"),
                     );
                     valid = false;
+                }
+            }
+        }
+        match (
+            payload.format,
+            &definition.proto_file,
+            &definition.proto_message,
+        ) {
+            (MessageFormat::Protobuf, Some(proto_file), Some(message)) => {
+                match self.compile_protobuf(file, proto_file, message, key_prefix) {
+                    Some(schema) => payload.protobuf = Some(schema),
+                    None => valid = false,
+                }
+            }
+            (MessageFormat::Protobuf, _, _) => {
+                let location = definition.message_format.as_ref().map_or_else(
+                    || Location::from_yaml(&file.path, &definition.name.referenced),
+                    |format| Location::from_yaml(&file.path, &format.referenced),
+                );
+                self.report(
+                    location,
+                    format!("{key_prefix}.message_format"),
+                    "protobuf messages need proto_file (a .proto file of the repo) and proto_message (the full message name)".to_string(),
+                );
+                valid = false;
+            }
+            (MessageFormat::Json, proto_file, proto_message) => {
+                for (field, value) in [("proto_file", proto_file), ("proto_message", proto_message)]
+                {
+                    if let Some(value) = value {
+                        self.report(
+                            Location::from_yaml(&file.path, &value.referenced),
+                            format!("{key_prefix}.{field}"),
+                            format!("'{field}' applies only to message_format: protobuf"),
+                        );
+                        valid = false;
+                    }
                 }
             }
         }
@@ -673,6 +732,59 @@ impl<'a> Resolver<'a> {
         valid.then_some(payload)
     }
 
+    /// Compiles a stream source's `.proto` file (and its imports, the repo root being the
+    /// import path) and checks that it declares the message; `None` when it cannot (reported
+    /// at the YAML key, with the compiler's message naming the `.proto` line).
+    fn compile_protobuf(
+        &mut self,
+        file: &ParsedFile,
+        proto_file: &Spanned<String>,
+        message: &Spanned<String>,
+        key_prefix: &str,
+    ) -> Option<ProtobufSchema> {
+        use prost::Message as _;
+        let relative = proto_file.value.trim().to_string();
+        let compiled = protox::Compiler::new([self.root]).and_then(|mut compiler| {
+            compiler.include_imports(true).include_source_info(false);
+            compiler.open_file(self.root.join(&relative))?;
+            Ok(compiler)
+        });
+        let compiler = match compiled {
+            Ok(compiler) => compiler,
+            Err(error) => {
+                self.report(
+                    Location::from_yaml(&file.path, &proto_file.referenced),
+                    format!("{key_prefix}.proto_file"),
+                    format!("cannot compile '{relative}': {error}"),
+                );
+                return None;
+            }
+        };
+        let message_name = message.value.trim().to_string();
+        let pool = compiler.descriptor_pool();
+        if pool.get_message_by_name(&message_name).is_none() {
+            let known: Vec<String> = pool
+                .all_messages()
+                .map(|descriptor| descriptor.full_name().to_string())
+                .filter(|name| !name.starts_with("google.protobuf."))
+                .collect();
+            self.report(
+                Location::from_yaml(&file.path, &message.referenced),
+                format!("{key_prefix}.proto_message"),
+                format!(
+                    "'{relative}' declares no message '{message_name}' (it declares: {})",
+                    known.join(", ")
+                ),
+            );
+            return None;
+        }
+        Some(ProtobufSchema {
+            proto_file: relative,
+            message: message_name,
+            descriptor_set: compiler.file_descriptor_set().encode_to_vec(),
+        })
+    }
+
     /// Resolves `aggregations:` of a stream feature view into its features and
     /// [`StreamAggregations`]; `None` when anything is wrong (each problem reported).
     fn resolve_aggregations(
@@ -732,7 +844,7 @@ impl<'a> Resolver<'a> {
             None => None,
         };
         let allowed_lateness = match &definition.allowed_lateness {
-            None => TtlDuration::from_seconds(0),
+            None => TtlDuration::from_seconds(DEFAULT_ALLOWED_LATENESS_SECONDS),
             Some(text) => match text.value.parse::<TtlDuration>() {
                 Ok(duration) => duration,
                 Err(error) => {

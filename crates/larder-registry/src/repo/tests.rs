@@ -940,3 +940,80 @@ fn bad_data_quality_checks_point_at_their_line() {
     assert_reported(&diagnostics, "views.yaml", 10, "needs min, max or both");
     assert_reported(&diagnostics, "views.yaml", 11, "unknown severity 'fatal'");
 }
+
+fn protobuf_source(proto_file: &str, message: &str) -> String {
+    lines(&[
+        "sources:",
+        "  - name: clicks",
+        "    type: nats",
+        "    url: nats://127.0.0.1:4222",
+        "    stream: CLICKS",
+        "    subject: clicks",
+        "    message_format: protobuf",
+        &format!("    proto_file: {proto_file}"),
+        &format!("    proto_message: {message}"),
+        "    timestamp_field: ts",
+    ])
+}
+
+const CLICK_PROTO: &str = "syntax = \"proto3\";\npackage acme.events;\nimport \"google/protobuf/timestamp.proto\";\nmessage Click {\n  int64 user_id = 1;\n  double amount = 2;\n  google.protobuf.Timestamp ts = 3;\n}\n";
+
+#[test]
+fn protobuf_sources_are_compiled_at_apply() {
+    let directory = write_repo(&[
+        ("protos/click.proto", CLICK_PROTO.to_string()),
+        (
+            "sources.yaml",
+            protobuf_source("protos/click.proto", "acme.events.Click"),
+        ),
+    ]);
+    let repo =
+        FeatureRepo::load(directory.path()).unwrap_or_else(|diagnostics| panic!("{diagnostics}"));
+    let payload = repo.registry().sources["clicks"]
+        .kind
+        .stream_payload()
+        .cloned()
+        .unwrap();
+    assert_eq!(payload.format, larder_core::MessageFormat::Protobuf);
+    let schema = payload.protobuf.unwrap();
+    assert_eq!(schema.message, "acme.events.Click");
+    // The descriptor set holds the file and its import, so serving needs neither.
+    assert!(
+        schema.descriptor_set.len() > 100,
+        "{}",
+        schema.descriptor_set.len()
+    );
+}
+
+#[test]
+fn protobuf_errors_name_the_yaml_key_and_the_proto_problem() {
+    let diagnostics = load_errors(&[
+        ("protos/click.proto", CLICK_PROTO.to_string()),
+        (
+            "sources.yaml",
+            protobuf_source("protos/click.proto", "acme.events.Klick"),
+        ),
+    ]);
+    assert_reported(
+        &diagnostics,
+        "sources.yaml",
+        9,
+        "declares no message 'acme.events.Klick' (it declares: acme.events.Click)",
+    );
+    let diagnostics = load_errors(&[
+        (
+            "protos/click.proto",
+            "syntax = \"proto3\";\nmessage Click {\n  int64 user_id = ;\n}\n".to_string(),
+        ),
+        (
+            "sources.yaml",
+            protobuf_source("protos/click.proto", "Click"),
+        ),
+    ]);
+    assert_reported(
+        &diagnostics,
+        "sources.yaml",
+        8,
+        "cannot compile 'protos/click.proto'",
+    );
+}
