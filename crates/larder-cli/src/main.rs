@@ -94,15 +94,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Streaming lane: replay a recorded event history (JSON lines, in stream order) through
-    /// a stream view's aggregations into the offline store, as serving computed them.
+    /// Streaming lane: replay a stream view's event history (what the broker retains, or a
+    /// recorded file) through its aggregations into the offline store, as serving computed
+    /// them.
     StreamBackfill {
         /// The stream feature view.
         #[arg(long)]
         view: String,
-        /// The event history: one message per line.
+        /// A recorded history instead of the broker's: one JSON message per line, in stream
+        /// order.
         #[arg(long)]
-        events: PathBuf,
+        events: Option<PathBuf>,
     },
     /// Read online features for some entities.
     Get(get::GetArgs),
@@ -229,7 +231,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(&cli.repo, args.listen_options()).await,
         Command::Get(args) => get::run(&cli.repo, &args).await,
         Command::Status { json } => status::run(&cli.repo, json).await,
-        Command::StreamBackfill { view, events } => stream::backfill(&cli.repo, &view, &events),
+        Command::StreamBackfill { view, events } => {
+            stream::backfill(&cli.repo, &view, events.as_deref()).await
+        }
         Command::TrainingSet(args) => training_set::run(&cli.repo, &args).await,
         Command::Quickstart {
             path,

@@ -68,9 +68,11 @@ pub fn spawn_consumers(
     Ok(handles)
 }
 
-/// `larder stream-backfill`: replays a recorded event history (one message per line, in
-/// stream order) through the view's aggregations and replaces its offline rows.
-pub fn backfill(root: &Path, view_name: &str, events: &Path) -> Result<()> {
+/// `larder stream-backfill`: replays a stream view's event history through its aggregations
+/// and replaces its offline rows. The history is what the broker retains (each Kafka
+/// partition, or the NATS stream's subject, in order), or a recorded file (one message per
+/// line, in stream order).
+pub async fn backfill(root: &Path, view_name: &str, events: Option<&Path>) -> Result<()> {
     let context = RepoContext::load(root)?;
     let registry = context.applied_registry()?;
     let view = registry
@@ -86,25 +88,34 @@ pub fn backfill(root: &Path, view_name: &str, events: &Path) -> Result<()> {
         .sources
         .get(&view.source)
         .ok_or_else(|| anyhow!("unknown source '{}'", view.source))?;
-    let file = std::fs::File::open(events)
-        .with_context(|| format!("opening the event history {}", events.display()))?;
-    let mut lines = Vec::new();
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line.with_context(|| format!("reading {}", events.display()))?;
-        if !line.trim().is_empty() {
-            lines.push(line);
+    let partitions = match events {
+        Some(events) => {
+            let file = std::fs::File::open(events)
+                .with_context(|| format!("opening the event history {}", events.display()))?;
+            let mut lines = Vec::new();
+            for line in std::io::BufReader::new(file).lines() {
+                let line = line.with_context(|| format!("reading {}", events.display()))?;
+                if !line.trim().is_empty() {
+                    lines.push(line.into_bytes());
+                }
+            }
+            vec![lines]
         }
-    }
-    let (rows, report) = larder_stream::backfill::backfill_rows(
-        view,
-        source,
-        aggregations,
-        lines.iter().map(|line| line.as_bytes()),
-    )?;
+        None => larder_stream::backfill::read_history(source)
+            .await
+            .with_context(|| format!("reading the history of source '{}'", source.name))?,
+    };
+    let (rows, report) =
+        larder_stream::backfill::backfill_partitions(view, source, aggregations, &partitions)?;
     let summary = larder_stream::backfill::write_offline(&context.offline_store(), view, &rows)?;
     println!(
-        "Backfilled feature view '{view_name}': {} events applied, {} late (dropped), {} invalid; {} offline rows in {} files.",
-        report.applied, report.late, report.invalid, summary.rows, summary.files
+        "Backfilled feature view '{view_name}' from {} partition(s): {} events applied, {} late (dropped), {} invalid; {} offline rows in {} files.",
+        partitions.len(),
+        report.applied,
+        report.late,
+        report.invalid,
+        summary.rows,
+        summary.files
     );
     Ok(())
 }

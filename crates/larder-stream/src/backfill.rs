@@ -6,7 +6,7 @@
 //! time). A point-in-time lookup at instant `t` in these rows gives the value the online store
 //! held for the entity once the stream was consumed up to `t`.
 
-use larder_core::{DataSource, FeatureView, StreamAggregations, Value};
+use larder_core::{DataSource, DataSourceKind, FeatureView, StreamAggregations, Value};
 use larder_ingest::FeatureRow;
 use larder_offline::{OfflineStore, OfflineWriteSummary, ViewBatch};
 
@@ -104,4 +104,50 @@ pub fn write_offline(
         writer.write(&batch)?;
     }
     Ok(writer.commit()?)
+}
+
+/// The whole history the broker retains for a stream source, per partition, in stream
+/// order: Kafka partitions from their earliest retained offset, the NATS stream's messages on
+/// the source's subject from its first sequence.
+pub async fn read_history(source: &DataSource) -> Result<Vec<Vec<Vec<u8>>>, StreamError> {
+    match &source.kind {
+        DataSourceKind::Kafka { brokers, topic, .. } => {
+            crate::kafka::read_history(brokers, topic).await
+        }
+        DataSourceKind::Nats {
+            url,
+            stream,
+            subject,
+            ..
+        } => Ok(vec![crate::nats::read_history(url, stream, subject).await?]),
+        _ => Err(StreamError::Definition(format!(
+            "source '{}' is not a stream",
+            source.name
+        ))),
+    }
+}
+
+/// [`backfill_rows`] over each partition's history (as the consumers aggregate each
+/// partition on its own), the rows of all partitions together.
+pub fn backfill_partitions(
+    view: &FeatureView,
+    source: &DataSource,
+    aggregations: &StreamAggregations,
+    partitions: &[Vec<Vec<u8>>],
+) -> Result<(Vec<FeatureRow>, BackfillReport), StreamError> {
+    let mut all_rows = Vec::new();
+    let mut total = BackfillReport::default();
+    for messages in partitions {
+        let (rows, report) = backfill_rows(
+            view,
+            source,
+            aggregations,
+            messages.iter().map(Vec::as_slice),
+        )?;
+        all_rows.extend(rows);
+        total.applied += report.applied;
+        total.late += report.late;
+        total.invalid += report.invalid;
+    }
+    Ok((all_rows, total))
 }

@@ -364,3 +364,63 @@ fn read_range(
     }
     Ok(())
 }
+
+/// Every retained message of every partition of `topic`, per partition in offset order.
+pub(crate) async fn read_history(
+    brokers: &[String],
+    topic: &str,
+) -> Result<Vec<Vec<Vec<u8>>>, StreamError> {
+    let config = client_config(brokers);
+    let topic_name = topic.to_string();
+    let (partitions, ends) = tokio::task::spawn_blocking(move || {
+        let probe: BaseConsumer = config
+            .clone()
+            .set("group.id", "larder-replay")
+            .create()
+            .map_err(broker_error("creating a consumer"))?;
+        let metadata = probe
+            .fetch_metadata(Some(&topic_name), Timeout::After(REQUEST_TIMEOUT))
+            .map_err(broker_error("reading the topic's metadata"))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|found| found.name() == topic_name)
+            .flat_map(|found| found.partitions().iter().map(|partition| partition.id()))
+            .collect();
+        let mut ends = Vec::with_capacity(partitions.len());
+        for partition in &partitions {
+            let (_, high) = probe
+                .fetch_watermarks(&topic_name, *partition, Timeout::After(REQUEST_TIMEOUT))
+                .map_err(broker_error("reading watermarks"))?;
+            ends.push(u64::try_from(high).unwrap_or(0));
+        }
+        Ok::<_, StreamError>((partitions, ends))
+    })
+    .await
+    .map_err(|error| StreamError::Broker(format!("metadata task failed: {error}")))??;
+    if partitions.is_empty() {
+        return Err(StreamError::Broker(format!(
+            "topic '{topic}' has no partitions"
+        )));
+    }
+    let mut history = Vec::with_capacity(partitions.len());
+    for (partition, end) in partitions.into_iter().zip(ends) {
+        let (sender, mut receiver) = mpsc::channel::<Result<Vec<StreamMessage>, StreamError>>(2);
+        let config = client_config(brokers);
+        let topic_name = topic.to_string();
+        let reader = tokio::task::spawn_blocking(move || {
+            if let Err(error) = read_range(&config, &topic_name, partition, 0, end, &sender) {
+                let _ = sender.blocking_send(Err(error));
+            }
+        });
+        let mut messages = Vec::new();
+        while let Some(chunk) = receiver.recv().await {
+            messages.extend(chunk?.into_iter().map(|message| message.payload));
+        }
+        reader
+            .await
+            .map_err(|error| StreamError::Broker(format!("history task failed: {error}")))?;
+        history.push(messages);
+    }
+    Ok(history)
+}

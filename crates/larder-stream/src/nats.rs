@@ -117,3 +117,60 @@ pub(crate) async fn consume(
             .await?;
     }
 }
+
+/// Every retained message of `stream` on `subject`, in stream order.
+pub(crate) async fn read_history(
+    url: &str,
+    stream: &str,
+    subject: &str,
+) -> Result<Vec<Vec<u8>>, StreamError> {
+    let client = async_nats::connect(url)
+        .await
+        .map_err(|error| broker_error("connecting")(format!("{url}: {error}")))?;
+    let context = jetstream::new(client);
+    let mut nats_stream = context
+        .get_stream(stream)
+        .await
+        .map_err(|error| broker_error("opening the stream")(format!("'{stream}': {error}")))?;
+    let info = nats_stream
+        .info()
+        .await
+        .map_err(|error| broker_error("reading the stream's state")(error.to_string()))?;
+    let last_sequence = info.state.last_sequence;
+    let mut history = Vec::new();
+    if info.state.messages == 0 {
+        return Ok(history);
+    }
+    let consumer: jetstream::consumer::PullConsumer = nats_stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: subject.to_string(),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| broker_error("creating a reader")(error.to_string()))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|error| broker_error("pulling messages")(error.to_string()))?;
+    loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), messages.next()).await;
+        let message = match next {
+            Ok(Some(message)) => {
+                message.map_err(|error| broker_error("receiving")(error.to_string()))?
+            }
+            // Nothing more on this subject (the stream's last messages may be on others).
+            Ok(None) | Err(_) => break,
+        };
+        let info = message
+            .info()
+            .map_err(|error| broker_error("reading message metadata")(error.to_string()))?;
+        let (sequence, pending) = (info.stream_sequence, info.pending);
+        history.push(message.payload.to_vec());
+        if pending == 0 || sequence >= last_sequence {
+            break;
+        }
+    }
+    Ok(history)
+}

@@ -1,7 +1,6 @@
 //! init → apply → materialize → serve → read over HTTP, checked against the generated data.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::Path;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -9,20 +8,9 @@ use arrow::datatypes::{
     DataType, Float32Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType,
 };
 use larder_core::Timestamp;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
 
-use crate::util::{DemoRepo, Server, larder_ok};
-
-fn read_parquet(path: &Path) -> Vec<RecordBatch> {
-    let file = File::open(path).unwrap();
-    ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
+use crate::util::{DemoRepo, Server, larder_ok, read_parquet};
 
 /// One source row as JSON values by column name, plus its event time.
 type SourceRow = (HashMap<String, Value>, i64);

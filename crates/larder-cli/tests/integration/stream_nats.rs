@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use larder_testing::NatsServer;
 use serde_json::json;
 
-use crate::util::{Server, larder_ok};
+use arrow::array::AsArray;
+
+use crate::util::{Server, larder_ok, read_parquet};
 
 const USERS: i64 = 10;
 
@@ -221,6 +223,63 @@ fn nats_events_are_aggregated_servable_within_seconds_and_survive_kill_9() {
     let server = Server::start(repo);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(served(&server), expected(total));
+
+    // Training sees what serving saw: the backfill of the broker's retained history through
+    // the same aggregation code, read point-in-time at each user's served event time, gives
+    // the served values.
+    let (status, response) = server.post(
+        "/get-online-features",
+        &json!({"features": ["user_clicks:count_7d"], "entities": {"user_id": (0..USERS).collect::<Vec<_>>()}})
+            .to_string(),
+    );
+    assert_eq!(status, 200, "{response}");
+    let served_times: Vec<String> = response["results"][1]["event_timestamps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|time| time.as_str().unwrap().to_string())
+        .collect();
+    let backfilled = larder_ok(repo, &["stream-backfill", "--view", "user_clicks"]);
+    assert!(
+        backfilled.contains(&format!("{total} events applied")),
+        "{backfilled}"
+    );
+    let mut entities = String::from("user_id,event_timestamp\n");
+    for (user, time) in served_times.iter().enumerate() {
+        entities.push_str(&format!("{user},{time}\n"));
+    }
+    std::fs::write(repo.join("entities.csv"), entities).unwrap();
+    larder_ok(
+        repo,
+        &[
+            "training-set",
+            "--entities",
+            "entities.csv",
+            "--features",
+            "user_clicks:count_7d,user_clicks:amount_sum_7d",
+            "--output",
+            "train.parquet",
+        ],
+    );
+    let mut offline = Vec::new();
+    for batch in read_parquet(&repo.join("train.parquet")) {
+        let count = arrow::compute::cast(
+            batch.column_by_name("count_7d").unwrap(),
+            &arrow::datatypes::DataType::Int64,
+        )
+        .unwrap();
+        let sum = arrow::compute::cast(
+            batch.column_by_name("amount_sum_7d").unwrap(),
+            &arrow::datatypes::DataType::Float64,
+        )
+        .unwrap();
+        let count = count.as_primitive::<arrow::datatypes::Int64Type>();
+        let sum = sum.as_primitive::<arrow::datatypes::Float64Type>();
+        for row in 0..batch.num_rows() {
+            offline.push((count.value(row), sum.value(row)));
+        }
+    }
+    assert_eq!(offline, served(&server));
 }
 
 /// A protobuf field key (field number and wire type) as a varint.

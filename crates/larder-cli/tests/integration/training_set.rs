@@ -1,29 +1,17 @@
 //! `larder training-set` on the materialized demo, checked against the generated source data.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::Path;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int64Type, TimeUnit};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::util::{DemoRepo, Server, larder, larder_ok};
+use crate::util::{DemoRepo, Server, larder, larder_ok, read_parquet};
 
 const DAY: i64 = 86_400_000_000;
 /// 2026-01-01T00:00:00Z in microseconds.
 const ANCHOR: i64 = 1_767_225_600_000_000;
-
-fn read_parquet(path: &Path) -> Vec<RecordBatch> {
-    let file = File::open(path).unwrap();
-    ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
 
 fn int64_column(batch: &RecordBatch, name: &str) -> Vec<Option<i64>> {
     let column = cast(batch.column_by_name(name).unwrap(), &DataType::Int64).unwrap();
