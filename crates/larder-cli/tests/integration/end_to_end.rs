@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::{
     DataType, Float32Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType,
 };
