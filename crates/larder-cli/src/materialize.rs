@@ -186,7 +186,7 @@ fn record(history: &RunHistory, report: &RunReport) {
 pub fn summary_line(report: &RunReport) -> String {
     let seconds = report.duration().as_secs_f64().max(1e-9);
     format!(
-        "{:<20} {:>10} rows scanned in {:>6.2}s ({:>9.0} rows/s): {} changed, {} written online, {} skipped ({} unchanged); offline {} rows in {} date partitions",
+        "{:<20} {:>10} rows scanned in {:>6.2}s ({:>9.0} rows/s): {} changed, {} written online, {} skipped ({} unchanged), {} deleted; offline {} rows in {} date partitions",
         format!("{}:v{}", report.view, report.version),
         report.rows_scanned,
         seconds,
@@ -195,6 +195,7 @@ pub fn summary_line(report: &RunReport) -> String {
         report.rows_written,
         report.rows_skipped,
         report.rows_unchanged,
+        report.rows_deleted,
         report.offline_rows,
         report.offline_partitions
     )
@@ -209,13 +210,21 @@ pub fn show_runs(root: &Path, view: Option<&str>, limit: usize) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<25} {:<20} {:<9} {:>10} {:>10} {:>10} {:>10} {:>9}  watermark",
-        "started", "view", "status", "scanned", "changed", "written", "skipped", "seconds"
+        "{:<25} {:<20} {:<9} {:>10} {:>10} {:>10} {:>10} {:>8} {:>9}  watermark",
+        "started",
+        "view",
+        "status",
+        "scanned",
+        "changed",
+        "written",
+        "skipped",
+        "deleted",
+        "seconds"
     );
     let skip = runs.len().saturating_sub(limit);
     for run in runs.iter().skip(skip) {
         println!(
-            "{:<25} {:<20} {:<9} {:>10} {:>10} {:>10} {:>10} {:>9.2}  {}",
+            "{:<25} {:<20} {:<9} {:>10} {:>10} {:>10} {:>10} {:>8} {:>9.2}  {}",
             run.started_at,
             format!("{}:v{}", run.view, run.version),
             run.status,
@@ -223,6 +232,7 @@ pub fn show_runs(root: &Path, view: Option<&str>, limit: usize) -> Result<()> {
             run.rows_changed,
             run.rows_written,
             run.rows_skipped,
+            run.rows_deleted,
             run.duration().as_secs_f64(),
             run.watermark.as_deref().unwrap_or("-")
         );

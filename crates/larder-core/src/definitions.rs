@@ -210,6 +210,28 @@ pub struct FeatureView {
     /// anything.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<DataQualityCheck>,
+    /// What a full batch run does with entities that were materialized before and are no
+    /// longer in the transformation's output.
+    #[serde(default, skip_serializing_if = "OnMissing::is_keep")]
+    pub on_missing: OnMissing,
+}
+
+/// What a full batch run does with an entity that disappeared from the view's output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissing {
+    /// Keep serving its last value (until the view's TTL, if any, hides it).
+    #[default]
+    Keep,
+    /// Delete it from the online store (a tombstone): the source is the whole truth.
+    Delete,
+}
+
+impl OnMissing {
+    /// Whether this is the default, [`OnMissing::Keep`].
+    pub fn is_keep(&self) -> bool {
+        matches!(self, Self::Keep)
+    }
 }
 
 /// What a failing data-quality check does to a batch run.

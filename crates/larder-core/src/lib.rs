@@ -16,7 +16,7 @@ pub mod value;
 pub use definitions::{
     CheckRule, CheckSeverity, DataQualityCheck, DataSource, DataSourceKind, Entity, Feature,
     FeatureRef, FeatureService, FeatureServiceItem, FeatureView, FeatureViewId, FileFormat,
-    JoinKey,
+    JoinKey, OnMissing,
 };
 pub use entity_key::EntityKey;
 pub use error::CoreError;

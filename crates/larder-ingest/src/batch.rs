@@ -71,6 +71,9 @@ pub struct RunReport {
     pub rows_skipped: u64,
     /// Of the skipped rows, entities whose content and event time equal the last run's.
     pub rows_unchanged: u64,
+    /// Entities deleted online because they left the view's output (`on_missing: delete`,
+    /// full runs only).
+    pub rows_deleted: u64,
     /// Rows written offline.
     pub offline_rows: u64,
     /// Offline date partitions written.
@@ -125,6 +128,8 @@ impl RunReport {
             .increment(self.rows_written);
         metrics::counter!("larder_materialize_rows_skipped_total", "view" => view.clone())
             .increment(self.rows_skipped);
+        metrics::counter!("larder_materialize_rows_deleted_total", "view" => view.clone())
+            .increment(self.rows_deleted);
         metrics::counter!("larder_materialize_runs_total", "view" => view.clone(), "status" => self.status.clone())
             .increment(1);
         metrics::histogram!("larder_materialize_duration_seconds", "view" => view)
@@ -221,6 +226,11 @@ pub async fn materialize_view(
     let mut rows_scanned = 0u64;
     let mut changes = ChangeSummary::default();
     let mut watermark: Option<Timestamp> = None;
+    // A full run of a view whose missing entities are deleted remembers every entity it saw.
+    let full_run = options.window.start.is_none() && options.window.end.is_none();
+    let mut seen: Option<std::collections::HashSet<larder_core::EntityKey>> =
+        (view.online && full_run && view.on_missing == larder_core::OnMissing::Delete)
+            .then(std::collections::HashSet::new);
     while let Some(next) = stream.next().await {
         let record_batch = next.map_err(|source| OfflineError::Query {
             context: format!("feature view '{}'", view.name),
@@ -242,6 +252,9 @@ pub async fn materialize_view(
         let scanned = feature_rows.len() as u64;
         rows_scanned += scanned;
         watermark = watermark.max(feature_rows.newest_event_timestamp);
+        if let Some(seen) = seen.as_mut() {
+            seen.extend(feature_rows.rows.iter().map(|row| row.entity_key.clone()));
+        }
         if view.online {
             changes.add(
                 write_path
@@ -256,6 +269,9 @@ pub async fn materialize_view(
             );
         }
         progress.rows_processed(scanned);
+    }
+    if let Some(seen) = seen {
+        report.rows_deleted = delete_missing(write_path, digests, view, &seen).await?;
     }
     let offline = match offline_writer {
         Some(writer) => tokio::task::spawn_blocking(move || writer.commit())
@@ -278,6 +294,36 @@ pub async fn materialize_view(
     report.offline_partitions = offline.partitions;
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Deletes online every entity that has a digest (was materialized before) and is not in
+/// `seen`, then its digest; returns how many rows existed. The row goes first: a crash in
+/// between leaves a digest without a row, which the next full run deletes again.
+async fn delete_missing(
+    write_path: &WritePath,
+    digests: &dyn DigestStore,
+    view: &FeatureView,
+    seen: &std::collections::HashSet<larder_core::EntityKey>,
+) -> Result<u64, MaterializeError> {
+    let table = view.id();
+    let known = digests.list_keys(&table).await.map_err(WriteError::Store)?;
+    let missing: Vec<larder_core::EntityKey> = known
+        .into_iter()
+        .filter(|key| !seen.contains(key))
+        .collect();
+    let mut deleted = 0;
+    for chunk in missing.chunks(10_000) {
+        deleted += write_path
+            .store()
+            .delete_rows(&table, chunk)
+            .await
+            .map_err(WriteError::Store)?;
+        digests
+            .delete_digests(&table, chunk)
+            .await
+            .map_err(WriteError::Store)?;
+    }
+    Ok(deleted)
 }
 
 struct ConvertedRows {

@@ -247,6 +247,7 @@ mod tests {
             description: String::new(),
             freshness_sla: None,
             checks: Vec::new(),
+            on_missing: larder_core::OnMissing::Keep,
         };
         let service = FeatureService {
             name: "ranker".into(),

@@ -204,3 +204,114 @@ fn a_failing_warning_is_reported_and_the_run_goes_on() {
     );
     assert_eq!(written_online(&output, "user_profile:v1"), 300);
 }
+
+/// Keeps only the source rows of users with `user_id >= first_kept`.
+fn drop_profiles_below(repo: &Path, first_kept: i64) {
+    use arrow::array::{AsArray, BooleanArray};
+    let path = repo.join("data/sources/profiles.parquet");
+    let batches = crate::util::read_parquet(&path);
+    let kept: Vec<arrow::array::RecordBatch> = batches
+        .iter()
+        .map(|batch| {
+            let ids = arrow::compute::cast(
+                batch.column_by_name("user_id").unwrap(),
+                &arrow::datatypes::DataType::Int64,
+            )
+            .unwrap();
+            let ids = ids.as_primitive::<arrow::datatypes::Int64Type>();
+            let keep: BooleanArray = ids
+                .iter()
+                .map(|id| Some(id.unwrap() >= first_kept))
+                .collect();
+            arrow::compute::filter_record_batch(batch, &keep).unwrap()
+        })
+        .collect();
+    let file = std::fs::File::create(&path).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, kept[0].schema(), None).unwrap();
+    for batch in &kept {
+        writer.write(batch).unwrap();
+    }
+    writer.close().unwrap();
+}
+
+/// The number after `label` in a view's summary line (`12 deleted`).
+fn summary_count(stdout: &str, view: &str, label: &str) -> u64 {
+    let line = stdout.lines().find(|line| line.starts_with(view)).unwrap();
+    let before = line.split(label).next().unwrap();
+    before.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn entities_gone_from_the_source_are_kept_by_default_and_deleted_with_on_missing_delete() {
+    let repo = DemoRepo::init_with(500, &["--anchor", "2026-01-10"]);
+    let get_age = |user: &str| {
+        larder_ok(
+            &repo.path,
+            &[
+                "get",
+                "--json",
+                "--entity",
+                &format!("user_id={user}"),
+                "--features",
+                "user_profile:age",
+            ],
+        )
+    };
+    larder_ok(&repo.path, &["apply"]);
+    larder_ok(&repo.path, &["materialize"]);
+    drop_profiles_below(&repo.path, 100);
+
+    // Default (keep): the vanished users keep their last value.
+    let kept = larder_ok(&repo.path, &["materialize", "--views", "user_profile"]);
+    assert_eq!(
+        summary_count(&kept, "user_profile:v1", " deleted"),
+        0,
+        "{kept}"
+    );
+    assert!(get_age("5").contains("PRESENT"));
+
+    // on_missing: delete: the next full run deletes them online, once.
+    let path = repo.path.join("features/users.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let marker = "    description: Who the user is\n";
+    std::fs::write(
+        &path,
+        yaml.replace(marker, &format!("{marker}    on_missing: delete\n")),
+    )
+    .unwrap();
+    larder_ok(&repo.path, &["apply"]);
+    // A windowed run sees only part of the source: it deletes nothing.
+    let windowed = larder_ok(
+        &repo.path,
+        &[
+            "materialize",
+            "--views",
+            "user_profile",
+            "--start",
+            "2026-01-01",
+            "--end",
+            "2026-01-05",
+        ],
+    );
+    assert_eq!(
+        summary_count(&windowed, "user_profile:v1", " deleted"),
+        0,
+        "{windowed}"
+    );
+    let deleted = larder_ok(&repo.path, &["materialize", "--views", "user_profile"]);
+    assert_eq!(
+        summary_count(&deleted, "user_profile:v1", " deleted"),
+        100,
+        "{deleted}"
+    );
+    assert!(get_age("5").contains("NOT_FOUND"), "{}", get_age("5"));
+    assert!(get_age("150").contains("PRESENT"));
+    let again = larder_ok(&repo.path, &["materialize", "--views", "user_profile"]);
+    assert_eq!(
+        summary_count(&again, "user_profile:v1", " deleted"),
+        0,
+        "{again}"
+    );
+    let runs = larder_ok(&repo.path, &["runs", "user_profile"]);
+    assert!(runs.contains("deleted"), "{runs}");
+}

@@ -213,6 +213,9 @@ pub(super) struct FeatureViewDefinition {
     /// Data-quality checks over the transformation output.
     #[serde(default)]
     pub(super) checks: Vec<CheckDefinition>,
+    /// keep (default) or delete: entities gone from the output of a full batch run.
+    #[serde(default)]
+    pub(super) on_missing: Option<Spanned<String>>,
 }
 
 /// `feature_views[].checks[]`: one flat shape for every check type, so that every field

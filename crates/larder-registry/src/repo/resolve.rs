@@ -1345,6 +1345,21 @@ impl<'a> Resolver<'a> {
         check_columns.insert(timestamp_field.clone());
         let checks =
             self.resolve_checks(&file.path, &definition.checks, key_prefix, &check_columns);
+        let on_missing = match &definition.on_missing {
+            None => larder_core::OnMissing::Keep,
+            Some(text) => match text.value.trim() {
+                "keep" => larder_core::OnMissing::Keep,
+                "delete" => larder_core::OnMissing::Delete,
+                other => {
+                    self.report(
+                        Location::from_yaml(&file.path, &text.referenced),
+                        format!("{key_prefix}.on_missing"),
+                        format!("on_missing must be 'keep' or 'delete', not '{other}'"),
+                    );
+                    larder_core::OnMissing::Keep
+                }
+            },
+        };
         if self.diagnostics.len() > error_count_before {
             return None;
         }
@@ -1370,6 +1385,7 @@ impl<'a> Resolver<'a> {
             description: definition.description.clone(),
             freshness_sla,
             checks,
+            on_missing,
         };
         Some((view, locations, stream_aggregations))
     }
