@@ -14,9 +14,11 @@ use crate::StreamError;
 use crate::state::StreamStateStore;
 
 /// Most messages in one batch.
-pub(crate) const MAX_BATCH: usize = 5_000;
+pub(crate) const MAX_BATCH: usize = 50_000;
 /// How long a batch waits for more messages once it has one.
 pub(crate) const BATCH_LINGER: Duration = Duration::from_millis(20);
+/// How often a batch that waits for the previous one's persist checks whether it is done.
+const BUSY_POLL: Duration = Duration::from_millis(2);
 
 /// Everything a view's consumer needs.
 #[derive(Debug, Clone)]
@@ -97,11 +99,14 @@ pub async fn run_view(
     }
 }
 
-/// Waits for a first message, then gathers more for at most [`BATCH_LINGER`] or until
-/// [`MAX_BATCH`]. `Ok(None)` when `shutdown` turned true first.
+/// Waits for a first message, then gathers more for [`BATCH_LINGER`], and for as long as the
+/// previous batch is still being persisted, up to [`MAX_BATCH`]: batches grow when the store
+/// is the bottleneck, and stay small (fresh) when it keeps up. `Ok(None)` when `shutdown`
+/// turned true first.
 pub(crate) async fn next_batch<T, S>(
     messages: &mut S,
     shutdown: &mut watch::Receiver<bool>,
+    in_flight: &InFlight,
 ) -> Result<Option<Vec<T>>, StreamError>
 where
     S: Stream<Item = Result<T, StreamError>> + Unpin,
@@ -112,11 +117,18 @@ where
         _ = shutdown.wait_for(|stop| *stop) => return Ok(None),
     };
     let mut batch = vec![first];
-    let deadline = tokio::time::Instant::now() + BATCH_LINGER;
+    let linger_end = tokio::time::Instant::now() + BATCH_LINGER;
     while batch.len() < MAX_BATCH {
-        match tokio::time::timeout_at(deadline, messages.next()).await {
-            Ok(message) => batch.push(message.ok_or_else(ended)??),
-            Err(_) => break,
+        let now = tokio::time::Instant::now();
+        let wait_until = if now < linger_end {
+            linger_end
+        } else if in_flight.is_busy() {
+            now + BUSY_POLL
+        } else {
+            break;
+        };
+        if let Ok(message) = tokio::time::timeout_at(wait_until, messages.next()).await {
+            batch.push(message.ok_or_else(ended)??);
         }
     }
     Ok(Some(batch))
@@ -145,6 +157,11 @@ impl InFlight {
         self.finish().await?;
         self.task = Some(tokio::spawn(persist));
         Ok(())
+    }
+
+    /// Whether a batch is still being persisted.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.task.as_ref().is_some_and(|task| !task.is_finished())
     }
 
     /// Waits for the batch in flight, if any.

@@ -160,7 +160,7 @@ pub(crate) async fn consume(
     // decoded and aggregated; persists run one after the other.
     let mut in_flight = InFlight::default();
     loop {
-        let Some(batch) = next_batch(&mut messages, shutdown).await? else {
+        let Some(batch) = next_batch(&mut messages, shutdown, &in_flight).await? else {
             return in_flight.finish().await;
         };
         let current = generation.load(Ordering::SeqCst);

@@ -85,7 +85,15 @@ pub struct LoadedState {
 pub struct StreamStateStore {
     database: Arc<redb::Database>,
     instance_id: Arc<str>,
+    /// When the last durable commit happened (µs since the epoch).
+    last_durable_micros: Arc<std::sync::atomic::AtomicI64>,
 }
+
+/// Commits are made durable (fsync) at most this often; the ones in between are not. A crash
+/// rolls the file back to its last durable commit, state and positions together, and the
+/// consumer replays the messages after it: their rows are recomputed equal, and nothing is
+/// counted twice because the state rolled back with the position.
+const DURABLE_COMMIT_INTERVAL_MICROS: i64 = 1_000_000;
 
 const METADATA: TableDefinition<'static, &'static str, &'static str> =
     TableDefinition::new("stream_metadata");
@@ -108,6 +116,7 @@ impl StreamStateStore {
         Ok(Self {
             database: Arc::new(database),
             instance_id: instance_id.into(),
+            last_durable_micros: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         })
     }
 
@@ -197,7 +206,8 @@ impl StreamStateStore {
         Ok(state)
     }
 
-    /// Commits changed entity states and the new position in one durable transaction.
+    /// Commits changed entity states and the new position in one transaction, durable at
+    /// most once a second (see `DURABLE_COMMIT_INTERVAL_MICROS`).
     pub fn commit(
         &self,
         view: &FeatureViewId,
@@ -209,8 +219,19 @@ impl StreamStateStore {
             .database
             .begin_write()
             .map_err(|error| state_error("beginning a write")(error.into()))?;
+        let now = larder_core::Timestamp::now().as_micros();
+        let durable = now
+            - self
+                .last_durable_micros
+                .load(std::sync::atomic::Ordering::Relaxed)
+            >= DURABLE_COMMIT_INTERVAL_MICROS;
+        let durability = if durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        };
         transaction
-            .set_durability(redb::Durability::Immediate)
+            .set_durability(durability)
             .map_err(|error| state_error("setting durability")(error.into()))?;
         {
             let name = entity_table_name(view, partition);
@@ -236,6 +257,11 @@ impl StreamStateStore {
         }
         transaction
             .commit()
-            .map_err(|error| state_error("committing")(error.into()))
+            .map_err(|error| state_error("committing")(error.into()))?;
+        if durable {
+            self.last_durable_micros
+                .store(now, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
