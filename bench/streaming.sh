@@ -7,6 +7,7 @@
 #   CARGO_TARGET_DIR=/work/rt-main bench/streaming.sh        (after a release build of
 #   larder-cli and larder-bench: cargo build --release -p larder-cli -p larder-bench --bins)
 #
+# LARDER_STORE=redis writes to a redis-server started here instead of the embedded store.
 # PROFILE=debug uses a debug build. EVENTS (backlog, default 2,000,000), KEYS (1,000,000), RATE (50,000), PACED_SECONDS (30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,11 +30,19 @@ PIDS+=($!)
 sleep 1
 NATS="nats://127.0.0.1:$NATS_PORT"
 
+ONLINE_STORE="{type: embedded, path: data/online.redb}"
+if [ "${LARDER_STORE:-embedded}" = "redis" ]; then
+  REDIS_PORT=$(free_port)
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
+  PIDS+=($!)
+  sleep 0.5
+  ONLINE_STORE="{type: redis, urls: [\"redis://127.0.0.1:$REDIS_PORT\"]}"
+fi
 mkdir -p "$WORK/repo"
 cat >"$WORK/repo/larder.yaml" <<YAML
 project: streambench
 registry: data/registry.json
-online_store: {type: embedded, path: data/online.redb}
+online_store: $ONLINE_STORE
 offline_store: {type: parquet, path: data/offline}
 YAML
 cat >"$WORK/repo/features.yaml" <<YAML
@@ -66,7 +75,7 @@ feature_views:
 YAML
 (cd "$WORK/repo" && "$LARDER" apply >/dev/null)
 
-echo "== machine: $(nproc) cores, $(uname -r); events=$EVENTS keys=$KEYS rate=$RATE paced=${PACED_SECONDS}s"
+echo "== machine: $(nproc) cores, $(uname -r); store=${LARDER_STORE:-embedded} events=$EVENTS keys=$KEYS rate=$RATE paced=${PACED_SECONDS}s"
 echo "== backlog: publishing $EVENTS events"
 "$LOAD" --nats "$NATS" --events "$EVENTS" --keys "$KEYS"
 

@@ -81,7 +81,21 @@ pub(crate) async fn consume(
         .messages()
         .await
         .map_err(|error| broker_error("pulling messages")(error.to_string()))?
-        .map(|message| message.map_err(broker_error("receiving")));
+        .filter_map(|message| async move {
+            match message {
+                // The pull stream reports a missed heartbeat when this consumer spent a while
+                // persisting instead of polling; it goes on pulling by itself.
+                Err(error)
+                    if error.kind()
+                        == jetstream::consumer::pull::MessagesErrorKind::MissingHeartbeat =>
+                {
+                    tracing::debug!("missed a NATS idle heartbeat while persisting");
+                    None
+                }
+                other => Some(other.map_err(broker_error("receiving"))),
+            }
+        })
+        .boxed();
     tracing::info!(view = %job.view.name, %durable, start_sequence, "consuming NATS stream '{stream}'");
     // One batch is persisted (written, committed, acknowledged) while the next one is
     // decoded and aggregated; persists run one after the other.
