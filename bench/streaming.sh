@@ -7,7 +7,8 @@
 #   CARGO_TARGET_DIR=/work/rt-main bench/streaming.sh        (after a release build of
 #   larder-cli and larder-bench: cargo build --release -p larder-cli -p larder-bench --bins)
 #
-# LARDER_STORE=redis writes to a redis-server started here instead of the embedded store.
+# LARDER_STORE=redis writes to a redis-server started here instead of the embedded store;
+# LARDER_STORE=memory (a diagnostic) to the in-process memory store.
 # PROFILE=debug uses a debug build. EVENTS (backlog, default 2,000,000), KEYS (1,000,000), RATE (50,000), PACED_SECONDS (30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,9 @@ sleep 1
 NATS="nats://127.0.0.1:$NATS_PORT"
 
 ONLINE_STORE="{type: embedded, path: data/online.redb}"
+if [ "${LARDER_STORE:-embedded}" = "memory" ]; then
+  ONLINE_STORE="{type: memory}"   # diagnostic: no online-store I/O at all
+fi
 if [ "${LARDER_STORE:-embedded}" = "redis" ]; then
   REDIS_PORT=$(free_port)
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
