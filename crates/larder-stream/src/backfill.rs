@@ -11,7 +11,6 @@ use larder_ingest::FeatureRow;
 use larder_offline::{OfflineStore, OfflineWriteSummary, ViewBatch};
 
 use crate::StreamError;
-use crate::decode::MessageDecoder;
 use crate::engine::{AggregationPlan, EventOutcome, StreamEvent, ViewAggregator};
 
 /// What a backfill read.
@@ -34,13 +33,7 @@ pub fn backfill_rows<'a>(
     messages: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<(Vec<FeatureRow>, BackfillReport), StreamError> {
     let plan = AggregationPlan::new(view, aggregations)?;
-    let columns: Vec<_> = plan
-        .input_columns()
-        .iter()
-        .cloned()
-        .zip(plan.input_types().iter().cloned())
-        .collect();
-    let decoder = MessageDecoder::new(view, source, &columns)?;
+    let decoder = plan.decoder(view, source)?;
     let mut aggregator = ViewAggregator::new(plan);
     let mut report = BackfillReport::default();
     let mut rows = Vec::new();

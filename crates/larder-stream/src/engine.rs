@@ -167,6 +167,21 @@ impl AggregationPlan {
         &self.input_types
     }
 
+    /// The decoder of the plan's input columns out of the messages of `source`.
+    pub fn decoder(
+        &self,
+        view: &FeatureView,
+        source: &larder_core::DataSource,
+    ) -> Result<crate::decode::MessageDecoder, StreamError> {
+        let columns: Vec<(String, ValueType)> = self
+            .input_columns
+            .iter()
+            .cloned()
+            .zip(self.input_types.iter().cloned())
+            .collect();
+        crate::decode::MessageDecoder::new(view, source, &columns)
+    }
+
     fn empty_tile(&self, resolution: usize) -> Vec<Partial> {
         self.resolutions[resolution]
             .aggregations

@@ -86,13 +86,7 @@ fn plan_view(
     match aggregations {
         Some(spec) => {
             let plan = AggregationPlan::new(view, spec)?;
-            let columns: Vec<_> = plan
-                .input_columns()
-                .iter()
-                .cloned()
-                .zip(plan.input_types().iter().cloned())
-                .collect();
-            let decoder = MessageDecoder::new(view, source, &columns)?;
+            let decoder = plan.decoder(view, source)?;
             Ok((
                 decoder,
                 ViewMode::Aggregating(Box::new(ViewAggregator::new(plan))),

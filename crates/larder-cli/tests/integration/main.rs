@@ -12,5 +12,6 @@ mod push_grpc;
 mod redis_store;
 mod stream_kafka;
 mod stream_nats;
+mod stream_util;
 mod training_set;
 mod util;

@@ -17,6 +17,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
+use crate::stream_util::{expected, wait_for};
 use crate::util::{Server, larder_ok};
 
 const USERS: i64 = 40;
@@ -120,51 +121,6 @@ fn produce(bootstrap: &str, range: std::ops::Range<i64>) {
     });
 }
 
-/// (count_7d, amount_sum_7d) per user, as served.
-fn served(server: &Server) -> Vec<(i64, f64)> {
-    let users: Vec<i64> = (0..USERS).collect();
-    let (status, response) = server.post(
-        "/get-online-features",
-        &json!({"features": ["user_clicks:count_7d", "user_clicks:amount_sum_7d"],
-                "entities": {"user_id": users}})
-        .to_string(),
-    );
-    assert_eq!(status, 200, "{response}");
-    let counts = response["results"][1]["values"].as_array().unwrap();
-    let sums = response["results"][2]["values"].as_array().unwrap();
-    counts
-        .iter()
-        .zip(sums)
-        .map(|(count, sum)| (count.as_i64().unwrap_or(0), sum.as_f64().unwrap_or(0.0)))
-        .collect()
-}
-
-fn expected(total: i64) -> Vec<(i64, f64)> {
-    (0..USERS)
-        .map(|user| {
-            let indices = (0..total).filter(|index| index % USERS == user);
-            let count = indices.clone().count() as i64;
-            let sum = indices.map(|index| (index % 7) as f64).sum();
-            (count, sum)
-        })
-        .collect()
-}
-
-fn wait_for(server: &Server, want: &[(i64, f64)], within: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let got = served(server);
-        if got == want {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "served values did not converge within {within:?}:\n got {got:?}\nwant {want:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn two_processes_share_partitions_and_a_kill_9_loses_and_doubles_nothing() {
     let Some(broker) = KafkaBroker::start() else {
@@ -185,7 +141,7 @@ fn two_processes_share_partitions_and_a_kill_9_loses_and_doubles_nothing() {
 
     produce(&bootstrap, 0..2_000);
     let server_a = Server::start(&repo_a);
-    let took = wait_for(&server_a, &expected(2_000), Duration::from_secs(60));
+    let took = wait_for(&server_a, &expected(2_000, USERS), Duration::from_secs(60));
     eprintln!("2000 events servable after {took:?}");
 
     // B joins the group: the partitions are shared, and both processes write.
@@ -198,7 +154,7 @@ fn two_processes_share_partitions_and_a_kill_9_loses_and_doubles_nothing() {
         total += 200;
         std::thread::sleep(Duration::from_millis(500));
     }
-    wait_for(&server_b, &expected(total), Duration::from_secs(60));
+    wait_for(&server_b, &expected(total, USERS), Duration::from_secs(60));
     assert!(stream_rows_written(&repo_a) > 0);
 
     // A dies without a word (SIGKILL) while events keep coming, and comes back with the
@@ -207,11 +163,11 @@ fn two_processes_share_partitions_and_a_kill_9_loses_and_doubles_nothing() {
     produce(&bootstrap, total..total + 2_000);
     total += 2_000;
     let server_a = Server::start(&repo_a);
-    let took = wait_for(&server_a, &expected(total), Duration::from_secs(90));
+    let took = wait_for(&server_a, &expected(total, USERS), Duration::from_secs(90));
     eprintln!("after the kill -9 and restart of one process, all caught up in {took:?}");
     produce(&bootstrap, total..total + 1_000);
     total += 1_000;
-    wait_for(&server_b, &expected(total), Duration::from_secs(90));
+    wait_for(&server_b, &expected(total, USERS), Duration::from_secs(90));
 }
 
 /// How many rows the stream consumer of the server running over `repo` has written (its

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use arrow::array::AsArray;
 
+use crate::stream_util::{expected, served, wait_for};
 use crate::util::{Server, larder_ok, read_parquet};
 
 const USERS: i64 = 10;
@@ -97,51 +98,6 @@ fn publish(nats_url: &str, range: std::ops::Range<i64>) {
     });
 }
 
-/// (count_7d, amount_sum_7d) per user, as served.
-fn served(server: &Server) -> Vec<(i64, f64)> {
-    let users: Vec<i64> = (0..USERS).collect();
-    let (status, response) = server.post(
-        "/get-online-features",
-        &json!({"features": ["user_clicks:count_7d", "user_clicks:amount_sum_7d"],
-                "entities": {"user_id": users}})
-        .to_string(),
-    );
-    assert_eq!(status, 200, "{response}");
-    let counts = response["results"][1]["values"].as_array().unwrap();
-    let sums = response["results"][2]["values"].as_array().unwrap();
-    counts
-        .iter()
-        .zip(sums)
-        .map(|(count, sum)| (count.as_i64().unwrap_or(0), sum.as_f64().unwrap_or(0.0)))
-        .collect()
-}
-
-fn expected(total: i64) -> Vec<(i64, f64)> {
-    (0..USERS)
-        .map(|user| {
-            let indices = (0..total).filter(|index| index % USERS == user);
-            let count = indices.clone().count() as i64;
-            let sum = indices.map(|index| (index % 7) as f64).sum();
-            (count, sum)
-        })
-        .collect()
-}
-
-fn wait_for(server: &Server, want: &[(i64, f64)], within: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let got = served(server);
-        if got == want {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "served values did not converge within {within:?}:\n got {got:?}\nwant {want:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn nats_events_are_aggregated_servable_within_seconds_and_survive_kill_9() {
     let Some(nats) = NatsServer::start() else {
@@ -156,11 +112,15 @@ fn nats_events_are_aggregated_servable_within_seconds_and_survive_kill_9() {
     // Servable within seconds.
     publish(&nats.url(), 0..500);
     let server = Server::start(repo);
-    let took = wait_for(&server, &expected(500), Duration::from_secs(30));
+    let took = wait_for(&server, &expected(500, USERS), Duration::from_secs(30));
     eprintln!("500 events servable after {took:?}");
     let first = 500;
     publish(&nats.url(), first..first + 1_000);
-    let took = wait_for(&server, &expected(first + 1_000), Duration::from_secs(10));
+    let took = wait_for(
+        &server,
+        &expected(first + 1_000, USERS),
+        Duration::from_secs(10),
+    );
     assert!(took < Duration::from_secs(5), "took {took:?}");
 
     // kill -9 in the middle of a large stream, then more events while it is down.
@@ -168,7 +128,7 @@ fn nats_events_are_aggregated_servable_within_seconds_and_survive_kill_9() {
     publish(&nats.url(), first + 1_000..total_before_kill);
     let partial_deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let served_events: i64 = served(&server).iter().map(|(count, _)| count).sum();
+        let served_events: i64 = served(&server, USERS).iter().map(|(count, _)| count).sum();
         if served_events > first + 1_000 || Instant::now() > partial_deadline {
             eprintln!("killing the server after {served_events} of {total_before_kill} events");
             break;
@@ -179,20 +139,10 @@ fn nats_events_are_aggregated_servable_within_seconds_and_survive_kill_9() {
     let total = total_before_kill + 2_000;
     publish(&nats.url(), total_before_kill..total);
     let server = Server::start(repo);
-    wait_for(&server, &expected(total), Duration::from_secs(60));
+    wait_for(&server, &expected(total, USERS), Duration::from_secs(60));
 
     // Freshness is exported per view.
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let metrics = agent
-        .get(&format!("{}/metrics", server.base_url))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = server.metrics();
     assert!(
         metrics.contains(
             "larder_event_to_servable_duration_seconds_bucket{view=\"user_clicks\",lane=\"stream\""
@@ -222,7 +172,7 @@ fn nats_events_are_aggregated_servable_within_seconds_and_survive_kill_9() {
     drop(server);
     let server = Server::start(repo);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(served(&server), expected(total));
+    assert_eq!(served(&server, USERS), expected(total, USERS));
 
     // Training sees what serving saw: the backfill of the broker's retained history through
     // the same aggregation code, read point-in-time at each user's served event time, gives
@@ -279,7 +229,7 @@ fn nats_events_are_aggregated_servable_within_seconds_and_survive_kill_9() {
             offline.push((count.value(row), sum.value(row)));
         }
     }
-    assert_eq!(offline, served(&server));
+    assert_eq!(offline, served(&server, USERS));
 }
 
 /// A protobuf field key (field number and wire type) as a varint.
@@ -424,17 +374,7 @@ feature_views:
         assert!(Instant::now() < deadline, "got {got:?}, want {want:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let metrics = agent
-        .get(&format!("{}/metrics", server.base_url))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = server.metrics();
     assert!(
         metrics.contains("larder_stream_events_total{view=\"user_spend\",outcome=\"invalid\"} 1"),
         "{metrics}"

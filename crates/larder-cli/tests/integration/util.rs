@@ -152,6 +152,16 @@ impl Server {
         let json = response.body_mut().read_json().expect("the body is JSON");
         (status, json)
     }
+
+    /// The Prometheus text of `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        ureq::get(&format!("{}/metrics", self.base_url))
+            .call()
+            .expect("the request is sent")
+            .body_mut()
+            .read_to_string()
+            .expect("the body is text")
+    }
 }
 
 impl Drop for Server {
