@@ -27,7 +27,7 @@ pub fn harness_views() -> Vec<FeatureView> {
         description: String::new(),
         freshness_sla: None,
         checks: Vec::new(),
-        on_missing: larder_core::OnMissing::Keep,
+        ..larder_core::FeatureView::default()
     };
     let feature = |name: String, dtype: ValueType| Feature {
         name,

@@ -16,6 +16,7 @@ use larder_registry::{
 };
 
 /// A feature repo's configuration and where its stores live.
+#[derive(Debug, Clone)]
 pub struct RepoContext {
     /// The repo folder.
     pub root: PathBuf,
@@ -109,8 +110,17 @@ impl RepoContext {
         Ok((self.with_cache(store), digests))
     }
 
+    /// Whether the online store keeps the digests itself (embedded, memory), so that they
+    /// must be shared with it, rather than in a local file of their own (remote stores).
+    pub fn digests_live_in_online_store(&self) -> bool {
+        matches!(
+            self.config.online_store,
+            OnlineStoreConfig::Embedded { .. } | OnlineStoreConfig::Memory
+        )
+    }
+
     /// The digests of a remote store's rows, in a local redb file beside the registry.
-    fn local_digest_store(&self) -> Result<SharedDigestStore, OnlineStoreError> {
+    pub fn local_digest_store(&self) -> Result<SharedDigestStore, OnlineStoreError> {
         let digest_path = self.state_folder().join("digests.redb");
         Ok(Arc::new(RedbDigestStore::open(&digest_path)?))
     }
@@ -140,12 +150,7 @@ impl RepoContext {
 
     /// The run history of the batch lane, beside the registry (`runs.jsonl`).
     pub fn run_history(&self) -> larder_ingest::RunHistory {
-        let registry_path = self.config.registry_path(&self.root);
-        let folder = registry_path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.root.clone());
-        larder_ingest::RunHistory::new(folder.join("runs.jsonl"))
+        larder_ingest::RunHistory::new(self.state_folder().join("runs.jsonl"))
     }
 
     /// The hook `larder apply` runs after recording the registry: prepares the online table
@@ -177,12 +182,7 @@ impl RepoContext {
     /// Where a running `larder serve` records the address it listens on, so that other
     /// commands can find it when it holds the embedded store.
     pub fn server_address_file(&self) -> PathBuf {
-        let registry_path = self.config.registry_path(&self.root);
-        registry_path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.root.clone())
-            .join("server.addr")
+        self.state_folder().join("server.addr")
     }
 
     /// The stream consumers' state (aggregation tiles and stream positions), beside the

@@ -5,6 +5,7 @@ mod context;
 mod demo;
 mod get;
 mod materialize;
+mod scheduler;
 mod serve;
 mod status;
 mod stream;
@@ -262,12 +263,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let reports = materialize::run_with_stores(
                 &context,
                 std::sync::Arc::clone(&store),
-                digests,
+                std::sync::Arc::clone(&digests),
                 &request,
             )
             .await?;
             materialize::print_total(&reports);
-            serve::run_with_store(&context, store, serve.listen_options()).await
+            serve::run_with_store(&context, store, digests, serve.listen_options()).await
         }
     }
 }

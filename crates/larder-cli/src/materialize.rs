@@ -5,7 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use futures::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use larder_core::{FeatureView, Timestamp};
 use larder_ingest::{
     MaterializeOptions, MaterializeProgress, RunHistory, RunReport, WritePath, materialize_view,
@@ -97,7 +98,8 @@ pub fn selected_views<'registry>(
 }
 
 /// Materializes the selected batch views into `store` and the offline store, recording each
-/// run (successful or not) in the run history. Stops at the first failing view.
+/// run (successful or not) in the run history. Views run side by side (up to the number of
+/// cores); every view runs even when another fails, and the first failure is returned.
 pub async fn run_with_stores(
     context: &RepoContext,
     store: SharedOnlineStore,
@@ -106,13 +108,71 @@ pub async fn run_with_stores(
 ) -> Result<Vec<RunReport>> {
     let registry = context.applied_registry()?;
     let views = selected_views(&registry, &request.only_views)?;
-    let engine = TransformEngine::new(&context.root, registry.sources.values()).await?;
-    let offline_store = context.offline_store();
-    let write_path = WritePath::new(store);
-    let history = context.run_history();
+    let engine =
+        TransformEngine::new(&context.root, &context.config.s3, registry.sources.values()).await?;
+    let run = ViewRun {
+        engine: &engine,
+        offline_store: context.offline_store(),
+        write_path: WritePath::new(store),
+        digests: digests.as_ref(),
+        history: context.run_history(),
+        request,
+        bars: if request.show_progress {
+            MultiProgress::new()
+        } else {
+            MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+        },
+    };
+    let concurrency = std::thread::available_parallelism()
+        .map_or(2, std::num::NonZeroUsize::get)
+        .clamp(1, 4);
+    let runs: Vec<_> = views.into_iter().map(|view| run.run(view)).collect();
+    let outcomes: Vec<Result<RunReport>> = futures::stream::iter(runs)
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
     let mut reports = Vec::new();
-    for view in views {
-        let window = match request.window {
+    let mut first_error = None;
+    for outcome in outcomes {
+        match outcome {
+            Ok(report) => reports.push(report),
+            Err(error) => {
+                if first_error.is_none() {
+                    first_error = Some(error);
+                } else {
+                    eprintln!("Error: {error:#}");
+                }
+            }
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(reports),
+    }
+}
+
+/// What every view's run of one `materialize` shares.
+struct ViewRun<'a> {
+    engine: &'a TransformEngine,
+    offline_store: larder_offline::ParquetOfflineStore,
+    write_path: WritePath,
+    digests: &'a dyn larder_online::DigestStore,
+    history: RunHistory,
+    request: &'a MaterializeRequest,
+    bars: MultiProgress,
+}
+
+impl ViewRun<'_> {
+    /// Runs one view: claims it, picks its window, materializes, records and prints the run.
+    async fn run(&self, view: &FeatureView) -> Result<RunReport> {
+        let history = &self.history;
+        let Some(_claim) = history.try_lock_view(&view.name)? else {
+            bail!(
+                "a run of feature view '{}' is in progress (another `larder materialize`, or a scheduled run of `larder serve`); runs of one view never overlap",
+                view.name
+            );
+        };
+        let window = match self.request.window {
             RunWindow::Fixed(window) => window,
             RunWindow::Incremental => TimeWindow {
                 start: history
@@ -126,14 +186,10 @@ pub async fn run_with_stores(
             .map(|report| report.rows_scanned);
         let options = MaterializeOptions {
             window,
-            full_refresh: request.full_refresh,
+            full_refresh: self.request.full_refresh,
             previous_row_count,
         };
-        let bar = if request.show_progress {
-            ProgressBar::new_spinner()
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = self.bars.add(ProgressBar::new_spinner());
         bar.set_style(
             ProgressStyle::with_template(
                 "{spinner} {prefix:20} {human_pos:>12} rows  {per_sec:>14}  {elapsed}",
@@ -144,10 +200,10 @@ pub async fn run_with_stores(
         bar.enable_steady_tick(Duration::from_millis(120));
         let progress = Bar(bar.clone());
         let outcome = materialize_view(
-            &engine,
-            &offline_store,
-            &write_path,
-            digests.as_ref(),
+            self.engine,
+            &self.offline_store,
+            &self.write_path,
+            self.digests,
             view,
             &options,
             &progress,
@@ -161,19 +217,20 @@ pub async fn run_with_stores(
                 failed.status = "failed".to_string();
                 failed.error = Some(error.to_string());
                 failed.export_metrics();
-                record(&history, &failed);
+                record(history, &failed);
                 return Err(anyhow!(error).context(format!("materializing '{}'", view.name)));
             }
         };
         report.export_metrics();
-        record(&history, &report);
-        println!("{}", summary_line(&report));
-        for warning in &report.warnings {
-            println!("  warning: {warning}");
-        }
-        reports.push(report);
+        record(history, &report);
+        self.bars.suspend(|| {
+            println!("{}", summary_line(&report));
+            for warning in &report.warnings {
+                println!("  warning: {warning}");
+            }
+        });
+        Ok(report)
     }
-    Ok(reports)
 }
 
 fn record(history: &RunHistory, report: &RunReport) {

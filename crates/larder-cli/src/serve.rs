@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use larder_online::SharedOnlineStore;
+use larder_online::{SharedDigestStore, SharedOnlineStore};
 use larder_server::push::PushService;
 use larder_server::training::TrainingService;
 use larder_server::{FeatureServer, RegistryHandle, Services, ServingLimits};
@@ -27,14 +27,17 @@ pub struct ListenOptions {
 /// Opens the configured store and serves until Ctrl-C or SIGTERM.
 pub async fn run(root: &Path, listen: ListenOptions) -> Result<()> {
     let context = RepoContext::load(root)?;
-    let store = context.open_online_store().await?;
-    run_with_store(&context, store, listen).await
+    let (store, digests) = context.open_online_and_digest_stores().await?;
+    run_with_store(&context, store, digests, listen).await
 }
 
-/// Serves `store` over HTTP (and gRPC when a gRPC port is configured) until Ctrl-C or SIGTERM.
+/// Serves `store` over HTTP (and gRPC when a gRPC port is configured) until Ctrl-C or SIGTERM,
+/// consumes the stream views' sources and runs the scheduled batch views (with `digests`, the
+/// change detection's store that was opened with `store`).
 pub async fn run_with_store(
     context: &RepoContext,
     store: SharedOnlineStore,
+    digests: SharedDigestStore,
     listen: ListenOptions,
 ) -> Result<()> {
     let registry = context.applied_registry()?;
@@ -56,6 +59,16 @@ pub async fn run_with_store(
         Arc::clone(&write_path),
         &stop_receiver,
     )?;
+    // A remote store's digests live in a local file that `larder materialize` must be able
+    // to open while the server runs: the scheduler opens it for each run instead.
+    let shared_digests = context.digests_live_in_online_store().then_some(digests);
+    let scheduler = crate::scheduler::spawn_scheduler(
+        Arc::new(context.clone()),
+        Arc::clone(&handle),
+        Arc::clone(&store),
+        shared_digests,
+        stop_receiver.clone(),
+    );
     let offline_store = context.offline_store();
     let push = PushService::new(
         Arc::clone(&handle),
@@ -122,6 +135,7 @@ pub async fn run_with_store(
     for consumer in stream_consumers {
         let _ = consumer.await;
     }
+    let _ = scheduler.await;
     refresher.abort();
     let _ = std::fs::remove_file(&address_file);
     println!("Stopped.");

@@ -47,13 +47,28 @@ pub enum FileFormat {
     Parquet,
     /// Comma-separated values with a header row.
     Csv,
+    /// A Delta Lake table: the path is the table's root (the folder of `_delta_log`), read at
+    /// its latest version.
+    Delta,
+}
+
+impl FileFormat {
+    /// The name used in definitions (`format: parquet`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Parquet => "parquet",
+            Self::Csv => "csv",
+            Self::Delta => "delta",
+        }
+    }
 }
 
 /// Where a data source's rows come from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DataSourceKind {
-    /// Parquet or CSV files: a path, a directory or a glob, relative to the feature repo.
+    /// Parquet or CSV files (a path, a directory or a glob) or a Delta Lake table, relative
+    /// to the feature repo or on S3-compatible object storage (`s3://bucket/key`).
     File {
         /// Path, directory or glob.
         path: String,
@@ -170,7 +185,8 @@ impl fmt::Display for FeatureViewId {
 }
 
 /// A group of features computed from one source for one set of entities, served together.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `Default` is an empty view (no name, version 0), for building one field by field.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeatureView {
     /// Unique name.
     pub name: String,
@@ -214,6 +230,10 @@ pub struct FeatureView {
     /// longer in the transformation's output.
     #[serde(default, skip_serializing_if = "OnMissing::is_keep")]
     pub on_missing: OnMissing,
+    /// When `larder serve` runs the view's batch materialization: a cron schedule in UTC
+    /// (see [`crate::CronSchedule`]); `None`: only when asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 /// What a full batch run does with an entity that disappeared from the view's output.

@@ -9,6 +9,8 @@ pub mod codec;
 pub mod definitions;
 pub mod entity_key;
 pub mod error;
+pub mod schedule;
+pub mod storage;
 pub mod stream;
 pub mod time;
 pub mod value;
@@ -20,6 +22,8 @@ pub use definitions::{
 };
 pub use entity_key::EntityKey;
 pub use error::CoreError;
+pub use schedule::CronSchedule;
+pub use storage::{S3Config, is_object_store_path};
 pub use stream::{
     Aggregation, AggregationFunction, MessageFormat, ProtobufSchema, StreamAggregations,
     StreamField, StreamPayload, TimestampUnit,

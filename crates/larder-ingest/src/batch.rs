@@ -218,7 +218,7 @@ pub async fn materialize_view(
     }
     report.warnings = warnings.iter().map(ToString::to_string).collect();
     let mut stream = engine.execute_view(view, options.window).await?;
-    let mut offline_writer: Option<Box<dyn OfflineWriter>> = if view.offline {
+    let offline_writer: Option<Box<dyn OfflineWriter>> = if view.offline {
         Some(offline_store.begin_window_write(view, options.window)?)
     } else {
         None
@@ -231,45 +231,61 @@ pub async fn materialize_view(
     let mut seen: Option<std::collections::HashSet<larder_core::EntityKey>> =
         (view.online && full_run && view.on_missing == larder_core::OnMissing::Delete)
             .then(std::collections::HashSet::new);
-    while let Some(next) = stream.next().await {
-        let record_batch = next.map_err(|source| OfflineError::Query {
-            context: format!("feature view '{}'", view.name),
-            source,
-        })?;
-        if record_batch.num_rows() == 0 {
-            continue;
+    // Two stages run side by side: the producer scans and converts batch N+1 (and encodes its
+    // offline rows) while the consumer compares and writes batch N online.
+    let (converted_sender, mut converted) = tokio::sync::mpsc::channel::<ConvertedRows>(2);
+    let producer = async move {
+        let mut writer = offline_writer;
+        while let Some(next) = stream.next().await {
+            let record_batch = next.map_err(|source| OfflineError::Query {
+                context: format!("feature view '{}'", view.name),
+                source,
+            })?;
+            if record_batch.num_rows() == 0 {
+                continue;
+            }
+            let view_for_task = view.clone();
+            let writer_for_task = writer.take();
+            // Arrow casting, Parquet encoding and row conversion are CPU work: keep them off
+            // the async workers.
+            let (writer_back, rows) = tokio::task::spawn_blocking(move || {
+                convert_batch(&view_for_task, &record_batch, writer_for_task)
+            })
+            .await
+            .map_err(|error| MaterializeError::Task(error.to_string()))??;
+            writer = writer_back;
+            if converted_sender.send(rows).await.is_err() {
+                break;
+            }
         }
-        let view_for_task = view.clone();
-        let writer_for_task = offline_writer.take();
-        // Arrow casting, Parquet encoding and row conversion are CPU work: keep them off the
-        // async workers.
-        let (writer_back, feature_rows) = tokio::task::spawn_blocking(move || {
-            convert_batch(&view_for_task, &record_batch, writer_for_task)
-        })
-        .await
-        .map_err(|error| MaterializeError::Task(error.to_string()))??;
-        offline_writer = writer_back;
-        let scanned = feature_rows.len() as u64;
-        rows_scanned += scanned;
-        watermark = watermark.max(feature_rows.newest_event_timestamp);
-        if let Some(seen) = seen.as_mut() {
-            seen.extend(feature_rows.rows.iter().map(|row| row.entity_key.clone()));
+        Ok::<_, MaterializeError>(writer)
+    };
+    let consumer = async {
+        while let Some(feature_rows) = converted.recv().await {
+            let scanned = feature_rows.len() as u64;
+            rows_scanned += scanned;
+            watermark = watermark.max(feature_rows.newest_event_timestamp);
+            if let Some(seen) = seen.as_mut() {
+                seen.extend(feature_rows.rows.iter().map(|row| row.entity_key.clone()));
+            }
+            if view.online {
+                changes.add(
+                    write_path
+                        .write_changed(
+                            view,
+                            WriteLane::Batch,
+                            feature_rows.rows,
+                            digests,
+                            options.full_refresh,
+                        )
+                        .await?,
+                );
+            }
+            progress.rows_processed(scanned);
         }
-        if view.online {
-            changes.add(
-                write_path
-                    .write_changed(
-                        view,
-                        WriteLane::Batch,
-                        feature_rows.rows,
-                        digests,
-                        options.full_refresh,
-                    )
-                    .await?,
-            );
-        }
-        progress.rows_processed(scanned);
-    }
+        Ok::<_, MaterializeError>(())
+    };
+    let (offline_writer, ()) = tokio::try_join!(producer, consumer)?;
     if let Some(seen) = seen {
         report.rows_deleted = delete_missing(write_path, digests, view, &seen).await?;
     }

@@ -80,6 +80,29 @@ impl RunHistory {
             .collect())
     }
 
+    /// Claims the right to run `view`'s batch lane, or `None` while another run of it holds
+    /// the claim, in this process or another (a `larder materialize`, a scheduled run of
+    /// `larder serve`). The claim is an advisory lock on `locks/<view>.lock` beside the
+    /// history, released when the returned guard drops or its process dies.
+    pub fn try_lock_view(&self, view: &str) -> Result<Option<ViewRunLock>, RunHistoryError> {
+        let folder = self
+            .path
+            .parent()
+            .map_or_else(|| PathBuf::from("locks"), |parent| parent.join("locks"));
+        std::fs::create_dir_all(&folder).map_err(self.io_error())?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(folder.join(format!("{view}.lock")))
+            .map_err(self.io_error())?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(ViewRunLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(error)) => Err(self.io_error()(error)),
+        }
+    }
+
     /// The newest successful run of a view version.
     pub fn last_successful_run(
         &self,
@@ -92,6 +115,12 @@ impl RunHistory {
             .rev()
             .find(|report| report.version == version && report.succeeded()))
     }
+}
+
+/// The claim of [`RunHistory::try_lock_view`]: one run of a view at a time.
+#[derive(Debug)]
+pub struct ViewRunLock {
+    _file: std::fs::File,
 }
 
 #[cfg(test)]
@@ -133,5 +162,19 @@ mod tests {
         let last = history.last_successful_run("a", 1).unwrap().unwrap();
         assert_eq!(last.rows_scanned, 10);
         assert!(history.last_successful_run("a", 2).unwrap().is_none());
+    }
+
+    #[test]
+    fn one_run_of_a_view_at_a_time() {
+        let folder = tempfile::tempdir().unwrap();
+        let history = RunHistory::new(folder.path().join("runs.jsonl"));
+        let held = history
+            .try_lock_view("a")
+            .unwrap()
+            .expect("the first claim");
+        assert!(history.try_lock_view("a").unwrap().is_none());
+        assert!(history.try_lock_view("b").unwrap().is_some());
+        drop(held);
+        assert!(history.try_lock_view("a").unwrap().is_some());
     }
 }

@@ -17,5 +17,5 @@ pub use batch::{
 };
 pub use checks::{CheckFailure, evaluate_checks};
 pub use freshness::{FreshnessBoard, ViewFreshness};
-pub use history::{RunHistory, RunHistoryError};
+pub use history::{RunHistory, RunHistoryError, ViewRunLock};
 pub use write_path::{ChangeSummary, FeatureRow, WriteError, WritePath, row_digest};

@@ -384,7 +384,7 @@ mod tests {
             description: String::new(),
             freshness_sla: None,
             checks: Vec::new(),
-            on_missing: larder_core::OnMissing::Keep,
+            ..larder_core::FeatureView::default()
         }
     }
 

@@ -1,6 +1,11 @@
 //! Batch transformations: a feature view's SQL over its sources, run by DataFusion.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::catalog::TableProvider;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use url::Url;
 
 use arrow::datatypes::DataType;
 use datafusion::execution::SendableRecordBatchStream;
@@ -8,9 +13,52 @@ use datafusion::prelude::{
     CsvReadOptions, DataFrame, ParquetReadOptions, SessionConfig, SessionContext, col, lit,
 };
 use datafusion::scalar::ScalarValue;
-use larder_core::{DataSource, DataSourceKind, FeatureView, FileFormat, Timestamp};
+use larder_core::{
+    DataSource, DataSourceKind, FeatureView, FileFormat, S3Config, Timestamp, is_object_store_path,
+};
 
 use crate::OfflineError;
+use crate::object_storage::{S3Location, s3_store};
+
+/// Lets deltalake read tables under `s3://` through the object store the engine registered
+/// for the bucket. Larder only reads Delta tables, so the default log store (which is not
+/// safe for concurrent writers on S3) is all it needs; registered once per process.
+fn register_s3_delta_log_store() {
+    struct ReadOnlyLogStoreFactory;
+    impl deltalake::logstore::LogStoreFactory for ReadOnlyLogStoreFactory {
+        fn with_options(
+            &self,
+            prefixed_store: deltalake::logstore::ObjectStoreRef,
+            root_store: deltalake::logstore::ObjectStoreRef,
+            location: &Url,
+            options: &deltalake::logstore::StorageConfig,
+        ) -> deltalake::DeltaResult<Arc<dyn deltalake::logstore::LogStore>> {
+            Ok(deltalake::logstore::default_logstore(
+                prefixed_store,
+                root_store,
+                location,
+                options,
+            ))
+        }
+    }
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        if let Ok(scheme) = Url::parse("s3://") {
+            let factories = deltalake::logstore::logstore_factories();
+            if !factories.contains_key(&scheme) {
+                factories.insert(scheme, Arc::new(ReadOnlyLogStoreFactory));
+            }
+        }
+    });
+}
+
+/// The extension of a format's files in a directory or prefix.
+fn default_extension(format: FileFormat) -> &'static str {
+    match format {
+        FileFormat::Parquet | FileFormat::Delta => ".parquet",
+        FileFormat::Csv => ".csv",
+    }
+}
 
 /// A half-open event-time window `[start, end)`; an open side is unbounded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,6 +74,9 @@ pub struct TimeWindow {
 pub struct TransformEngine {
     context: SessionContext,
     repo_root: PathBuf,
+    s3: S3Config,
+    /// Buckets whose object store is registered with the session.
+    registered_buckets: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for TransformEngine {
@@ -38,16 +89,20 @@ impl std::fmt::Debug for TransformEngine {
 }
 
 impl TransformEngine {
-    /// Creates an engine and registers the given sources; paths are relative to `repo_root`.
-    /// Sources that are not batch sources (streams, push) are skipped.
+    /// Creates an engine and registers the given sources; local paths are relative to
+    /// `repo_root`, `s3://` paths are read with `s3`. Sources that are not batch sources
+    /// (streams, push) are skipped.
     pub async fn new<'a>(
         repo_root: &Path,
+        s3: &S3Config,
         sources: impl IntoIterator<Item = &'a DataSource>,
     ) -> Result<Self, OfflineError> {
         let config = SessionConfig::new().with_information_schema(false);
         let engine = Self {
             context: SessionContext::new_with_config(config),
             repo_root: repo_root.to_path_buf(),
+            s3: s3.clone(),
+            registered_buckets: std::sync::Mutex::default(),
         };
         for source in sources {
             engine.register_source(source).await?;
@@ -64,6 +119,108 @@ impl TransformEngine {
         let DataSourceKind::File { path, format } = &source.kind else {
             return Ok(());
         };
+        let (location, extension) = if is_object_store_path(path) {
+            self.remote_location(source, path, *format)?
+        } else {
+            self.local_location(source, path, *format)?
+        };
+        let mut names = vec![source.name.clone()];
+        if source.name.to_lowercase() != source.name {
+            // Unquoted identifiers in SQL are lower-cased by DataFusion.
+            names.push(source.name.to_lowercase());
+        }
+        let query_error = |source_error| OfflineError::Query {
+            context: format!("source '{}' ({})", source.name, path),
+            source: source_error,
+        };
+        let table: Arc<dyn TableProvider> = match format {
+            FileFormat::Delta => self.delta_table(source, path, &location).await?,
+            FileFormat::Parquet => {
+                let options = ParquetReadOptions {
+                    file_extension: &extension,
+                    ..ParquetReadOptions::default()
+                };
+                self.context
+                    .read_parquet(location.as_str(), options)
+                    .await
+                    .map_err(query_error)?
+                    .into_view()
+            }
+            FileFormat::Csv => {
+                let options = CsvReadOptions::new()
+                    .has_header(true)
+                    .file_extension(&extension);
+                self.context
+                    .read_csv(location.as_str(), options)
+                    .await
+                    .map_err(query_error)?
+                    .into_view()
+            }
+        };
+        for name in names {
+            self.context
+                .register_table(name.as_str(), Arc::clone(&table))
+                .map_err(query_error)?;
+        }
+        Ok(())
+    }
+
+    /// Opens a Delta table at its latest version as a DataFusion table; `location` is its
+    /// root (a local path or an `s3://` URL whose bucket is registered with the session).
+    async fn delta_table(
+        &self,
+        source: &DataSource,
+        path: &str,
+        location: &str,
+    ) -> Result<Arc<dyn TableProvider>, OfflineError> {
+        let failed = |what: &str, error: &dyn std::fmt::Display| {
+            OfflineError::InvalidRequest(format!(
+                "source '{}': {what} Delta table {path}: {error}",
+                source.name
+            ))
+        };
+        let url = if is_object_store_path(path) {
+            Url::parse(location.trim_end_matches('/'))
+                .map_err(|error| failed("locating", &error))?
+        } else {
+            Url::from_directory_path(location)
+                .map_err(|()| failed("locating", &"not an absolute path"))?
+        };
+        let mut builder = deltalake::DeltaTableBuilder::from_url(url.clone())
+            .map_err(|error| failed("opening", &error))?;
+        if is_object_store_path(path) {
+            register_s3_delta_log_store();
+            let bucket = S3Location::parse(path, &format!("source '{}'", source.name))?;
+            let store = self
+                .context
+                .runtime_env()
+                .object_store(
+                    ObjectStoreUrl::parse(bucket.bucket_url()?.as_str())
+                        .map_err(|error| failed("locating", &error))?,
+                )
+                .map_err(|error| failed("locating", &error))?;
+            builder = builder.with_storage_backend(store, url);
+        }
+        let table = builder
+            .load()
+            .await
+            .map_err(|error| failed("reading", &error))?;
+        table
+            .update_datafusion_session(&self.context.state())
+            .map_err(|error| failed("reading", &error))?;
+        table
+            .table_provider()
+            .await
+            .map_err(|error| failed("reading", &error))
+    }
+
+    /// The listing location and file extension of a local path (relative to the repo).
+    fn local_location(
+        &self,
+        source: &DataSource,
+        path: &str,
+        format: FileFormat,
+    ) -> Result<(String, String), OfflineError> {
         let resolved = if Path::new(path).is_absolute() {
             PathBuf::from(path)
         } else {
@@ -79,49 +236,42 @@ impl TransformEngine {
                 ),
             });
         }
-        let location = resolved.to_string_lossy().to_string();
         let extension = if resolved.is_file() || is_glob {
             resolved
                 .extension()
                 .map(|extension| format!(".{}", extension.to_string_lossy()))
                 .unwrap_or_default()
         } else {
-            match format {
-                FileFormat::Parquet => ".parquet".to_string(),
-                FileFormat::Csv => ".csv".to_string(),
-            }
+            default_extension(format).to_string()
         };
-        let mut names = vec![source.name.clone()];
-        if source.name.to_lowercase() != source.name {
-            // Unquoted identifiers in SQL are lower-cased by DataFusion.
-            names.push(source.name.to_lowercase());
+        Ok((resolved.to_string_lossy().to_string(), extension))
+    }
+
+    /// The listing location and file extension of an `s3://` path (a key, a prefix ending
+    /// in `/`); registers the bucket's object store with the session on first use.
+    fn remote_location(
+        &self,
+        source: &DataSource,
+        path: &str,
+        format: FileFormat,
+    ) -> Result<(String, String), OfflineError> {
+        let location = S3Location::parse(path, &format!("source '{}'", source.name))?;
+        let newly_seen = self
+            .registered_buckets
+            .lock()
+            .map_err(|_| OfflineError::InvalidRequest("bucket registry poisoned".to_string()))?
+            .insert(location.bucket.clone());
+        if newly_seen {
+            let store = s3_store(&self.s3, &location.bucket)?;
+            self.context
+                .register_object_store(&location.bucket_url()?, store);
         }
-        for name in names {
-            let result = match format {
-                FileFormat::Parquet => {
-                    let options = ParquetReadOptions {
-                        file_extension: &extension,
-                        ..ParquetReadOptions::default()
-                    };
-                    self.context
-                        .register_parquet(name.as_str(), &location, options)
-                        .await
-                }
-                FileFormat::Csv => {
-                    let options = CsvReadOptions::new()
-                        .has_header(true)
-                        .file_extension(&extension);
-                    self.context
-                        .register_csv(name.as_str(), &location, options)
-                        .await
-                }
-            };
-            result.map_err(|source_error| OfflineError::Query {
-                context: format!("source '{}' ({})", source.name, path),
-                source: source_error,
-            })?;
-        }
-        Ok(())
+        let last_segment = path.rsplit('/').next().unwrap_or_default();
+        let extension = match Path::new(last_segment).extension() {
+            Some(extension) => format!(".{}", extension.to_string_lossy()),
+            None => default_extension(format).to_string(),
+        };
+        Ok((location.url.to_string(), extension))
     }
 
     /// The SQL that produces a view's rows: its transformation, or the whole source.

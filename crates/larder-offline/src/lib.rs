@@ -5,6 +5,7 @@
 mod arrow_types;
 mod columns;
 mod engine;
+mod object_storage;
 mod parquet_store;
 pub mod training;
 

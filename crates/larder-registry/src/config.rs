@@ -45,6 +45,14 @@ pub struct RepoConfig {
     /// remote stores (Redis, DynamoDB); the embedded store is about as fast as the cache.
     #[serde(default)]
     pub online_cache: Option<OnlineCacheConfig>,
+    /// How `s3://` source paths are read (endpoint, region, credentials); unset fields fall
+    /// back to the standard AWS environment variables.
+    #[serde(default, skip_serializing_if = "is_default_s3")]
+    pub s3: larder_core::S3Config,
+}
+
+fn is_default_s3(s3: &larder_core::S3Config) -> bool {
+    *s3 == larder_core::S3Config::default()
 }
 
 /// Bounds of the write-through online cache.
@@ -446,6 +454,7 @@ impl RepoConfig {
             offline_store: OfflineStoreConfig::default(),
             serving: ServingConfig::default(),
             online_cache: None,
+            s3: larder_core::S3Config::default(),
         }
     }
 
@@ -569,6 +578,12 @@ impl RepoConfig {
         }
         if let OnlineStoreConfig::DynamoDb(dynamodb) = &self.online_store {
             problems.extend(dynamodb_config_problems(dynamodb));
+        }
+        for (key, message) in self.s3.problems() {
+            problems.push(ConfigProblem {
+                keys: vec!["s3", key],
+                message,
+            });
         }
         let OfflineStoreConfig::Parquet { path } = &self.offline_store;
         if path.as_os_str().is_empty() {

@@ -526,11 +526,7 @@ fn entity_details(old: &Entity, new: &Entity) -> Vec<String> {
 fn describe_source_kind(kind: &DataSourceKind) -> String {
     match kind {
         DataSourceKind::File { path, format } => {
-            let format = match format {
-                larder_core::FileFormat::Parquet => "parquet",
-                larder_core::FileFormat::Csv => "csv",
-            };
-            format!("file {path} ({format})")
+            format!("file {path} ({})", format.name())
         }
         DataSourceKind::Kafka {
             brokers,
@@ -820,6 +816,24 @@ fn feature_view_details(old: &FeatureView, new: &FeatureView) -> Vec<String> {
             "checks: {} -> {}",
             old.checks.len(),
             new.checks.len()
+        ));
+    }
+    if old.schedule != new.schedule {
+        details.push(format!(
+            "schedule: {} -> {}",
+            optional_or_none(old.schedule.as_ref()),
+            optional_or_none(new.schedule.as_ref())
+        ));
+    }
+    if old.on_missing != new.on_missing {
+        let name = |on_missing: larder_core::OnMissing| match on_missing {
+            larder_core::OnMissing::Keep => "keep",
+            larder_core::OnMissing::Delete => "delete",
+        };
+        details.push(format!(
+            "on_missing: {} -> {}",
+            name(old.on_missing),
+            name(new.on_missing)
         ));
     }
     if old.online != new.online {

@@ -84,7 +84,7 @@ fn test_view(allowed_lateness_seconds: u64) -> (FeatureView, StreamAggregations)
         description: String::new(),
         freshness_sla: None,
         checks: Vec::new(),
-        on_missing: larder_core::OnMissing::Keep,
+        ..larder_core::FeatureView::default()
     };
     let spec = StreamAggregations {
         aggregations,

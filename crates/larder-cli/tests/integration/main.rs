@@ -4,12 +4,15 @@
 mod apply;
 mod bad_requests;
 mod change_detection;
+mod delta_sources;
 mod direct_writes;
 mod dynamodb_store;
 mod end_to_end;
 mod grpc;
 mod push_grpc;
 mod redis_store;
+mod s3_sources;
+mod scheduled_runs;
 mod stream_kafka;
 mod stream_nats;
 mod stream_util;

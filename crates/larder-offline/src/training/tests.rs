@@ -53,7 +53,7 @@ fn view(
         description: String::new(),
         freshness_sla: None,
         checks: Vec::new(),
-        on_missing: larder_core::OnMissing::Keep,
+        ..larder_core::FeatureView::default()
     }
 }
 

@@ -216,6 +216,9 @@ pub(super) struct FeatureViewDefinition {
     /// keep (default) or delete: entities gone from the output of a full batch run.
     #[serde(default)]
     pub(super) on_missing: Option<Spanned<String>>,
+    /// Cron schedule (UTC) of batch runs by `larder serve`.
+    #[serde(default)]
+    pub(super) schedule: Option<Spanned<String>>,
 }
 
 /// `feature_views[].checks[]`: one flat shape for every check type, so that every field

@@ -477,12 +477,13 @@ impl<'a> Resolver<'a> {
                     (Some(format), _) => match format.value.trim().to_ascii_lowercase().as_str() {
                         "parquet" => Some(FileFormat::Parquet),
                         "csv" => Some(FileFormat::Csv),
+                        "delta" => Some(FileFormat::Delta),
                         _ => {
                             self.report(
                                 Location::from_yaml(&file.path, &format.referenced),
                                 format!("{key_prefix}.format"),
                                 format!(
-                                    "unknown file format '{}' (expected parquet or csv)",
+                                    "unknown file format '{}' (expected parquet, csv or delta)",
                                     format.value
                                 ),
                             );
@@ -490,14 +491,26 @@ impl<'a> Resolver<'a> {
                         }
                     },
                     (None, Some(path)) => {
-                        let format = infer_file_format(path);
+                        let local = Path::new(path);
+                        let local = if local.is_absolute() {
+                            local.to_path_buf()
+                        } else {
+                            self.root.join(local)
+                        };
+                        let format = if local.join("_delta_log").is_dir() {
+                            // A folder of Parquet files with a Delta log is a Delta table:
+                            // reading its files directly would resurrect removed rows.
+                            Some(FileFormat::Delta)
+                        } else {
+                            infer_file_format(path)
+                        };
                         if format.is_none()
                             && let Some(path_value) = &definition.path
                         {
                             self.report(
                                 Location::from_yaml(&file.path, &path_value.referenced),
                                 format!("{key_prefix}.path"),
-                                format!("cannot tell the format of '{path}' from its extension: add `format: parquet` or `format: csv`"),
+                                format!("cannot tell the format of '{path}' from its extension: add `format: parquet`, `format: csv` or `format: delta`"),
                             );
                         }
                         format
@@ -1360,6 +1373,31 @@ impl<'a> Resolver<'a> {
                 }
             },
         };
+        let source_is_batch = self
+            .registry
+            .sources
+            .get(&source_name)
+            .is_none_or(|source| source.kind.is_batch());
+        let schedule = definition.schedule.as_ref().and_then(|text| {
+            let location = Location::from_yaml(&file.path, &text.referenced);
+            let key = format!("{key_prefix}.schedule");
+            if !source_is_batch {
+                self.report(
+                    location,
+                    key,
+                    "only batch feature views have a schedule (stream views run continuously)"
+                        .to_string(),
+                );
+                return None;
+            }
+            match larder_core::CronSchedule::parse(&text.value) {
+                Ok(schedule) => Some(schedule.as_str().to_string()),
+                Err(message) => {
+                    self.report(location, key, message);
+                    None
+                }
+            }
+        });
         if self.diagnostics.len() > error_count_before {
             return None;
         }
@@ -1386,6 +1424,7 @@ impl<'a> Resolver<'a> {
             freshness_sla,
             checks,
             on_missing,
+            schedule,
         };
         Some((view, locations, stream_aggregations))
     }

@@ -119,7 +119,7 @@ fn expected_demo_registry() -> Registry {
         description: String::new(),
         freshness_sla: None,
         checks: Vec::new(),
-        on_missing: larder_core::OnMissing::Keep,
+        ..larder_core::FeatureView::default()
     };
     let user_profile = FeatureView {
         name: "user_profile".into(),
