@@ -1018,3 +1018,38 @@ fn protobuf_errors_name_the_yaml_key_and_the_proto_problem() {
         "cannot compile 'protos/click.proto'",
     );
 }
+
+fn views_with_schedule(source: &str, schedule: &str) -> Vec<(&'static str, String)> {
+    let view_lines = [
+        "feature_views:".to_string(),
+        "  - name: scheduled".to_string(),
+        "    version: 1".to_string(),
+        "    entities: [user]".to_string(),
+        format!("    source: {source}"),
+        format!("    schedule: \"{schedule}\""),
+        "    features: [{name: score, dtype: float64}]".to_string(),
+    ];
+    let view_lines: Vec<&str> = view_lines.iter().map(String::as_str).collect();
+    vec![
+        ("entities.yaml", crate::test_support::demo_entities()),
+        ("sources.yaml", crate::test_support::demo_sources()),
+        ("views.yaml", lines(&view_lines)),
+    ]
+}
+
+#[test]
+fn schedules_are_recorded_and_bad_ones_point_at_their_line() {
+    let directory = write_repo(&views_with_schedule("profiles", "  */15 * * * * "));
+    let repo = FeatureRepo::load(directory.path()).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(
+        repo.registry.feature_views["scheduled"].schedule.as_deref(),
+        Some("*/15 * * * *")
+    );
+
+    let diagnostics = load_errors(&views_with_schedule("profiles", "*/15 * * *"));
+    assert_reported(&diagnostics, "views.yaml", 6, "has 4 fields");
+    let diagnostics = load_errors(&views_with_schedule("profiles", "0 25 * * *"));
+    assert_reported(&diagnostics, "views.yaml", 6, "not a cron schedule");
+    let diagnostics = load_errors(&views_with_schedule("clicks", "*/15 * * * *"));
+    assert_reported(&diagnostics, "views.yaml", 6, "only batch feature views");
+}
