@@ -4,14 +4,22 @@
 #
 #   CARGO_TARGET_DIR=/work/rt cargo build --release -p larder-cli
 #   LARDER=/work/rt/release/larder ENTITIES=1000000 bench/change_detection.sh
+#
+# STORE=embedded (default) or STORE=redis (starts a redis-server on a free loopback port, as
+# Feast's harness uses Redis). REPEATS=N repeats the three runs on fresh repos.
 set -euo pipefail
 LARDER=${LARDER:-target/release/larder}
 ENTITIES=${ENTITIES:-1000000}
+STORE=${STORE:-embedded}
+REPEATS=${REPEATS:-1}
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-"$LARDER" init "$WORK/demo" --entities "$ENTITIES" --anchor 2026-01-10 >/dev/null
-cd "$WORK/demo"
-"$LARDER" apply >/dev/null
+REDIS_PID=""
+cleanup() {
+  if [ -n "$REDIS_PID" ]; then kill "$REDIS_PID" 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
 run() {
   local label=$1; shift
   local start end
@@ -20,7 +28,33 @@ run() {
   end=$(date +%s.%N)
   echo "$label  wall: $(echo "$end - $start" | bc) s"
 }
-run first
-"$LARDER" demo-mutate --fraction 0.02 --seed 7
-run changed-2pct
-run unchanged
+
+for repeat in $(seq 1 "$REPEATS"); do
+  echo "== repeat $repeat ($STORE store, $ENTITIES users)"
+  REPO="$WORK/demo$repeat"
+  "$LARDER" init "$REPO" --entities "$ENTITIES" --anchor 2026-01-10 >/dev/null
+  if [ "$STORE" = redis ]; then
+    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >/dev/null &
+    REDIS_PID=$!
+    until redis-cli -p "$PORT" ping >/dev/null 2>&1; do sleep 0.1; done
+    python3 - "$REPO/larder.yaml" "$PORT" <<'PY'
+import re, sys
+path, port = sys.argv[1], sys.argv[2]
+text = open(path).read()
+text = re.sub(r"online_store:\n  type: embedded\n  path: [^\n]*\n",
+              f"online_store:\n  type: redis\n  urls: [\"redis://127.0.0.1:{port}\"]\n", text)
+open(path, "w").write(text)
+PY
+  fi
+  (
+    cd "$REPO"
+    "$LARDER" apply >/dev/null
+    run first
+    "$LARDER" demo-mutate --fraction 0.02 --seed 7
+    run changed-2pct
+    run unchanged
+  )
+  if [ -n "$REDIS_PID" ]; then kill "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null || true; REDIS_PID=""; fi
+  rm -rf "$REPO"
+done

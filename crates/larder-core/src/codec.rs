@@ -24,7 +24,7 @@ const TAG_VECTOR: u8 = 11;
 
 /// Appends the encoding of a row of values to `out`.
 pub fn encode_row(values: &[Value], out: &mut Vec<u8>) {
-    write_varint(values.len() as u64, out);
+    encode_row_header(values.len(), out);
     for value in values {
         encode_value(value, out);
     }
@@ -40,54 +40,101 @@ pub fn encode_row_to_vec(values: &[Value]) -> Vec<u8> {
 /// Appends the encoding of one value to `out`.
 pub fn encode_value(value: &Value, out: &mut Vec<u8>) {
     match value {
-        Value::Null => out.push(TAG_NULL),
-        Value::Bool(false) => out.push(TAG_FALSE),
-        Value::Bool(true) => out.push(TAG_TRUE),
-        Value::Int32(number) => {
-            out.push(TAG_INT32);
-            out.extend_from_slice(&number.to_le_bytes());
-        }
-        Value::Int64(number) => {
-            out.push(TAG_INT64);
-            out.extend_from_slice(&number.to_le_bytes());
-        }
-        Value::Float32(number) => {
-            out.push(TAG_FLOAT32);
-            out.extend_from_slice(&number.to_le_bytes());
-        }
-        Value::Float64(number) => {
-            out.push(TAG_FLOAT64);
-            out.extend_from_slice(&number.to_le_bytes());
-        }
-        Value::String(text) => {
-            out.push(TAG_STRING);
-            write_varint(text.len() as u64, out);
-            out.extend_from_slice(text.as_bytes());
-        }
-        Value::Bytes(bytes) => {
-            out.push(TAG_BYTES);
-            write_varint(bytes.len() as u64, out);
-            out.extend_from_slice(bytes);
-        }
-        Value::Timestamp(timestamp) => {
-            out.push(TAG_TIMESTAMP);
-            out.extend_from_slice(&timestamp.as_micros().to_le_bytes());
-        }
+        Value::Null => encode_null(out),
+        Value::Bool(flag) => encode_bool(*flag, out),
+        Value::Int32(number) => encode_int32(*number, out),
+        Value::Int64(number) => encode_int64(*number, out),
+        Value::Float32(number) => encode_float32(*number, out),
+        Value::Float64(number) => encode_float64(*number, out),
+        Value::String(text) => encode_str(text, out),
+        Value::Bytes(bytes) => encode_bytes(bytes, out),
+        Value::Timestamp(timestamp) => encode_timestamp(*timestamp, out),
         Value::List(elements) => {
-            out.push(TAG_LIST);
-            write_varint(elements.len() as u64, out);
+            encode_list_header(elements.len(), out);
             for element in elements {
                 encode_value(element, out);
             }
         }
-        Value::Vector(components) => {
-            out.push(TAG_VECTOR);
-            write_varint(components.len() as u64, out);
-            for component in components {
-                out.extend_from_slice(&component.to_le_bytes());
-            }
-        }
+        Value::Vector(components) => encode_vector(components, out),
     }
+}
+
+// The encoders of each kind of value, for callers that encode straight from columns
+// without building `Value`s (the batch lane); `encode_value` is made of them.
+
+/// Appends a null.
+pub fn encode_null(out: &mut Vec<u8>) {
+    out.push(TAG_NULL);
+}
+
+/// Appends a `bool`.
+pub fn encode_bool(flag: bool, out: &mut Vec<u8>) {
+    out.push(if flag { TAG_TRUE } else { TAG_FALSE });
+}
+
+/// Appends an `int32`.
+pub fn encode_int32(number: i32, out: &mut Vec<u8>) {
+    out.push(TAG_INT32);
+    out.extend_from_slice(&number.to_le_bytes());
+}
+
+/// Appends an `int64`.
+pub fn encode_int64(number: i64, out: &mut Vec<u8>) {
+    out.push(TAG_INT64);
+    out.extend_from_slice(&number.to_le_bytes());
+}
+
+/// Appends a `float32`.
+pub fn encode_float32(number: f32, out: &mut Vec<u8>) {
+    out.push(TAG_FLOAT32);
+    out.extend_from_slice(&number.to_le_bytes());
+}
+
+/// Appends a `float64`.
+pub fn encode_float64(number: f64, out: &mut Vec<u8>) {
+    out.push(TAG_FLOAT64);
+    out.extend_from_slice(&number.to_le_bytes());
+}
+
+/// Appends a `string`.
+pub fn encode_str(text: &str, out: &mut Vec<u8>) {
+    out.push(TAG_STRING);
+    write_varint(text.len() as u64, out);
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// Appends `bytes`.
+pub fn encode_bytes(bytes: &[u8], out: &mut Vec<u8>) {
+    out.push(TAG_BYTES);
+    write_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// Appends a `timestamp`.
+pub fn encode_timestamp(timestamp: Timestamp, out: &mut Vec<u8>) {
+    out.push(TAG_TIMESTAMP);
+    out.extend_from_slice(&timestamp.as_micros().to_le_bytes());
+}
+
+/// Appends the header of a list of `length` elements; the elements follow, each encoded as a
+/// value.
+pub fn encode_list_header(length: usize, out: &mut Vec<u8>) {
+    out.push(TAG_LIST);
+    write_varint(length as u64, out);
+}
+
+/// Appends a `vector<N>`.
+pub fn encode_vector(components: &[f32], out: &mut Vec<u8>) {
+    out.push(TAG_VECTOR);
+    write_varint(components.len() as u64, out);
+    for component in components {
+        out.extend_from_slice(&component.to_le_bytes());
+    }
+}
+
+/// Appends the header of a row of `length` values; the values follow.
+pub fn encode_row_header(length: usize, out: &mut Vec<u8>) {
+    write_varint(length as u64, out);
 }
 
 /// Decodes a whole row.

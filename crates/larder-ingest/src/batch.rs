@@ -11,7 +11,7 @@ use larder_offline::{
 };
 use larder_online::DigestStore;
 
-use crate::write_path::{ChangeSummary, FeatureRow, WriteError, WritePath};
+use crate::write_path::{ChangeSummary, EncodedRow, WriteError, WritePath};
 
 /// Receives progress while a view is materialized (a progress bar, metrics).
 pub trait MaterializeProgress: Send + Sync {
@@ -271,7 +271,7 @@ pub async fn materialize_view(
             if view.online {
                 changes.add(
                     write_path
-                        .write_changed(
+                        .write_changed_encoded(
                             view,
                             WriteLane::Batch,
                             feature_rows.rows,
@@ -343,7 +343,7 @@ async fn delete_missing(
 }
 
 struct ConvertedRows {
-    rows: Vec<FeatureRow>,
+    rows: Vec<EncodedRow>,
     scanned: usize,
     newest_event_timestamp: Option<Timestamp>,
 }
@@ -376,10 +376,10 @@ fn convert_batch(
             let entity_key = view_batch.entity_key(row).map_err(|error| {
                 OfflineError::Schema(format!("feature view '{}': {error}", view.name))
             })?;
-            rows.push(FeatureRow {
+            rows.push(EncodedRow {
                 entity_key,
                 event_timestamp: view_batch.event_timestamp(row),
-                values: view_batch.feature_values(row),
+                values: view_batch.encoded_feature_values(row),
             });
         }
     }

@@ -29,6 +29,31 @@ pub struct FeatureRow {
     pub values: Vec<Value>,
 }
 
+impl FeatureRow {
+    /// The row with its values in the row codec's encoding.
+    pub fn encode(self) -> EncodedRow {
+        EncodedRow {
+            values: codec::encode_row_to_vec(&self.values),
+            entity_key: self.entity_key,
+            event_timestamp: self.event_timestamp,
+        }
+    }
+}
+
+/// A [`FeatureRow`] whose values are already in the row codec's encoding
+/// ([`larder_core::codec::encode_row`]), one value per feature of the view, in declared order,
+/// each of the feature's type. The batch lane encodes straight from Arrow columns that the
+/// view's canonical schema has typed, so its rows skip validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedRow {
+    /// The entity.
+    pub entity_key: EntityKey,
+    /// When the values were true.
+    pub event_timestamp: Timestamp,
+    /// The encoded values.
+    pub values: Vec<u8>,
+}
+
 /// Why a write was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -183,7 +208,7 @@ impl WritePath {
     ) -> Result<WriteSummary, WriteError> {
         Self::validate(view, &rows)?;
         let received = rows.len() as u64;
-        let newest = Self::keep_newest_per_entity(rows);
+        let newest = Self::keep_newest_per_entity(rows.into_iter().map(FeatureRow::encode));
         let superseded_in_batch = received - newest.len() as u64;
         let write_timestamp = self.next_write_timestamp();
         let online_rows: Vec<OnlineRow> = newest
@@ -193,7 +218,7 @@ impl WritePath {
                 event_timestamp: row.event_timestamp,
                 write_timestamp,
                 lane,
-                values: codec::encode_row_to_vec(&row.values),
+                values: row.values,
             })
             .collect();
         if online_rows.is_empty() {
@@ -238,8 +263,23 @@ impl WritePath {
         ignore_digests: bool,
     ) -> Result<ChangeSummary, WriteError> {
         Self::validate(view, &rows)?;
+        let encoded = rows.into_iter().map(FeatureRow::encode).collect();
+        self.write_changed_encoded(view, lane, encoded, digests, ignore_digests)
+            .await
+    }
+
+    /// [`WritePath::write_changed`] for rows whose values are already encoded (see
+    /// [`EncodedRow`] for what the caller guarantees in place of validation).
+    pub async fn write_changed_encoded(
+        &self,
+        view: &FeatureView,
+        lane: WriteLane,
+        rows: Vec<EncodedRow>,
+        digests: &dyn DigestStore,
+        ignore_digests: bool,
+    ) -> Result<ChangeSummary, WriteError> {
         let received = rows.len() as u64;
-        let newest = Self::keep_newest_per_entity(rows);
+        let newest = Self::keep_newest_per_entity(rows.into_iter());
         let mut summary = ChangeSummary {
             received,
             superseded_in_batch: received - newest.len() as u64,
@@ -259,7 +299,7 @@ impl WritePath {
         let mut online_rows = Vec::with_capacity(newest.len());
         let mut new_digests = Vec::with_capacity(newest.len());
         for (row, stored_digest) in newest.into_iter().zip(stored_digests) {
-            let values = codec::encode_row_to_vec(&row.values);
+            let values = row.values;
             let digest = row_digest(row.event_timestamp, &values);
             match stored_digest {
                 Some(stored) if stored.event_timestamp > digest.event_timestamp => {
@@ -320,9 +360,9 @@ impl WritePath {
         Ok(())
     }
 
-    fn keep_newest_per_entity(rows: Vec<FeatureRow>) -> Vec<FeatureRow> {
+    fn keep_newest_per_entity(rows: impl ExactSizeIterator<Item = EncodedRow>) -> Vec<EncodedRow> {
         let mut position_by_key: HashMap<EntityKey, usize> = HashMap::with_capacity(rows.len());
-        let mut kept: Vec<FeatureRow> = Vec::with_capacity(rows.len());
+        let mut kept: Vec<EncodedRow> = Vec::with_capacity(rows.len());
         for row in rows {
             match position_by_key.get(&row.entity_key) {
                 Some(&position) => {

@@ -180,7 +180,7 @@ impl OfflineStore for ParquetOfflineStore {
                 source,
             };
             let mut writer =
-                ArrowWriter::try_new(file, Arc::clone(&schema), Some(writer_properties()))
+                ArrowWriter::try_new(file, Arc::clone(&schema), Some(writer_properties(&schema)))
                     .map_err(parquet_error)?;
             writer.write(&rows).map_err(parquet_error)?;
             let file = writer.into_inner().map_err(parquet_error)?;
@@ -245,12 +245,15 @@ impl ParquetViewWriter {
             let path = folder.join("part-00000.parquet");
             let file =
                 File::create(&path).map_err(io_error(format!("creating {}", path.display())))?;
-            let writer =
-                ArrowWriter::try_new(file, Arc::clone(&self.schema), Some(writer_properties()))
-                    .map_err(|source| OfflineError::Parquet {
-                        path: path.display().to_string(),
-                        source,
-                    })?;
+            let writer = ArrowWriter::try_new(
+                file,
+                Arc::clone(&self.schema),
+                Some(writer_properties(&self.schema)),
+            )
+            .map_err(|source| OfflineError::Parquet {
+                path: path.display().to_string(),
+                source,
+            })?;
             self.writers.insert(day, (path, writer));
         }
         if let Some((path, writer)) = self.writers.get_mut(&day) {
@@ -318,12 +321,23 @@ impl OfflineWriter for ParquetViewWriter {
     }
 }
 
-/// How every offline Parquet file is written.
-fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+/// How every offline Parquet file is written. Floating-point and timestamp columns rarely
+/// repeat, so they skip dictionary encoding (which would intern every value only to fall
+/// back to plain encoding); every other column keeps it.
+fn writer_properties(schema: &arrow::datatypes::Schema) -> WriterProperties {
+    use arrow::datatypes::DataType;
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(256 * 1024))
-        .build()
+        .set_max_row_group_row_count(Some(256 * 1024));
+    for field in schema.fields() {
+        if matches!(
+            field.data_type(),
+            DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Timestamp(_, _)
+        ) {
+            builder = builder.set_column_dictionary_enabled(field.name().as_str().into(), false);
+        }
+    }
+    builder.build()
 }
 
 /// A batch's rows split by the UTC day of their event time (one slice when all share a day).
