@@ -289,18 +289,24 @@ impl WritePath {
             return Ok(summary);
         }
         let table = view.id();
-        let keys: Vec<EntityKey> = newest.iter().map(|row| row.entity_key.clone()).collect();
+        let mut keys: Vec<EntityKey> = Vec::with_capacity(newest.len());
+        let mut contents: Vec<(Timestamp, Vec<u8>)> = Vec::with_capacity(newest.len());
+        for row in newest {
+            keys.push(row.entity_key);
+            contents.push((row.event_timestamp, row.values));
+        }
         let stored_digests = if ignore_digests {
             vec![None; keys.len()]
         } else {
             digests.read_digests(&table, &keys).await?
         };
         let write_timestamp = self.next_write_timestamp();
-        let mut online_rows = Vec::with_capacity(newest.len());
-        let mut new_digests = Vec::with_capacity(newest.len());
-        for (row, stored_digest) in newest.into_iter().zip(stored_digests) {
-            let values = row.values;
-            let digest = row_digest(row.event_timestamp, &values);
+        let mut online_rows = Vec::new();
+        let mut new_digests = Vec::new();
+        for ((entity_key, (event_timestamp, values)), stored_digest) in
+            keys.into_iter().zip(contents).zip(stored_digests)
+        {
+            let digest = row_digest(event_timestamp, &values);
             match stored_digest {
                 Some(stored) if stored.event_timestamp > digest.event_timestamp => {
                     summary.stale += 1;
@@ -313,10 +319,10 @@ impl WritePath {
                 Some(_) => summary.changed += 1,
                 None => summary.new += 1,
             }
-            new_digests.push((row.entity_key.clone(), digest));
+            new_digests.push((entity_key.clone(), digest));
             online_rows.push(OnlineRow {
-                entity_key: row.entity_key,
-                event_timestamp: row.event_timestamp,
+                entity_key,
+                event_timestamp,
                 write_timestamp,
                 lane,
                 values,
@@ -360,23 +366,31 @@ impl WritePath {
         Ok(())
     }
 
-    fn keep_newest_per_entity(rows: impl ExactSizeIterator<Item = EncodedRow>) -> Vec<EncodedRow> {
-        let mut position_by_key: HashMap<EntityKey, usize> = HashMap::with_capacity(rows.len());
-        let mut kept: Vec<EncodedRow> = Vec::with_capacity(rows.len());
-        for row in rows {
-            match position_by_key.get(&row.entity_key) {
-                Some(&position) => {
-                    if row.event_timestamp >= kept[position].event_timestamp {
-                        kept[position] = row;
-                    }
-                }
-                None => {
-                    position_by_key.insert(row.entity_key.clone(), kept.len());
-                    kept.push(row);
+    /// The newest row of each entity (at equal event times the later one), in input order.
+    /// Keys are borrowed, not cloned: a batch of unique entities allocates only the map.
+    fn keep_newest_per_entity(rows: impl Iterator<Item = EncodedRow>) -> Vec<EncodedRow> {
+        let rows: Vec<EncodedRow> = rows.collect();
+        let keep = {
+            let mut newest_by_key: HashMap<&EntityKey, usize> = HashMap::with_capacity(rows.len());
+            for (index, row) in rows.iter().enumerate() {
+                let newest = newest_by_key.entry(&row.entity_key).or_insert(index);
+                if row.event_timestamp >= rows[*newest].event_timestamp {
+                    *newest = index;
                 }
             }
-        }
-        kept
+            if newest_by_key.len() == rows.len() {
+                return rows;
+            }
+            let mut keep = vec![false; rows.len()];
+            for index in newest_by_key.into_values() {
+                keep[index] = true;
+            }
+            keep
+        };
+        rows.into_iter()
+            .zip(keep)
+            .filter_map(|(row, keep)| keep.then_some(row))
+            .collect()
     }
 }
 
