@@ -26,7 +26,7 @@ if [ -n "$APT_PACKAGES" ]; then
 fi
 
 if ! command -v moto_server >/dev/null 2>&1; then
-  echo "== installing moto (DynamoDB-compatible test server)"
+  echo "== installing moto (DynamoDB- and S3-compatible test server)"
   python3 -m pip install -q 'moto[server]'
   command -v pyenv >/dev/null 2>&1 && pyenv rehash
 fi
