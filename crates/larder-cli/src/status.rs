@@ -62,6 +62,12 @@ pub async fn run(root: &Path, as_json: bool) -> Result<()> {
             seconds(&view["newest_event_age_seconds"]),
             last_write.or(last_run).unwrap_or_else(|| "-".to_string()),
         );
+        if let (Some(schedule), Some(next)) = (
+            view["schedule"].as_str(),
+            view["next_scheduled_run"].as_str(),
+        ) {
+            println!("    schedule \"{schedule}\": next run at {next}");
+        }
     }
     Ok(())
 }

@@ -43,6 +43,12 @@ pub fn report(registry: &Registry, board: &[ViewFreshness], now: Timestamp) -> J
             let measured = written
                 .and_then(|entry| entry.lag_p99_seconds)
                 .or(age_seconds);
+            let next_scheduled_run = view
+                .schedule
+                .as_deref()
+                .and_then(|text| larder_core::CronSchedule::parse(text).ok())
+                .and_then(|schedule| schedule.next_after(now))
+                .map(Timestamp::to_rfc3339);
             json!({
                 "view": view.name,
                 "version": view.version,
@@ -56,6 +62,8 @@ pub fn report(registry: &Registry, board: &[ViewFreshness], now: Timestamp) -> J
                 "lag_p50_seconds": written.and_then(|entry| entry.lag_p50_seconds),
                 "lag_p99_seconds": written.and_then(|entry| entry.lag_p99_seconds),
                 "lag_samples": written.map_or(0, |entry| entry.lag_samples),
+                "schedule": view.schedule,
+                "next_scheduled_run": next_scheduled_run,
             })
         })
         .collect();

@@ -106,11 +106,28 @@ fn serve_runs_scheduled_views() {
         "{served}"
     );
 
-    // Restarted after today's run: nothing was missed, nothing runs until midnight.
+    // Restarted after today's run: nothing was missed, nothing runs until midnight, which
+    // `/status` shows.
     drop(server);
     let server = Server::start(&repo.path);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(runs(&repo.path, "user_profile").len(), 1);
+    let (status, report) = server.get("/status");
+    assert_eq!(status, 200, "{report}");
+    let profile = report["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|view| view["view"] == "user_profile")
+        .unwrap()
+        .clone();
+    assert_eq!(profile["schedule"], "0 0 * * *", "{profile}");
+    let next = profile["next_scheduled_run"].as_str().unwrap();
+    assert!(next.ends_with("T00:00:00Z"), "{profile}");
+    assert!(
+        timestamp_micros(&profile["next_scheduled_run"]) > timestamp_micros(&report["now"]),
+        "{profile}"
+    );
 
     // Every two seconds, applied while serving: runs follow, never overlap, and change
     // detection writes nothing the second time.
