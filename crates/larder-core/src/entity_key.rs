@@ -22,18 +22,7 @@ impl EntityKey {
     /// Encodes join key values. Only integers and strings can be join key values.
     pub fn from_values(values: &[Value]) -> Result<Self, CoreError> {
         let mut encoded = Vec::with_capacity(values.len() * 9);
-        for value in values {
-            match value {
-                Value::Int32(number) => push_int(i64::from(*number), &mut encoded),
-                Value::Int64(number) => push_int(*number, &mut encoded),
-                Value::String(text) => push_str(text, &mut encoded),
-                other => {
-                    return Err(CoreError::UnsupportedJoinKeyType(
-                        other.kind_name().to_string(),
-                    ));
-                }
-            }
-        }
+        Self::encode_values_into(values, &mut encoded)?;
         Ok(Self(encoded))
     }
 
@@ -49,6 +38,34 @@ impl EntityKey {
         let mut encoded = Vec::with_capacity(text.len() + 2);
         push_str(text, &mut encoded);
         Self(encoded)
+    }
+
+    /// Appends the encoding of join key values to `out` (what [`EntityKey::from_values`]
+    /// would hold), without allocating a key.
+    pub fn encode_values_into(values: &[Value], out: &mut Vec<u8>) -> Result<(), CoreError> {
+        for value in values {
+            match value {
+                Value::Int32(number) => push_int(i64::from(*number), out),
+                Value::Int64(number) => push_int(*number, out),
+                Value::String(text) => push_str(text, out),
+                other => {
+                    return Err(CoreError::UnsupportedJoinKeyType(
+                        other.kind_name().to_string(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the encoding of a single-column integer key to `out`.
+    pub fn encode_int_into(number: i64, out: &mut Vec<u8>) {
+        push_int(number, out);
+    }
+
+    /// Appends the encoding of a single-column string key to `out`.
+    pub fn encode_str_into(text: &str, out: &mut Vec<u8>) {
+        push_str(text, out);
     }
 
     /// Wraps bytes previously produced by [`EntityKey::as_bytes`].
@@ -108,6 +125,113 @@ impl EntityKey {
     }
 }
 
+impl std::borrow::Borrow<[u8]> for EntityKey {
+    /// Maps keyed by [`EntityKey`] can be searched with the bytes of a key
+    /// ([`EntityKeyList::get`]); both hash and compare like the bytes.
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Many entity keys packed in one buffer: what a batch of thousands of rows carries instead
+/// of one allocation per key. Keys keep their insertion order and may repeat.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EntityKeyList {
+    bytes: Vec<u8>,
+    /// The end offset of each key in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl EntityKeyList {
+    /// An empty list.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty list with room for `keys` keys of `bytes` bytes in total.
+    pub fn with_capacity(keys: usize, bytes: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(keys),
+        }
+    }
+
+    /// Appends a key given by its canonical bytes ([`EntityKey::as_bytes`]).
+    pub fn push_bytes(&mut self, key: &[u8]) {
+        self.bytes.extend_from_slice(key);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Appends a key written by `encode` (one of the `EntityKey::encode_*_into` functions)
+    /// straight into the list's buffer. If `encode` fails, the list is left unchanged.
+    pub fn push_with<Failure>(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        let start = self.bytes.len();
+        match encode(&mut self.bytes) {
+            Ok(()) => {
+                self.ends.push(self.bytes.len());
+                Ok(())
+            }
+            Err(failure) => {
+                self.bytes.truncate(start);
+                Err(failure)
+            }
+        }
+    }
+
+    /// The canonical bytes of key `index`; empty for an index out of range.
+    pub fn get(&self, index: usize) -> &[u8] {
+        let Some(&end) = self.ends.get(index) else {
+            return &[];
+        };
+        let start = index
+            .checked_sub(1)
+            .map_or(0, |previous| self.ends[previous]);
+        &self.bytes[start..end]
+    }
+
+    /// Key `index` as an owned [`EntityKey`].
+    pub fn key(&self, index: usize) -> EntityKey {
+        EntityKey(self.get(index).to_vec())
+    }
+
+    /// The number of keys.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether the list holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The keys' bytes, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        (0..self.len()).map(|index| self.get(index))
+    }
+}
+
+impl<'key> FromIterator<&'key EntityKey> for EntityKeyList {
+    fn from_iter<Keys: IntoIterator<Item = &'key EntityKey>>(keys: Keys) -> Self {
+        let mut list = Self::new();
+        for key in keys {
+            list.push_bytes(key.as_bytes());
+        }
+        list
+    }
+}
+
+impl fmt::Debug for EntityKeyList {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_list()
+            .entries((0..self.len()).map(|index| self.key(index)))
+            .finish()
+    }
+}
+
 fn push_int(number: i64, out: &mut Vec<u8>) {
     out.push(KEY_TAG_INT);
     // Flip the sign bit so that byte order matches numeric order.
@@ -157,8 +281,36 @@ impl fmt::Display for EntityKey {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_lists_pack_keys_in_order_and_roll_back_failed_pushes() {
+        let mut list = EntityKeyList::new();
+        list.push_with(|out| {
+            EntityKey::encode_int_into(7, out);
+            Ok::<_, CoreError>(())
+        })
+        .unwrap();
+        let failed = list.push_with(|out| {
+            EntityKey::encode_values_into(&[Value::Int64(1), Value::Bool(true)], out)
+        });
+        assert!(failed.is_err());
+        list.push_bytes(EntityKey::from_str_key("fr").as_bytes());
+        list.push_bytes(EntityKey::from_int(7).as_bytes());
+        assert_eq!(list.len(), 3);
+        assert_eq!(list.key(0), EntityKey::from_int(7));
+        assert_eq!(list.key(1), EntityKey::from_str_key("fr"));
+        assert_eq!(list.get(2), list.get(0));
+        assert!(list.get(3).is_empty());
+        let by_key: std::collections::HashMap<EntityKey, u32> =
+            [(EntityKey::from_str_key("fr"), 1)].into_iter().collect();
+        assert_eq!(by_key.get(list.get(1)), Some(&1));
+        assert_eq!(by_key.get(list.get(0)), None);
+        let collected: EntityKeyList = [EntityKey::from_int(7)].iter().collect();
+        assert_eq!(collected.iter().collect::<Vec<_>>(), vec![list.get(0)]);
+    }
 
     #[test]
     fn keys_round_trip_and_widen_int32() {

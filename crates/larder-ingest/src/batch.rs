@@ -11,7 +11,7 @@ use larder_offline::{
 };
 use larder_online::DigestStore;
 
-use crate::write_path::{ChangeSummary, EncodedRow, WriteError, WritePath};
+use crate::write_path::{ChangeSummary, EncodedRows, WriteError, WritePath};
 
 /// Receives progress while a view is materialized (a progress bar, metrics).
 pub trait MaterializeProgress: Send + Sync {
@@ -266,7 +266,13 @@ pub async fn materialize_view(
             rows_scanned += scanned;
             watermark = watermark.max(feature_rows.newest_event_timestamp);
             if let Some(seen) = seen.as_mut() {
-                seen.extend(feature_rows.rows.iter().map(|row| row.entity_key.clone()));
+                seen.extend(
+                    feature_rows
+                        .rows
+                        .keys()
+                        .iter()
+                        .map(|key| larder_core::EntityKey::from_bytes(key.to_vec())),
+                );
             }
             if view.online {
                 changes.add(
@@ -274,7 +280,7 @@ pub async fn materialize_view(
                         .write_changed_encoded(
                             view,
                             WriteLane::Batch,
-                            feature_rows.rows,
+                            &feature_rows.rows,
                             digests,
                             options.full_refresh,
                         )
@@ -343,7 +349,8 @@ async fn delete_missing(
 }
 
 struct ConvertedRows {
-    rows: Vec<EncodedRow>,
+    /// The rows to compare and write online (none for an offline-only view).
+    rows: EncodedRows,
     scanned: usize,
     newest_event_timestamp: Option<Timestamp>,
 }
@@ -369,18 +376,20 @@ fn convert_batch(
     let newest_event_timestamp = (0..scanned)
         .map(|row| view_batch.event_timestamp(row))
         .max();
-    let mut rows = Vec::new();
+    let mut rows = EncodedRows::default();
     if view.online {
-        rows.reserve(scanned);
+        // Room for every row's values at a typical ~9 bytes per feature; the buffer grows
+        // (rarely) for longer values.
+        rows = EncodedRows::with_capacity(scanned, scanned * (view.features.len() * 9 + 2));
         for row in 0..scanned {
-            let entity_key = view_batch.entity_key(row).map_err(|error| {
+            rows.push_with(
+                view_batch.event_timestamp(row),
+                |out| view_batch.write_entity_key(row, out),
+                |out| view_batch.write_encoded_feature_values(row, out),
+            )
+            .map_err(|error| {
                 OfflineError::Schema(format!("feature view '{}': {error}", view.name))
             })?;
-            rows.push(EncodedRow {
-                entity_key,
-                event_timestamp: view_batch.event_timestamp(row),
-                values: view_batch.encoded_feature_values(row),
-            });
         }
     }
     Ok((

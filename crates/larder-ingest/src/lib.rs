@@ -18,4 +18,4 @@ pub use batch::{
 pub use checks::{CheckFailure, evaluate_checks};
 pub use freshness::{FreshnessBoard, ViewFreshness};
 pub use history::{RunHistory, RunHistoryError, ViewRunLock};
-pub use write_path::{ChangeSummary, EncodedRow, FeatureRow, WriteError, WritePath, row_digest};
+pub use write_path::{ChangeSummary, EncodedRows, FeatureRow, WriteError, WritePath, row_digest};

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use crate::freshness::FreshnessBoard;
-use larder_core::{EntityKey, FeatureView, FeatureViewId, Timestamp, Value, WriteLane, codec};
+use larder_core::{
+    EntityKey, EntityKeyList, FeatureView, FeatureViewId, Timestamp, Value, WriteLane, codec,
+};
 use larder_online::{
     DigestStore, OnlineRow, OnlineStoreError, RowDigest, SharedOnlineStore, TableOptions,
     WriteSummary,
@@ -29,29 +31,122 @@ pub struct FeatureRow {
     pub values: Vec<Value>,
 }
 
-impl FeatureRow {
-    /// The row with its values in the row codec's encoding.
-    pub fn encode(self) -> EncodedRow {
-        EncodedRow {
-            values: codec::encode_row_to_vec(&self.values),
-            entity_key: self.entity_key,
-            event_timestamp: self.event_timestamp,
+/// Rows of one feature view whose values are already in the row codec's encoding
+/// ([`larder_core::codec::encode_row`]), one value per feature of the view, in declared
+/// order, each of the feature's type. The batch lane encodes straight from Arrow columns that
+/// the view's canonical schema has typed, so its rows skip validation.
+///
+/// Keys and values are packed in one buffer each, so a batch of thousands of rows costs a
+/// handful of allocations, and the rows that turn out unchanged are never copied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodedRows {
+    keys: EntityKeyList,
+    event_timestamps: Vec<Timestamp>,
+    values: Vec<u8>,
+    /// The end offset of each row's values in `values`.
+    value_ends: Vec<usize>,
+}
+
+impl EncodedRows {
+    /// No rows, with room for `rows` rows of `value_bytes` encoded bytes in total.
+    pub fn with_capacity(rows: usize, value_bytes: usize) -> Self {
+        Self {
+            keys: EntityKeyList::with_capacity(rows, rows * 9),
+            event_timestamps: Vec::with_capacity(rows),
+            values: Vec::with_capacity(value_bytes),
+            value_ends: Vec::with_capacity(rows),
         }
+    }
+
+    /// Appends a row whose key and values are written straight into the buffers by
+    /// `write_key` and `write_values`. If `write_key` fails nothing is appended.
+    pub fn push_with<Failure>(
+        &mut self,
+        event_timestamp: Timestamp,
+        write_key: impl FnOnce(&mut Vec<u8>) -> Result<(), Failure>,
+        write_values: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), Failure> {
+        self.keys.push_with(write_key)?;
+        self.event_timestamps.push(event_timestamp);
+        write_values(&mut self.values);
+        self.value_ends.push(self.values.len());
+        Ok(())
+    }
+
+    /// Appends a row with values given as [`Value`]s (encoded here, not validated).
+    pub fn push_values(
+        &mut self,
+        entity_key: &EntityKey,
+        event_timestamp: Timestamp,
+        values: &[Value],
+    ) {
+        let pushed: Result<(), std::convert::Infallible> = self.push_with(
+            event_timestamp,
+            |out| {
+                out.extend_from_slice(entity_key.as_bytes());
+                Ok(())
+            },
+            |out| codec::encode_row(values, out),
+        );
+        match pushed {
+            Ok(()) => {}
+            Err(never) => match never {},
+        }
+    }
+
+    /// The number of rows.
+    pub fn len(&self) -> usize {
+        self.event_timestamps.len()
+    }
+
+    /// Whether there is no row.
+    pub fn is_empty(&self) -> bool {
+        self.event_timestamps.is_empty()
+    }
+
+    /// Every row's entity key, in row order.
+    pub fn keys(&self) -> &EntityKeyList {
+        &self.keys
+    }
+
+    /// The entity key bytes of row `index`.
+    pub fn key(&self, index: usize) -> &[u8] {
+        self.keys.get(index)
+    }
+
+    /// The event time of row `index` (`Timestamp(0)` out of range).
+    pub fn event_timestamp(&self, index: usize) -> Timestamp {
+        self.event_timestamps
+            .get(index)
+            .copied()
+            .unwrap_or(Timestamp(0))
+    }
+
+    /// The encoded values of row `index` (empty out of range).
+    pub fn values(&self, index: usize) -> &[u8] {
+        let Some(&end) = self.value_ends.get(index) else {
+            return &[];
+        };
+        let start = index
+            .checked_sub(1)
+            .map_or(0, |previous| self.value_ends[previous]);
+        &self.values[start..end]
+    }
+
+    /// The newest event time of any row.
+    pub fn newest_event_timestamp(&self) -> Option<Timestamp> {
+        self.event_timestamps.iter().copied().max()
     }
 }
 
-/// A [`FeatureRow`] whose values are already in the row codec's encoding
-/// ([`larder_core::codec::encode_row`]), one value per feature of the view, in declared order,
-/// each of the feature's type. The batch lane encodes straight from Arrow columns that the
-/// view's canonical schema has typed, so its rows skip validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncodedRow {
-    /// The entity.
-    pub entity_key: EntityKey,
-    /// When the values were true.
-    pub event_timestamp: Timestamp,
-    /// The encoded values.
-    pub values: Vec<u8>,
+impl From<Vec<FeatureRow>> for EncodedRows {
+    fn from(rows: Vec<FeatureRow>) -> Self {
+        let mut encoded = Self::with_capacity(rows.len(), 0);
+        for row in &rows {
+            encoded.push_values(&row.entity_key, row.event_timestamp, &row.values);
+        }
+        encoded
+    }
 }
 
 /// Why a write was refused or failed.
@@ -208,17 +303,33 @@ impl WritePath {
     ) -> Result<WriteSummary, WriteError> {
         Self::validate(view, &rows)?;
         let received = rows.len() as u64;
-        let newest = Self::keep_newest_per_entity(rows.into_iter().map(FeatureRow::encode));
+        let newest = match newest_per_entity(
+            rows.len(),
+            |index| rows[index].entity_key.as_bytes(),
+            |index| rows[index].event_timestamp,
+        ) {
+            None => rows,
+            Some(kept) => {
+                let mut keep = vec![false; rows.len()];
+                for index in kept {
+                    keep[index] = true;
+                }
+                rows.into_iter()
+                    .zip(keep)
+                    .filter_map(|(row, keep)| keep.then_some(row))
+                    .collect()
+            }
+        };
         let superseded_in_batch = received - newest.len() as u64;
         let write_timestamp = self.next_write_timestamp();
         let online_rows: Vec<OnlineRow> = newest
             .into_iter()
             .map(|row| OnlineRow {
+                values: codec::encode_row_to_vec(&row.values),
                 entity_key: row.entity_key,
                 event_timestamp: row.event_timestamp,
                 write_timestamp,
                 lane,
-                values: row.values,
             })
             .collect();
         if online_rows.is_empty() {
@@ -263,50 +374,68 @@ impl WritePath {
         ignore_digests: bool,
     ) -> Result<ChangeSummary, WriteError> {
         Self::validate(view, &rows)?;
-        let encoded = rows.into_iter().map(FeatureRow::encode).collect();
-        self.write_changed_encoded(view, lane, encoded, digests, ignore_digests)
-            .await
+        self.write_changed_encoded(
+            view,
+            lane,
+            &EncodedRows::from(rows),
+            digests,
+            ignore_digests,
+        )
+        .await
     }
 
     /// [`WritePath::write_changed`] for rows whose values are already encoded (see
-    /// [`EncodedRow`] for what the caller guarantees in place of validation).
+    /// [`EncodedRows`] for what the caller guarantees in place of validation). Only the new
+    /// and changed rows are copied out of `rows`.
     pub async fn write_changed_encoded(
         &self,
         view: &FeatureView,
         lane: WriteLane,
-        rows: Vec<EncodedRow>,
+        rows: &EncodedRows,
         digests: &dyn DigestStore,
         ignore_digests: bool,
     ) -> Result<ChangeSummary, WriteError> {
         let received = rows.len() as u64;
-        let newest = Self::keep_newest_per_entity(rows.into_iter());
+        let kept = newest_per_entity(
+            rows.len(),
+            |index| rows.key(index),
+            |index| rows.event_timestamp(index),
+        );
+        let kept_count = kept.as_ref().map_or(rows.len(), Vec::len);
         let mut summary = ChangeSummary {
             received,
-            superseded_in_batch: received - newest.len() as u64,
+            superseded_in_batch: received - kept_count as u64,
             ..ChangeSummary::default()
         };
-        if newest.is_empty() {
+        if kept_count == 0 {
             return Ok(summary);
         }
         let table = view.id();
-        let mut keys: Vec<EntityKey> = Vec::with_capacity(newest.len());
-        let mut contents: Vec<(Timestamp, Vec<u8>)> = Vec::with_capacity(newest.len());
-        for row in newest {
-            keys.push(row.entity_key);
-            contents.push((row.event_timestamp, row.values));
-        }
+        let kept_keys;
+        let keys = match &kept {
+            None => rows.keys(),
+            Some(indices) => {
+                let mut list = EntityKeyList::with_capacity(indices.len(), indices.len() * 9);
+                for index in indices {
+                    list.push_bytes(rows.key(*index));
+                }
+                kept_keys = list;
+                &kept_keys
+            }
+        };
         let stored_digests = if ignore_digests {
-            vec![None; keys.len()]
+            vec![None; kept_count]
         } else {
-            digests.read_digests(&table, &keys).await?
+            digests.read_digests(&table, keys).await?
         };
         let write_timestamp = self.next_write_timestamp();
         let mut online_rows = Vec::new();
         let mut new_digests = Vec::new();
-        for ((entity_key, (event_timestamp, values)), stored_digest) in
-            keys.into_iter().zip(contents).zip(stored_digests)
-        {
-            let digest = row_digest(event_timestamp, &values);
+        let indices = kept.unwrap_or_else(|| (0..rows.len()).collect());
+        for (index, stored_digest) in indices.into_iter().zip(stored_digests) {
+            let event_timestamp = rows.event_timestamp(index);
+            let values = rows.values(index);
+            let digest = row_digest(event_timestamp, values);
             match stored_digest {
                 Some(stored) if stored.event_timestamp > digest.event_timestamp => {
                     summary.stale += 1;
@@ -319,13 +448,14 @@ impl WritePath {
                 Some(_) => summary.changed += 1,
                 None => summary.new += 1,
             }
+            let entity_key = EntityKey::from_bytes(rows.key(index).to_vec());
             new_digests.push((entity_key.clone(), digest));
             online_rows.push(OnlineRow {
                 entity_key,
                 event_timestamp,
                 write_timestamp,
                 lane,
-                values,
+                values: values.to_vec(),
             });
         }
         if online_rows.is_empty() {
@@ -365,33 +495,29 @@ impl WritePath {
             .insert(table.clone(), options);
         Ok(())
     }
+}
 
-    /// The newest row of each entity (at equal event times the later one), in input order.
-    /// Keys are borrowed, not cloned: a batch of unique entities allocates only the map.
-    fn keep_newest_per_entity(rows: impl Iterator<Item = EncodedRow>) -> Vec<EncodedRow> {
-        let rows: Vec<EncodedRow> = rows.collect();
-        let keep = {
-            let mut newest_by_key: HashMap<&EntityKey, usize> = HashMap::with_capacity(rows.len());
-            for (index, row) in rows.iter().enumerate() {
-                let newest = newest_by_key.entry(&row.entity_key).or_insert(index);
-                if row.event_timestamp >= rows[*newest].event_timestamp {
-                    *newest = index;
-                }
-            }
-            if newest_by_key.len() == rows.len() {
-                return rows;
-            }
-            let mut keep = vec![false; rows.len()];
-            for index in newest_by_key.into_values() {
-                keep[index] = true;
-            }
-            keep
-        };
-        rows.into_iter()
-            .zip(keep)
-            .filter_map(|(row, keep)| keep.then_some(row))
-            .collect()
+/// The rows to keep so that each entity keeps only its newest row (at equal event times the
+/// later one), as indices in input order; `None` when every row is of a different entity
+/// (the common case, which allocates only the map). Keys are borrowed, never cloned.
+fn newest_per_entity<'rows>(
+    count: usize,
+    key: impl Fn(usize) -> &'rows [u8],
+    event_timestamp: impl Fn(usize) -> Timestamp,
+) -> Option<Vec<usize>> {
+    let mut newest_by_key: HashMap<&[u8], usize> = HashMap::with_capacity(count);
+    for index in 0..count {
+        let newest = newest_by_key.entry(key(index)).or_insert(index);
+        if event_timestamp(index) >= event_timestamp(*newest) {
+            *newest = index;
+        }
     }
+    if newest_by_key.len() == count {
+        return None;
+    }
+    let mut kept: Vec<usize> = newest_by_key.into_values().collect();
+    kept.sort_unstable();
+    Some(kept)
 }
 
 #[cfg(test)]
@@ -729,7 +855,7 @@ mod tests {
                 .is_err()
         );
         let saved = digests
-            .read_digests(&view.id(), &[EntityKey::from_int(1)])
+            .read_digests(&view.id(), &[EntityKey::from_int(1)].iter().collect())
             .await
             .unwrap();
         assert_eq!(saved, vec![None]);

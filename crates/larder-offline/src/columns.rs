@@ -376,11 +376,27 @@ impl ViewBatch {
 
     /// The entity key of a row.
     pub fn entity_key(&self, row: usize) -> Result<EntityKey, larder_core::CoreError> {
+        let mut encoded = Vec::with_capacity(self.join_keys.len() * 9);
+        self.write_entity_key(row, &mut encoded)?;
+        Ok(EntityKey::from_bytes(encoded))
+    }
+
+    /// Appends the canonical bytes of a row's entity key ([`ViewBatch::entity_key`]) to
+    /// `out`, without allocating a key.
+    pub fn write_entity_key(
+        &self,
+        row: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), larder_core::CoreError> {
         if let [single] = self.join_keys.as_slice() {
             match single {
-                CanonicalColumn::Int64(array) => return Ok(EntityKey::from_int(array.value(row))),
+                CanonicalColumn::Int64(array) => {
+                    EntityKey::encode_int_into(array.value(row), out);
+                    return Ok(());
+                }
                 CanonicalColumn::String(array) => {
-                    return Ok(EntityKey::from_str_key(array.value(row)));
+                    EntityKey::encode_str_into(array.value(row), out);
+                    return Ok(());
                 }
                 _ => {}
             }
@@ -390,7 +406,7 @@ impl ViewBatch {
             .iter()
             .map(|column| column.value(row))
             .collect();
-        EntityKey::from_values(&values)
+        EntityKey::encode_values_into(&values, out)
     }
 
     /// The event timestamp of a row.
@@ -410,11 +426,16 @@ impl ViewBatch {
     /// `codec::encode_row_to_vec(&self.feature_values(row))`, without building values.
     pub fn encoded_feature_values(&self, row: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.features.len() * 9 + 2);
-        codec::encode_row_header(self.features.len(), &mut out);
-        for column in &self.features {
-            column.encode(row, &mut out);
-        }
+        self.write_encoded_feature_values(row, &mut out);
         out
+    }
+
+    /// Appends [`ViewBatch::encoded_feature_values`] of a row to `out`.
+    pub fn write_encoded_feature_values(&self, row: usize, out: &mut Vec<u8>) {
+        codec::encode_row_header(self.features.len(), out);
+        for column in &self.features {
+            column.encode(row, out);
+        }
     }
 }
 

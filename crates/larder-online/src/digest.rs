@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use larder_core::{EntityKey, FeatureViewId, Timestamp};
+use larder_core::{EntityKey, EntityKeyList, FeatureViewId, Timestamp};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::OnlineStoreError;
@@ -66,7 +66,7 @@ impl RowDigest {
 ///
 /// * Tables are named by [`FeatureViewId`]; a table that was never written holds nothing, so
 ///   a new view version has no digests and its first run writes every row.
-/// * [`DigestStore::read_digests`] returns one slot per key, in request order.
+/// * [`DigestStore::read_digests`] returns one slot per key, in request order (keys may repeat).
 /// * [`DigestStore::write_digests`] replaces the digest of each given key (last one wins
 ///   within a batch); when it returns, the digests are as durable as the backend promises.
 /// * [`DigestStore::delete_digests`] removes keys; [`DigestStore::drop_table`] a whole table.
@@ -78,7 +78,7 @@ pub trait DigestStore: Send + Sync + fmt::Debug + 'static {
     async fn read_digests(
         &self,
         table: &FeatureViewId,
-        keys: &[EntityKey],
+        keys: &EntityKeyList,
     ) -> Result<Vec<Option<RowDigest>>, OnlineStoreError>;
 
     /// Stores digests, replacing older ones of the same keys.
@@ -123,7 +123,7 @@ impl DigestStore for MemoryDigestStore {
     async fn read_digests(
         &self,
         table: &FeatureViewId,
-        keys: &[EntityKey],
+        keys: &EntityKeyList,
     ) -> Result<Vec<Option<RowDigest>>, OnlineStoreError> {
         let tables = self.tables.read().unwrap_or_else(PoisonError::into_inner);
         let Some(digests) = tables.get(table) else {
@@ -254,6 +254,71 @@ fn map_digest_redb_error(context: &str, error: impl Into<redb::Error>) -> Online
     }
 }
 
+/// One stored (key, digest) entry, as a table read returns it.
+type DigestEntry = (
+    redb::AccessGuard<'static, &'static [u8]>,
+    redb::AccessGuard<'static, &'static [u8]>,
+);
+
+/// How many entries a read steps over before it seeks afresh: stepping to the next leaf
+/// entry is far cheaper than a lookup from the root, so keys that lie close together in the
+/// table (a source sorted or clustered by entity) are read almost sequentially.
+const MAX_ENTRIES_STEPPED: usize = 16;
+
+/// Reads the digest of every key, in the order of the keys, by visiting the keys in table
+/// order with one forward cursor: the cursor steps over at most [`MAX_ENTRIES_STEPPED`]
+/// entries to reach the next key and otherwise seeks to it.
+fn read_in_key_order(
+    digests: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    keys: &EntityKeyList,
+) -> Result<Vec<Option<RowDigest>>, redb::StorageError> {
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_unstable_by(|left, right| keys.get(*left).cmp(keys.get(*right)));
+    let mut slots = vec![None; keys.len()];
+    let mut cursor: Option<redb::Range<'static, &'static [u8], &'static [u8]>> = None;
+    // The entry under the cursor, `None` once the cursor ran past the table's last entry.
+    let mut current: Option<DigestEntry> = None;
+    for index in order {
+        let wanted = keys.get(index);
+        let mut stepped = 0;
+        loop {
+            let position = current.as_ref().map(|(key, _)| key.value().cmp(wanted));
+            match position {
+                Some(std::cmp::Ordering::Equal) => {
+                    slots[index] = current
+                        .as_ref()
+                        .and_then(|(_, digest)| RowDigest::from_bytes(digest.value()));
+                    break;
+                }
+                Some(std::cmp::Ordering::Greater) => break,
+                // Past the table's end: no later key is stored either.
+                None if cursor.is_some() => break,
+                Some(std::cmp::Ordering::Less) if stepped < MAX_ENTRIES_STEPPED => {
+                    stepped += 1;
+                    current = match cursor.as_mut().and_then(Iterator::next) {
+                        Some(entry) => Some(entry?),
+                        None => None,
+                    };
+                }
+                // No cursor yet, or the key is too far ahead: seek.
+                _ => {
+                    let mut range = digests.range::<&[u8]>(wanted..)?;
+                    current = match range.next() {
+                        Some(entry) => Some(entry?),
+                        None => None,
+                    };
+                    cursor = Some(range);
+                    stepped = MAX_ENTRIES_STEPPED;
+                    if current.is_none() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(slots)
+}
+
 fn begin_durable_digest_write(
     database: &redb::Database,
 ) -> Result<redb::WriteTransaction, OnlineStoreError> {
@@ -271,13 +336,13 @@ impl DigestStore for RedbDigestStore {
     async fn read_digests(
         &self,
         table: &FeatureViewId,
-        keys: &[EntityKey],
+        keys: &EntityKeyList,
     ) -> Result<Vec<Option<RowDigest>>, OnlineStoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let table_name = digest_table_name(table);
-        let keys = keys.to_vec();
+        let keys = keys.clone();
         self.run_blocking(move |database| {
             let transaction = database
                 .begin_read()
@@ -287,16 +352,8 @@ impl DigestStore for RedbDigestStore {
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; keys.len()]),
                 Err(error) => return Err(map_digest_redb_error("cannot open digests", error)),
             };
-            let mut slots = Vec::with_capacity(keys.len());
-            for key in &keys {
-                let stored = digests
-                    .get(key.as_bytes())
-                    .map_err(|error| map_digest_redb_error("cannot read a digest", error))?;
-                slots.push(
-                    stored.and_then(|stored_digest| RowDigest::from_bytes(stored_digest.value())),
-                );
-            }
-            Ok(slots)
+            read_in_key_order(&digests, &keys)
+                .map_err(|error| map_digest_redb_error("cannot read digests", error))
         })
         .await
     }
@@ -410,12 +467,19 @@ pub async fn check_digest_store_conformance(store: &dyn DigestStore) {
         ..table.clone()
     };
     let key = |id: i64| EntityKey::from_int(id);
+    let list = |ids: &[i64]| -> EntityKeyList {
+        ids.iter()
+            .map(|id| key(*id))
+            .collect::<Vec<_>>()
+            .iter()
+            .collect()
+    };
     let digest = |seconds: i64, hash: u64| RowDigest {
         event_timestamp: Timestamp::from_seconds(seconds),
         content_hash: hash,
     };
     let unknown = store
-        .read_digests(&table, &[key(1), key(2)])
+        .read_digests(&table, &list(&[1, 2]))
         .await
         .unwrap_or_default();
     assert_eq!(unknown, vec![None, None], "an unknown table holds nothing");
@@ -431,7 +495,7 @@ pub async fn check_digest_store_conformance(store: &dyn DigestStore) {
         .await
         .unwrap_or_else(|error| panic!("write_digests failed: {error}"));
     let read = store
-        .read_digests(&table, &[key(2), key(3), key(1)])
+        .read_digests(&table, &list(&[2, 3, 1]))
         .await
         .unwrap_or_else(|error| panic!("read_digests failed: {error}"));
     assert_eq!(
@@ -440,10 +504,45 @@ pub async fn check_digest_store_conformance(store: &dyn DigestStore) {
         "slots follow the request order; the last digest of a key wins"
     );
     let other = store
-        .read_digests(&other_version, &[key(1)])
+        .read_digests(&other_version, &list(&[1]))
         .await
         .unwrap_or_default();
     assert_eq!(other, vec![None], "another view version sees no digests");
+    // Many keys in no order, with repeats and gaps: every slot still answers its own key
+    // (stored digests are the even keys below 2,000).
+    let many: Vec<(EntityKey, RowDigest)> = (3..1_000)
+        .map(|half| (key(half * 2), digest(half, half as u64)))
+        .collect();
+    store
+        .write_digests(&table, many)
+        .await
+        .unwrap_or_else(|error| panic!("write_digests failed: {error}"));
+    let wanted: Vec<i64> = (0..3_000)
+        .map(|step: i64| (step * 7_919) % 3_001 - 500)
+        .chain([10, 10, 1_998, 1_999, 5_000])
+        .collect();
+    let read = store
+        .read_digests(&table, &list(&wanted))
+        .await
+        .unwrap_or_else(|error| panic!("read_digests failed: {error}"));
+    let expected: Vec<Option<RowDigest>> = wanted
+        .iter()
+        .map(|id| match id {
+            1 => Some(digest(11, 3)),
+            2 => Some(digest(20, 2)),
+            6..=1_998 if id % 2 == 0 => Some(digest(id / 2, (id / 2) as u64)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(read.len(), wanted.len());
+    for ((id, got), want) in wanted.iter().zip(&read).zip(&expected) {
+        assert_eq!(got, want, "the digest of key {id}");
+    }
+    let many_keys: Vec<EntityKey> = (3..1_000).map(|half| key(half * 2)).collect();
+    store
+        .delete_digests(&table, &many_keys)
+        .await
+        .unwrap_or_else(|error| panic!("delete_digests failed: {error}"));
     let mut keys = store.list_keys(&table).await.unwrap_or_default();
     keys.sort_by(|left, right| left.as_bytes().cmp(right.as_bytes()));
     let mut expected = vec![key(1), key(2)];
@@ -454,7 +553,7 @@ pub async fn check_digest_store_conformance(store: &dyn DigestStore) {
         .await
         .unwrap_or_else(|error| panic!("delete_digests failed: {error}"));
     let after_delete = store
-        .read_digests(&table, &[key(1), key(2)])
+        .read_digests(&table, &list(&[1, 2]))
         .await
         .unwrap_or_default();
     assert_eq!(after_delete, vec![Some(digest(11, 3)), None]);
@@ -467,7 +566,7 @@ pub async fn check_digest_store_conformance(store: &dyn DigestStore) {
         .await
         .unwrap_or_else(|error| panic!("dropping an unknown table failed: {error}"));
     let after_drop = store
-        .read_digests(&table, &[key(1)])
+        .read_digests(&table, &list(&[1]))
         .await
         .unwrap_or_default();
     assert_eq!(after_drop, vec![None], "a dropped table holds nothing");
