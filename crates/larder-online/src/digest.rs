@@ -195,23 +195,7 @@ impl RedbDigestStore {
     /// Opens (or creates) a redb file of its own, for online backends that live elsewhere
     /// (Redis, DynamoDB). Blocks on file I/O.
     pub fn open(path: &Path) -> Result<Self, OnlineStoreError> {
-        if let Some(parent_directory) = path.parent()
-            && !parent_directory.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(parent_directory).map_err(|error| {
-                OnlineStoreError::Internal {
-                    backend: DIGEST_BACKEND_NAME,
-                    message: format!("cannot create {}: {error}", parent_directory.display()),
-                }
-            })?;
-        }
-        let database = redb::Database::create(path).map_err(|error| match error {
-            redb::DatabaseError::DatabaseAlreadyOpen
-            | redb::DatabaseError::LockProtocolMismatch => OnlineStoreError::Locked {
-                path: path.display().to_string(),
-            },
-            other => map_digest_redb_error(&format!("cannot open {}", path.display()), other),
-        })?;
+        let database = crate::redb_file::open_database(path, DIGEST_BACKEND_NAME)?;
         Ok(Self::from_database(Arc::new(database)))
     }
 
@@ -225,13 +209,7 @@ impl RedbDigestStore {
         Output: Send + 'static,
         Work: FnOnce(&redb::Database) -> Result<Output, OnlineStoreError> + Send + 'static,
     {
-        let database = Arc::clone(&self.database);
-        tokio::task::spawn_blocking(move || work(&database))
-            .await
-            .map_err(|join_error| OnlineStoreError::Internal {
-                backend: DIGEST_BACKEND_NAME,
-                message: format!("blocking task failed: {join_error}"),
-            })?
+        crate::redb_file::run_blocking(&self.database, DIGEST_BACKEND_NAME, work).await
     }
 }
 
@@ -240,18 +218,7 @@ fn digest_table_name(table: &FeatureViewId) -> String {
 }
 
 fn map_digest_redb_error(context: &str, error: impl Into<redb::Error>) -> OnlineStoreError {
-    let error: redb::Error = error.into();
-    let message = format!("{context}: {error}");
-    match error {
-        redb::Error::Corrupted(_) => OnlineStoreError::Corrupt {
-            backend: DIGEST_BACKEND_NAME,
-            message,
-        },
-        _ => OnlineStoreError::Internal {
-            backend: DIGEST_BACKEND_NAME,
-            message,
-        },
-    }
+    crate::redb_file::map_redb_error(DIGEST_BACKEND_NAME, context, error)
 }
 
 /// One stored (key, digest) entry, as a table read returns it.
@@ -322,13 +289,7 @@ fn read_in_key_order(
 fn begin_durable_digest_write(
     database: &redb::Database,
 ) -> Result<redb::WriteTransaction, OnlineStoreError> {
-    let mut transaction = database
-        .begin_write()
-        .map_err(|error| map_digest_redb_error("cannot begin a write transaction", error))?;
-    transaction
-        .set_durability(redb::Durability::Immediate)
-        .map_err(|error| map_digest_redb_error("cannot set immediate durability", error))?;
-    Ok(transaction)
+    crate::redb_file::begin_durable_write(database, DIGEST_BACKEND_NAME)
 }
 
 #[async_trait::async_trait]

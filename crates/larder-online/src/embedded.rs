@@ -59,26 +59,7 @@ impl EmbeddedOnlineStore {
     /// Returns [`OnlineStoreError::Locked`] if the file is open in another process (or
     /// already open in this one).
     pub fn open(path: &Path) -> Result<Self, OnlineStoreError> {
-        if let Some(parent_directory) = path.parent()
-            && !parent_directory.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(parent_directory).map_err(|error| {
-                OnlineStoreError::Internal {
-                    backend: BACKEND_NAME,
-                    message: format!(
-                        "cannot create directory {}: {error}",
-                        parent_directory.display()
-                    ),
-                }
-            })?;
-        }
-        let database = redb::Database::create(path).map_err(|error| match error {
-            redb::DatabaseError::DatabaseAlreadyOpen
-            | redb::DatabaseError::LockProtocolMismatch => OnlineStoreError::Locked {
-                path: path.display().to_string(),
-            },
-            other => map_redb_error(&format!("cannot open {}", path.display()), other),
-        })?;
+        let database = crate::redb_file::open_database(path, BACKEND_NAME)?;
         Ok(Self {
             database: Arc::new(database),
             path: path.to_path_buf(),
@@ -102,13 +83,7 @@ impl EmbeddedOnlineStore {
         Output: Send + 'static,
         Work: FnOnce(&redb::Database) -> Result<Output, OnlineStoreError> + Send + 'static,
     {
-        let database = Arc::clone(&self.database);
-        tokio::task::spawn_blocking(move || work(&database))
-            .await
-            .map_err(|join_error| OnlineStoreError::Internal {
-                backend: BACKEND_NAME,
-                message: format!("blocking task failed: {join_error}"),
-            })?
+        crate::redb_file::run_blocking(&self.database, BACKEND_NAME, work).await
     }
 }
 
@@ -187,13 +162,7 @@ fn redb_table_name(table: &FeatureViewId) -> String {
 fn begin_durable_write(
     database: &redb::Database,
 ) -> Result<redb::WriteTransaction, OnlineStoreError> {
-    let mut transaction = database
-        .begin_write()
-        .map_err(|error| map_redb_error("cannot begin a write transaction", error))?;
-    transaction
-        .set_durability(redb::Durability::Immediate)
-        .map_err(|error| map_redb_error("cannot set immediate durability", error))?;
-    Ok(transaction)
+    crate::redb_file::begin_durable_write(database, BACKEND_NAME)
 }
 
 /// Applies a batch in one write transaction, row by row, keeping the newest event time.
@@ -377,22 +346,7 @@ fn decode_stored_row(entity_key: EntityKey, stored: &[u8]) -> Result<OnlineRow, 
 
 /// Maps any redb error to an online store error, saying what the store was doing.
 fn map_redb_error(context: &str, error: impl Into<redb::Error>) -> OnlineStoreError {
-    let error: redb::Error = error.into();
-    let message = format!("{context}: {error}");
-    match error {
-        redb::Error::Corrupted(_) => OnlineStoreError::Corrupt {
-            backend: BACKEND_NAME,
-            message,
-        },
-        redb::Error::DatabaseClosed | redb::Error::WouldBlock => OnlineStoreError::Unavailable {
-            backend: BACKEND_NAME,
-            message,
-        },
-        _ => OnlineStoreError::Internal {
-            backend: BACKEND_NAME,
-            message,
-        },
-    }
+    crate::redb_file::map_redb_error(BACKEND_NAME, context, error)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod conformance;
 mod digest;
 mod embedded;
 mod memory;
+mod redb_file;
 
 use std::sync::Arc;
 
