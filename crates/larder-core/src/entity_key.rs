@@ -133,43 +133,38 @@ impl std::borrow::Borrow<[u8]> for EntityKey {
     }
 }
 
-/// Many entity keys packed in one buffer: what a batch of thousands of rows carries instead
-/// of one allocation per key. Keys keep their insertion order and may repeat.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct EntityKeyList {
+/// Byte strings packed end to end in one buffer, with one end offset each: a batch of
+/// thousands of small values in two allocations instead of one per value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackedBytes {
     bytes: Vec<u8>,
-    /// The end offset of each key in `bytes`.
+    /// The end offset of each item in `bytes`.
     ends: Vec<usize>,
 }
 
-impl EntityKeyList {
-    /// An empty list.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// An empty list with room for `keys` keys of `bytes` bytes in total.
-    pub fn with_capacity(keys: usize, bytes: usize) -> Self {
+impl PackedBytes {
+    /// Room for `items` items of `bytes` bytes in total.
+    pub fn with_capacity(items: usize, bytes: usize) -> Self {
         Self {
             bytes: Vec::with_capacity(bytes),
-            ends: Vec::with_capacity(keys),
+            ends: Vec::with_capacity(items),
         }
     }
 
-    /// Appends a key given by its canonical bytes ([`EntityKey::as_bytes`]).
-    pub fn push_bytes(&mut self, key: &[u8]) {
-        self.bytes.extend_from_slice(key);
+    /// Appends an item.
+    pub fn push(&mut self, item: &[u8]) {
+        self.bytes.extend_from_slice(item);
         self.ends.push(self.bytes.len());
     }
 
-    /// Appends a key written by `encode` (one of the `EntityKey::encode_*_into` functions)
-    /// straight into the list's buffer. If `encode` fails, the list is left unchanged.
+    /// Appends an item written by `write` straight into the buffer. If `write` fails, nothing
+    /// is appended.
     pub fn push_with<Failure>(
         &mut self,
-        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), Failure>,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), Failure>,
     ) -> Result<(), Failure> {
         let start = self.bytes.len();
-        match encode(&mut self.bytes) {
+        match write(&mut self.bytes) {
             Ok(()) => {
                 self.ends.push(self.bytes.len());
                 Ok(())
@@ -181,7 +176,7 @@ impl EntityKeyList {
         }
     }
 
-    /// The canonical bytes of key `index`; empty for an index out of range.
+    /// Item `index`; empty for an index out of range.
     pub fn get(&self, index: usize) -> &[u8] {
         let Some(&end) = self.ends.get(index) else {
             return &[];
@@ -192,6 +187,57 @@ impl EntityKeyList {
         &self.bytes[start..end]
     }
 
+    /// The number of items.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there is no item.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The items, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        (0..self.len()).map(|index| self.get(index))
+    }
+}
+
+/// Many entity keys packed in one buffer: what a batch of thousands of rows carries instead
+/// of one allocation per key. Keys keep their insertion order and may repeat.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EntityKeyList(PackedBytes);
+
+impl EntityKeyList {
+    /// An empty list.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty list with room for `keys` keys of `bytes` bytes in total.
+    pub fn with_capacity(keys: usize, bytes: usize) -> Self {
+        Self(PackedBytes::with_capacity(keys, bytes))
+    }
+
+    /// Appends a key given by its canonical bytes ([`EntityKey::as_bytes`]).
+    pub fn push_bytes(&mut self, key: &[u8]) {
+        self.0.push(key);
+    }
+
+    /// Appends a key written by `encode` (one of the `EntityKey::encode_*_into` functions)
+    /// straight into the list's buffer. If `encode` fails, the list is left unchanged.
+    pub fn push_with<Failure>(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        self.0.push_with(encode)
+    }
+
+    /// The canonical bytes of key `index`; empty for an index out of range.
+    pub fn get(&self, index: usize) -> &[u8] {
+        self.0.get(index)
+    }
+
     /// Key `index` as an owned [`EntityKey`].
     pub fn key(&self, index: usize) -> EntityKey {
         EntityKey(self.get(index).to_vec())
@@ -199,17 +245,17 @@ impl EntityKeyList {
 
     /// The number of keys.
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.0.len()
     }
 
     /// Whether the list holds no key.
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.0.is_empty()
     }
 
     /// The keys' bytes, in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
-        (0..self.len()).map(|index| self.get(index))
+        self.0.iter()
     }
 }
 

@@ -20,7 +20,7 @@ pub use definitions::{
     FeatureRef, FeatureService, FeatureServiceItem, FeatureView, FeatureViewId, FileFormat,
     JoinKey, OnMissing,
 };
-pub use entity_key::{EntityKey, EntityKeyList};
+pub use entity_key::{EntityKey, EntityKeyList, PackedBytes};
 pub use error::CoreError;
 pub use schedule::CronSchedule;
 pub use storage::{S3Config, is_object_store_path};

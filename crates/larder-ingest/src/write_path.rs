@@ -6,7 +6,8 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::freshness::FreshnessBoard;
 use larder_core::{
-    EntityKey, EntityKeyList, FeatureView, FeatureViewId, Timestamp, Value, WriteLane, codec,
+    EntityKey, EntityKeyList, FeatureView, FeatureViewId, PackedBytes, Timestamp, Value, WriteLane,
+    codec,
 };
 use larder_online::{
     DigestStore, OnlineRow, OnlineStoreError, RowDigest, SharedOnlineStore, TableOptions,
@@ -42,9 +43,7 @@ pub struct FeatureRow {
 pub struct EncodedRows {
     keys: EntityKeyList,
     event_timestamps: Vec<Timestamp>,
-    values: Vec<u8>,
-    /// The end offset of each row's values in `values`.
-    value_ends: Vec<usize>,
+    values: PackedBytes,
 }
 
 impl EncodedRows {
@@ -53,8 +52,7 @@ impl EncodedRows {
         Self {
             keys: EntityKeyList::with_capacity(rows, rows * 9),
             event_timestamps: Vec::with_capacity(rows),
-            values: Vec::with_capacity(value_bytes),
-            value_ends: Vec::with_capacity(rows),
+            values: PackedBytes::with_capacity(rows, value_bytes),
         }
     }
 
@@ -68,8 +66,10 @@ impl EncodedRows {
     ) -> Result<(), Failure> {
         self.keys.push_with(write_key)?;
         self.event_timestamps.push(event_timestamp);
-        write_values(&mut self.values);
-        self.value_ends.push(self.values.len());
+        let Ok(()) = self.values.push_with(|out| {
+            write_values(out);
+            Ok::<_, std::convert::Infallible>(())
+        });
         Ok(())
     }
 
@@ -80,18 +80,14 @@ impl EncodedRows {
         event_timestamp: Timestamp,
         values: &[Value],
     ) {
-        let pushed: Result<(), std::convert::Infallible> = self.push_with(
+        let Ok(()) = self.push_with(
             event_timestamp,
             |out| {
                 out.extend_from_slice(entity_key.as_bytes());
-                Ok(())
+                Ok::<_, std::convert::Infallible>(())
             },
             |out| codec::encode_row(values, out),
         );
-        match pushed {
-            Ok(()) => {}
-            Err(never) => match never {},
-        }
     }
 
     /// The number of rows.
@@ -124,13 +120,7 @@ impl EncodedRows {
 
     /// The encoded values of row `index` (empty out of range).
     pub fn values(&self, index: usize) -> &[u8] {
-        let Some(&end) = self.value_ends.get(index) else {
-            return &[];
-        };
-        let start = index
-            .checked_sub(1)
-            .map_or(0, |previous| self.value_ends[previous]);
-        &self.values[start..end]
+        self.values.get(index)
     }
 
     /// The newest event time of any row.
