@@ -292,6 +292,10 @@ pub async fn materialize_view(
         Ok::<_, MaterializeError>(())
     };
     let (offline_writer, ()) = tokio::try_join!(producer, consumer)?;
+    if view.online {
+        // One fsync for the run's digests instead of one per batch.
+        digests.sync().await.map_err(WriteError::Store)?;
+    }
     if let Some(seen) = seen {
         report.rows_deleted = delete_missing(write_path, digests, view, &seen).await?;
     }

@@ -68,7 +68,10 @@ impl RowDigest {
 ///   a new view version has no digests and its first run writes every row.
 /// * [`DigestStore::read_digests`] returns one slot per key, in request order (keys may repeat).
 /// * [`DigestStore::write_digests`] replaces the digest of each given key (last one wins
-///   within a batch); when it returns, the digests are as durable as the backend promises.
+///   within a batch); later reads see them at once, but they may stay in memory until
+///   [`DigestStore::sync`]. A crash loses only digests, which costs a rewrite of their rows
+///   next run, never a wrongly skipped row (digests are written after their rows).
+/// * [`DigestStore::sync`] makes every digest written before it durable.
 /// * [`DigestStore::delete_digests`] removes keys; [`DigestStore::drop_table`] a whole table.
 /// * [`DigestStore::list_keys`] returns every key of a table (used to find entities that
 ///   disappeared from the source).
@@ -88,7 +91,10 @@ pub trait DigestStore: Send + Sync + fmt::Debug + 'static {
         digests: Vec<(EntityKey, RowDigest)>,
     ) -> Result<(), OnlineStoreError>;
 
-    /// Removes the digests of the given keys.
+    /// Makes every digest written so far durable (a batch run calls it once, at its end).
+    async fn sync(&self) -> Result<(), OnlineStoreError>;
+
+    /// Removes the digests of the given keys, durably.
     async fn delete_digests(
         &self,
         table: &FeatureViewId,
@@ -142,6 +148,10 @@ impl DigestStore for MemoryDigestStore {
         for (key, digest) in digests {
             stored.insert(key, digest);
         }
+        Ok(())
+    }
+
+    async fn sync(&self) -> Result<(), OnlineStoreError> {
         Ok(())
     }
 
@@ -329,7 +339,14 @@ impl DigestStore for RedbDigestStore {
         }
         let table_name = digest_table_name(table);
         self.run_blocking(move |database| {
-            let transaction = begin_durable_digest_write(database)?;
+            // Not fsynced here: `sync` (or any later durable commit to the file) persists
+            // this commit together with every one before it.
+            let mut transaction = database.begin_write().map_err(|error| {
+                map_digest_redb_error("cannot begin a write transaction", error)
+            })?;
+            transaction
+                .set_durability(redb::Durability::None)
+                .map_err(|error| map_digest_redb_error("cannot defer durability", error))?;
             {
                 let mut stored = transaction
                     .open_table(DigestTableDefinition::new(&table_name))
@@ -341,6 +358,15 @@ impl DigestStore for RedbDigestStore {
                 }
             }
             transaction
+                .commit()
+                .map_err(|error| map_digest_redb_error("cannot commit digests", error))
+        })
+        .await
+    }
+
+    async fn sync(&self) -> Result<(), OnlineStoreError> {
+        self.run_blocking(|database| {
+            begin_durable_digest_write(database)?
                 .commit()
                 .map_err(|error| map_digest_redb_error("cannot commit digests", error))
         })
@@ -455,6 +481,19 @@ pub async fn check_digest_store_conformance(store: &dyn DigestStore) {
         )
         .await
         .unwrap_or_else(|error| panic!("write_digests failed: {error}"));
+    let read = store
+        .read_digests(&table, &list(&[2, 3, 1]))
+        .await
+        .unwrap_or_else(|error| panic!("read_digests failed: {error}"));
+    assert_eq!(
+        read,
+        vec![Some(digest(20, 2)), None, Some(digest(11, 3))],
+        "written digests are read back before a sync"
+    );
+    store
+        .sync()
+        .await
+        .unwrap_or_else(|error| panic!("sync failed: {error}"));
     let read = store
         .read_digests(&table, &list(&[2, 3, 1]))
         .await
