@@ -231,11 +231,13 @@ pub async fn materialize_view(
     let mut seen: Option<std::collections::HashSet<larder_core::EntityKey>> =
         (view.online && full_run && view.on_missing == larder_core::OnMissing::Delete)
             .then(std::collections::HashSet::new);
-    // Two stages run side by side: the producer scans and converts batch N+1 (and encodes its
-    // offline rows) while the consumer compares and writes batch N online.
+    // Three stages run side by side: the producer scans batch N+2 and encodes its rows for
+    // the online comparison, the offline stage writes batch N+1's Parquet, and the consumer
+    // compares and writes batch N online.
     let (converted_sender, mut converted) = tokio::sync::mpsc::channel::<ConvertedRows>(2);
+    let (offline_sender, mut offline_batches) =
+        tokio::sync::mpsc::channel::<std::sync::Arc<ViewBatch>>(2);
     let producer = async move {
-        let mut writer = offline_writer;
         while let Some(next) = stream.next().await {
             let record_batch = next.map_err(|source| OfflineError::Query {
                 context: format!("feature view '{}'", view.name),
@@ -245,18 +247,33 @@ pub async fn materialize_view(
                 continue;
             }
             let view_for_task = view.clone();
-            let writer_for_task = writer.take();
-            // Arrow casting, Parquet encoding and row conversion are CPU work: keep them off
-            // the async workers.
-            let (writer_back, rows) = tokio::task::spawn_blocking(move || {
-                convert_batch(&view_for_task, &record_batch, writer_for_task)
-            })
-            .await
-            .map_err(|error| MaterializeError::Task(error.to_string()))??;
-            writer = writer_back;
+            // Arrow casting and row encoding are CPU work: keep them off the async workers.
+            let (view_batch, rows) =
+                tokio::task::spawn_blocking(move || convert_batch(&view_for_task, &record_batch))
+                    .await
+                    .map_err(|error| MaterializeError::Task(error.to_string()))??;
+            if view.offline && offline_sender.send(view_batch).await.is_err() {
+                break;
+            }
             if converted_sender.send(rows).await.is_err() {
                 break;
             }
+        }
+        Ok::<_, MaterializeError>(())
+    };
+    let offline_stage = async move {
+        let mut writer = offline_writer;
+        while let Some(view_batch) = offline_batches.recv().await {
+            let Some(mut writer_for_task) = writer.take() else {
+                continue;
+            };
+            writer = Some(
+                tokio::task::spawn_blocking(move || {
+                    writer_for_task.write(&view_batch).map(|()| writer_for_task)
+                })
+                .await
+                .map_err(|error| MaterializeError::Task(error.to_string()))??,
+            );
         }
         Ok::<_, MaterializeError>(writer)
     };
@@ -291,7 +308,7 @@ pub async fn materialize_view(
         }
         Ok::<_, MaterializeError>(())
     };
-    let (offline_writer, ()) = tokio::try_join!(producer, consumer)?;
+    let ((), offline_writer, ()) = tokio::try_join!(producer, offline_stage, consumer)?;
     if view.online {
         // One fsync for the run's digests instead of one per batch.
         digests.sync().await.map_err(WriteError::Store)?;
@@ -365,17 +382,13 @@ impl ConvertedRows {
     }
 }
 
-type ConvertOutput = (Option<Box<dyn OfflineWriter>>, ConvertedRows);
-
+/// Converts a transformation batch to the view's canonical columns and encodes its rows for
+/// the online comparison (none for an offline-only view).
 fn convert_batch(
     view: &FeatureView,
     record_batch: &arrow::array::RecordBatch,
-    mut offline_writer: Option<Box<dyn OfflineWriter>>,
-) -> Result<ConvertOutput, MaterializeError> {
+) -> Result<(std::sync::Arc<ViewBatch>, ConvertedRows), MaterializeError> {
     let view_batch = ViewBatch::from_batch(view, record_batch)?;
-    if let Some(writer) = offline_writer.as_mut() {
-        writer.write(&view_batch)?;
-    }
     let scanned = view_batch.num_rows();
     let newest_event_timestamp = (0..scanned)
         .map(|row| view_batch.event_timestamp(row))
@@ -397,7 +410,7 @@ fn convert_batch(
         }
     }
     Ok((
-        offline_writer,
+        std::sync::Arc::new(view_batch),
         ConvertedRows {
             rows,
             scanned,
