@@ -8,17 +8,10 @@ use serde_json::json;
 use crate::util::{DemoRepo, Server, larder, larder_ok};
 
 fn use_dynamodb(repo: &DemoRepo, server: &MotoServer) {
-    let config_path = repo.path.join("larder.yaml");
-    let text = std::fs::read_to_string(&config_path).unwrap();
-    let text = text.replace(
-        "online_store:\n  type: embedded\n  path: data/online.redb\n",
-        &format!(
-            "online_store:\n  type: dynamodb\n  endpoint: {}\n  region: eu-west-1\n  table_prefix: demo.\n  access_key_id: test\n  secret_access_key: test\n",
-            server.endpoint()
-        ),
-    );
-    assert!(text.contains("type: dynamodb"), "{text}");
-    std::fs::write(&config_path, text).unwrap();
+    repo.use_online_store(&format!(
+        "  type: dynamodb\n  endpoint: {}\n  region: eu-west-1\n  table_prefix: demo.\n  access_key_id: test\n  secret_access_key: test\n",
+        server.endpoint()
+    ));
 }
 
 #[test]

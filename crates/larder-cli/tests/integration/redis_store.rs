@@ -10,17 +10,10 @@ use serde_json::json;
 use crate::util::{DemoRepo, Server, larder, larder_ok};
 
 fn use_redis(repo: &DemoRepo, server: &RedisServer) {
-    let config_path = repo.path.join("larder.yaml");
-    let text = std::fs::read_to_string(&config_path).unwrap();
-    let text = text.replace(
-        "online_store:\n  type: embedded\n  path: data/online.redb\n",
-        &format!(
-            "online_store:\n  type: redis\n  urls: [\"{}\"]\n  key_prefix: \"demo:\"\n  response_timeout_ms: 500\n  connection_timeout_ms: 500\n",
-            server.url()
-        ),
-    );
-    assert!(text.contains("type: redis"), "{text}");
-    std::fs::write(&config_path, text).unwrap();
+    repo.use_online_store(&format!(
+        "  type: redis\n  urls: [\"{}\"]\n  key_prefix: \"demo:\"\n  response_timeout_ms: 500\n  connection_timeout_ms: 500\n",
+        server.url()
+    ));
 }
 
 #[test]

@@ -66,6 +66,17 @@ impl DemoRepo {
         let path = temp.path().join("demo");
         Self { _temp: temp, path }
     }
+
+    /// Replaces the embedded online store in `larder.yaml` with `store_settings`: the
+    /// indented lines under `online_store:` (starting with `type: ...`).
+    pub fn use_online_store(&self, store_settings: &str) {
+        let config_path = self.path.join("larder.yaml");
+        let text = std::fs::read_to_string(&config_path).unwrap();
+        let embedded = "online_store:\n  type: embedded\n  path: data/online.redb\n";
+        assert!(text.contains(embedded), "{text}");
+        let text = text.replace(embedded, &format!("online_store:\n{store_settings}"));
+        std::fs::write(&config_path, text).unwrap();
+    }
 }
 
 /// A running `larder serve`, killed on drop.
