@@ -48,8 +48,13 @@ pub async fn run(root: &Path, dry_run: bool) -> Result<bool> {
 /// against the declared features.
 async fn check_view_schemas(repo: &FeatureRepo) -> Result<()> {
     let registry = repo.registry();
-    let engine =
-        TransformEngine::new(repo.root(), &repo.config().s3, registry.sources.values()).await?;
+    let engine = TransformEngine::new(
+        repo.root(),
+        &repo.config().s3,
+        repo.config().materialize.batch_rows,
+        registry.sources.values(),
+    )
+    .await?;
     let mut all = Vec::new();
     for view in registry.feature_views.values() {
         let is_batch = registry

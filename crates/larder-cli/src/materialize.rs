@@ -108,8 +108,13 @@ pub async fn run_with_stores(
 ) -> Result<Vec<RunReport>> {
     let registry = context.applied_registry()?;
     let views = selected_views(&registry, &request.only_views)?;
-    let engine =
-        TransformEngine::new(&context.root, &context.config.s3, registry.sources.values()).await?;
+    let engine = TransformEngine::new(
+        &context.root,
+        &context.config.s3,
+        context.config.materialize.batch_rows,
+        registry.sources.values(),
+    )
+    .await?;
     let run = ViewRun {
         engine: &engine,
         offline_store: context.offline_store(),

@@ -156,24 +156,37 @@ async fn count_violations(
     shown_columns: &str,
     what: &str,
 ) -> Result<Option<String>, OfflineError> {
-    let count = query_scalar(
+    describe_violations(
         engine,
         view,
         &format!("SELECT COUNT(*) FROM {table} WHERE {condition}"),
+        &format!("SELECT {shown_columns} FROM {table} WHERE {condition}"),
+        &format!("rows {what}"),
     )
-    .await?
-    .unwrap_or(0);
+    .await
+}
+
+/// Runs `count_sql` (one number); when it is not zero, runs `examples_sql` (limited to a few
+/// rows) and says `"{count} {what}, e.g. {examples}"`.
+async fn describe_violations(
+    engine: &TransformEngine,
+    view: &FeatureView,
+    count_sql: &str,
+    examples_sql: &str,
+    what: &str,
+) -> Result<Option<String>, OfflineError> {
+    let count = query_scalar(engine, view, count_sql).await?.unwrap_or(0);
     if count == 0 {
         return Ok(None);
     }
     let examples = run_query(
         engine,
         view,
-        &format!("SELECT {shown_columns} FROM {table} WHERE {condition} LIMIT {EXAMPLE_ROW_LIMIT}"),
+        &format!("{examples_sql} LIMIT {EXAMPLE_ROW_LIMIT}"),
     )
     .await?;
     Ok(Some(format!(
-        "{count} rows {what}, e.g. {}",
+        "{count} {what}, e.g. {}",
         format_examples(&examples)
     )))
 }
@@ -249,26 +262,14 @@ async fn evaluate_check(
             let duplicates = format!(
                 "SELECT {keys}, COUNT(*) AS row_count FROM {table} GROUP BY {keys} HAVING COUNT(*) > 1"
             );
-            let count = query_scalar(
+            describe_violations(
                 engine,
                 view,
                 &format!("SELECT COUNT(*) FROM ({duplicates})"),
+                &duplicates,
+                "(entity, event time) pairs have more than one row",
             )
-            .await?
-            .unwrap_or(0);
-            if count == 0 {
-                return Ok(None);
-            }
-            let examples = run_query(
-                engine,
-                view,
-                &format!("{duplicates} LIMIT {EXAMPLE_ROW_LIMIT}"),
-            )
-            .await?;
-            Ok(Some(format!(
-                "{count} (entity, event time) pairs have more than one row, e.g. {}",
-                format_examples(&examples)
-            )))
+            .await
         }
         CheckRule::RowCount { max_change_percent } => {
             let Some(previous) = previous_row_count.filter(|previous| *previous > 0) else {

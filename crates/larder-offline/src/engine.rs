@@ -91,17 +91,19 @@ impl std::fmt::Debug for TransformEngine {
 impl TransformEngine {
     /// Creates an engine and registers the given sources; local paths are relative to
     /// `repo_root`, `s3://` paths are read with `s3`. Sources that are not batch sources
-    /// (streams, push) are skipped.
+    /// (streams, push) are skipped. Query results come in batches of up to `batch_rows`
+    /// rows (the repo's `materialize.batch_rows`, 64k by default: the batch lane's per-batch
+    /// costs, a digest read and an online write transaction, are paid 8 times less often
+    /// than with DataFusion's default 8k).
     pub async fn new<'a>(
         repo_root: &Path,
         s3: &S3Config,
+        batch_rows: usize,
         sources: impl IntoIterator<Item = &'a DataSource>,
     ) -> Result<Self, OfflineError> {
-        // Batches of 64k rows: the batch lane's per-batch costs (a digest lookup and an
-        // online write transaction each) are paid 8 times less often than with the default 8k.
         let config = SessionConfig::new()
             .with_information_schema(false)
-            .with_batch_size(65_536);
+            .with_batch_size(batch_rows.max(1));
         let engine = Self {
             context: SessionContext::new_with_config(config),
             repo_root: repo_root.to_path_buf(),

@@ -49,6 +49,33 @@ pub struct RepoConfig {
     /// back to the standard AWS environment variables.
     #[serde(default, skip_serializing_if = "is_default_s3")]
     pub s3: larder_core::S3Config,
+    /// How the batch lane runs (`larder materialize`, scheduled runs).
+    #[serde(default, skip_serializing_if = "is_default_materialize")]
+    pub materialize: MaterializeConfig,
+}
+
+fn is_default_materialize(materialize: &MaterializeConfig) -> bool {
+    *materialize == MaterializeConfig::default()
+}
+
+/// The largest `materialize.batch_rows`.
+pub const MAX_BATCH_ROWS: usize = 1 << 20;
+
+/// Settings of the batch lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaterializeConfig {
+    /// Rows per batch that a view's transformation hands to the write path (1 to 1,048,576).
+    /// Each batch costs one digest read, one online write and one offline write call, and a
+    /// few batches are in memory at once (about 250 bytes per row of 26 features each).
+    /// Default 65536.
+    pub batch_rows: usize,
+}
+
+impl Default for MaterializeConfig {
+    fn default() -> Self {
+        Self { batch_rows: 65_536 }
+    }
 }
 
 fn is_default_s3(s3: &larder_core::S3Config) -> bool {
@@ -455,6 +482,7 @@ impl RepoConfig {
             serving: ServingConfig::default(),
             online_cache: None,
             s3: larder_core::S3Config::default(),
+            materialize: MaterializeConfig::default(),
         }
     }
 
@@ -590,6 +618,15 @@ impl RepoConfig {
             problems.push(ConfigProblem {
                 keys: vec!["offline_store", "path"],
                 message: "the offline store path is empty".to_string(),
+            });
+        }
+        if !(1..=MAX_BATCH_ROWS).contains(&self.materialize.batch_rows) {
+            problems.push(ConfigProblem {
+                keys: vec!["materialize", "batch_rows"],
+                message: format!(
+                    "must be between 1 and {MAX_BATCH_ROWS}, got {}",
+                    self.materialize.batch_rows
+                ),
             });
         }
         if self.serving.host.trim().is_empty() {
@@ -833,6 +870,25 @@ serving: {host: 0.0.0.0, port: 8080, max_entities_per_request: 5, max_body_bytes
             second.key.as_deref(),
             Some("serving.max_entities_per_request")
         );
+    }
+
+    #[test]
+    fn batch_rows_default_to_64k_and_zero_is_refused_at_its_line() {
+        let config = RepoConfig::parse("project: demo\n").expect("valid");
+        assert_eq!(config.materialize.batch_rows, 65_536);
+        let config =
+            RepoConfig::parse("project: demo\nmaterialize: {batch_rows: 4096}\n").expect("valid");
+        assert_eq!(config.materialize.batch_rows, 4_096);
+        let diagnostics = RepoConfig::parse("project: demo\nmaterialize:\n  batch_rows: 0\n")
+            .expect_err("invalid");
+        let diagnostic = &diagnostics.0[0];
+        assert_eq!(diagnostic.key.as_deref(), Some("materialize.batch_rows"));
+        assert_eq!(
+            diagnostic.location,
+            Some(Location::new("larder.yaml", 3, 15)),
+            "{diagnostic}"
+        );
+        assert!(diagnostic.message.contains("between 1 and"), "{diagnostic}");
     }
 
     #[test]

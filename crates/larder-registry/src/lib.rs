@@ -25,8 +25,8 @@ use larder_core::{
 use serde::{Deserialize, Serialize};
 
 pub use config::{
-    OfflineStoreConfig, OnlineCacheConfig, OnlineStoreConfig, RedisOnlineStoreConfig, RepoConfig,
-    ServingConfig, redact_url_password,
+    MaterializeConfig, OfflineStoreConfig, OnlineCacheConfig, OnlineStoreConfig,
+    RedisOnlineStoreConfig, RepoConfig, ServingConfig, redact_url_password,
 };
 pub use diagnostics::{Diagnostic, Diagnostics, Location};
 pub use plan::{ApplyPlan, ObjectChange, ObjectKind, plan_apply};

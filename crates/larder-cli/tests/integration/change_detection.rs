@@ -193,8 +193,14 @@ fn a_failing_warning_is_reported_and_the_run_goes_on() {
     let repo = DemoRepo::init_with(300, &["--anchor", "2026-01-10"]);
     add_profile_checks(
         &repo.path,
-        "      - {type: allowed_values, column: country, values: [XX], severity: warn}\n      - {type: freshness, max_age: 1d, severity: warn}\n      - {type: row_count, max_change_percent: 10}\n",
+        "      - {type: allowed_values, column: country, values: [XX], severity: warn}\n      - {type: freshness, max_age: 1d, severity: warn}\n      - {type: row_count, max_change_percent: 10}\n      - {type: unique_entity_per_timestamp, severity: warn}\n",
     );
+    // The first three source rows twice: three (user, event time) pairs repeat.
+    rewrite_profiles(&repo.path, |mut batches| {
+        let copies = batches[0].slice(0, 3);
+        batches.push(copies);
+        batches
+    });
     larder_ok(&repo.path, &["apply"]);
     let output = larder_ok(&repo.path, &["materialize", "--views", "user_profile"]);
     assert!(
@@ -202,36 +208,55 @@ fn a_failing_warning_is_reported_and_the_run_goes_on() {
             && output.contains("warning: check freshness failed"),
         "{output}"
     );
+    let uniqueness = output
+        .lines()
+        .find(|line| line.contains("check unique_entity_per_timestamp failed"))
+        .unwrap_or_else(|| panic!("no uniqueness warning in {output}"));
+    assert!(
+        uniqueness.contains("3 (entity, event time) pairs have more than one row")
+            && uniqueness.contains("user_id=0")
+            && uniqueness.contains("row_count=2"),
+        "{uniqueness}"
+    );
     assert_eq!(written_online(&output, "user_profile:v1"), 300);
+}
+
+/// Replaces the demo's profile source with `change` applied to its batches.
+fn rewrite_profiles(
+    repo: &Path,
+    change: impl FnOnce(Vec<arrow::array::RecordBatch>) -> Vec<arrow::array::RecordBatch>,
+) {
+    let path = repo.join("data/sources/profiles.parquet");
+    let batches = change(crate::util::read_parquet(&path));
+    let file = std::fs::File::create(&path).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batches[0].schema(), None).unwrap();
+    for batch in &batches {
+        writer.write(batch).unwrap();
+    }
+    writer.close().unwrap();
 }
 
 /// Keeps only the source rows of users with `user_id >= first_kept`.
 fn drop_profiles_below(repo: &Path, first_kept: i64) {
     use arrow::array::{AsArray, BooleanArray};
-    let path = repo.join("data/sources/profiles.parquet");
-    let batches = crate::util::read_parquet(&path);
-    let kept: Vec<arrow::array::RecordBatch> = batches
-        .iter()
-        .map(|batch| {
-            let ids = arrow::compute::cast(
-                batch.column_by_name("user_id").unwrap(),
-                &arrow::datatypes::DataType::Int64,
-            )
-            .unwrap();
-            let ids = ids.as_primitive::<arrow::datatypes::Int64Type>();
-            let keep: BooleanArray = ids
-                .iter()
-                .map(|id| Some(id.unwrap() >= first_kept))
-                .collect();
-            arrow::compute::filter_record_batch(batch, &keep).unwrap()
-        })
-        .collect();
-    let file = std::fs::File::create(&path).unwrap();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(file, kept[0].schema(), None).unwrap();
-    for batch in &kept {
-        writer.write(batch).unwrap();
-    }
-    writer.close().unwrap();
+    rewrite_profiles(repo, |batches| {
+        batches
+            .iter()
+            .map(|batch| {
+                let ids = arrow::compute::cast(
+                    batch.column_by_name("user_id").unwrap(),
+                    &arrow::datatypes::DataType::Int64,
+                )
+                .unwrap();
+                let ids = ids.as_primitive::<arrow::datatypes::Int64Type>();
+                let keep: BooleanArray = ids
+                    .iter()
+                    .map(|id| Some(id.unwrap() >= first_kept))
+                    .collect();
+                arrow::compute::filter_record_batch(batch, &keep).unwrap()
+            })
+            .collect()
+    });
 }
 
 /// The number after `label` in a view's summary line (`12 deleted`).
@@ -342,6 +367,11 @@ fn a_run_killed_midway_converges_on_the_next_run() {
 
     let users = 20_000;
     let repo = DemoRepo::init(users);
+    // Small batches, so that the run is killed between batches of the same view.
+    let config_path = repo.path.join("larder.yaml");
+    let mut config = std::fs::read_to_string(&config_path).unwrap();
+    config.push_str("materialize:\n  batch_rows: 1000\n");
+    std::fs::write(&config_path, config).unwrap();
     larder_ok(&repo.path, &["apply"]);
     larder_ok(&repo.path, &["materialize"]);
     larder_ok(
