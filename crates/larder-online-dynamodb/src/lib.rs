@@ -517,15 +517,11 @@ impl OnlineStore for DynamoDbOnlineStore {
         self.ensure_table(&name).await?;
         let options = self.options_of(table);
         // The rows of each key in batch order; keys in order of first appearance.
-        let mut position_of_key: HashMap<EntityKey, usize> = HashMap::new();
-        let mut rows_by_key: Vec<Vec<OnlineRow>> = Vec::new();
-        for row in rows {
-            match position_of_key.get(&row.entity_key) {
-                Some(position) => rows_by_key[*position].push(row),
-                None => {
-                    position_of_key.insert(row.entity_key.clone(), rows_by_key.len());
-                    rows_by_key.push(vec![row]);
-                }
+        let (group_of_row, group_count) = larder_online::group_rows_by_key(&rows);
+        let mut rows_by_key: Vec<Vec<OnlineRow>> = (0..group_count).map(|_| Vec::new()).collect();
+        for (row, group) in rows.into_iter().zip(group_of_row) {
+            if let Some(key_rows) = rows_by_key.get_mut(group) {
+                key_rows.push(row);
             }
         }
         let name = name.as_str();

@@ -618,26 +618,27 @@ impl OnlineStore for RedisOnlineStore {
         let row_count = rows.len() as u64;
         // Rows of one key go to one script call, in batch order, so they apply in order.
         let script_hash = self.script.get_hash().to_string();
-        let mut position_by_key: HashMap<EntityKey, usize> = HashMap::with_capacity(rows.len());
-        let mut commands: Vec<Cmd> = Vec::with_capacity(rows.len());
-        for row in &rows {
+        let (group_of_row, group_count) = larder_online::group_rows_by_key(&rows);
+        let mut commands: Vec<Option<Cmd>> = (0..group_count).map(|_| None).collect();
+        for (row, group) in rows.iter().zip(group_of_row) {
             let expiry_millis = table_options
                 .expire_at(row)
                 .map_or(0, |instant| instant.as_micros().div_euclid(1_000).max(1));
-            let stored = encode_stored_row(row);
-            let position = *position_by_key
-                .entry(row.entity_key.clone())
-                .or_insert_with(|| {
-                    let mut command = redis::cmd("EVALSHA");
-                    command
-                        .arg(&script_hash)
-                        .arg(1)
-                        .arg(self.row_key(table, &row.entity_key));
-                    commands.push(command);
-                    commands.len() - 1
-                });
-            commands[position].arg(expiry_millis).arg(stored);
+            let Some(slot) = commands.get_mut(group) else {
+                continue;
+            };
+            slot.get_or_insert_with(|| {
+                let mut command = redis::cmd("EVALSHA");
+                command
+                    .arg(&script_hash)
+                    .arg(1)
+                    .arg(self.row_key(table, &row.entity_key));
+                command
+            })
+            .arg(expiry_millis)
+            .arg(encode_stored_row(row));
         }
+        let commands: Vec<Cmd> = commands.into_iter().flatten().collect();
         let connection = self.connection();
         // Every script call of the batch is in flight at once on one multiplexed connection
         // (per node), so the batch is pipelined.

@@ -40,6 +40,23 @@ pub struct OnlineRow {
     pub values: Vec<u8>,
 }
 
+/// Groups a batch's rows by entity key, for backends that apply one key's rows in one call:
+/// returns the group of each row and the number of groups. Groups are numbered in the order
+/// of each key's first row, and a group's rows keep their batch order. Keys are borrowed,
+/// never cloned.
+pub fn group_rows_by_key(rows: &[OnlineRow]) -> (Vec<usize>, usize) {
+    let mut group_of_key: std::collections::HashMap<&EntityKey, usize> =
+        std::collections::HashMap::with_capacity(rows.len());
+    let groups = rows
+        .iter()
+        .map(|row| {
+            let next_group = group_of_key.len();
+            *group_of_key.entry(&row.entity_key).or_insert(next_group)
+        })
+        .collect();
+    (groups, group_of_key.len())
+}
+
 /// What a batch write did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteSummary {
@@ -203,3 +220,22 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug + 'static {
 
 /// A shared handle to any online store.
 pub type SharedOnlineStore = Arc<dyn OnlineStore>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_grouped_by_key_in_order_of_first_appearance() {
+        let row = |id: i64| OnlineRow {
+            entity_key: EntityKey::from_int(id),
+            event_timestamp: Timestamp(id),
+            write_timestamp: Timestamp(0),
+            lane: WriteLane::Batch,
+            values: Vec::new(),
+        };
+        let rows = [row(7), row(3), row(7), row(9), row(3)];
+        assert_eq!(group_rows_by_key(&rows), (vec![0, 1, 0, 2, 1], 3));
+        assert_eq!(group_rows_by_key(&[]), (vec![], 0));
+    }
+}
