@@ -395,9 +395,10 @@ fn convert_batch(
         .max();
     let mut rows = EncodedRows::default();
     if view.online {
-        // Room for every row's values at a typical ~9 bytes per feature; the buffer grows
-        // (rarely) for longer values.
-        rows = EncodedRows::with_capacity(scanned, scanned * (view.features.len() * 9 + 2));
+        // Room for every row's values at a typical ~9 bytes per feature (at most 64 MiB up
+        // front, whatever the batch size and feature count); the buffer grows as needed.
+        let expected_bytes = scanned.saturating_mul(view.features.len() * 9 + 2);
+        rows = EncodedRows::with_capacity(scanned, expected_bytes.min(64 << 20));
         for row in 0..scanned {
             rows.push_with(
                 view_batch.event_timestamp(row),
