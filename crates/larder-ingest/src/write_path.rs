@@ -73,23 +73,6 @@ impl EncodedRows {
         Ok(())
     }
 
-    /// Appends a row with values given as [`Value`]s (encoded here, not validated).
-    pub fn push_values(
-        &mut self,
-        entity_key: &EntityKey,
-        event_timestamp: Timestamp,
-        values: &[Value],
-    ) {
-        let Ok(()) = self.push_with(
-            event_timestamp,
-            |out| {
-                out.extend_from_slice(entity_key.as_bytes());
-                Ok::<_, std::convert::Infallible>(())
-            },
-            |out| codec::encode_row(values, out),
-        );
-    }
-
     /// The number of rows.
     pub fn len(&self) -> usize {
         self.event_timestamps.len()
@@ -122,18 +105,20 @@ impl EncodedRows {
     pub fn values(&self, index: usize) -> &[u8] {
         self.values.get(index)
     }
-
-    /// The newest event time of any row.
-    pub fn newest_event_timestamp(&self) -> Option<Timestamp> {
-        self.event_timestamps.iter().copied().max()
-    }
 }
 
 impl From<Vec<FeatureRow>> for EncodedRows {
     fn from(rows: Vec<FeatureRow>) -> Self {
         let mut encoded = Self::with_capacity(rows.len(), 0);
         for row in &rows {
-            encoded.push_values(&row.entity_key, row.event_timestamp, &row.values);
+            let Ok(()) = encoded.push_with(
+                row.event_timestamp,
+                |out| {
+                    out.extend_from_slice(row.entity_key.as_bytes());
+                    Ok::<_, std::convert::Infallible>(())
+                },
+                |out| codec::encode_row(&row.values, out),
+            );
         }
         encoded
     }

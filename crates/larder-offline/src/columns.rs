@@ -374,15 +374,8 @@ impl ViewBatch {
         &self.batch
     }
 
-    /// The entity key of a row.
-    pub fn entity_key(&self, row: usize) -> Result<EntityKey, larder_core::CoreError> {
-        let mut encoded = Vec::with_capacity(self.join_keys.len() * 9);
-        self.write_entity_key(row, &mut encoded)?;
-        Ok(EntityKey::from_bytes(encoded))
-    }
-
-    /// Appends the canonical bytes of a row's entity key ([`ViewBatch::entity_key`]) to
-    /// `out`, without allocating a key.
+    /// Appends the canonical bytes of a row's entity key (what [`EntityKey::as_bytes`] of
+    /// its join key values holds) to `out`, without allocating a key.
     pub fn write_entity_key(
         &self,
         row: usize,
@@ -422,15 +415,8 @@ impl ViewBatch {
             .collect()
     }
 
-    /// The feature values of a row in the row codec's encoding: the same bytes as
-    /// `codec::encode_row_to_vec(&self.feature_values(row))`, without building values.
-    pub fn encoded_feature_values(&self, row: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.features.len() * 9 + 2);
-        self.write_encoded_feature_values(row, &mut out);
-        out
-    }
-
-    /// Appends [`ViewBatch::encoded_feature_values`] of a row to `out`.
+    /// Appends a row's feature values in the row codec's encoding to `out`: the same bytes
+    /// as `codec::encode_row_to_vec(&self.feature_values(row))`, without building values.
     pub fn write_encoded_feature_values(&self, row: usize, out: &mut Vec<u8>) {
         codec::encode_row_header(self.features.len(), out);
         for column in &self.features {
@@ -601,7 +587,8 @@ mod tests {
             )
             .unwrap();
             for (row, values) in rows.iter().enumerate() {
-                let encoded = batch.encoded_feature_values(row);
+                let mut encoded = Vec::new();
+                batch.write_encoded_feature_values(row, &mut encoded);
                 prop_assert_eq!(&encoded, &codec::encode_row_to_vec(&batch.feature_values(row)));
                 prop_assert_eq!(&codec::decode_row(&encoded).unwrap(), values);
             }
