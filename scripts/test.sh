@@ -8,22 +8,19 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   rustup component add rustfmt clippy
 fi
 
-# Real servers for the backend tests (they spawn them on ephemeral loopback ports; in CI,
-# CI=true, a missing server fails the test). Installed only when missing.
-SUDO=""
-if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
-APT_PACKAGES=""
-command -v redis-server >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES redis-server"
-command -v redis-cli >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES redis-tools"
-# librdkafka (the Kafka client, built from source by rdkafka's cmake-build) needs both.
-command -v cmake >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES cmake"
-dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || APT_PACKAGES="$APT_PACKAGES libcurl4-openssl-dev"
-if [ -n "$APT_PACKAGES" ]; then
-  echo "== installing$APT_PACKAGES"
-  $SUDO apt-get update -qq
-  # shellcheck disable=SC2086
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $APT_PACKAGES
-fi
+# shellcheck source=scripts/system-packages.sh
+source scripts/system-packages.sh
+larder_require_cargo
+
+# The build's own tools (build-essential; nothing else: see scripts/check-build-tools.sh),
+# and real servers for the backend tests (they spawn them on ephemeral loopback ports; in
+# CI, CI=true, a missing server fails the test). Installed only when missing.
+apt_packages=()
+mapfile -t apt_packages < <(larder_missing_build_packages)
+command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || apt_packages+=(redis-tools)
+command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
+larder_apt_install "${apt_packages[@]}"
 
 if ! command -v moto_server >/dev/null 2>&1; then
   echo "== installing moto (DynamoDB- and S3-compatible test server)"
@@ -47,5 +44,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== README command 1, end to end on a small demo"
+bash scripts/quickstart.sh --smoke
+echo "== README command 1 builds with only build-essential and rustup"
+bash scripts/check-build-tools.sh
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast
