@@ -40,6 +40,15 @@ if ! command -v tansu >/dev/null 2>&1; then
   cargo install tansu --version 0.6.0 --locked --features dynostore
 fi
 
+# Feast's own SDK, for the test that drives it against `larder serve` (feast_client.rs).
+feast_venv="target/feast-venv"
+if ! "$feast_venv/bin/python" -c 'import feast' >/dev/null 2>&1; then
+  echo "== installing feast==0.67.0 (Feast's Python SDK) in $feast_venv"
+  python3 -m venv "$feast_venv"
+  "$feast_venv/bin/pip" install -q 'feast==0.67.0'
+fi
+export LARDER_FEAST_PYTHON="$PWD/$feast_venv/bin/python"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

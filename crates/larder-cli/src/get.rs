@@ -104,10 +104,12 @@ fn post_json(url: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
     let status = response.status();
     let parsed: serde_json::Value = response.body_mut().read_json()?;
     if !status.is_success() {
-        let message = parsed
-            .pointer("/error/message")
-            .and_then(|message| message.as_str())
-            .unwrap_or("unknown error");
+        // Feast's error detail: a JSON string holding {"module", "class", "message", "code"}.
+        let detail: serde_json::Value = parsed
+            .as_str()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or_default();
+        let message = detail["message"].as_str().unwrap_or("unknown error");
         bail!("{message} (HTTP {status})");
     }
     Ok(parsed)

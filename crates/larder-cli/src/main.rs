@@ -217,7 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::MaterializeIncremental { views } => {
             let request = materialize::MaterializeRequest {
                 only_views: views,
-                window: materialize::RunWindow::Incremental,
+                window: materialize::RunWindow::Incremental { end: None },
                 full_refresh: false,
                 show_progress: true,
             };

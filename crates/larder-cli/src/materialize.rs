@@ -2,6 +2,7 @@
 //! and its run history.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
@@ -13,7 +14,8 @@ use larder_ingest::{
 };
 use larder_offline::{TimeWindow, TransformEngine};
 use larder_online::{SharedDigestStore, SharedOnlineStore};
-use larder_registry::Registry;
+use larder_server::materialize::{MaterializeCall, MaterializeWindow, Materializer};
+use larder_server::{ErrorKind, ServingError};
 
 use crate::context::RepoContext;
 
@@ -30,8 +32,12 @@ impl MaterializeProgress for Bar {
 pub enum RunWindow {
     /// A fixed event-time window (open sides unbounded).
     Fixed(TimeWindow),
-    /// From each view's last watermark (its newest materialized event time) to now.
-    Incremental,
+    /// From each view's last watermark (its newest materialized event time) to `end`
+    /// (exclusive; `None`: now).
+    Incremental {
+        /// Where the window ends.
+        end: Option<Timestamp>,
+    },
 }
 
 /// What to materialize and how.
@@ -73,28 +79,74 @@ pub fn print_total(reports: &[RunReport]) {
     println!("Materialized {scanned} rows ({written} written online).");
 }
 
-/// The batch views a request selects, in name order.
-pub fn selected_views<'registry>(
-    registry: &'registry Registry,
-    only_views: &[String],
-) -> Result<Vec<&'registry FeatureView>> {
-    for name in only_views {
-        if !registry.feature_views.contains_key(name) {
-            bail!("unknown feature view '{name}'");
+/// The batch lane of a running `larder serve`: its scheduler and `POST /materialize` run
+/// views through it, with the server's online store.
+#[derive(Debug, Clone)]
+pub struct ServeMaterializer {
+    context: Arc<RepoContext>,
+    store: SharedOnlineStore,
+    /// The change detection's store when it lives in the online store; `None`: each run
+    /// opens the local digest file (which `larder materialize` must be able to open while
+    /// the server runs).
+    digests: Option<SharedDigestStore>,
+}
+
+impl ServeMaterializer {
+    /// A materializer writing to `store`, with `digests` when they live in it.
+    pub fn new(
+        context: Arc<RepoContext>,
+        store: SharedOnlineStore,
+        digests: Option<SharedDigestStore>,
+    ) -> Self {
+        Self {
+            context,
+            store,
+            digests,
         }
     }
-    Ok(registry
-        .feature_views
-        .values()
-        .filter(|view| only_views.is_empty() || only_views.contains(&view.name))
-        .filter(|view| {
-            registry
-                .sources
-                .get(&view.source)
-                .is_some_and(|source| source.kind.is_batch())
-        })
-        .filter(|view| view.online || view.offline)
-        .collect())
+
+    /// Runs `request` (quietly: no progress bars).
+    pub async fn run(&self, request: &MaterializeRequest) -> Result<Vec<RunReport>> {
+        let digests = match &self.digests {
+            Some(digests) => Arc::clone(digests),
+            None => self.context.local_digest_store()?,
+        };
+        run_with_stores(&self.context, Arc::clone(&self.store), digests, request).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Materializer for ServeMaterializer {
+    fn is_running(&self, view: &str) -> Result<bool, ServingError> {
+        match self.context.run_history().try_lock_view(view) {
+            Ok(claim) => Ok(claim.is_none()),
+            Err(error) => Err(ServingError::new(ErrorKind::Internal, error.to_string())),
+        }
+    }
+
+    async fn materialize(&self, call: MaterializeCall) -> Result<Vec<RunReport>, ServingError> {
+        for view in &call.feature_views {
+            if self.is_running(view)? {
+                return Err(ServingError::new(
+                    ErrorKind::Conflict,
+                    format!("a run of feature view '{view}' is in progress"),
+                ));
+            }
+        }
+        let window = match call.window {
+            MaterializeWindow::Range { start, end } => RunWindow::Fixed(TimeWindow { start, end }),
+            MaterializeWindow::Incremental { end } => RunWindow::Incremental { end: Some(end) },
+        };
+        let request = MaterializeRequest {
+            only_views: call.feature_views,
+            window,
+            full_refresh: false,
+            show_progress: false,
+        };
+        self.run(&request)
+            .await
+            .map_err(|error| ServingError::new(ErrorKind::Internal, format!("{error:#}")))
+    }
 }
 
 /// Materializes the selected batch views into `store` and the offline store, recording each
@@ -107,7 +159,7 @@ pub async fn run_with_stores(
     request: &MaterializeRequest,
 ) -> Result<Vec<RunReport>> {
     let registry = context.applied_registry()?;
-    let views = selected_views(&registry, &request.only_views)?;
+    let views = registry.batch_views(&request.only_views)?;
     let engine = TransformEngine::new(
         &context.root,
         &context.config.s3,
@@ -179,11 +231,11 @@ impl ViewRun<'_> {
         };
         let window = match self.request.window {
             RunWindow::Fixed(window) => window,
-            RunWindow::Incremental => TimeWindow {
+            RunWindow::Incremental { end } => TimeWindow {
                 start: history
                     .last_successful_run(&view.name, view.version)?
                     .and_then(|report| report.watermark_timestamp()),
-                end: None,
+                end,
             },
         };
         let previous_row_count = history

@@ -13,14 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use larder_core::{CronSchedule, FeatureView, Timestamp};
-use larder_online::{SharedDigestStore, SharedOnlineStore};
 use larder_registry::Registry;
 use larder_server::RegistryHandle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::context::RepoContext;
-use crate::materialize::{MaterializeRequest, RunWindow, run_with_stores};
+use crate::materialize::{MaterializeRequest, RunWindow, ServeMaterializer};
 
 /// How often the scheduler looks for due runs.
 const TICK: Duration = Duration::from_secs(1);
@@ -43,13 +42,11 @@ struct ViewSchedule {
 }
 
 /// Runs the scheduler until `stop` turns true; a run in progress is abandoned then (a batch
-/// run is safe to interrupt: the next run converges). `digests` is the change detection's
-/// store when it lives in the online store; `None`: each run opens the local digest file.
+/// run is safe to interrupt: the next run converges).
 pub fn spawn_scheduler(
     context: Arc<RepoContext>,
     registry: Arc<RegistryHandle>,
-    store: SharedOnlineStore,
-    digests: Option<SharedDigestStore>,
+    materializer: Arc<ServeMaterializer>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -67,10 +64,8 @@ pub fn spawn_scheduler(
                 let due = view.next_due.is_some_and(|due| due <= now);
                 if due && view.running.is_none() {
                     view.running = Some(tokio::spawn(run_once(
-                        Arc::clone(&context),
+                        Arc::clone(&materializer),
                         name.clone(),
-                        Arc::clone(&store),
-                        digests.clone(),
                     )));
                 }
             }
@@ -165,26 +160,14 @@ fn last_run_started(context: &RepoContext, view: &FeatureView) -> Option<Timesta
 
 /// One scheduled run: a full run of the view with change detection, like
 /// `larder materialize --views VIEW`; its report goes to the run history and the metrics.
-async fn run_once(
-    context: Arc<RepoContext>,
-    view: String,
-    store: SharedOnlineStore,
-    digests: Option<SharedDigestStore>,
-) {
-    let digests = match digests.map_or_else(|| context.local_digest_store(), Ok) {
-        Ok(digests) => digests,
-        Err(error) => {
-            println!("Scheduled run of feature view '{view}' failed: {error}");
-            return;
-        }
-    };
+async fn run_once(materializer: Arc<ServeMaterializer>, view: String) {
     let request = MaterializeRequest {
         only_views: vec![view.clone()],
         window: RunWindow::Fixed(larder_offline::TimeWindow::default()),
         full_refresh: false,
         show_progress: false,
     };
-    if let Err(error) = run_with_stores(&context, store, digests, &request).await {
+    if let Err(error) = materializer.run(&request).await {
         println!("Scheduled run of feature view '{view}' failed: {error:#}");
     }
 }

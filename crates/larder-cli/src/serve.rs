@@ -62,11 +62,15 @@ pub async fn run_with_store(
     // A remote store's digests live in a local file that `larder materialize` must be able
     // to open while the server runs: the scheduler opens it for each run instead.
     let shared_digests = context.digests_live_in_online_store().then_some(digests);
+    let materializer = Arc::new(crate::materialize::ServeMaterializer::new(
+        Arc::new(context.clone()),
+        Arc::clone(&store),
+        shared_digests,
+    ));
     let scheduler = crate::scheduler::spawn_scheduler(
         Arc::new(context.clone()),
         Arc::clone(&handle),
-        Arc::clone(&store),
-        shared_digests,
+        Arc::clone(&materializer),
         stop_receiver.clone(),
     );
     let offline_store = context.offline_store();
@@ -77,6 +81,7 @@ pub async fn run_with_store(
     )
     .with_offline_store(Arc::new(offline_store.clone()));
     let services = Services {
+        materialize: Some(materializer),
         training: Some(Arc::new(TrainingService::new(
             Arc::clone(&handle),
             offline_store,

@@ -103,6 +103,29 @@ impl Registry {
             .collect()
     }
 
+    /// The batch views (views over a file source that are online or offline) among
+    /// `only_views`, or all of them when `only_views` is empty, in name order; an unknown
+    /// name is an error.
+    pub fn batch_views(&self, only_views: &[String]) -> Result<Vec<&FeatureView>, ResolveError> {
+        if let Some(unknown) = only_views
+            .iter()
+            .find(|name| !self.feature_views.contains_key(*name))
+        {
+            return Err(ResolveError::UnknownFeatureView(unknown.clone()));
+        }
+        Ok(self
+            .feature_views
+            .values()
+            .filter(|view| only_views.is_empty() || only_views.contains(&view.name))
+            .filter(|view| {
+                self.sources
+                    .get(&view.source)
+                    .is_some_and(|source| source.kind.is_batch())
+            })
+            .filter(|view| view.online || view.offline)
+            .collect())
+    }
+
     /// The features of a feature service, in order.
     pub fn resolve_feature_service(
         &self,

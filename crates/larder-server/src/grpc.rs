@@ -231,6 +231,7 @@ pub fn status_of(error: ServingError) -> Status {
         ErrorKind::InvalidArgument => Code::InvalidArgument,
         ErrorKind::NotFound => Code::NotFound,
         ErrorKind::PayloadTooLarge => Code::OutOfRange,
+        ErrorKind::Conflict => Code::Aborted,
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::Overloaded => Code::ResourceExhausted,
         ErrorKind::Internal => Code::Internal,
@@ -429,6 +430,7 @@ pub fn request_from_proto(
         selection,
         entities,
         full_feature_names: request.full_feature_names,
+        include_feature_view_version_metadata: false,
     })
 }
 

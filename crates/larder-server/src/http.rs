@@ -5,10 +5,15 @@
 //! * `GET /health`: 200 with the applied registry's timestamp.
 //! * `POST /push`, `POST /write-to-online-store`: direct writes (Feast's shapes), when the
 //!   server is given a [`PushService`].
+//! * `POST /materialize`, `POST /materialize-incremental`: the batch lane on request (what
+//!   `feast materialize` sends to a remote feature server), when the server is given a
+//!   [`Materializer`](crate::materialize::Materializer).
 //! * `GET /metrics`: Prometheus text format.
 //!
-//! Every error is a JSON body `{"error": {"code": ..., "message": ...}}` with a status chosen
-//! in [`status_of`], the one place that maps error kinds to HTTP. Requests beyond
+//! Every error is Feast's error detail ([`ServingError::feast_error_detail`]: a JSON string
+//! holding `{"module", "class", "message", "code"}`, so Feast's client raises the matching
+//! `feast.errors` exception) with a status chosen in [`status_of`], the one place that maps
+//! error kinds to HTTP. Requests beyond
 //! `max_concurrent_requests` are shed at once with 503 and `Retry-After`, so memory stays
 //! bounded under overload and the server recovers as soon as the load drops.
 
@@ -28,6 +33,9 @@ use tokio::sync::Semaphore;
 use crate::Services;
 use crate::error::{ErrorKind, ServingError};
 use crate::json::{parse_online_features_request, write_online_features_response};
+use crate::materialize::{
+    MaterializeCall, parse_materialize, parse_materialize_incremental, wants_async,
+};
 use crate::push::{PushRequest, parse_push, parse_write_to_online_store};
 use crate::serving::FeatureServer;
 use crate::training::{ipc_stream, parse_historical_features_request};
@@ -38,6 +46,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::Unavailable | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -48,9 +57,15 @@ impl IntoResponse for ServingError {
         if self.kind == ErrorKind::Internal {
             tracing::error!(message = %self.message, "internal error while serving");
         }
-        let body =
-            serde_json::json!({ "error": { "code": self.kind.code(), "message": self.message } });
-        let mut response = (status_of(self.kind), axum::Json(body)).into_response();
+        let mut response = (
+            status_of(self.kind),
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.feast_error_detail(),
+        )
+            .into_response();
         if self.kind == ErrorKind::Overloaded {
             response
                 .headers_mut()
@@ -100,6 +115,8 @@ pub fn router(services: Services) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(render_metrics))
         .route("/get-historical-features", post(get_historical_features))
+        .route("/materialize", post(materialize))
+        .route("/materialize-incremental", post(materialize_incremental))
         .fallback(not_found)
         .layer(middleware::from_fn(record_request_metrics))
         .with_state(HttpState {
@@ -235,6 +252,39 @@ async fn get_historical_features(
         Body::from_stream(ipc_stream(batches)?),
     )
         .into_response())
+}
+
+/// `POST /materialize` and `POST /materialize-incremental` (Feast's remote materialization).
+async fn run_materialize(
+    state: &HttpState,
+    request: Request,
+    parse: fn(&[u8], &larder_registry::Registry) -> Result<MaterializeCall, ServingError>,
+) -> Result<Response, ServingError> {
+    let materializer = state.services.materializer()?;
+    let run_async = wants_async(request.uri().query());
+    let bytes = read_body(request.into_body(), state.server().limits().max_body_bytes).await?;
+    let call = parse(&bytes, &state.server().registry().snapshot())?;
+    let (accepted, body) = crate::materialize::run(materializer, call, run_async).await?;
+    let status = if accepted {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(body)).into_response())
+}
+
+async fn materialize(
+    State(state): State<HttpState>,
+    request: Request,
+) -> Result<Response, ServingError> {
+    run_materialize(&state, request, parse_materialize).await
+}
+
+async fn materialize_incremental(
+    State(state): State<HttpState>,
+    request: Request,
+) -> Result<Response, ServingError> {
+    run_materialize(&state, request, parse_materialize_incremental).await
 }
 
 async fn push_rows(

@@ -23,6 +23,9 @@ struct JsonRequest {
     entities: EntityColumns,
     #[serde(default)]
     full_feature_names: bool,
+    /// Sent by Feast's client on every read (0.67); honoured.
+    #[serde(default)]
+    include_feature_view_version_metadata: bool,
 }
 
 /// Entity columns in request order.
@@ -141,6 +144,7 @@ pub fn parse_online_features_request(bytes: &[u8]) -> Result<OnlineFeaturesReque
         selection,
         entities: request.entities.0,
         full_feature_names: request.full_feature_names,
+        include_feature_view_version_metadata: request.include_feature_view_version_metadata,
     })
 }
 
@@ -296,7 +300,22 @@ pub fn write_online_features_response(result: &OnlineFeaturesResult, out: &mut V
         }
         write_str(out, name);
     }
-    out.extend_from_slice(b"]},\"results\":[");
+    out.push(b']');
+    if let Some(views) = &result.feature_view_metadata {
+        out.extend_from_slice(b",\"feature_view_metadata\":[");
+        for (index, (name, version)) in views.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"name\":");
+            write_str(out, name);
+            out.extend_from_slice(b",\"version\":");
+            write_i64(out, i64::from(*version));
+            out.push(b'}');
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b"},\"results\":[");
     let count = result.entity_count;
     let mut first_column = true;
     let mut begin_column = |out: &mut Vec<u8>| {

@@ -11,6 +11,7 @@ mod error;
 pub mod grpc;
 pub mod http;
 pub mod json;
+pub mod materialize;
 pub mod metrics;
 pub mod push;
 mod registry_handle;
@@ -20,7 +21,7 @@ pub mod training;
 
 use std::sync::Arc;
 
-pub use error::{ErrorKind, ServingError};
+pub use error::{ErrorKind, FeastErrorClass, ServingError};
 pub use registry_handle::RegistryHandle;
 pub use serving::{
     Cell, FeatureColumn, FeatureSelection, FeatureServer, FieldStatus, OnlineFeaturesRequest,
@@ -37,6 +38,8 @@ pub struct Services {
     pub push: Option<Arc<push::PushService>>,
     /// Training sets (`/get-historical-features`, gRPC `GetHistoricalFeatures`).
     pub training: Option<Arc<training::TrainingService>>,
+    /// The batch lane on request (`/materialize`, `/materialize-incremental`).
+    pub materialize: Option<Arc<dyn materialize::Materializer>>,
 }
 
 impl Services {
@@ -46,6 +49,7 @@ impl Services {
             features,
             push: None,
             training: None,
+            materialize: None,
         }
     }
 
@@ -55,6 +59,16 @@ impl Services {
             ServingError::new(
                 ErrorKind::NotFound,
                 "direct writes are not enabled on this server",
+            )
+        })
+    }
+
+    /// The materializer, or the error a transport answers without it.
+    pub fn materializer(&self) -> Result<&Arc<dyn materialize::Materializer>, ServingError> {
+        self.materialize.as_ref().ok_or_else(|| {
+            ServingError::new(
+                ErrorKind::NotFound,
+                "materialization is not enabled on this server",
             )
         })
     }

@@ -16,7 +16,7 @@ use larder_ingest::{FeatureRow, WriteError, WritePath};
 use larder_offline::{OfflineStore, ViewBatch};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ErrorKind, ServingError};
+use crate::error::{ErrorKind, FeastErrorClass, ServingError};
 use crate::registry_handle::RegistryHandle;
 
 /// Where pushed rows go.
@@ -93,6 +93,10 @@ pub struct PushedView {
     pub written_offline: u64,
 }
 
+/// Feast's `/push` body. Unknown keys are refused (a typo would otherwise be ignored);
+/// Feast's own optional keys are accepted: `allow_registry_cache` (Larder always serves from
+/// its current registry snapshot) and `transform_on_write` (Larder has no on-demand
+/// transformations, so there is nothing to skip).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonPush {
@@ -100,17 +104,28 @@ struct JsonPush {
     df: HashMap<String, Vec<serde_json::Value>>,
     #[serde(default)]
     to: PushTo,
+    #[serde(default, rename = "allow_registry_cache")]
+    _allow_registry_cache: Option<bool>,
+    #[serde(default, rename = "transform_on_write")]
+    _transform_on_write: Option<bool>,
 }
 
+/// Feast's `/write-to-online-store` body; the same keys as [`JsonPush`] are accepted.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonWriteToOnlineStore {
     feature_view_name: String,
     df: HashMap<String, Vec<serde_json::Value>>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    allow_registry_cache: Option<bool>,
+    #[serde(default, rename = "allow_registry_cache")]
+    _allow_registry_cache: Option<bool>,
+    #[serde(default, rename = "transform_on_write")]
+    _transform_on_write: Option<bool>,
 }
+
+/// The column in which Feast's client sends each row's created timestamp (its tie-break at
+/// equal event times). Accepted when the view has no column of that name, checked to hold
+/// timestamps or nulls, and not stored: at equal event time Larder's later write wins.
+pub const FEAST_CREATED_COLUMN: &str = "created";
 
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ServingError> {
     serde_json::from_slice(bytes).map_err(|error| {
@@ -201,12 +216,15 @@ impl PushService {
         let views: Vec<&FeatureView> = match &request.target {
             PushTarget::FeatureView(name) => {
                 vec![registry.feature_views.get(name).ok_or_else(|| {
-                    ServingError::invalid(format!("unknown feature view '{name}'"))
+                    ServingError::from(larder_registry::ResolveError::UnknownFeatureView(
+                        name.clone(),
+                    ))
                 })?]
             }
             PushTarget::PushSource(name) => {
                 let source = registry.sources.get(name).ok_or_else(|| {
                     ServingError::invalid(format!("unknown push source '{name}'"))
+                        .with_feast_class(FeastErrorClass::PushSourceNotFound)
                 })?;
                 if !matches!(source.kind, larder_core::DataSourceKind::Push) {
                     return Err(ServingError::invalid(format!(
@@ -370,11 +388,27 @@ fn rows_for_view(
             ))
         })
     };
+    let is_view_column = |name: &str| {
+        view.join_keys.iter().any(|key| key.name == name)
+            || view.timestamp_field == name
+            || view.feature_index(name).is_some()
+    };
+    if !is_view_column(FEAST_CREATED_COLUMN)
+        && let Some(created) = columns.get(FEAST_CREATED_COLUMN)
+    {
+        for row in 0..row_count {
+            created.value(row, &ValueType::Timestamp).map_err(|error| {
+                ServingError::invalid(format!(
+                    "feature view '{}', row {row}, column '{FEAST_CREATED_COLUMN}' (Feast's \
+                     created timestamp): {error}",
+                    view.name
+                ))
+            })?;
+        }
+    }
     if exact {
         for name in columns.keys() {
-            let known = view.join_keys.iter().any(|key| key.name == *name)
-                || view.timestamp_field == *name
-                || view.feature_index(name).is_some();
+            let known = is_view_column(name) || name == FEAST_CREATED_COLUMN;
             if !known {
                 return Err(ServingError::invalid(format!(
                     "feature view '{}' has no column '{name}'",

@@ -57,6 +57,9 @@ pub struct OnlineFeaturesRequest {
     pub entities: Vec<(String, Vec<Value>)>,
     /// Name features `view__feature` instead of `feature`.
     pub full_feature_names: bool,
+    /// Answer with the name and version of each feature view read (Feast's
+    /// `include_feature_view_version_metadata`).
+    pub include_feature_view_version_metadata: bool,
 }
 
 /// The status of one served value, as Feast names them.
@@ -110,6 +113,9 @@ pub struct OnlineFeaturesResult {
     pub entity_columns: Vec<Vec<Value>>,
     /// Number of entities (rows).
     pub entity_count: usize,
+    /// Name and version of each feature view read, in order of first use, when the request
+    /// asked for them.
+    pub feature_view_metadata: Option<Vec<(String, u32)>>,
     views: Vec<ViewRows>,
     columns: Vec<ColumnSource>,
 }
@@ -284,7 +290,9 @@ impl FeatureServer {
         let mut columns = Vec::with_capacity(references.len());
         for (position, reference) in references.iter().enumerate() {
             let view = registry.feature_views.get(&reference.view).ok_or_else(|| {
-                ServingError::invalid(format!("unknown feature view '{}'", reference.view))
+                ServingError::from(larder_registry::ResolveError::UnknownFeatureView(
+                    reference.view.clone(),
+                ))
             })?;
             if !view.online {
                 return Err(ServingError::invalid(format!(
@@ -387,10 +395,17 @@ impl FeatureServer {
                 reference.feature.clone()
             });
         }
+        let feature_view_metadata = request.include_feature_view_version_metadata.then(|| {
+            view_requests
+                .iter()
+                .map(|view_request| (view_request.view.name.clone(), view_request.view.version))
+                .collect()
+        });
         Ok(OnlineFeaturesResult {
             feature_names,
             entity_columns,
             entity_count,
+            feature_view_metadata,
             views,
             columns,
         })

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::util::{DemoRepo, Server, larder_ok};
+use crate::util::{DemoRepo, Server, error_message, larder_ok};
 
 #[test]
 fn bad_requests_get_clear_4xx_answers() {
@@ -43,7 +43,7 @@ fn bad_requests_get_clear_4xx_answers() {
     ];
     for (name, body, expected_status, expected_message) in cases {
         let (status, response) = server.post("/get-online-features", &body);
-        let message = response["error"]["message"].as_str().unwrap_or_default();
+        let message = error_message(&response);
         assert_eq!(status, expected_status, "{name}: {response}");
         assert!(
             message.contains(expected_message),

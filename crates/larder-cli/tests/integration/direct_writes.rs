@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::util::{DemoRepo, Server, larder_ok};
+use crate::util::{DemoRepo, Server, error_message, larder_ok};
 
 fn profile_columns(users: &[i64], timestamp: &str, age: Value) -> Value {
     let count = users.len();
@@ -72,7 +72,7 @@ fn direct_writes_are_validated_ordered_and_readable_at_once() {
     let body = json!({"feature_view_name": "user_profile", "df": profile_columns(&[7, 8], &now, json!([70, "eighty"]))});
     let (status, response) = server.post("/write-to-online-store", &body.to_string());
     assert_eq!(status, 400, "{response}");
-    let message = response["error"]["message"].as_str().unwrap();
+    let message = error_message(&response);
     assert!(
         message.contains("row 1, column 'age'") && message.contains("int64"),
         "{message}"
@@ -121,7 +121,7 @@ fn direct_writes_are_validated_ordered_and_readable_at_once() {
     for (route, body, expected) in cases {
         let (status, response) = server.post(route, &body.to_string());
         assert_eq!(status, 400, "{body}: {response}");
-        let message = response["error"]["message"].as_str().unwrap_or_default();
+        let message = error_message(&response);
         assert!(
             message.contains(expected),
             "{message:?} should contain {expected:?}"

@@ -5,7 +5,7 @@
 use larder_testing::MotoServer;
 use serde_json::json;
 
-use crate::util::{DemoRepo, Server, larder, larder_ok};
+use crate::util::{DemoRepo, Server, error_message, larder, larder_ok};
 
 fn use_dynamodb(repo: &DemoRepo, server: &MotoServer) {
     repo.use_online_store(&format!(
@@ -48,7 +48,7 @@ fn demo_serves_from_dynamodb_like_from_the_embedded_store() {
     moto.kill();
     let (status, response) = server.post("/get-online-features", &body);
     assert_eq!(status, 503, "{response}");
-    let message = response["error"]["message"].as_str().unwrap_or_default();
+    let message = error_message(&response);
     assert!(message.contains("'dynamodb'"), "{response}");
     let output = larder(&repo.path, &["materialize", "--full-refresh"]);
     assert!(

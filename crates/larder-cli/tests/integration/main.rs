@@ -8,6 +8,7 @@ mod delta_sources;
 mod direct_writes;
 mod dynamodb_store;
 mod end_to_end;
+mod feast_client;
 mod grpc;
 mod push_grpc;
 mod redis_store;

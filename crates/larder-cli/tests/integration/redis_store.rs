@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use larder_testing::RedisServer;
 use serde_json::json;
 
-use crate::util::{DemoRepo, Server, larder, larder_ok};
+use crate::util::{DemoRepo, Server, error_detail, error_message, larder, larder_ok};
 
 fn use_redis(repo: &DemoRepo, server: &RedisServer) {
     repo.use_online_store(&format!(
@@ -59,8 +59,8 @@ fn demo_serves_from_redis_and_survives_a_redis_restart() {
     redis.kill();
     let (status, response) = server.post("/get-online-features", &body);
     assert_eq!(status, 503, "{response}");
-    assert_eq!(response["error"]["code"], "UNAVAILABLE", "{response}");
-    let message = response["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(error_detail(&response)["code"], "UNAVAILABLE", "{response}");
+    let message = error_message(&response);
     assert!(message.contains("'redis'"), "{response}");
     // With Redis down, materialize must fail, never report success.
     let output = larder(&repo.path, &["materialize"]);

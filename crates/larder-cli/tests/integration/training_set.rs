@@ -7,7 +7,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int64Type, TimeUnit};
 
-use crate::util::{DemoRepo, Server, larder, larder_ok, read_parquet};
+use crate::util::{DemoRepo, Server, error_detail, larder, larder_ok, read_parquet};
 
 const DAY: i64 = 86_400_000_000;
 /// 2026-01-01T00:00:00Z in microseconds.
@@ -249,7 +249,7 @@ fn training_set_over_http_streams_arrow_ipc() {
     );
     assert_eq!(status, 400);
     assert_eq!(
-        error["error"]["message"],
+        error_detail(&error)["message"],
         "feature view 'user_activity' has no feature 'nope'"
     );
 }

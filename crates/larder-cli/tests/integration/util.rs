@@ -204,3 +204,23 @@ where
         body(client).await;
     });
 }
+
+/// The error of an HTTP error body: Feast's error detail, a JSON string holding
+/// `{"module", "class", "message", "code"}`.
+pub fn error_detail(body: &serde_json::Value) -> serde_json::Value {
+    let text = body
+        .as_str()
+        .unwrap_or_else(|| panic!("an error body is a JSON string (Feast's error detail): {body}"));
+    let detail: serde_json::Value = serde_json::from_str(text)
+        .unwrap_or_else(|error| panic!("the error detail is JSON ({error}): {text}"));
+    assert_eq!(detail["module"], "feast.errors", "{detail}");
+    detail
+}
+
+/// The message of an HTTP error body ([`error_detail`]).
+pub fn error_message(body: &serde_json::Value) -> String {
+    error_detail(body)["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
