@@ -119,6 +119,26 @@ impl RepoContext {
         )
     }
 
+    /// The address of the `larder serve` running over this repo: the one it recorded, else
+    /// the configured host and port.
+    pub fn server_base_url(&self) -> String {
+        let serving = &self.config.serving;
+        std::fs::read_to_string(self.server_address_file())
+            .map(|text| text.trim().to_string())
+            .unwrap_or_else(|_| format!("http://{}:{}", serving.host, serving.port))
+    }
+
+    /// The event times direct writes may carry (`serving.min_event_time`,
+    /// `serving.max_event_time_ahead`).
+    pub fn event_time_bounds(&self) -> larder_server::push::EventTimeBounds {
+        let serving = &self.config.serving;
+        let defaults = larder_server::push::EventTimeBounds::default();
+        larder_server::push::EventTimeBounds {
+            min: serving.min_event_time().unwrap_or(defaults.min),
+            max_ahead: std::time::Duration::from_secs(serving.max_event_time_ahead.as_seconds()),
+        }
+    }
+
     /// The digests of a remote store's rows, in a local redb file beside the registry.
     pub fn local_digest_store(&self) -> Result<SharedDigestStore, OnlineStoreError> {
         let digest_path = self.state_folder().join("digests.redb");

@@ -29,7 +29,9 @@ pub struct GetArgs {
     json: bool,
 }
 
-fn entity_columns(arguments: &[String]) -> Result<serde_json::Map<String, serde_json::Value>> {
+/// `--entity join_key=value[,value...]` arguments as JSON columns (integers where they
+/// parse, text otherwise).
+pub fn entity_columns(arguments: &[String]) -> Result<serde_json::Map<String, serde_json::Value>> {
     let mut columns = serde_json::Map::new();
     for argument in arguments {
         let Some((name, values)) = argument.split_once('=') else {
@@ -73,11 +75,7 @@ pub async fn run(root: &Path, args: &GetArgs) -> Result<()> {
             serde_json::to_value(result.to_response())?
         }
         Err(OnlineStoreError::Locked { .. }) => {
-            let serving = &context.config.serving;
-            let base_url = std::fs::read_to_string(context.server_address_file())
-                .map(|text| text.trim().to_string())
-                .unwrap_or_else(|_| format!("http://{}:{}", serving.host, serving.port));
-            let url = format!("{base_url}/get-online-features");
+            let url = format!("{}/get-online-features", context.server_base_url());
             eprintln!("(the online store is held by a running `larder serve`; asking it at {url})");
             let url_for_task = url.clone();
             tokio::task::spawn_blocking(move || post_json(&url_for_task, &request_json))
@@ -95,7 +93,8 @@ pub async fn run(root: &Path, args: &GetArgs) -> Result<()> {
     Ok(())
 }
 
-fn post_json(url: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
+/// POSTs JSON to a running server; an error answer becomes an error with its message.
+pub fn post_json(url: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()

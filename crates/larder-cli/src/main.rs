@@ -5,6 +5,7 @@ mod context;
 mod demo;
 mod get;
 mod materialize;
+mod repair;
 mod scheduler;
 mod serve;
 mod status;
@@ -109,6 +110,10 @@ enum Command {
     },
     /// Read online features for some entities.
     Get(get::GetArgs),
+    /// Delete online rows whose event time is further ahead than
+    /// `serving.max_event_time_ahead` (written before that bound existed), so the entities'
+    /// next writes land again.
+    RepairFutureEventTimes(repair::RepairArgs),
     /// Build a point-in-time correct training set from the offline store.
     TrainingSet(training_set::TrainingSetArgs),
     /// init + apply + materialize + serve, in one go.
@@ -236,6 +241,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             stream::backfill(&cli.repo, &view, events.as_deref()).await
         }
         Command::TrainingSet(args) => training_set::run(&cli.repo, &args).await,
+        Command::RepairFutureEventTimes(args) => repair::run(&cli.repo, &args).await,
         Command::Quickstart {
             path,
             entities,

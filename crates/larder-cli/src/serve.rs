@@ -50,6 +50,9 @@ pub async fn run_with_store(
         max_entities_per_request: serving.max_entities_per_request,
         max_body_bytes: serving.max_body_bytes,
         max_concurrent_requests: serving.max_concurrent_requests,
+        max_concurrent_historical_requests: serving.max_concurrent_historical_requests,
+        read_header_timeout: Duration::from_secs(serving.read_header_timeout.as_seconds()),
+        read_body_timeout: Duration::from_secs(serving.read_body_timeout.as_seconds()),
     };
     let write_path = Arc::new(larder_ingest::WritePath::new(Arc::clone(&store)));
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
@@ -79,12 +82,14 @@ pub async fn run_with_store(
         write_path,
         serving.max_entities_per_request,
     )
+    .with_event_time_bounds(context.event_time_bounds())
     .with_offline_store(Arc::new(offline_store.clone()));
     let services = Services {
         materialize: Some(materializer),
         training: Some(Arc::new(TrainingService::new(
             Arc::clone(&handle),
             offline_store,
+            serving.max_concurrent_historical_requests,
         ))),
         push: Some(Arc::new(push)),
         features: Arc::new(FeatureServer::new(handle, store, limits)),

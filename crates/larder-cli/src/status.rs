@@ -10,11 +10,7 @@ use crate::context::RepoContext;
 /// Prints the status report of the server running over the repo at `root`.
 pub async fn run(root: &Path, as_json: bool) -> Result<()> {
     let context = RepoContext::load(root)?;
-    let serving = &context.config.serving;
-    let base_url = std::fs::read_to_string(context.server_address_file())
-        .map(|text| text.trim().to_string())
-        .unwrap_or_else(|_| format!("http://{}:{}", serving.host, serving.port));
-    let url = format!("{base_url}/status");
+    let url = format!("{}/status", context.server_base_url());
     let url_for_task = url.clone();
     let report = tokio::task::spawn_blocking(move || fetch_json(&url_for_task))
         .await

@@ -240,6 +240,33 @@ impl Value {
         Ok(converted)
     }
 
+    /// The value itself if every float in it (scalars, list elements, vector components) is
+    /// finite: NaN and infinities are refused, since JSON cannot carry them back and a model
+    /// fed one silently misbehaves.
+    pub fn ensure_finite(self) -> Result<Self, CoreError> {
+        match self.first_non_finite() {
+            Some((number, dtype)) => Err(CoreError::TypeMismatch {
+                expected: format!("a finite {dtype} (NaN and infinities are refused)"),
+                got: number.to_string(),
+            }),
+            None => Ok(self),
+        }
+    }
+
+    /// The first float in the value that is NaN or infinite, with its kind.
+    fn first_non_finite(&self) -> Option<(f64, &'static str)> {
+        match self {
+            Self::Float32(number) if !number.is_finite() => Some((f64::from(*number), "float32")),
+            Self::Float64(number) if !number.is_finite() => Some((*number, "float64")),
+            Self::Vector(components) => components
+                .iter()
+                .find(|component| !component.is_finite())
+                .map(|component| (f64::from(*component), "vector component")),
+            Self::List(elements) => elements.iter().find_map(Self::first_non_finite),
+            _ => None,
+        }
+    }
+
     /// The value's kind with an article, for error messages ("an integer", "a string").
     pub fn described(&self) -> String {
         match self {
@@ -274,7 +301,17 @@ impl Value {
                 })?)
             }
             ValueType::Int64 => Self::Int64(json.as_i64().ok_or_else(mismatch)?),
-            ValueType::Float32 => Self::Float32(json.as_f64().ok_or_else(mismatch)? as f32),
+            ValueType::Float32 => {
+                let wide = json.as_f64().ok_or_else(mismatch)?;
+                let narrow = wide as f32;
+                if !narrow.is_finite() {
+                    return Err(CoreError::TypeMismatch {
+                        expected: "float32 (a finite number up to ±3.4e38)".to_string(),
+                        got: format!("{wide} (out of float32's range)"),
+                    });
+                }
+                Self::Float32(narrow)
+            }
             ValueType::Float64 => Self::Float64(json.as_f64().ok_or_else(mismatch)?),
             ValueType::String => Self::String(json.as_str().ok_or_else(mismatch)?.to_string()),
             ValueType::Bytes => {
@@ -316,10 +353,18 @@ impl Value {
                     components
                         .iter()
                         .map(|component| {
-                            component
-                                .as_f64()
-                                .map(|number| number as f32)
-                                .ok_or_else(mismatch)
+                            let wide = component.as_f64().ok_or_else(mismatch)?;
+                            let narrow = wide as f32;
+                            if narrow.is_finite() {
+                                Ok(narrow)
+                            } else {
+                                Err(CoreError::TypeMismatch {
+                                    expected: "vector components that are finite float32 \
+                                               numbers (up to ±3.4e38)"
+                                        .to_string(),
+                                    got: format!("{wide} (out of float32's range)"),
+                                })
+                            }
                         })
                         .collect::<Result<_, _>>()?,
                 )
@@ -372,6 +417,26 @@ impl serde::Serialize for Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_finite_floats_are_refused_wherever_they_hide() {
+        assert!(Value::Float64(f64::NAN).ensure_finite().is_err());
+        assert!(Value::Float32(f32::NEG_INFINITY).ensure_finite().is_err());
+        assert!(
+            Value::List(vec![Value::Float64(1.0), Value::Float64(f64::INFINITY)])
+                .ensure_finite()
+                .is_err()
+        );
+        assert!(Value::Vector(vec![0.5, f32::NAN]).ensure_finite().is_err());
+        let fine = Value::List(vec![Value::Float64(1.0), Value::Null]);
+        assert_eq!(fine.clone().ensure_finite(), Ok(fine));
+        let overflow = Value::from_json(&serde_json::json!(1e39), &ValueType::Float32);
+        assert!(overflow.is_err(), "{overflow:?}");
+        assert_eq!(
+            Value::from_json(&serde_json::json!(3.0e38), &ValueType::Float32),
+            Ok(Value::Float32(3.0e38))
+        );
+    }
 
     #[test]
     fn coerce_widens_without_loss_and_refuses_the_rest() {

@@ -384,6 +384,24 @@ pub struct ServingConfig {
     pub max_concurrent_requests: usize,
     /// gRPC port (0 picks a free one); absent: no gRPC listener. Default 6567.
     pub grpc_port: Option<u16>,
+    /// Most training-set requests (`/get-historical-features`, gRPC
+    /// `GetHistoricalFeatures`) served at once; beyond it they are answered 503 with
+    /// `Retry-After`. Each may hold 256 MiB of sort memory. Default 2.
+    pub max_concurrent_historical_requests: usize,
+    /// How long a client may take to send a request's headers, and how long a kept-alive
+    /// connection may stay idle; then the connection is closed. Default 10s.
+    pub read_header_timeout: larder_core::TtlDuration,
+    /// How long a client may take to send a request's body (answered 408 beyond it). The
+    /// body is read before the request takes one of `max_concurrent_requests`, so slow or
+    /// stalled uploads never hold a slot. Default 30s.
+    pub read_body_timeout: larder_core::TtlDuration,
+    /// Direct writes with an event time further than this ahead of the server's clock are
+    /// refused (a unit mistake, e.g. milliseconds sent as seconds, would otherwise win over
+    /// every later write). Default 5m (clock skew).
+    pub max_event_time_ahead: larder_core::TtlDuration,
+    /// Direct writes with an event time before this (a date or RFC 3339 time) are refused.
+    /// Default `2000-01-01`.
+    pub min_event_time: String,
 }
 
 impl Default for ServingConfig {
@@ -395,7 +413,19 @@ impl Default for ServingConfig {
             max_body_bytes: 8 * 1024 * 1024,
             max_concurrent_requests: 256,
             grpc_port: Some(6567),
+            max_concurrent_historical_requests: 2,
+            read_header_timeout: larder_core::TtlDuration::from_seconds(10),
+            read_body_timeout: larder_core::TtlDuration::from_seconds(30),
+            max_event_time_ahead: larder_core::TtlDuration::from_seconds(300),
+            min_event_time: "2000-01-01".to_string(),
         }
+    }
+}
+
+impl ServingConfig {
+    /// [`ServingConfig::min_event_time`] as a timestamp (validated when the config loads).
+    pub fn min_event_time(&self) -> Option<larder_core::Timestamp> {
+        larder_core::Timestamp::parse(&self.min_event_time)
     }
 }
 
@@ -647,10 +677,41 @@ impl RepoConfig {
                 message: "must be at least 1".to_string(),
             });
         }
-        if self.serving.max_concurrent_requests == 0 {
+        for (key, value) in [
+            (
+                "max_concurrent_requests",
+                self.serving.max_concurrent_requests,
+            ),
+            (
+                "max_concurrent_historical_requests",
+                self.serving.max_concurrent_historical_requests,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(ConfigProblem {
+                    keys: vec!["serving", key],
+                    message: "must be at least 1".to_string(),
+                });
+            }
+        }
+        for (key, value) in [
+            ("read_header_timeout", self.serving.read_header_timeout),
+            ("read_body_timeout", self.serving.read_body_timeout),
+        ] {
+            if value.as_seconds() == 0 {
+                problems.push(ConfigProblem {
+                    keys: vec!["serving", key],
+                    message: "must be at least 1s".to_string(),
+                });
+            }
+        }
+        if self.serving.min_event_time().is_none() {
             problems.push(ConfigProblem {
-                keys: vec!["serving", "max_concurrent_requests"],
-                message: "must be at least 1".to_string(),
+                keys: vec!["serving", "min_event_time"],
+                message: format!(
+                    "'{}' is not a date (YYYY-MM-DD) or an RFC 3339 time",
+                    self.serving.min_event_time
+                ),
             });
         }
         problems
@@ -822,7 +883,8 @@ project: demo
 registry: /var/lib/larder/registry.json
 online_store: {type: memory}
 offline_store: {type: parquet, path: offline}
-serving: {host: 0.0.0.0, port: 8080, max_entities_per_request: 5, max_body_bytes: 1024}
+serving: {host: 0.0.0.0, port: 8080, max_entities_per_request: 5, max_body_bytes: 1024,
+          read_body_timeout: 2s, max_event_time_ahead: 1m, min_event_time: 2020-01-01}
 ";
         let config = RepoConfig::parse(text).expect("valid config");
         assert_eq!(config.online_store, OnlineStoreConfig::Memory);
@@ -835,7 +897,15 @@ serving: {host: 0.0.0.0, port: 8080, max_entities_per_request: 5, max_body_bytes
                 max_body_bytes: 1024,
                 max_concurrent_requests: 256,
                 grpc_port: Some(6567),
+                read_body_timeout: larder_core::TtlDuration::from_seconds(2),
+                max_event_time_ahead: larder_core::TtlDuration::from_seconds(60),
+                min_event_time: "2020-01-01".into(),
+                ..ServingConfig::default()
             }
+        );
+        assert_eq!(
+            config.serving.min_event_time(),
+            larder_core::Timestamp::parse("2020-01-01T00:00:00Z")
         );
         let root = Path::new("/repo");
         assert_eq!(

@@ -9,6 +9,8 @@ pub enum ErrorKind {
     NotFound,
     /// The request is larger than the configured limits (HTTP 413).
     PayloadTooLarge,
+    /// The client did not send its request in time (HTTP 408).
+    RequestTimeout,
     /// The request conflicts with work in progress, e.g. a materialization of the same view
     /// (HTTP 409).
     Conflict,
@@ -27,6 +29,7 @@ impl ErrorKind {
             Self::InvalidArgument => "INVALID_ARGUMENT",
             Self::NotFound => "NOT_FOUND",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::Conflict => "CONFLICT",
             Self::Unavailable => "UNAVAILABLE",
             Self::Overloaded => "RESOURCE_EXHAUSTED",

@@ -225,6 +225,10 @@ pub fn encode_response(result: &OnlineFeaturesResult) -> EncodedOnlineFeaturesRe
     EncodedOnlineFeaturesResponse { encoded: out }
 }
 
+/// The metadata key that marks a status as Larder's own answer (its value is Larder's error
+/// code); a status without it was produced by the transport while decoding the request.
+pub const LARDER_CODE_METADATA: &str = "larder-code";
+
 /// The gRPC status for a serving error: the one place that maps error kinds to gRPC.
 pub fn status_of(error: ServingError) -> Status {
     let code = match error.kind {
@@ -232,11 +236,35 @@ pub fn status_of(error: ServingError) -> Status {
         ErrorKind::NotFound => Code::NotFound,
         ErrorKind::PayloadTooLarge => Code::OutOfRange,
         ErrorKind::Conflict => Code::Aborted,
+        ErrorKind::RequestTimeout => Code::DeadlineExceeded,
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::Overloaded => Code::ResourceExhausted,
         ErrorKind::Internal => Code::Internal,
     };
-    Status::new(code, error.message)
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert(
+        LARDER_CODE_METADATA,
+        tonic::metadata::MetadataValue::from_static(error.kind.code()),
+    );
+    Status::with_metadata(code, error.message, metadata)
+}
+
+/// Turns tonic's `INTERNAL` answers to requests it could not decode (garbage bytes, a cut
+/// length prefix, invalid UTF-8) into `INVALID_ARGUMENT`: they are the client's fault. Every
+/// status that Larder's handlers answer carries [`LARDER_CODE_METADATA`] and is kept.
+fn decoding_errors_are_invalid_arguments(
+    mut response: axum::http::Response<tonic::body::Body>,
+) -> axum::http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let internal = headers
+        .get("grpc-status")
+        .is_some_and(|status| status.as_bytes() == b"13");
+    if internal && !headers.contains_key(LARDER_CODE_METADATA) {
+        headers.insert("grpc-status", axum::http::HeaderValue::from_static("3"));
+        metrics::counter!("larder_grpc_requests_rejected_total", "reason" => "undecodable")
+            .increment(1);
+    }
+    response
 }
 
 /// The gRPC service over the feature services.
@@ -523,11 +551,18 @@ impl FeatureServing for GrpcFeatureServing {
                 Some(Kind::FeatureService(name)) => selection_from_proto(None, Some(name))?,
                 None => selection_from_proto(None, None)?,
             };
+            let entity_timestamp_column =
+                Some(request.entity_timestamp_column).filter(|column| !column.is_empty());
+            let entities = entities_from_arrow_ipc(
+                &request.entities_arrow_ipc,
+                entity_timestamp_column
+                    .as_deref()
+                    .unwrap_or(larder_offline::training::DEFAULT_ENTITY_TIMESTAMP_COLUMN),
+            )?;
             let query = HistoricalFeaturesQuery {
                 selection,
-                entities: entities_from_arrow_ipc(&request.entities_arrow_ipc)?,
-                entity_timestamp_column: Some(request.entity_timestamp_column)
-                    .filter(|column| !column.is_empty()),
+                entities,
+                entity_timestamp_column,
                 full_feature_names: request.full_feature_names,
             };
             let batches = training.historical_features(query).await?;
@@ -551,6 +586,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            decoding_errors_are_invalid_arguments
+                as fn(
+                    axum::http::Response<tonic::body::Body>,
+                ) -> axum::http::Response<tonic::body::Body>,
+        ))
         .add_service(GrpcFeatureServing::service(services))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY a small response waits for the client's delayed ACK

@@ -27,7 +27,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use tokio::sync::Semaphore;
 
 use crate::Services;
@@ -47,6 +46,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         ErrorKind::Unavailable | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -70,6 +70,12 @@ impl IntoResponse for ServingError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.kind == ErrorKind::RequestTimeout {
+            // What is left of the body would be read as the next request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -116,6 +122,10 @@ pub fn router(services: Services) -> Router {
         .route("/metrics", get(render_metrics))
         .route("/get-historical-features", post(get_historical_features))
         .route("/materialize", post(materialize))
+        .route(
+            "/repair-future-event-times",
+            post(repair_future_event_times),
+        )
         .route("/materialize-incremental", post(materialize_incremental))
         .fallback(not_found)
         .layer(middleware::from_fn(record_request_metrics))
@@ -192,19 +202,40 @@ async fn render_metrics() -> Response {
     }
 }
 
-/// Reads a whole body up to `limit` bytes, answering 413 beyond it.
-async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ServingError> {
-    to_bytes(body, limit).await.map_err(|_| {
-        ServingError::new(ErrorKind::PayloadTooLarge, format!("the request body is larger than the limit of {limit} bytes (serving.max_body_bytes)"))
-    })
+/// Reads a whole request body, before the request takes a concurrency slot (so a slow or
+/// stalled upload never holds one): 413 beyond `serving.max_body_bytes`, 408 when it takes
+/// longer than `serving.read_body_timeout`.
+async fn read_body(state: &HttpState, body: Body) -> Result<axum::body::Bytes, ServingError> {
+    let limits = state.server().limits();
+    let limit = limits.max_body_bytes;
+    match tokio::time::timeout(limits.read_body_timeout, to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ServingError::new(
+            ErrorKind::PayloadTooLarge,
+            format!(
+                "the request body is larger than the limit of {limit} bytes (serving.max_body_bytes), or it ended early"
+            ),
+        )),
+        Err(_) => {
+            metrics::counter!("larder_http_requests_rejected_total", "reason" => "body_timeout")
+                .increment(1);
+            Err(ServingError::new(
+                ErrorKind::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {}s (serving.read_body_timeout)",
+                    limits.read_body_timeout.as_secs()
+                ),
+            ))
+        }
+    }
 }
 
 async fn get_online_features(
     State(state): State<HttpState>,
     request: Request,
 ) -> Result<Response, ServingError> {
+    let bytes = read_body(&state, request.into_body()).await?;
     let _permit = state.admit()?;
-    let bytes = read_body(request.into_body(), state.server().limits().max_body_bytes).await?;
     let parsed = parse_online_features_request(&bytes)?;
     let result = state.server().get_online_features(parsed).await?;
     for (view, rows) in result.rows_read_per_view() {
@@ -229,8 +260,8 @@ async fn direct_write(
     parse: fn(&[u8]) -> Result<PushRequest, ServingError>,
 ) -> Result<Response, ServingError> {
     let push_service = state.services.push_service()?;
+    let bytes = read_body(state, request.into_body()).await?;
     let _permit = state.admit()?;
-    let bytes = read_body(request.into_body(), state.server().limits().max_body_bytes).await?;
     let pushed = push_service.push(parse(&bytes)?).await?;
     Ok(axum::Json(serde_json::json!({ "status": "ok", "feature_views": pushed })).into_response())
 }
@@ -241,7 +272,7 @@ async fn get_historical_features(
     request: Request,
 ) -> Result<Response, ServingError> {
     let training = state.services.training_service()?;
-    let bytes = read_body(request.into_body(), state.server().limits().max_body_bytes).await?;
+    let bytes = read_body(&state, request.into_body()).await?;
     let query = parse_historical_features_request(&bytes)?;
     let batches = training.historical_features(query).await?;
     Ok((
@@ -262,7 +293,7 @@ async fn run_materialize(
 ) -> Result<Response, ServingError> {
     let materializer = state.services.materializer()?;
     let run_async = wants_async(request.uri().query());
-    let bytes = read_body(request.into_body(), state.server().limits().max_body_bytes).await?;
+    let bytes = read_body(state, request.into_body()).await?;
     let call = parse(&bytes, &state.server().registry().snapshot())?;
     let (accepted, body) = crate::materialize::run(materializer, call, run_async).await?;
     let status = if accepted {
@@ -287,6 +318,21 @@ async fn materialize_incremental(
     run_materialize(&state, request, parse_materialize_incremental).await
 }
 
+/// `POST /repair-future-event-times`: deletes online rows whose event time is beyond the
+/// direct writes' bounds (see [`crate::push::PushService::repair_future_event_times`]).
+async fn repair_future_event_times(
+    State(state): State<HttpState>,
+    request: Request,
+) -> Result<Response, ServingError> {
+    let push_service = state.services.push_service()?;
+    let bytes = read_body(&state, request.into_body()).await?;
+    let _permit = state.admit()?;
+    let repaired = push_service
+        .repair_future_event_times(crate::push::parse_repair(&bytes)?)
+        .await?;
+    Ok(axum::Json(serde_json::json!({ "status": "ok", "deleted": repaired })).into_response())
+}
+
 async fn push_rows(
     State(state): State<HttpState>,
     request: Request,
@@ -301,20 +347,63 @@ async fn write_to_online_store(
     direct_write(&state, request, parse_write_to_online_store).await
 }
 
-/// Serves the router on a bound listener until `shutdown` completes.
+/// How long a graceful shutdown waits for requests in flight before closing connections.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves the router on a bound listener until `shutdown` completes, then lets requests in
+/// flight finish (for up to 10 s).
+///
+/// Connections are HTTP/1.1 with keep-alive. A client must send each request's headers
+/// within `serving.read_header_timeout`, which also bounds how long a kept-alive connection
+/// may stay idle; the body is read under `serving.read_body_timeout` by the handlers.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     services: Services,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Responses are written whole; Nagle's algorithm would only hold them back
-    // waiting for the client's delayed ACK.
-    let listener = listener.tap_io(|stream| {
+    let read_header_timeout = services.features.limits().read_header_timeout;
+    let app = router(services);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors, say: wait for connections to close.
+                tracing::warn!(%error, "cannot accept a connection");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Responses are written whole; Nagle's algorithm would only hold them back
+        // waiting for the client's delayed ACK.
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
-    });
-    axum::serve(listener, router(services))
-        .with_graceful_shutdown(shutdown)
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(read_header_timeout)
+            .keep_alive(true);
+        let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
+        .is_err()
+    {
+        tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; closing them");
+    }
+    Ok(())
 }

@@ -58,12 +58,147 @@ impl PushColumn {
         }
     }
 
-    /// The value of `row` as `value_type`; `row` is below [`PushColumn::len`].
+    /// The value of `row` as `value_type`, its floats finite; `row` is below
+    /// [`PushColumn::len`].
     fn value(&self, row: usize, value_type: &ValueType) -> Result<Value, CoreError> {
         match self {
             Self::Json(values) => Value::from_json(&values[row], value_type),
             Self::Typed(values) => values[row].clone().coerce_to(value_type),
+        }?
+        .ensure_finite()
+    }
+
+    /// How `row` was sent as a number of some unit since the epoch, if it was: JSON numbers
+    /// are seconds, typed timestamps microseconds.
+    fn sent_as_number(&self, row: usize) -> Option<(i128, &'static str)> {
+        match self {
+            Self::Json(values) => values[row].as_i64().map(|n| (i128::from(n), "seconds")),
+            Self::Typed(values) => match &values[row] {
+                Value::Timestamp(timestamp) => {
+                    Some((i128::from(timestamp.as_micros()), "microseconds"))
+                }
+                _ => None,
+            },
         }
+    }
+}
+
+/// The event times a direct write may carry: not before `min`, not more than `max_ahead`
+/// ahead of the server's clock. A value outside would be a unit mistake (milliseconds sent
+/// as seconds lands in the year 57890) that, by the event-time order of the write path,
+/// would win over every later write of the entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTimeBounds {
+    /// The earliest event time accepted.
+    pub min: Timestamp,
+    /// How far ahead of the server's clock an event time may be.
+    pub max_ahead: std::time::Duration,
+}
+
+impl Default for EventTimeBounds {
+    fn default() -> Self {
+        Self {
+            min: Timestamp(946_684_800_000_000), // 2000-01-01T00:00:00Z
+            max_ahead: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+impl EventTimeBounds {
+    /// The latest event time accepted at `now`.
+    pub fn max_at(&self, now: Timestamp) -> Timestamp {
+        let ahead = i64::try_from(self.max_ahead.as_micros()).unwrap_or(i64::MAX);
+        Timestamp(now.as_micros().saturating_add(ahead))
+    }
+
+    /// Why `event_time` is refused at `now`, if it is; `sent` is the number the client
+    /// sent and its unit, to suggest the unit it probably meant.
+    fn problem(
+        &self,
+        event_time: Timestamp,
+        now: Timestamp,
+        sent: Option<(i128, &'static str)>,
+    ) -> Option<String> {
+        let max = self.max_at(now);
+        let problem = if event_time > max {
+            format!(
+                "event time {} is {} ahead of this server's clock (the limit is {}s: \
+                 serving.max_event_time_ahead)",
+                describe_time(event_time),
+                describe_span(event_time.as_micros() as i128 - now.as_micros() as i128),
+                self.max_ahead.as_secs()
+            )
+        } else if event_time < self.min {
+            format!(
+                "event time {} is before {} (serving.min_event_time)",
+                describe_time(event_time),
+                self.min
+            )
+        } else {
+            return None;
+        };
+        let hint = sent.and_then(|(number, unit)| self.unit_hint(number, unit, now));
+        Some(match hint {
+            Some(hint) => format!("{problem}; {hint}"),
+            None => problem,
+        })
+    }
+
+    /// "1764676800000 looks like milliseconds" when reading `number` in another unit gives
+    /// an accepted time.
+    fn unit_hint(&self, number: i128, sent_unit: &str, now: Timestamp) -> Option<String> {
+        const UNITS: [(&str, i128); 4] = [
+            ("seconds", 1_000_000),
+            ("milliseconds", 1_000),
+            ("microseconds", 1),
+            ("nanoseconds", 0),
+        ];
+        let micros_of = |unit_micros: i128| match unit_micros {
+            0 => number / 1_000,
+            scale => number.saturating_mul(scale),
+        };
+        let (min, max) = (
+            self.min.as_micros() as i128,
+            self.max_at(now).as_micros() as i128,
+        );
+        UNITS
+            .iter()
+            .filter(|(unit, _)| *unit != sent_unit)
+            .find(|(_, scale)| (min..=max).contains(&micros_of(*scale)))
+            .map(|(unit, scale)| {
+                let as_time = Timestamp(micros_of(*scale) as i64);
+                let accepted = match sent_unit {
+                    "seconds" => "send seconds since the epoch, or RFC 3339 text",
+                    _ => "send the time in microseconds",
+                };
+                format!("{number} looks like {unit} since the epoch ({as_time}): {accepted}")
+            })
+    }
+}
+
+/// A time as RFC 3339 when it has a four-digit year, else by its year.
+fn describe_time(time: Timestamp) -> String {
+    let year = 1970 + time.as_micros().div_euclid(31_556_952_000_000);
+    if (1..=9999).contains(&year) {
+        time.to_rfc3339()
+    } else {
+        format!("in the year {year}")
+    }
+}
+
+/// A span of microseconds in the largest sensible unit.
+fn describe_span(micros: i128) -> String {
+    let seconds = micros / 1_000_000;
+    if seconds < 120 {
+        format!("{seconds}s")
+    } else if seconds < 7_200 {
+        format!("{} min", seconds / 60)
+    } else if seconds < 172_800 {
+        format!("{} h", seconds / 3_600)
+    } else if seconds < 63_072_000 {
+        format!("{} days", seconds / 86_400)
+    } else {
+        format!("{} years", seconds / 31_556_952)
     }
 }
 
@@ -171,6 +306,7 @@ pub struct PushService {
     write_path: Arc<WritePath>,
     offline_store: Option<Arc<dyn OfflineStore>>,
     max_rows: usize,
+    event_time_bounds: EventTimeBounds,
 }
 
 impl PushService {
@@ -181,7 +317,14 @@ impl PushService {
             write_path,
             offline_store: None,
             max_rows,
+            event_time_bounds: EventTimeBounds::default(),
         }
+    }
+
+    /// Refuses event times outside `bounds` (default: 2000-01-01 to 5 minutes ahead).
+    pub fn with_event_time_bounds(mut self, bounds: EventTimeBounds) -> Self {
+        self.event_time_bounds = bounds;
+        self
     }
 
     /// The write path it writes through (shared with the stream consumers).
@@ -280,7 +423,13 @@ impl PushService {
                     view.name, view.source
                 )));
             }
-            let rows = rows_for_view(view, &request.columns, row_count, views.len() == 1)?;
+            let rows = rows_for_view(
+                view,
+                &request.columns,
+                row_count,
+                views.len() == 1,
+                &self.event_time_bounds,
+            )?;
             let offline_batch = match to_offline {
                 true => Some(
                     ViewBatch::from_rows(
@@ -349,6 +498,128 @@ impl PushService {
     }
 }
 
+/// `POST /repair-future-event-times`: which entities of which view to repair.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonRepairRequest {
+    feature_view_name: String,
+    entities: HashMap<String, Vec<serde_json::Value>>,
+}
+
+/// A repair of online rows whose event time is beyond [`EventTimeBounds`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepairRequest {
+    /// The view.
+    pub feature_view: String,
+    /// Join key columns, one value per entity.
+    pub entities: HashMap<String, PushColumn>,
+}
+
+/// Parses the JSON body of `POST /repair-future-event-times`:
+/// `{"feature_view_name": "relevance", "entities": {"user_id": [1, 2]}}`.
+pub fn parse_repair(bytes: &[u8]) -> Result<RepairRequest, ServingError> {
+    let body: JsonRepairRequest = parse(bytes)?;
+    Ok(RepairRequest {
+        feature_view: body.feature_view_name,
+        entities: json_columns(body.entities),
+    })
+}
+
+/// One online row a repair deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RepairedRow {
+    /// The entity's join key values, in the view's join key order.
+    pub entity: Vec<serde_json::Value>,
+    /// The event time the deleted row carried.
+    pub event_timestamp: String,
+}
+
+impl PushService {
+    /// Deletes the online rows of the given entities whose event time is further ahead than
+    /// the bounds allow (rows written before the bounds existed, which no later write could
+    /// replace, since an older event time never overwrites a newer one). Rows within the
+    /// bounds are kept. Returns the deleted rows; the next write of each entity lands.
+    pub async fn repair_future_event_times(
+        &self,
+        request: RepairRequest,
+    ) -> Result<Vec<RepairedRow>, ServingError> {
+        let registry = self.registry.snapshot();
+        let view = registry
+            .feature_views
+            .get(&request.feature_view)
+            .ok_or_else(|| {
+                ServingError::from(larder_registry::ResolveError::UnknownFeatureView(
+                    request.feature_view.clone(),
+                ))
+            })?;
+        let row_count = column_length(&request.entities)?;
+        if row_count > self.max_rows {
+            return Err(ServingError::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "the request has {row_count} entities; the limit is {}",
+                    self.max_rows
+                ),
+            ));
+        }
+        if let Some(name) = request
+            .entities
+            .keys()
+            .find(|name| !view.join_keys.iter().any(|key| key.name == **name))
+        {
+            return Err(ServingError::invalid(format!(
+                "'{name}' is not a join key of feature view '{}'",
+                view.name
+            )));
+        }
+        let mut keys = Vec::with_capacity(row_count);
+        let mut shown = Vec::with_capacity(row_count);
+        for row in 0..row_count {
+            let mut values = Vec::with_capacity(view.join_keys.len());
+            for key in &view.join_keys {
+                let column = request.entities.get(&key.name).ok_or_else(|| {
+                    ServingError::invalid(format!("missing entity column '{}'", key.name))
+                })?;
+                let value = column.value(row, &key.dtype).map_err(|error| {
+                    ServingError::invalid(format!("entity {row}, column '{}': {error}", key.name))
+                })?;
+                values.push(value);
+            }
+            shown.push(
+                values
+                    .iter()
+                    .map(|value| serde_json::to_value(value).unwrap_or_default())
+                    .collect::<Vec<_>>(),
+            );
+            keys.push(
+                EntityKey::from_values(&values)
+                    .map_err(|error| ServingError::invalid(format!("entity {row}: {error}")))?,
+            );
+        }
+        let store = self.write_path.store();
+        let table = view.id();
+        let ceiling = self.event_time_bounds.max_at(Timestamp::now());
+        let rows = store.read_rows(&table, &keys).await?;
+        let mut doomed = Vec::new();
+        let mut repaired = Vec::new();
+        for ((key, entity), row) in keys.into_iter().zip(shown).zip(rows) {
+            if let Some(row) = row.filter(|row| row.event_timestamp > ceiling) {
+                repaired.push(RepairedRow {
+                    entity,
+                    event_timestamp: describe_time(row.event_timestamp),
+                });
+                doomed.push(key);
+            }
+        }
+        if !doomed.is_empty() {
+            store.delete_rows(&table, &doomed).await?;
+            metrics::counter!("larder_online_rows_repaired_total", "feature_view" => view.name.clone())
+                .increment(doomed.len() as u64);
+        }
+        Ok(repaired)
+    }
+}
+
 /// A validated pushed row: the online row and the join key values it was keyed by.
 struct PushedRow {
     key_values: Vec<Value>,
@@ -379,7 +650,9 @@ fn rows_for_view(
     columns: &HashMap<String, PushColumn>,
     row_count: usize,
     exact: bool,
+    event_time_bounds: &EventTimeBounds,
 ) -> Result<Vec<PushedRow>, ServingError> {
+    let now = Timestamp::now();
     let column = |name: &str| {
         columns.get(name).ok_or_else(|| {
             ServingError::invalid(format!(
@@ -467,6 +740,11 @@ fn rows_for_view(
                 ));
             }
         };
+        if let Some(problem) =
+            event_time_bounds.problem(event_timestamp, now, timestamps.sent_as_number(row))
+        {
+            return Err(invalid(&view.timestamp_field, problem));
+        }
         let mut values = Vec::with_capacity(view.features.len());
         for (feature, feature_values) in view.features.iter().zip(&feature_columns) {
             values.push(

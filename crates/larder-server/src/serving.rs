@@ -26,6 +26,13 @@ pub struct ServingLimits {
     pub max_body_bytes: usize,
     /// Most requests served at once; more are answered 503 with Retry-After.
     pub max_concurrent_requests: usize,
+    /// Most training-set requests served at once; more are answered 503 with Retry-After.
+    pub max_concurrent_historical_requests: usize,
+    /// How long a client may take to send a request's headers (and how long a kept-alive
+    /// connection may stay idle) before the connection is closed.
+    pub read_header_timeout: std::time::Duration,
+    /// How long a client may take to send a request's body before it is answered 408.
+    pub read_body_timeout: std::time::Duration,
 }
 
 impl Default for ServingLimits {
@@ -34,6 +41,9 @@ impl Default for ServingLimits {
             max_entities_per_request: 10_000,
             max_body_bytes: 8 * 1024 * 1024,
             max_concurrent_requests: 256,
+            max_concurrent_historical_requests: 2,
+            read_header_timeout: std::time::Duration::from_secs(10),
+            read_body_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -16,8 +16,9 @@
 
 use std::sync::Arc;
 
+use arrow::array::Array;
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{Field, Schema};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::ipc::writer::StreamWriter;
 use futures::StreamExt;
 use larder_core::FeatureRef;
@@ -28,6 +29,7 @@ use larder_offline::training::{
 };
 use larder_registry::Registry;
 use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{ErrorKind, ServingError};
 use crate::registry_handle::RegistryHandle;
@@ -54,20 +56,68 @@ pub struct HistoricalFeaturesQuery {
 pub struct TrainingService {
     registry: Arc<RegistryHandle>,
     store: ParquetOfflineStore,
+    admission: Arc<Semaphore>,
+}
+
+/// A training set being built: its batches in the entity table's row order, and the
+/// admission slot the request holds until the stream is dropped.
+pub struct TrainingSetStream {
+    /// The joined rows.
+    pub batches: SendableBatches,
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+impl TrainingSetStream {
+    /// A stream that holds no admission slot (for tests and in-process callers).
+    pub fn without_slot(batches: SendableBatches) -> Self {
+        Self {
+            batches,
+            slot: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for TrainingSetStream {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("TrainingSetStream")
+            .field("holds_slot", &self.slot.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl TrainingService {
-    /// A service reading `store`'s history for the views of `registry`.
-    pub fn new(registry: Arc<RegistryHandle>, store: ParquetOfflineStore) -> Self {
-        Self { registry, store }
+    /// A service reading `store`'s history for the views of `registry`, serving at most
+    /// `max_concurrent` requests at once (more are refused with
+    /// [`ErrorKind::Overloaded`]: each may hold 256 MiB of sort memory).
+    pub fn new(
+        registry: Arc<RegistryHandle>,
+        store: ParquetOfflineStore,
+        max_concurrent: usize,
+    ) -> Self {
+        Self {
+            registry,
+            store,
+            admission: Arc::new(Semaphore::new(max_concurrent.max(1))),
+        }
     }
 
-    /// Starts a training set: resolves the features, checks the entity table and returns
-    /// the joined rows as a stream of batches in the entity table's row order.
+    /// Starts a training set: takes an admission slot, resolves the features, checks the
+    /// entity table and returns the joined rows as a stream of batches in the entity table's
+    /// row order.
     pub async fn historical_features(
         &self,
         query: HistoricalFeaturesQuery,
-    ) -> Result<SendableBatches, ServingError> {
+    ) -> Result<TrainingSetStream, ServingError> {
+        let slot = Arc::clone(&self.admission).try_acquire_owned().map_err(|_| {
+            metrics::counter!("larder_historical_requests_rejected_total", "reason" => "overloaded")
+                .increment(1);
+            ServingError::new(
+                ErrorKind::Overloaded,
+                "the server is building as many training sets as it may at once \
+                 (serving.max_concurrent_historical_requests); retry shortly",
+            )
+        })?;
         let registry = self.registry.snapshot();
         let references = match &query.selection {
             FeatureSelection::Service(service) => registry.resolve_feature_service(service)?,
@@ -86,14 +136,19 @@ impl TrainingService {
         };
         let session = training_session(REQUEST_MEMORY_BYTES)
             .map_err(|error| ServingError::new(ErrorKind::Internal, error.to_string()))?;
-        build_training_set(&session, &request)
-            .await
-            .map_err(|error| match error {
-                larder_offline::OfflineError::InvalidRequest(message) => {
-                    ServingError::invalid(message)
-                }
-                other => ServingError::new(ErrorKind::Internal, other.to_string()),
-            })
+        let batches =
+            build_training_set(&session, &request)
+                .await
+                .map_err(|error| match error {
+                    larder_offline::OfflineError::InvalidRequest(message) => {
+                        ServingError::invalid(message)
+                    }
+                    other => ServingError::new(ErrorKind::Internal, other.to_string()),
+                })?;
+        Ok(TrainingSetStream {
+            batches,
+            slot: Some(slot),
+        })
     }
 }
 
@@ -192,6 +247,7 @@ fn json_column(name: &str, values: &[serde_json::Value]) -> Result<ArrayRef, Ser
 
 fn entity_table(
     columns: &serde_json::Map<String, serde_json::Value>,
+    timestamp_column: &str,
 ) -> Result<MemoryRows, ServingError> {
     let mut fields = Vec::new();
     let mut arrays = Vec::new();
@@ -215,20 +271,70 @@ fn entity_table(
     let schema = Arc::new(Schema::new(fields));
     let batch = RecordBatch::try_new(Arc::clone(&schema), arrays)
         .map_err(|error| ServingError::invalid(format!("entity table: {error}")))?;
-    Ok(MemoryRows::new(schema, vec![batch]))
+    entity_rows(schema, vec![batch], timestamp_column)
 }
 
-/// Encodes a stream of batches as one Arrow IPC stream, one chunk of bytes per batch.
+/// The entity table as rows, its timestamp column checked and converted first when it is
+/// text: a value that is not a time is refused naming its column and row, before any
+/// response starts (a training set is streamed, so a later error could only cut it short).
+fn entity_rows(
+    schema: arrow::datatypes::SchemaRef,
+    batches: Vec<RecordBatch>,
+    timestamp_column: &str,
+) -> Result<MemoryRows, ServingError> {
+    let Ok(index) = schema.index_of(timestamp_column) else {
+        // The training set names the missing column, before any row is read.
+        return Ok(MemoryRows::new(schema, batches));
+    };
+    if !matches!(
+        schema.field(index).data_type(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    ) {
+        return Ok(MemoryRows::new(schema, batches));
+    }
+    let utc_micros = DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from("UTC")));
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields[index] = Field::new(timestamp_column, utc_micros.clone(), true);
+    let converted_schema = Arc::new(Schema::new(fields));
+    let mut first_row = 0;
+    let mut converted = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let text = batch.column(index);
+        // A value that does not parse becomes null; a null that was not null is the error.
+        let times = arrow::compute::cast(text, &utc_micros).map_err(|error| {
+            ServingError::invalid(format!("entity column '{timestamp_column}': {error}"))
+        })?;
+        if let Some(row) = (0..text.len()).find(|&row| text.is_valid(row) && times.is_null(row)) {
+            let value = arrow::util::display::array_value_to_string(text, row).unwrap_or_default();
+            return Err(ServingError::invalid(format!(
+                "entity column '{timestamp_column}', row {}: '{value}' is not a time \
+                 (RFC 3339, YYYY-MM-DD or YYYY-MM-DD HH:MM:SS; naive times are UTC)",
+                first_row + row
+            )));
+        }
+        first_row += batch.num_rows();
+        let mut columns = batch.columns().to_vec();
+        columns[index] = times;
+        converted.push(
+            RecordBatch::try_new(Arc::clone(&converted_schema), columns)
+                .map_err(|error| ServingError::invalid(format!("entity table: {error}")))?,
+        );
+    }
+    Ok(MemoryRows::new(converted_schema, converted))
+}
+
+/// Encodes a training set as one Arrow IPC stream, one chunk of bytes per batch; the
+/// request's admission slot is released when the stream ends or is dropped.
 pub fn ipc_stream(
-    batches: SendableBatches,
+    training_set: TrainingSetStream,
 ) -> Result<impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>>, ServingError> {
-    let schema = batches.schema();
+    let schema = training_set.batches.schema();
     let mut writer = StreamWriter::try_new(Vec::new(), &schema)
         .map_err(|error| ServingError::new(ErrorKind::Internal, error.to_string()))?;
     let header_bytes = std::mem::take(writer.get_mut());
-    let chunks = futures::stream::unfold(Some((batches, writer)), |state| async move {
-        let (mut batches, mut writer) = state?;
-        let next = batches.next();
+    let chunks = futures::stream::unfold(Some((training_set, writer)), |state| async move {
+        let (mut training_set, mut writer) = state?;
+        let next = training_set.batches.next();
         let io_error = |error: String| std::io::Error::other(error);
         match next.await {
             Some(Ok(batch)) => {
@@ -236,7 +342,7 @@ pub fn ipc_stream(
                     .write(&batch)
                     .map(|()| std::mem::take(writer.get_mut()))
                     .map_err(|error| io_error(error.to_string()));
-                Some((chunk, Some((batches, writer))))
+                Some((chunk, Some((training_set, writer))))
             }
             Some(Err(error)) => Some((Err(io_error(error.to_string())), None)),
             None => {
@@ -261,26 +367,124 @@ pub fn parse_historical_features_request(
         Some(service) => FeatureSelection::Service(service),
         None => FeatureSelection::Features(parsed.features),
     };
+    let timestamp_column = parsed
+        .entity_timestamp_column
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ENTITY_TIMESTAMP_COLUMN.to_string());
     Ok(HistoricalFeaturesQuery {
         selection,
-        entities: entity_table(&parsed.entities)?,
+        entities: entity_table(&parsed.entities, &timestamp_column)?,
         entity_timestamp_column: parsed.entity_timestamp_column,
         full_feature_names: parsed.full_feature_names,
     })
 }
 
 /// Reads an entity table sent as an Arrow IPC stream.
-pub fn entities_from_arrow_ipc(bytes: &[u8]) -> Result<MemoryRows, ServingError> {
-    let invalid = |error: arrow::error::ArrowError| {
+///
+/// The stream's framing is checked before anything is decoded: every length it declares
+/// (message metadata, message body, buffers, row counts) must fit in the bytes that were sent,
+/// so a few garbage bytes can never make the server allocate gigabytes.
+pub fn entities_from_arrow_ipc(
+    bytes: &[u8],
+    timestamp_column: &str,
+) -> Result<MemoryRows, ServingError> {
+    let invalid = |error: String| {
         ServingError::invalid(format!(
             "the entity table is not a readable Arrow IPC stream: {error}"
         ))
     };
+    check_ipc_framing(bytes).map_err(invalid)?;
     let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
-        .map_err(invalid)?;
+        .map_err(|error| invalid(error.to_string()))?;
     let schema = reader.schema();
-    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(invalid)?;
-    Ok(MemoryRows::new(schema, batches))
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| invalid(error.to_string()))?;
+    entity_rows(schema, batches, timestamp_column)
+}
+
+/// Walks the messages of an Arrow IPC stream and checks that every declared length fits in
+/// `bytes`: each message's metadata and body, each record batch's buffers, and row counts
+/// (no column holds more rows than 8 per byte of its message body).
+fn check_ipc_framing(bytes: &[u8]) -> Result<(), String> {
+    let read_i32 = |offset: usize| -> Option<i32> {
+        let word = bytes.get(offset..offset + 4)?;
+        Some(i32::from_le_bytes([word[0], word[1], word[2], word[3]]))
+    };
+    let mut offset = 0;
+    let mut messages = 0;
+    while offset < bytes.len() {
+        let mut length = read_i32(offset)
+            .ok_or_else(|| format!("{} stray bytes at offset {offset}", bytes.len() - offset))?;
+        offset += 4;
+        if length == -1 {
+            length = read_i32(offset)
+                .ok_or_else(|| format!("the message length at offset {offset} is cut short"))?;
+            offset += 4;
+        }
+        if length == 0 {
+            return Ok(());
+        }
+        let remaining = bytes.len() - offset;
+        let metadata_length = usize::try_from(length)
+            .ok()
+            .filter(|length| *length <= remaining)
+            .ok_or_else(|| {
+                format!("message {messages} declares {length} bytes of metadata, but {remaining} bytes follow")
+            })?;
+        let message = arrow::ipc::root_as_message(&bytes[offset..offset + metadata_length])
+            .map_err(|error| format!("message {messages} is not an Arrow IPC message: {error}"))?;
+        offset += metadata_length;
+        let remaining = bytes.len() - offset;
+        let body_length = usize::try_from(message.bodyLength())
+            .ok()
+            .filter(|length| *length <= remaining)
+            .ok_or_else(|| {
+                format!(
+                    "message {messages} declares a body of {} bytes, but {remaining} bytes follow",
+                    message.bodyLength()
+                )
+            })?;
+        let batch = message.header_as_record_batch().or_else(|| {
+            message
+                .header_as_dictionary_batch()
+                .and_then(|dictionary| dictionary.data())
+        });
+        if let Some(batch) = batch {
+            let most_rows = i64::try_from(body_length.saturating_mul(8)).unwrap_or(i64::MAX);
+            let node_lengths = batch
+                .nodes()
+                .into_iter()
+                .flatten()
+                .map(|node| node.length());
+            if let Some(rows) = std::iter::once(batch.length())
+                .chain(node_lengths)
+                .find(|rows| !(0..=most_rows.max(64)).contains(rows))
+            {
+                return Err(format!(
+                    "message {messages} declares {rows} rows in a body of {body_length} bytes"
+                ));
+            }
+            for buffer in batch.buffers().into_iter().flatten() {
+                let fits = buffer.offset() >= 0
+                    && buffer.length() >= 0
+                    && buffer
+                        .offset()
+                        .checked_add(buffer.length())
+                        .is_some_and(|end| end <= body_length as i64);
+                if !fits {
+                    return Err(format!(
+                        "message {messages} declares a buffer of {} bytes at {}, outside its {body_length}-byte body",
+                        buffer.length(),
+                        buffer.offset()
+                    ));
+                }
+            }
+        }
+        offset += body_length;
+        messages += 1;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -300,7 +504,7 @@ mod tests {
         let batches = larder_offline::training::RowSource::open(&rows, &["x".to_string()])
             .await
             .unwrap_or_else(|error| panic!("{error}"));
-        let chunks: Vec<Vec<u8>> = ipc_stream(batches)
+        let chunks: Vec<Vec<u8>> = ipc_stream(TrainingSetStream::without_slot(batches))
             .unwrap_or_else(|error| panic!("{error}"))
             .map(|chunk| chunk.unwrap_or_default())
             .collect()

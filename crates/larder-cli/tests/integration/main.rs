@@ -10,6 +10,7 @@ mod dynamodb_store;
 mod end_to_end;
 mod feast_client;
 mod grpc;
+mod hostile_input;
 mod push_grpc;
 mod redis_store;
 mod s3_sources;

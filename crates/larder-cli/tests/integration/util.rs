@@ -44,6 +44,21 @@ pub fn larder_ok(directory: &Path, arguments: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).to_string()
 }
 
+/// The peak resident memory of a process, in MiB (`VmHWM` of `/proc/PID/status`).
+pub fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"));
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|number| number.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
 /// A demo repo created by `larder init` in a temporary folder.
 pub struct DemoRepo {
     _temp: tempfile::TempDir,
@@ -65,6 +80,15 @@ impl DemoRepo {
         larder_ok(temp.path(), &arguments);
         let path = temp.path().join("demo");
         Self { _temp: temp, path }
+    }
+
+    /// Adds lines to the `serving:` section of `larder.yaml` (each indented by two spaces).
+    pub fn add_serving_settings(&self, settings: &str) {
+        let config_path = self.path.join("larder.yaml");
+        let text = std::fs::read_to_string(&config_path).unwrap();
+        assert!(text.contains("serving:\n"), "{text}");
+        let text = text.replace("serving:\n", &format!("serving:\n{settings}"));
+        std::fs::write(&config_path, text).unwrap();
     }
 
     /// Replaces the embedded online store in `larder.yaml` with `store_settings`: the
@@ -126,6 +150,16 @@ impl Server {
             base_url,
             grpc_url,
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's `host:port`.
+    pub fn address(&self) -> &str {
+        self.base_url.trim_start_matches("http://")
     }
 
     /// POSTs a raw body to `path`; returns status and parsed JSON body.
