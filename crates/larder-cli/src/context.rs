@@ -211,11 +211,13 @@ impl RepoContext {
         self.state_folder().join("stream-state.redb")
     }
 
-    /// The configured offline store.
-    pub fn offline_store(&self) -> larder_offline::ParquetOfflineStore {
+    /// The configured offline store: the one place that picks its backend.
+    pub fn offline_store(&self) -> larder_offline::SharedOfflineStore {
         match &self.config.offline_store {
             OfflineStoreConfig::Parquet { path } => {
-                larder_offline::ParquetOfflineStore::new(self.config.resolve_path(&self.root, path))
+                Arc::new(larder_offline::ParquetOfflineStore::new(
+                    self.config.resolve_path(&self.root, path),
+                ))
             }
         }
     }

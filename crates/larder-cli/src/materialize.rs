@@ -211,7 +211,7 @@ pub async fn run_with_stores(
 /// What every view's run of one `materialize` shares.
 struct ViewRun<'a> {
     engine: &'a TransformEngine,
-    offline_store: larder_offline::ParquetOfflineStore,
+    offline_store: larder_offline::SharedOfflineStore,
     write_path: WritePath,
     digests: &'a dyn larder_online::DigestStore,
     history: RunHistory,
@@ -258,7 +258,7 @@ impl ViewRun<'_> {
         let progress = Bar(bar.clone());
         let outcome = materialize_view(
             self.engine,
-            &self.offline_store,
+            self.offline_store.as_ref(),
             &self.write_path,
             self.digests,
             view,

@@ -83,7 +83,7 @@ pub async fn run_with_store(
         serving.max_entities_per_request,
     )
     .with_event_time_bounds(context.event_time_bounds())
-    .with_offline_store(Arc::new(offline_store.clone()));
+    .with_offline_store(Arc::clone(&offline_store));
     let services = Services {
         materialize: Some(materializer),
         training: Some(Arc::new(TrainingService::new(

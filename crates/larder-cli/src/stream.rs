@@ -107,7 +107,8 @@ pub async fn backfill(root: &Path, view_name: &str, events: Option<&Path>) -> Re
     };
     let (rows, report) =
         larder_stream::backfill::backfill_partitions(view, source, aggregations, &partitions)?;
-    let summary = larder_stream::backfill::write_offline(&context.offline_store(), view, &rows)?;
+    let summary =
+        larder_stream::backfill::write_offline(context.offline_store().as_ref(), view, &rows)?;
     println!(
         "Backfilled feature view '{view_name}' from {} partition(s): {} events applied, {} late (dropped), {} invalid; {} offline rows in {} files.",
         partitions.len(),

@@ -13,11 +13,11 @@ use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use larder_core::{FeatureRef, Timestamp};
+use larder_offline::OfflineStore;
 use larder_offline::training::{
     DEFAULT_ENTITY_TIMESTAMP_COLUMN, EntityFile, EntityFileFormat, TrainingSetRequest, ViewRequest,
     build_training_set, training_session,
 };
-use larder_offline::{OfflineStore, ParquetOfflineStore};
 use larder_registry::Registry;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -85,7 +85,7 @@ fn parse_time(text: &str, flag: &str) -> Result<Timestamp> {
 /// `[start, end)` to a Parquet file, ordered by time then keys: the entity table of the
 /// time-range mode.
 async fn time_range_entities(
-    store: &ParquetOfflineStore,
+    store: &dyn OfflineStore,
     views: &[ViewRequest],
     start: Timestamp,
     end: Timestamp,
@@ -180,14 +180,15 @@ pub async fn run(root: &Path, args: &TrainingSetArgs) -> Result<()> {
     let registry = context.applied_registry()?;
     let store = context.offline_store();
     let references = feature_references(&registry, args)?;
-    let views = larder_server::training::view_requests(&registry, &references, &store)?;
+    let views = larder_server::training::view_requests(&registry, &references, store.as_ref())?;
     let scratch = tempfile::tempdir().context("creating a temporary folder")?;
     let (entity_path, timestamp_column) = match (&args.entities, &args.start, &args.end) {
         (Some(path), _, _) => (path.clone(), args.timestamp_column.clone()),
         (None, Some(start), Some(end)) => {
             let start = parse_time(start, "--start")?;
             let end = parse_time(end, "--end")?;
-            let path = time_range_entities(&store, &views, start, end, scratch.path()).await?;
+            let path =
+                time_range_entities(store.as_ref(), &views, start, end, scratch.path()).await?;
             (path, DEFAULT_ENTITY_TIMESTAMP_COLUMN.to_string())
         }
         _ => bail!("give --entities FILE, or --start and --end for the time-range mode"),

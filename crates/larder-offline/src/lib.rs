@@ -4,15 +4,21 @@
 
 mod arrow_types;
 mod columns;
+pub mod conformance;
 mod engine;
 mod object_storage;
 mod parquet_store;
+mod store;
 pub mod training;
 
 pub use arrow_types::{arrow_type_of, value_type_of};
 pub use columns::{CanonicalColumn, ViewBatch};
 pub use engine::{TimeWindow, TransformEngine};
-pub use parquet_store::{OfflineStore, OfflineWriteSummary, OfflineWriter, ParquetOfflineStore};
+pub use parquet_store::ParquetOfflineStore;
+pub use store::{
+    OfflineDeleteSummary, OfflineRows, OfflineStore, OfflineWriteSummary, OfflineWriter,
+    SharedOfflineStore,
+};
 
 /// Errors of the offline side.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +38,14 @@ pub enum OfflineError {
     /// Output that does not fit the declared schema.
     #[error("{0}")]
     Schema(String),
+    /// Rows that changed while they were read (a write replaced them meanwhile): reading
+    /// again sees the new rows.
+    #[error("{0}")]
+    Changed(String),
+    /// An operation this backend does not offer (e.g. appending to a store that only
+    /// replaces).
+    #[error("{0}")]
+    Unsupported(String),
     /// A file that could not be read or written.
     #[error("{context}: {source}")]
     Io {

@@ -8,83 +8,23 @@ use std::sync::Arc;
 
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use larder_core::FeatureView;
-use parquet::arrow::ArrowWriter;
+use larder_core::{EntityKey, FeatureView};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
 use crate::OfflineError;
 use crate::columns::ViewBatch;
 use crate::engine::TimeWindow;
+use crate::store::{
+    OfflineDeleteSummary, OfflineRows, OfflineStore, OfflineWriteSummary, OfflineWriter,
+};
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
-
-/// What one offline write stored.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OfflineWriteSummary {
-    /// Rows written.
-    pub rows: u64,
-    /// Parquet files written.
-    pub files: u64,
-    /// Date partitions written.
-    pub partitions: u64,
-}
-
-/// Receives the rows of one materialization of one view version. Nothing is visible to
-/// readers until [`OfflineWriter::commit`]; dropping the writer abandons the write.
-pub trait OfflineWriter: Send {
-    /// Adds a batch of rows (in the view's canonical schema).
-    fn write(&mut self, batch: &ViewBatch) -> Result<(), OfflineError>;
-    /// Makes the written rows visible, replacing the view version's previous rows.
-    fn commit(self: Box<Self>) -> Result<OfflineWriteSummary, OfflineError>;
-}
-
-/// Where feature rows are kept for training and backfills.
-#[async_trait::async_trait]
-pub trait OfflineStore: Send + Sync + std::fmt::Debug {
-    /// Starts replacing the rows of a view version.
-    fn begin_write(&self, view: &FeatureView) -> Result<Box<dyn OfflineWriter>, OfflineError>;
-
-    /// Starts replacing the rows of a view version whose event time falls in `window`; rows
-    /// outside the window are kept. An unbounded window is [`OfflineStore::begin_write`].
-    fn begin_window_write(
-        &self,
-        view: &FeatureView,
-        window: TimeWindow,
-    ) -> Result<Box<dyn OfflineWriter>, OfflineError> {
-        if window.start.is_none() && window.end.is_none() {
-            return self.begin_write(view);
-        }
-        Err(OfflineError::Schema(format!(
-            "this offline store cannot replace an event-time window of feature view '{}'",
-            view.name
-        )))
-    }
-
-    /// Adds rows to a view version's history without replacing any: the direct-write lane's
-    /// offline copy. Readers see all of the rows or none of them.
-    fn append(
-        &self,
-        view: &FeatureView,
-        batch: &ViewBatch,
-    ) -> Result<OfflineWriteSummary, OfflineError> {
-        let _ = batch;
-        Err(OfflineError::Schema(format!(
-            "this offline store cannot append rows to feature view '{}'",
-            view.name
-        )))
-    }
-
-    /// Registers a view version's rows as a DataFusion table; returns `false` if the view has
-    /// never been materialized.
-    async fn register_view(
-        &self,
-        context: &SessionContext,
-        view: &FeatureView,
-        table_name: &str,
-    ) -> Result<bool, OfflineError>;
-}
 
 /// The offline store on local Parquet files: `{root}/{view}/v{version}/date=YYYY-MM-DD/*.parquet`.
 #[derive(Debug, Clone)]
@@ -99,7 +39,7 @@ impl ParquetOfflineStore {
     }
 
     /// The folder of a view version's rows.
-    pub fn view_path(&self, view: &FeatureView) -> PathBuf {
+    fn view_path(&self, view: &FeatureView) -> PathBuf {
         self.root
             .join(&view.name)
             .join(format!("v{}", view.version))
@@ -113,6 +53,72 @@ fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Offlin
 
 #[async_trait::async_trait]
 impl OfflineStore for ParquetOfflineStore {
+    fn backend_name(&self) -> &'static str {
+        "parquet"
+    }
+
+    fn rows(&self, view: &FeatureView) -> Result<Option<Arc<dyn OfflineRows>>, OfflineError> {
+        let folder = self.view_path(view);
+        if !folder.is_dir() {
+            return Ok(None);
+        }
+        let files = view_files(&folder)?
+            .into_iter()
+            .map(|path| {
+                let identity = std::fs::metadata(&path)
+                    .map(|metadata| FileIdentity::of(&metadata))
+                    .map_err(io_error(format!("reading {}", path.display())))?;
+                Ok((path, identity))
+            })
+            .collect::<Result<Vec<_>, OfflineError>>()?;
+        Ok(Some(Arc::new(ParquetFileRows {
+            view: view.name.clone(),
+            files,
+            schema: ViewBatch::schema_of(view),
+        })))
+    }
+
+    /// Reads the join keys of every file of the view version; a file that holds one of the
+    /// entities is rewritten without its rows (to a hidden temporary file, synced, then
+    /// renamed over the original, so readers see the old file or the new one) or removed
+    /// when nothing is left. Files without the entities are not touched.
+    fn delete_entities(
+        &self,
+        view: &FeatureView,
+        keys: &[EntityKey],
+    ) -> Result<OfflineDeleteSummary, OfflineError> {
+        let folder = self.view_path(view);
+        let mut summary = OfflineDeleteSummary::default();
+        if !folder.is_dir() || keys.is_empty() {
+            return Ok(summary);
+        }
+        let doomed: std::collections::HashSet<&[u8]> =
+            keys.iter().map(EntityKey::as_bytes).collect();
+        for path in view_files(&folder)? {
+            summary.files_scanned += 1;
+            let (kept, deleted) = rows_without_entities(view, &path, &doomed)?;
+            if deleted == 0 {
+                continue;
+            }
+            summary.rows += deleted;
+            summary.files_rewritten += 1;
+            if kept.iter().all(|batch| batch.num_rows() == 0) {
+                std::fs::remove_file(&path)
+                    .map_err(io_error(format!("removing {}", path.display())))?;
+                continue;
+            }
+            let file_name = path
+                .file_name()
+                .map(|name| name.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let temporary = path.with_file_name(format!(".{file_name}.rewrite.partial"));
+            write_parquet_file(&temporary, &ViewBatch::schema_of(view), &kept)?;
+            std::fs::rename(&temporary, &path)
+                .map_err(io_error(format!("replacing {}", path.display())))?;
+        }
+        Ok(summary)
+    }
+
     fn begin_write(&self, view: &FeatureView) -> Result<Box<dyn OfflineWriter>, OfflineError> {
         self.begin_window_write(view, TimeWindow::default())
     }
@@ -173,19 +179,7 @@ impl OfflineStore for ParquetOfflineStore {
                 .map_err(io_error(format!("creating {}", folder.display())))?;
             let temporary = folder.join(format!(".{unique}.parquet.partial"));
             let published = folder.join(format!("{unique}.parquet"));
-            let file = File::create(&temporary)
-                .map_err(io_error(format!("creating {}", temporary.display())))?;
-            let parquet_error = |source| OfflineError::Parquet {
-                path: temporary.display().to_string(),
-                source,
-            };
-            let mut writer =
-                ArrowWriter::try_new(file, Arc::clone(&schema), Some(writer_properties(&schema)))
-                    .map_err(parquet_error)?;
-            writer.write(&rows).map_err(parquet_error)?;
-            let file = writer.into_inner().map_err(parquet_error)?;
-            file.sync_all()
-                .map_err(io_error(format!("syncing {}", temporary.display())))?;
+            write_parquet_file(&temporary, &schema, std::slice::from_ref(&rows))?;
             std::fs::rename(&temporary, &published)
                 .map_err(io_error(format!("publishing {}", published.display())))?;
             summary.rows += rows.num_rows() as u64;
@@ -319,6 +313,254 @@ impl OfflineWriter for ParquetViewWriter {
             partitions,
         })
     }
+}
+
+/// Writes `batches` to a new Parquet file at `path` and syncs it.
+fn write_parquet_file(
+    path: &Path,
+    schema: &arrow::datatypes::SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<(), OfflineError> {
+    let file = File::create(path).map_err(io_error(format!("creating {}", path.display())))?;
+    let parquet_error = |source| OfflineError::Parquet {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut writer =
+        ArrowWriter::try_new(file, Arc::clone(schema), Some(writer_properties(schema)))
+            .map_err(parquet_error)?;
+    for batch in batches {
+        writer.write(batch).map_err(parquet_error)?;
+    }
+    let file = writer.into_inner().map_err(parquet_error)?;
+    file.sync_all()
+        .map_err(io_error(format!("syncing {}", path.display())))
+}
+
+/// The rows of a file without those of the `doomed` entities, and how many were dropped.
+fn rows_without_entities(
+    view: &FeatureView,
+    path: &Path,
+    doomed: &std::collections::HashSet<&[u8]>,
+) -> Result<(Vec<RecordBatch>, u64), OfflineError> {
+    let mut kept_batches = Vec::new();
+    let mut deleted = 0;
+    let mut key = Vec::new();
+    for batch in read_file(path)? {
+        let view_batch = ViewBatch::from_batch(view, &batch)?;
+        let mut kept = Vec::with_capacity(view_batch.num_rows());
+        for row in 0..view_batch.num_rows() {
+            key.clear();
+            view_batch
+                .write_entity_key(row, &mut key)
+                .map_err(|error| OfflineError::Schema(error.to_string()))?;
+            if doomed.contains(key.as_slice()) {
+                deleted += 1;
+            } else {
+                kept.push(row as u32);
+            }
+        }
+        let kept_rows = take_record_batch(view_batch.record_batch(), &UInt32Array::from(kept))
+            .map_err(|source| OfflineError::Arrow {
+                context: format!("dropping rows of {}", path.display()),
+                source,
+            })?;
+        kept_batches.push(kept_rows);
+    }
+    Ok((kept_batches, deleted))
+}
+
+/// Every record batch of one Parquet file.
+fn read_file(path: &Path) -> Result<Vec<RecordBatch>, OfflineError> {
+    let file = File::open(path).map_err(io_error(format!("opening {}", path.display())))?;
+    let parquet_error = |source| OfflineError::Parquet {
+        path: path.display().to_string(),
+        source,
+    };
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(parquet_error)?
+        .build()
+        .map_err(parquet_error)?
+        .map(|batch| {
+            batch.map_err(|source| OfflineError::Arrow {
+                context: format!("reading {}", path.display()),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// The Parquet files of a view version's folder, in path order (dates ascending; in a date,
+/// the materialized `part-*` files, then appended `push-*` files oldest first). Hidden files
+/// (writes in progress) are skipped.
+fn view_files(folder: &Path) -> Result<Vec<PathBuf>, OfflineError> {
+    fn collect(folder: &Path, files: &mut Vec<PathBuf>) -> Result<(), OfflineError> {
+        let entries =
+            std::fs::read_dir(folder).map_err(io_error(format!("listing {}", folder.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(io_error(format!("listing {}", folder.display())))?;
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                collect(&path, files)?;
+            } else if path
+                .extension()
+                .is_some_and(|extension| extension == "parquet")
+            {
+                files.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    collect(folder, &mut files)?;
+    files.sort();
+    Ok(files)
+}
+
+/// What tells one version of a file from another: a rewrite (renamed over the old file)
+/// has a new inode, and a new modification time and usually length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    inode: u64,
+    length: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileIdentity {
+    fn of(metadata: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(metadata);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Self {
+            inode,
+            length: metadata.len(),
+            modified: metadata.modified().ok(),
+        }
+    }
+}
+
+/// A view version's Parquet files as they were when the rows were taken, read in path
+/// order, each file's rows in file order. A file replaced or removed since is an error
+/// ([`OfflineError::Changed`] or I/O), never other rows.
+#[derive(Debug, Clone)]
+struct ParquetFileRows {
+    view: String,
+    files: Vec<(PathBuf, FileIdentity)>,
+    schema: arrow::datatypes::SchemaRef,
+}
+
+#[async_trait::async_trait]
+impl OfflineRows for ParquetFileRows {
+    async fn read(&self, columns: &[String]) -> Result<SendableRecordBatchStream, OfflineError> {
+        let indices = columns
+            .iter()
+            .map(|column| {
+                self.schema
+                    .index_of(column)
+                    .map_err(|_| OfflineError::InvalidRequest(format!("no column '{column}'")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let projected_schema =
+            Arc::new(
+                self.schema
+                    .project(&indices)
+                    .map_err(|source| OfflineError::Arrow {
+                        context: "projecting columns".to_string(),
+                        source,
+                    })?,
+            );
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        let files = self.files.clone();
+        let columns = columns.to_vec();
+        let view = self.view.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = read_parquet_files(&view, &files, &columns, &sender) {
+                let _ = sender.blocking_send(Err(datafusion::error::DataFusionError::External(
+                    Box::new(error),
+                )));
+            }
+        });
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|item| (item, receiver))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            projected_schema,
+            stream,
+        )))
+    }
+}
+
+/// Streams the named columns of `files`, in order, into `sender`; a file that is not the one
+/// listed any more is an error.
+fn read_parquet_files(
+    view: &str,
+    files: &[(PathBuf, FileIdentity)],
+    columns: &[String],
+    sender: &tokio::sync::mpsc::Sender<Result<RecordBatch, datafusion::error::DataFusionError>>,
+) -> Result<(), OfflineError> {
+    for (path, identity) in files {
+        let parquet_error = |source| OfflineError::Parquet {
+            path: path.display().to_string(),
+            source,
+        };
+        let changed = || {
+            OfflineError::Changed(format!(
+                "the offline rows of feature view '{view}' changed while they were read (a \
+                 materialization or deletion ran meanwhile): run the request again"
+            ))
+        };
+        let file = File::open(path).map_err(|error| match error.kind() {
+            std::io::ErrorKind::NotFound => changed(),
+            _ => io_error(format!("opening {}", path.display()))(error),
+        })?;
+        let metadata = file
+            .metadata()
+            .map_err(io_error(format!("reading {}", path.display())))?;
+        if FileIdentity::of(&metadata) != *identity {
+            return Err(changed());
+        }
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
+        let file_schema = Arc::clone(builder.schema());
+        let file_indices = columns
+            .iter()
+            .map(|column| file_schema.index_of(column))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| {
+                OfflineError::Schema(format!(
+                    "offline file {} lacks some of the columns {columns:?}",
+                    path.display()
+                ))
+            })?;
+        let mut sorted_indices = file_indices.clone();
+        sorted_indices.sort_unstable();
+        // The reader returns columns in file order; this maps them back to the asked order.
+        let reorder: Vec<usize> = file_indices
+            .iter()
+            .filter_map(|index| sorted_indices.iter().position(|sorted| sorted == index))
+            .collect();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), sorted_indices);
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(8192)
+            .build()
+            .map_err(parquet_error)?;
+        for batch in reader {
+            let batch = batch
+                .and_then(|batch| batch.project(&reorder))
+                .map_err(|source| OfflineError::Arrow {
+                    context: format!("reading {}", path.display()),
+                    source,
+                })?;
+            if sender.blocking_send(Ok(batch)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How every offline Parquet file is written. Floating-point and timestamp columns rarely
@@ -537,5 +779,16 @@ impl Drop for ParquetViewWriter {
             // Abandoned: nothing was published, so the staging folder is garbage.
             let _ = std::fs::remove_dir_all(&self.staging_path);
         }
+    }
+}
+
+#[cfg(test)]
+mod conformance_tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn parquet_store_passes_the_conformance_suite() {
+        let folder = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
+        crate::conformance::run_all(&ParquetOfflineStore::new(folder.path())).await;
     }
 }

@@ -22,11 +22,11 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::ipc::writer::StreamWriter;
 use futures::StreamExt;
 use larder_core::FeatureRef;
-use larder_offline::ParquetOfflineStore;
 use larder_offline::training::{
     DEFAULT_ENTITY_TIMESTAMP_COLUMN, MemoryRows, OfflineViewRows, SendableBatches,
     TrainingSetRequest, ViewRequest, build_training_set, training_session,
 };
+use larder_offline::{OfflineStore, SharedOfflineStore};
 use larder_registry::Registry;
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -55,7 +55,7 @@ pub struct HistoricalFeaturesQuery {
 #[derive(Debug)]
 pub struct TrainingService {
     registry: Arc<RegistryHandle>,
-    store: ParquetOfflineStore,
+    store: SharedOfflineStore,
     admission: Arc<Semaphore>,
 }
 
@@ -92,7 +92,7 @@ impl TrainingService {
     /// [`ErrorKind::Overloaded`]: each may hold 256 MiB of sort memory).
     pub fn new(
         registry: Arc<RegistryHandle>,
-        store: ParquetOfflineStore,
+        store: SharedOfflineStore,
         max_concurrent: usize,
     ) -> Self {
         Self {
@@ -131,7 +131,7 @@ impl TrainingService {
             entity_timestamp_column: query
                 .entity_timestamp_column
                 .unwrap_or_else(|| DEFAULT_ENTITY_TIMESTAMP_COLUMN.to_string()),
-            views: view_requests(&registry, &references, &self.store)?,
+            views: view_requests(&registry, &references, self.store.as_ref())?,
             full_feature_names: query.full_feature_names,
         };
         let session = training_session(REQUEST_MEMORY_BYTES)
@@ -177,7 +177,7 @@ pub struct HistoricalFeaturesRequest {
 pub fn view_requests(
     registry: &Registry,
     references: &[FeatureRef],
-    store: &ParquetOfflineStore,
+    store: &dyn OfflineStore,
 ) -> Result<Vec<ViewRequest>, ServingError> {
     let mut requests: Vec<ViewRequest> = Vec::new();
     for reference in references {

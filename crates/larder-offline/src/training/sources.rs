@@ -2,7 +2,6 @@
 //! Every source reads its rows in the same order each time it is opened, which is what lets
 //! the as-of join refer to a feature row by its ordinal and fetch it in a second pass.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,12 +13,10 @@ use datafusion::prelude::{
     CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext, ident,
 };
 use larder_core::FeatureView;
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::OfflineError;
 use crate::columns::ViewBatch;
-use crate::parquet_store::ParquetOfflineStore;
+use crate::store::{OfflineRows, OfflineStore};
 
 /// Rows that can be read several times, always in the same order.
 #[async_trait::async_trait]
@@ -202,109 +199,25 @@ impl RowSource for EntityFile {
     }
 }
 
-/// The offline rows of one feature view version: its Parquet files in path order (dates
-/// ascending), each file's rows in file order.
+/// The offline rows of one feature view version as a training set reads them: the rows the
+/// offline store held when they were taken, in the store's fixed order.
 #[derive(Debug, Clone)]
 pub struct OfflineViewRows {
-    files: Vec<PathBuf>,
+    rows: Arc<dyn OfflineRows>,
     schema: SchemaRef,
-}
-
-fn collect_parquet_files(folder: &Path, files: &mut Vec<PathBuf>) -> Result<(), OfflineError> {
-    let entries = std::fs::read_dir(folder).map_err(|source| OfflineError::Io {
-        context: format!("listing {}", folder.display()),
-        source,
-    })?;
-    for entry in entries {
-        let entry = entry.map_err(|source| OfflineError::Io {
-            context: format!("listing {}", folder.display()),
-            source,
-        })?;
-        let path = entry.path();
-        let hidden = entry.file_name().to_string_lossy().starts_with('.');
-        if hidden {
-            continue;
-        }
-        if path.is_dir() {
-            collect_parquet_files(&path, files)?;
-        } else if path
-            .extension()
-            .is_some_and(|extension| extension == "parquet")
-        {
-            files.push(path);
-        }
-    }
-    Ok(())
 }
 
 impl OfflineViewRows {
     /// The rows of `view` in `store`, or `None` when the view version was never materialized.
     pub fn of_view(
-        store: &ParquetOfflineStore,
+        store: &dyn OfflineStore,
         view: &FeatureView,
     ) -> Result<Option<Self>, OfflineError> {
-        let folder = store.view_path(view);
-        if !folder.is_dir() {
-            return Ok(None);
-        }
-        let mut files = Vec::new();
-        collect_parquet_files(&folder, &mut files)?;
-        files.sort();
-        Ok(Some(Self {
-            files,
+        Ok(store.rows(view)?.map(|rows| Self {
+            rows,
             schema: ViewBatch::schema_of(view),
         }))
     }
-}
-
-fn read_parquet_files(
-    files: &[PathBuf],
-    columns: &[String],
-    sender: &tokio::sync::mpsc::Sender<Result<RecordBatch, datafusion::error::DataFusionError>>,
-) -> Result<(), OfflineError> {
-    for path in files {
-        let parquet_error = |source| OfflineError::Parquet {
-            path: path.display().to_string(),
-            source,
-        };
-        let file = File::open(path).map_err(|source| OfflineError::Io {
-            context: format!("opening {}", path.display()),
-            source,
-        })?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
-        let file_schema = Arc::clone(builder.schema());
-        let file_indices = column_indices(&file_schema, columns).map_err(|_| {
-            OfflineError::Schema(format!(
-                "offline file {} lacks some of the columns {columns:?}",
-                path.display()
-            ))
-        })?;
-        let mut sorted_indices = file_indices.clone();
-        sorted_indices.sort_unstable();
-        // The reader returns columns in file order; this maps them back to the asked order.
-        let reorder: Vec<usize> = file_indices
-            .iter()
-            .filter_map(|index| sorted_indices.iter().position(|sorted| sorted == index))
-            .collect();
-        let mask = ProjectionMask::roots(builder.parquet_schema(), sorted_indices);
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(8192)
-            .build()
-            .map_err(parquet_error)?;
-        for batch in reader {
-            let batch = batch
-                .and_then(|batch| batch.project(&reorder))
-                .map_err(|source| OfflineError::Arrow {
-                    context: format!("reading {}", path.display()),
-                    source,
-                })?;
-            if sender.blocking_send(Ok(batch)).is_err() {
-                return Ok(());
-            }
-        }
-    }
-    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -314,23 +227,6 @@ impl RowSource for OfflineViewRows {
     }
 
     async fn open(&self, columns: &[String]) -> Result<SendableRecordBatchStream, OfflineError> {
-        let projected_schema = project_schema(&self.schema, columns)?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(4);
-        let files = self.files.clone();
-        let columns = columns.to_vec();
-        tokio::task::spawn_blocking(move || {
-            if let Err(error) = read_parquet_files(&files, &columns, &sender) {
-                let _ = sender.blocking_send(Err(datafusion::error::DataFusionError::External(
-                    Box::new(error),
-                )));
-            }
-        });
-        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-            receiver.recv().await.map(|item| (item, receiver))
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            projected_schema,
-            stream,
-        )))
+        self.rows.read(columns).await
     }
 }
