@@ -58,10 +58,10 @@ pub async fn run_with_store(
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
     let stream_consumers = crate::stream::spawn_consumers(
         context,
-        &handle.snapshot(),
+        Arc::clone(&handle),
         Arc::clone(&write_path),
         &stop_receiver,
-    )?;
+    );
     // A remote store's digests live in a local file that `larder materialize` must be able
     // to open while the server runs: the scheduler opens it for each run instead.
     let shared_digests = context.digests_live_in_online_store().then_some(digests);
@@ -142,9 +142,7 @@ pub async fn run_with_store(
     if let Some(task) = grpc_task {
         task.await.context("gRPC server task")??;
     }
-    for consumer in stream_consumers {
-        let _ = consumer.await;
-    }
+    let _ = stream_consumers.await;
     let _ = scheduler.await;
     refresher.abort();
     let _ = std::fs::remove_file(&address_file);

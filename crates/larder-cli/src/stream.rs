@@ -6,11 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use larder_core::DataSourceKind;
 use larder_ingest::WritePath;
 use larder_registry::Registry;
-use larder_stream::consumer::{StreamViewJob, run_view};
-use larder_stream::state::StreamStateStore;
+use larder_stream::job::StreamViewJob;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -33,39 +31,32 @@ pub fn stream_jobs(registry: &Registry) -> Vec<StreamViewJob> {
         .collect()
 }
 
-/// Starts one consumer per stream view; they stop when `stop` turns true.
+/// Keeps one consumer per online stream view of the registry `handle` serves, following
+/// `larder apply` (views added, changed or removed while serving); all stop when `stop`
+/// turns true.
 pub fn spawn_consumers(
     context: &RepoContext,
-    registry: &Registry,
+    handle: Arc<larder_server::RegistryHandle>,
     write_path: Arc<WritePath>,
     stop: &watch::Receiver<bool>,
-) -> Result<Vec<JoinHandle<()>>> {
-    let jobs = stream_jobs(registry);
-    if jobs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let state = StreamStateStore::open(&context.stream_state_path())
-        .context("opening the stream consumers' state")?;
-    let mut handles = Vec::new();
-    for job in jobs {
-        let from = match &job.source.kind {
-            DataSourceKind::Nats { stream, .. } => format!("NATS stream '{stream}'"),
-            DataSourceKind::Kafka { topic, .. } => format!("Kafka topic '{topic}'"),
-            other => other.kind_name().to_string(),
-        };
-        println!(
-            "Consuming {from} into feature view '{}' (consumer {})",
-            job.view.name,
-            job.consumer_name()
-        );
-        handles.push(tokio::spawn(run_view(
-            job,
-            Arc::clone(&write_path),
-            state.clone(),
-            stop.clone(),
-        )));
-    }
-    Ok(handles)
+) -> JoinHandle<()> {
+    larder_stream::consumer::run_views(
+        move || stream_jobs(&handle.snapshot()),
+        write_path,
+        context.stream_state_path(),
+        stop.clone(),
+        |job| {
+            let from = larder_stream::resolver::open_source(&job.source).map_or_else(
+                |_| job.source.kind.kind_name().to_string(),
+                |source| source.describe(),
+            );
+            println!(
+                "Consuming {from} into feature view '{}' (consumer {})",
+                job.view.name,
+                job.consumer_name()
+            );
+        },
+    )
 }
 
 /// `larder stream-backfill`: replays a stream view's event history through its aggregations

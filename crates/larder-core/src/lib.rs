@@ -5,6 +5,7 @@
 //! This crate does no I/O and has no async runtime: it is the vocabulary of the system, kept
 //! small so that every backend and every lane agrees on what a feature value *is*.
 
+mod base64;
 pub mod codec;
 pub mod definitions;
 pub mod entity_key;

@@ -316,7 +316,7 @@ impl Value {
             ValueType::String => Self::String(json.as_str().ok_or_else(mismatch)?.to_string()),
             ValueType::Bytes => {
                 let text = json.as_str().ok_or_else(mismatch)?;
-                Self::Bytes(crate::codec::base64_decode(text).ok_or_else(|| {
+                Self::Bytes(crate::base64::base64_decode(text).ok_or_else(|| {
                     CoreError::TypeMismatch {
                         expected: "bytes (base64 text)".to_string(),
                         got: "text that is not base64".to_string(),
@@ -398,7 +398,7 @@ impl serde::Serialize for Value {
             Self::Float64(value) if value.is_finite() => serializer.serialize_f64(*value),
             Self::Float32(_) | Self::Float64(_) => serializer.serialize_unit(),
             Self::String(value) => serializer.serialize_str(value),
-            Self::Bytes(value) => serializer.serialize_str(&crate::codec::base64_encode(value)),
+            Self::Bytes(value) => serializer.serialize_str(&crate::base64::base64_encode(value)),
             Self::Timestamp(value) => serializer.collect_str(value),
             Self::List(values) => serializer.collect_seq(values),
             Self::Vector(components) => {

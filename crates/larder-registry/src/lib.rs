@@ -9,6 +9,7 @@
 
 mod config;
 mod diagnostics;
+mod object_kind;
 mod plan;
 mod repo;
 mod store;
@@ -29,7 +30,8 @@ pub use config::{
     RedisOnlineStoreConfig, RepoConfig, ServingConfig, redact_url_password,
 };
 pub use diagnostics::{Diagnostic, Diagnostics, Location};
-pub use plan::{ApplyPlan, ObjectChange, ObjectKind, plan_apply};
+pub use object_kind::ObjectKind;
+pub use plan::{ApplyPlan, ObjectChange, plan_apply};
 pub use repo::{FeatureRepo, SchemaColumn};
 pub use store::{FileRegistryStore, MemoryRegistryStore, RegistryError, RegistryStore};
 

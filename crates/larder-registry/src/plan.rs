@@ -16,31 +16,8 @@ use larder_core::{
 
 use crate::Registry;
 use crate::diagnostics::{Diagnostic, Diagnostics};
+use crate::object_kind::ObjectKind;
 use crate::repo::FeatureRepo;
-
-/// The kinds of objects a registry holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ObjectKind {
-    /// An [`Entity`].
-    Entity,
-    /// A [`DataSource`].
-    DataSource,
-    /// A [`FeatureView`].
-    FeatureView,
-    /// A [`FeatureService`].
-    FeatureService,
-}
-
-impl fmt::Display for ObjectKind {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(match self {
-            Self::Entity => "entity",
-            Self::DataSource => "source",
-            Self::FeatureView => "feature view",
-            Self::FeatureService => "feature service",
-        })
-    }
-}
 
 /// One change that applying the repo makes to the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]

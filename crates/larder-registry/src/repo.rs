@@ -32,7 +32,7 @@ use larder_core::ValueType;
 use crate::Registry;
 use crate::config::RepoConfig;
 use crate::diagnostics::{Diagnostic, Diagnostics, Location};
-use crate::plan::ObjectKind;
+use crate::object_kind::ObjectKind;
 use discovery::{ParsedFile, find_definition_files, parse_definition_file};
 use resolve::Resolver;
 

@@ -6,7 +6,7 @@
 //! time). A point-in-time lookup at instant `t` in these rows gives the value the online store
 //! held for the entity once the stream was consumed up to `t`.
 
-use larder_core::{DataSource, DataSourceKind, FeatureView, StreamAggregations, Value};
+use larder_core::{DataSource, FeatureView, StreamAggregations, Value};
 use larder_ingest::FeatureRow;
 use larder_offline::{OfflineStore, OfflineWriteSummary, ViewBatch};
 
@@ -103,21 +103,7 @@ pub fn write_offline(
 /// order: Kafka partitions from their earliest retained offset, the NATS stream's messages on
 /// the source's subject from its first sequence.
 pub async fn read_history(source: &DataSource) -> Result<Vec<Vec<Vec<u8>>>, StreamError> {
-    match &source.kind {
-        DataSourceKind::Kafka { brokers, topic, .. } => {
-            crate::kafka::read_history(brokers, topic).await
-        }
-        DataSourceKind::Nats {
-            url,
-            stream,
-            subject,
-            ..
-        } => Ok(vec![crate::nats::read_history(url, stream, subject).await?]),
-        _ => Err(StreamError::Definition(format!(
-            "source '{}' is not a stream",
-            source.name
-        ))),
-    }
+    crate::resolver::open_source(source)?.read_history().await
 }
 
 /// [`backfill_rows`] over each partition's history (as the consumers aggregate each

@@ -39,7 +39,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
 use crate::StreamError;
-use crate::consumer::{InFlight, StreamViewJob, broker_error, next_batch};
+use crate::batching::{InFlight, broker_error, next_batch};
+use crate::job::StreamViewJob;
 use crate::processor::{BatchReport, StreamMessage, StreamProcessor};
 use crate::state::StreamStateStore;
 
@@ -92,8 +93,38 @@ fn client_config(brokers: &[String]) -> ClientConfig {
     config
 }
 
+/// A topic on Kafka-protocol brokers, consumed in a consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSource {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// The topic.
+    pub topic: String,
+}
+
+#[async_trait::async_trait]
+impl crate::source::StreamSource for KafkaSource {
+    fn describe(&self) -> String {
+        format!("Kafka topic '{}'", self.topic)
+    }
+
+    async fn consume(
+        &self,
+        job: &StreamViewJob,
+        write_path: Arc<WritePath>,
+        state: StreamStateStore,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), StreamError> {
+        consume(job, write_path, state, shutdown).await
+    }
+
+    async fn read_history(&self) -> Result<Vec<Vec<Vec<u8>>>, StreamError> {
+        read_history(&self.brokers, &self.topic).await
+    }
+}
+
 /// Consumes a view's Kafka topic until `shutdown` turns true or an error.
-pub(crate) async fn consume(
+async fn consume(
     job: &StreamViewJob,
     write_path: Arc<WritePath>,
     state: StreamStateStore,
@@ -366,10 +397,7 @@ fn read_range(
 }
 
 /// Every retained message of every partition of `topic`, per partition in offset order.
-pub(crate) async fn read_history(
-    brokers: &[String],
-    topic: &str,
-) -> Result<Vec<Vec<Vec<u8>>>, StreamError> {
+async fn read_history(brokers: &[String], topic: &str) -> Result<Vec<Vec<Vec<u8>>>, StreamError> {
     let config = client_config(brokers);
     let topic_name = topic.to_string();
     let (partitions, ends) = tokio::task::spawn_blocking(move || {

@@ -18,12 +18,16 @@
 //! history through the same engine, so training values equal served values.
 
 pub mod backfill;
+mod batching;
 pub mod consumer;
 pub mod decode;
 pub mod engine;
+pub mod job;
 pub mod kafka;
 pub mod nats;
 pub mod processor;
+pub mod resolver;
+pub mod source;
 pub mod state;
 
 #[cfg(test)]

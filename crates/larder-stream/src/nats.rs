@@ -16,15 +16,50 @@ use larder_ingest::WritePath;
 use tokio::sync::watch;
 
 use crate::StreamError;
-use crate::consumer::{InFlight, MAX_BATCH, StreamViewJob, broker_error, next_batch};
+use crate::batching::{InFlight, MAX_BATCH, broker_error, next_batch};
+use crate::job::StreamViewJob;
 use crate::processor::{StreamMessage, StreamProcessor};
 use crate::state::StreamStateStore;
 
 /// The partition name of a NATS stream (JetStream sequences are per stream).
 pub const NATS_PARTITION: &str = "0";
 
+/// A subject of a NATS JetStream stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsSource {
+    /// The server, `nats://host:port`.
+    pub url: String,
+    /// The JetStream stream.
+    pub stream: String,
+    /// The subject (filter) within it.
+    pub subject: String,
+}
+
+#[async_trait::async_trait]
+impl crate::source::StreamSource for NatsSource {
+    fn describe(&self) -> String {
+        format!("NATS stream '{}'", self.stream)
+    }
+
+    async fn consume(
+        &self,
+        job: &StreamViewJob,
+        write_path: Arc<WritePath>,
+        state: StreamStateStore,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), StreamError> {
+        consume(job, write_path, state, shutdown).await
+    }
+
+    async fn read_history(&self) -> Result<Vec<Vec<Vec<u8>>>, StreamError> {
+        Ok(vec![
+            read_history(&self.url, &self.stream, &self.subject).await?,
+        ])
+    }
+}
+
 /// Consumes a view's NATS stream until `shutdown` turns true or an error.
-pub(crate) async fn consume(
+async fn consume(
     job: &StreamViewJob,
     write_path: Arc<WritePath>,
     state: StreamStateStore,
@@ -133,11 +168,7 @@ pub(crate) async fn consume(
 }
 
 /// Every retained message of `stream` on `subject`, in stream order.
-pub(crate) async fn read_history(
-    url: &str,
-    stream: &str,
-    subject: &str,
-) -> Result<Vec<Vec<u8>>, StreamError> {
+async fn read_history(url: &str, stream: &str, subject: &str) -> Result<Vec<Vec<u8>>, StreamError> {
     let client = async_nats::connect(url)
         .await
         .map_err(|error| broker_error("connecting")(format!("{url}: {error}")))?;

@@ -380,3 +380,44 @@ feature_views:
         "{metrics}"
     );
 }
+
+#[test]
+fn a_stream_view_applied_while_serving_starts_consuming_without_a_restart() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let temp = tempfile::tempdir().unwrap();
+    let repo = temp.path();
+    write_stream_repo(repo, &nats.url());
+    // At first the repo has no stream view: only a push view over the same entity.
+    let stream_definitions = std::fs::read_to_string(repo.join("features.yaml")).unwrap();
+    std::fs::write(
+        repo.join("features.yaml"),
+        "entities:\n  - name: user\n    join_keys: [{name: user_id, dtype: int64}]\nsources:\n  - {name: scores_push, type: push}\nfeature_views:\n  - name: scores\n    version: 1\n    entities: [user]\n    source: scores_push\n    features: [{name: score, dtype: float64}]\n",
+    )
+    .unwrap();
+    larder_ok(repo, &["apply"]);
+    let server = Server::start(repo);
+    publish(&nats.url(), 0..300);
+    std::fs::write(repo.join("features.yaml"), stream_definitions).unwrap();
+    larder_ok(repo, &["apply"]);
+    // The server picks the new registry up within a second.
+    let known = Instant::now();
+    while server
+        .post(
+            "/get-online-features",
+            &json!({"features": ["user_clicks:count_7d"], "entities": {"user_id": [0]}})
+                .to_string(),
+        )
+        .0
+        != 200
+    {
+        assert!(
+            known.elapsed() < Duration::from_secs(10),
+            "the view never became known"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = wait_for(&server, &expected(300, USERS), Duration::from_secs(30));
+    eprintln!("a stream view applied while serving was servable after {took:?}");
+}

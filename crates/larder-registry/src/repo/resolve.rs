@@ -15,7 +15,7 @@ use serde_saphyr::Spanned;
 use crate::Registry;
 use crate::config::RepoConfig;
 use crate::diagnostics::{Diagnostic, Diagnostics, Location};
-use crate::plan::ObjectKind;
+use crate::object_kind::ObjectKind;
 use crate::repo::definitions::{
     AggregationDefinition, CheckDefinition, CheckLiteral, FeatureServiceDefinition,
     FeatureViewDefinition, SourceDefinition,
