@@ -434,7 +434,6 @@ pub fn write_varint(mut number: u64, out: &mut Vec<u8>) {
     out.push(number as u8);
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

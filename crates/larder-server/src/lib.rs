@@ -10,6 +10,9 @@
 mod error;
 pub mod grpc;
 pub mod http;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod http_tests;
 pub mod json;
 pub mod materialize;
 pub mod metrics;

@@ -1,0 +1,272 @@
+//! Handler tests of the HTTP API, through the router (`tower::ServiceExt::oneshot`), over the
+//! in-memory online store: status codes, Feast's shapes, and the error detail.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use larder_core::{
+    DataSource, DataSourceKind, EntityKey, Feature, FeatureView, JoinKey, Timestamp, Value,
+    ValueType, WriteLane,
+};
+use larder_ingest::{FeatureRow, WritePath};
+use larder_online::MemoryOnlineStore;
+use larder_registry::Registry;
+use tower::ServiceExt;
+
+use crate::push::PushService;
+use crate::{FeatureServer, RegistryHandle, Services, ServingLimits};
+
+fn scores_view() -> FeatureView {
+    FeatureView {
+        name: "scores".to_string(),
+        version: 3,
+        join_keys: vec![JoinKey {
+            name: "user_id".to_string(),
+            dtype: ValueType::Int64,
+        }],
+        source: "scores_push".to_string(),
+        timestamp_field: "event_timestamp".to_string(),
+        features: vec![
+            Feature {
+                name: "score".to_string(),
+                dtype: ValueType::Float64,
+                description: String::new(),
+            },
+            Feature {
+                name: "tags".to_string(),
+                dtype: ValueType::List(Box::new(ValueType::String)),
+                description: String::new(),
+            },
+        ],
+        online: true,
+        offline: true,
+        ..FeatureView::default()
+    }
+}
+
+/// Services over a memory store holding user 1's scores, with direct writes enabled.
+async fn services(limits: ServingLimits) -> Services {
+    let view = scores_view();
+    let mut registry = Registry {
+        project: "handlers".to_string(),
+        ..Registry::default()
+    };
+    registry.sources.insert(
+        "scores_push".to_string(),
+        DataSource {
+            name: "scores_push".to_string(),
+            kind: DataSourceKind::Push,
+            timestamp_field: "event_timestamp".to_string(),
+            description: String::new(),
+            owner: String::new(),
+            tags: Default::default(),
+        },
+    );
+    registry
+        .feature_views
+        .insert(view.name.clone(), view.clone());
+    let handle = Arc::new(RegistryHandle::new(registry));
+    let store: larder_online::SharedOnlineStore = Arc::new(MemoryOnlineStore::new());
+    let write_path = Arc::new(WritePath::new(Arc::clone(&store)));
+    write_path
+        .write(
+            &view,
+            WriteLane::Direct,
+            vec![FeatureRow {
+                entity_key: EntityKey::from_int(1),
+                event_timestamp: Timestamp::now(),
+                values: vec![Value::Float64(0.5), Value::List(Vec::new())],
+            }],
+        )
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    Services {
+        push: Some(Arc::new(PushService::new(
+            Arc::clone(&handle),
+            write_path,
+            100,
+        ))),
+        training: None,
+        materialize: None,
+        features: Arc::new(FeatureServer::new(handle, store, limits)),
+    }
+}
+
+async fn call(services: Services, path: &str, body: Body) -> (StatusCode, Vec<u8>) {
+    let request = Request::post(path)
+        .body(body)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let response = crate::http::router(services)
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|error| match error {});
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"))
+        .to_bytes()
+        .to_vec();
+    (status, bytes)
+}
+
+fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|error| panic!("not JSON ({error}): {}", String::from_utf8_lossy(bytes)))
+}
+
+/// The object inside Feast's error detail (a JSON string).
+fn detail(bytes: &[u8]) -> serde_json::Value {
+    let outer = json(bytes);
+    let text = outer
+        .as_str()
+        .unwrap_or_else(|| panic!("an error body is a JSON string: {outer}"));
+    json(text.as_bytes())
+}
+
+#[tokio::test]
+async fn reads_answer_feasts_shape_with_view_versions_on_request() {
+    let body = r#"{"features": ["scores:score", "scores:tags"], "entities": {"user_id": [1, 2]},
+                   "include_feature_view_version_metadata": true}"#;
+    let (status, bytes) = call(
+        services(ServingLimits::default()).await,
+        "/get-online-features",
+        Body::from(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let answer = json(&bytes);
+    assert_eq!(
+        answer["metadata"]["feature_names"],
+        serde_json::json!(["user_id", "score", "tags"])
+    );
+    assert_eq!(
+        answer["metadata"]["feature_view_metadata"],
+        serde_json::json!([{"name": "scores", "version": 3}])
+    );
+    assert_eq!(
+        answer["results"][1]["values"],
+        serde_json::json!([0.5, null])
+    );
+    assert_eq!(
+        answer["results"][1]["statuses"],
+        serde_json::json!(["PRESENT", "NOT_FOUND"])
+    );
+    // An empty list is served as [], as Feast's own server serves it.
+    assert_eq!(answer["results"][2]["values"][0], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn errors_are_feasts_error_detail_with_larders_code() {
+    let services = services(ServingLimits::default()).await;
+    let cases = [
+        (
+            "/get-online-features",
+            r#"{"features": ["nope:x"], "entities": {"user_id": [1]}}"#,
+            StatusCode::BAD_REQUEST,
+            "FeatureViewNotFoundException",
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "/get-online-features",
+            r#"{"features": ["scores:score"], "entities": {"user_id": [1]}, "typo": 1}"#,
+            StatusCode::BAD_REQUEST,
+            "FeastError",
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "/push",
+            r#"{"push_source_name": "nope", "df": {"user_id": [1]}}"#,
+            StatusCode::BAD_REQUEST,
+            "PushSourceNotFoundException",
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "/materialize",
+            r#"{"disable_event_timestamp": true}"#,
+            StatusCode::NOT_FOUND,
+            "FeastObjectNotFoundException",
+            "NOT_FOUND",
+        ),
+    ];
+    for (path, body, status, class, code) in cases {
+        let (got, bytes) = call(services.clone(), path, Body::from(body)).await;
+        assert_eq!(got, status, "{path} {body}");
+        let detail = detail(&bytes);
+        assert_eq!(detail["module"], "feast.errors", "{detail}");
+        assert_eq!(detail["class"], class, "{detail}");
+        assert_eq!(detail["code"], code, "{detail}");
+    }
+}
+
+#[tokio::test]
+async fn writes_accept_feasts_keys_and_refuse_bad_floats_and_times() {
+    let services = services(ServingLimits::default()).await;
+    let now = Timestamp::now().to_rfc3339();
+    let write = |score: serde_json::Value, time: serde_json::Value| {
+        serde_json::json!({"feature_view_name": "scores", "allow_registry_cache": false,
+            "transform_on_write": true,
+            "df": {"user_id": [7], "event_timestamp": [time], "score": [score],
+                   "tags": [["a"]], "created": [null]}})
+        .to_string()
+    };
+    let (status, bytes) = call(
+        services.clone(),
+        "/write-to-online-store",
+        Body::from(write(serde_json::json!(0.25), serde_json::json!(now))),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let refusals = [
+        (
+            serde_json::json!(1e308),
+            serde_json::json!("x"),
+            "column 'event_timestamp'",
+        ),
+        (
+            serde_json::json!(0.5),
+            serde_json::json!(Timestamp::now().as_micros() / 1000),
+            "looks like milliseconds",
+        ),
+    ];
+    for (score, time, expected) in refusals {
+        let (status, bytes) = call(
+            services.clone(),
+            "/write-to-online-store",
+            Body::from(write(score, time)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let message = detail(&bytes)["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(message.contains(expected), "{message}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_answered_408() {
+    let limits = ServingLimits {
+        read_body_timeout: Duration::from_millis(200),
+        ..ServingLimits::default()
+    };
+    let never = futures::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+    let (status, bytes) = call(
+        services(limits).await,
+        "/get-online-features",
+        Body::from_stream(never),
+    )
+    .await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(detail(&bytes)["code"], "REQUEST_TIMEOUT");
+}
