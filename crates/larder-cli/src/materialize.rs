@@ -143,9 +143,11 @@ impl Materializer for ServeMaterializer {
             full_refresh: false,
             show_progress: false,
         };
+        // A failed run is about the definitions or the data (a check, a source), which the
+        // caller must see: its message goes back, as `larder materialize` prints it.
         self.run(&request)
             .await
-            .map_err(|error| ServingError::new(ErrorKind::Internal, format!("{error:#}")))
+            .map_err(|error| ServingError::new(ErrorKind::RunFailed, format!("{error:#}")))
     }
 }
 

@@ -18,7 +18,11 @@ pub enum ErrorKind {
     Unavailable,
     /// The server is overloaded (HTTP 503 with Retry-After).
     Overloaded,
-    /// A bug or corrupt data (HTTP 500).
+    /// A batch run (materialization) that failed: a check, a source, a store; its message
+    /// is for the caller (HTTP 500).
+    RunFailed,
+    /// A bug or corrupt data (HTTP 500); the client sees what failed and a request id, the
+    /// details go to the server log.
     Internal,
 }
 
@@ -33,6 +37,7 @@ impl ErrorKind {
             Self::Conflict => "CONFLICT",
             Self::Unavailable => "UNAVAILABLE",
             Self::Overloaded => "RESOURCE_EXHAUSTED",
+            Self::RunFailed => "RUN_FAILED",
             Self::Internal => "INTERNAL",
         }
     }
@@ -78,6 +83,8 @@ pub struct ServingError {
     pub message: String,
     /// The exception Feast's feature server would raise (HTTP error bodies name it).
     pub feast_class: FeastErrorClass,
+    /// What only the server log gets: backend messages, file paths (internal errors).
+    pub detail: Option<String>,
 }
 
 impl ServingError {
@@ -96,7 +103,31 @@ impl ServingError {
             kind,
             message: message.into(),
             feast_class,
+            detail: None,
         }
+    }
+
+    /// An internal error: `message` says what failed in words a client may read; `detail`
+    /// (a backend's message, a path) goes to the server log only.
+    pub fn internal(message: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        let mut error = Self::new(ErrorKind::Internal, message);
+        error.detail = Some(detail.to_string());
+        error
+    }
+
+    /// The message a client sees. For an internal error it is what failed and a request id;
+    /// the details are logged under that id, never sent (the one place that decides it, for
+    /// every transport).
+    pub fn public_message(&self) -> String {
+        if self.kind != ErrorKind::Internal {
+            return self.message.clone();
+        }
+        let request_id = next_request_id();
+        tracing::error!(%request_id, message = %self.message, detail = ?self.detail, "internal error");
+        format!(
+            "{} (internal error, request id {request_id}: the server log has the details)",
+            self.message
+        )
     }
 
     /// The same error, named as Feast's `feast_class`.
@@ -113,7 +144,7 @@ impl ServingError {
         let detail = serde_json::json!({
             "module": "feast.errors",
             "class": self.feast_class.class_name(),
-            "message": self.message,
+            "message": self.public_message(),
             "code": self.kind.code(),
         });
         serde_json::Value::String(detail.to_string()).to_string()
@@ -140,8 +171,22 @@ impl From<larder_online::OnlineStoreError> for ServingError {
                 Self::new(ErrorKind::Unavailable, error.to_string())
             }
             OnlineStoreError::Corrupt { .. } | OnlineStoreError::Internal { .. } => {
-                Self::new(ErrorKind::Internal, error.to_string())
+                Self::internal("the online store failed", error)
             }
         }
     }
+}
+
+/// A request id for the log: this process's start time and a counter, in hex.
+fn next_request_id() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STARTED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let started = *STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs())
+    });
+    format!("{started:x}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }

@@ -239,6 +239,7 @@ pub fn status_of(error: ServingError) -> Status {
         ErrorKind::RequestTimeout => Code::DeadlineExceeded,
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::Overloaded => Code::ResourceExhausted,
+        ErrorKind::RunFailed => Code::Aborted,
         ErrorKind::Internal => Code::Internal,
     };
     let mut metadata = tonic::metadata::MetadataMap::new();
@@ -246,7 +247,7 @@ pub fn status_of(error: ServingError) -> Status {
         LARDER_CODE_METADATA,
         tonic::metadata::MetadataValue::from_static(error.kind.code()),
     );
-    Status::with_metadata(code, error.message, metadata)
+    Status::with_metadata(code, error.public_message(), metadata)
 }
 
 /// Turns tonic's `INTERNAL` answers to requests it could not decode (garbage bytes, a cut

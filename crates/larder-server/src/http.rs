@@ -48,15 +48,12 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         ErrorKind::Unavailable | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::RunFailed | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
 impl IntoResponse for ServingError {
     fn into_response(self) -> Response {
-        if self.kind == ErrorKind::Internal {
-            tracing::error!(message = %self.message, "internal error while serving");
-        }
         let mut response = (
             status_of(self.kind),
             [(

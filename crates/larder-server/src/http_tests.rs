@@ -49,6 +49,11 @@ fn scores_view() -> FeatureView {
 
 /// Services over a memory store holding user 1's scores, with direct writes enabled.
 async fn services(limits: ServingLimits) -> Services {
+    services_and_store(limits).await.0
+}
+
+/// [`services`] and the online store behind them.
+async fn services_and_store(limits: ServingLimits) -> (Services, larder_online::SharedOnlineStore) {
     let view = scores_view();
     let mut registry = Registry {
         project: "handlers".to_string(),
@@ -83,7 +88,7 @@ async fn services(limits: ServingLimits) -> Services {
         )
         .await
         .unwrap_or_else(|error| panic!("{error}"));
-    Services {
+    let services = Services {
         push: Some(Arc::new(PushService::new(
             Arc::clone(&handle),
             write_path,
@@ -91,8 +96,9 @@ async fn services(limits: ServingLimits) -> Services {
         ))),
         training: None,
         materialize: None,
-        features: Arc::new(FeatureServer::new(handle, store, limits)),
-    }
+        features: Arc::new(FeatureServer::new(handle, Arc::clone(&store), limits)),
+    };
+    (services, store)
 }
 
 async fn call(services: Services, path: &str, body: Body) -> (StatusCode, Vec<u8>) {
@@ -269,4 +275,40 @@ async fn a_body_that_never_arrives_is_answered_408() {
     .await;
     assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
     assert_eq!(detail(&bytes)["code"], "REQUEST_TIMEOUT");
+}
+
+#[tokio::test]
+async fn internal_errors_show_what_failed_and_a_request_id_never_the_details() {
+    let (services, store) = services_and_store(ServingLimits::default()).await;
+    let corrupt = larder_online::OnlineRow {
+        entity_key: EntityKey::from_int(9),
+        event_timestamp: Timestamp::now(),
+        write_timestamp: Timestamp::now(),
+        lane: WriteLane::Direct,
+        values: vec![0xff, 0xfe, 0xfd],
+    };
+    store
+        .write_rows(&scores_view().id(), vec![corrupt])
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let (status, bytes) = call(
+        services,
+        "/get-online-features",
+        Body::from(r#"{"features": ["scores:score"], "entities": {"user_id": [9]}}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let detail = detail(&bytes);
+    assert_eq!(detail["code"], "INTERNAL");
+    let message = detail["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "a stored row of feature view 'scores' is unreadable (internal error, request id "
+        ),
+        "{message}"
+    );
+    assert!(
+        !message.contains("corrupt"),
+        "the codec's own words stay in the log: {message}"
+    );
 }

@@ -477,16 +477,18 @@ impl PushService {
                 let appended =
                     tokio::task::spawn_blocking(move || store.append(&owned_view, &batch))
                         .await
-                        .map_err(|error| ServingError::new(ErrorKind::Internal, error.to_string()))?
+                        .map_err(|error| {
+                            ServingError::internal("appending to the offline store failed", error)
+                        })?
                         .map_err(|error| {
                             let online = if to_online {
                                 " (the rows were written online; retrying the push is safe)"
                             } else {
                                 ""
                             };
-                            ServingError::new(
-                                ErrorKind::Internal,
-                                format!("appending to the offline store failed{online}: {error}"),
+                            ServingError::internal(
+                                format!("appending to the offline store failed{online}"),
+                                error,
                             )
                         })?;
                 metrics::counter!("larder_direct_rows_written_offline_total", "feature_view" => view.name.clone()).increment(appended.rows);

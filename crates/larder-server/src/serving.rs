@@ -366,7 +366,7 @@ impl FeatureServer {
                         .position(|join_key| join_key.name == *name)
                         .map(|index| &entity_columns[index])
                         .ok_or_else(|| {
-                            ServingError::new(ErrorKind::Internal, "entity column vanished")
+                            ServingError::internal("serving failed", "entity column vanished")
                         })
                 })
                 .collect::<Result<_, _>>()?;
@@ -552,21 +552,15 @@ fn index_view_rows(
             }
             Some(stored) => {
                 let count = codec::index_row(&stored.values, &mut offsets).map_err(|error| {
-                    ServingError::new(
-                        ErrorKind::Internal,
-                        format!(
-                            "stored row of feature view '{}' is unreadable: {error}",
-                            view.name
-                        ),
+                    ServingError::internal(
+                        format!("a stored row of feature view '{}' is unreadable", view.name),
+                        error,
                     )
                 })?;
                 if count != feature_count {
-                    return Err(ServingError::new(
-                        ErrorKind::Internal,
-                        format!(
-                            "stored row of feature view '{}' has {count} values, the view declares {feature_count}",
-                            view.name
-                        ),
+                    return Err(ServingError::internal(
+                        format!("a stored row of feature view '{}' is unreadable", view.name),
+                        format!("it has {count} values, the view declares {feature_count}"),
                     ));
                 }
                 FieldStatus::Present

@@ -135,7 +135,7 @@ impl TrainingService {
             full_feature_names: query.full_feature_names,
         };
         let session = training_session(REQUEST_MEMORY_BYTES)
-            .map_err(|error| ServingError::new(ErrorKind::Internal, error.to_string()))?;
+            .map_err(|error| ServingError::internal("starting the training set failed", error))?;
         let batches =
             build_training_set(&session, &request)
                 .await
@@ -143,7 +143,7 @@ impl TrainingService {
                     larder_offline::OfflineError::InvalidRequest(message) => {
                         ServingError::invalid(message)
                     }
-                    other => ServingError::new(ErrorKind::Internal, other.to_string()),
+                    other => ServingError::internal("building the training set failed", other),
                 })?;
         Ok(TrainingSetStream {
             batches,
@@ -200,7 +200,12 @@ pub fn view_requests(
             continue;
         }
         let rows = OfflineViewRows::of_view(store, view)
-            .map_err(|error| ServingError::new(ErrorKind::Internal, error.to_string()))?
+            .map_err(|error| {
+                ServingError::internal(
+                    format!("reading the offline rows of feature view '{}' failed", view.name),
+                    error,
+                )
+            })?
             .ok_or_else(|| {
                 ServingError::new(
                     ErrorKind::NotFound,
@@ -330,7 +335,7 @@ pub fn ipc_stream(
 ) -> Result<impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>>, ServingError> {
     let schema = training_set.batches.schema();
     let mut writer = StreamWriter::try_new(Vec::new(), &schema)
-        .map_err(|error| ServingError::new(ErrorKind::Internal, error.to_string()))?;
+        .map_err(|error| ServingError::internal("encoding the training set failed", error))?;
     let header_bytes = std::mem::take(writer.get_mut());
     let chunks = futures::stream::unfold(Some((training_set, writer)), |state| async move {
         let (mut training_set, mut writer) = state?;
