@@ -12,13 +12,13 @@ use datafusion::prelude::{SessionContext, ident, lit};
 use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use larder_core::{FeatureRef, Timestamp};
+use larder_core::Timestamp;
 use larder_offline::OfflineStore;
 use larder_offline::training::{
     DEFAULT_ENTITY_TIMESTAMP_COLUMN, EntityFile, EntityFileFormat, TrainingSetRequest, ViewRequest,
     build_training_set, training_session,
 };
-use larder_registry::Registry;
+use larder_registry::{Registry, ResolvedFeature};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -59,21 +59,17 @@ pub struct TrainingSetArgs {
     memory_mb: usize,
 }
 
-fn feature_references(registry: &Registry, args: &TrainingSetArgs) -> Result<Vec<FeatureRef>> {
+fn resolved_features<'registry>(
+    registry: &'registry Registry,
+    args: &TrainingSetArgs,
+) -> Result<Vec<ResolvedFeature<'registry>>> {
     if let Some(service) = &args.feature_service {
         return Ok(registry.resolve_feature_service(service)?);
     }
     if args.features.is_empty() {
         bail!("give --features view:feature,... or --feature-service NAME");
     }
-    args.features
-        .iter()
-        .map(|text| {
-            text.parse::<FeatureRef>().map_err(|_| {
-                anyhow!("invalid feature reference '{text}' (expected 'feature_view:feature')")
-            })
-        })
-        .collect()
+    Ok(registry.resolve_feature_refs(&args.features)?)
 }
 
 fn parse_time(text: &str, flag: &str) -> Result<Timestamp> {
@@ -179,8 +175,8 @@ pub async fn run(root: &Path, args: &TrainingSetArgs) -> Result<()> {
     let context = RepoContext::load(root)?;
     let registry = context.applied_registry()?;
     let store = context.offline_store();
-    let references = feature_references(&registry, args)?;
-    let views = larder_server::training::view_requests(&registry, &references, store.as_ref())?;
+    let resolved = resolved_features(&registry, args)?;
+    let views = larder_server::training::view_requests(&resolved, store.as_ref())?;
     let scratch = tempfile::tempdir().context("creating a temporary folder")?;
     let (entity_path, timestamp_column) = match (&args.entities, &args.start, &args.end) {
         (Some(path), _, _) => (path.clone(), args.timestamp_column.clone()),

@@ -56,6 +56,23 @@ pub struct Registry {
     pub stream_views: BTreeMap<String, StreamAggregations>,
 }
 
+/// A feature reference resolved against a registry: its view and the feature's position in
+/// the view's declared order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResolvedFeature<'registry> {
+    /// The view.
+    pub view: &'registry FeatureView,
+    /// The feature's position in `view.features`.
+    pub feature_index: usize,
+}
+
+impl ResolvedFeature<'_> {
+    /// The feature's name.
+    pub fn feature_name(&self) -> &str {
+        &self.view.features[self.feature_index].name
+    }
+}
+
 /// Why a list of feature references cannot be resolved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
@@ -87,11 +104,12 @@ impl Registry {
         Timestamp(self.applied_at)
     }
 
-    /// Resolves `view:feature` strings against this registry, in order.
+    /// Resolves `view:feature` strings against this registry, in order: each to its view and
+    /// the feature's position, checked once here so callers never look them up again.
     pub fn resolve_feature_refs<S: AsRef<str>>(
         &self,
         references: &[S],
-    ) -> Result<Vec<FeatureRef>, ResolveError> {
+    ) -> Result<Vec<ResolvedFeature<'_>>, ResolveError> {
         references
             .iter()
             .map(|reference| {
@@ -99,8 +117,7 @@ impl Registry {
                 let parsed: FeatureRef = text
                     .parse()
                     .map_err(|_| ResolveError::InvalidReference(text.to_string()))?;
-                self.check_feature_ref(&parsed)?;
-                Ok(parsed)
+                self.resolve(&parsed.view, &parsed.feature)
             })
             .collect()
     }
@@ -128,16 +145,17 @@ impl Registry {
             .collect())
     }
 
-    /// The features of a feature service, in order.
+    /// The features of a feature service, in order, resolved like
+    /// [`Registry::resolve_feature_refs`].
     pub fn resolve_feature_service(
         &self,
         service_name: &str,
-    ) -> Result<Vec<FeatureRef>, ResolveError> {
+    ) -> Result<Vec<ResolvedFeature<'_>>, ResolveError> {
         let service = self
             .feature_services
             .get(service_name)
             .ok_or_else(|| ResolveError::UnknownFeatureService(service_name.to_string()))?;
-        let mut references = Vec::new();
+        let mut resolved = Vec::new();
         for item in &service.items {
             let view = self
                 .feature_views
@@ -146,34 +164,37 @@ impl Registry {
             match &item.features {
                 Some(features) => {
                     for feature in features {
-                        let reference = FeatureRef {
-                            view: item.view.clone(),
-                            feature: feature.clone(),
-                        };
-                        self.check_feature_ref(&reference)?;
-                        references.push(reference);
+                        resolved.push(self.resolve(&item.view, feature)?);
                     }
                 }
-                None => references.extend(view.features.iter().map(|feature| FeatureRef {
-                    view: view.name.clone(),
-                    feature: feature.name.clone(),
-                })),
+                None => {
+                    resolved.extend(
+                        (0..view.features.len()).map(|feature_index| ResolvedFeature {
+                            view,
+                            feature_index,
+                        }),
+                    )
+                }
             }
         }
-        Ok(references)
+        Ok(resolved)
     }
 
-    fn check_feature_ref(&self, reference: &FeatureRef) -> Result<(), ResolveError> {
+    /// One feature of one view.
+    fn resolve(&self, view_name: &str, feature: &str) -> Result<ResolvedFeature<'_>, ResolveError> {
         let view = self
             .feature_views
-            .get(&reference.view)
-            .ok_or_else(|| ResolveError::UnknownFeatureView(reference.view.clone()))?;
-        if view.feature_index(&reference.feature).is_none() {
-            return Err(ResolveError::UnknownFeature {
-                view: reference.view.clone(),
-                feature: reference.feature.clone(),
-            });
-        }
-        Ok(())
+            .get(view_name)
+            .ok_or_else(|| ResolveError::UnknownFeatureView(view_name.to_string()))?;
+        let feature_index =
+            view.feature_index(feature)
+                .ok_or_else(|| ResolveError::UnknownFeature {
+                    view: view_name.to_string(),
+                    feature: feature.to_string(),
+                })?;
+        Ok(ResolvedFeature {
+            view,
+            feature_index,
+        })
     }
 }

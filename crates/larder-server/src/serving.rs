@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use larder_core::codec::{self, ValueRef};
-use larder_core::{EntityKey, FeatureRef, FeatureView, JoinKey, Timestamp, Value, ValueType};
+use larder_core::{EntityKey, FeatureView, JoinKey, Timestamp, Value, ValueType};
 use larder_online::{OnlineRow, SharedOnlineStore};
 use serde::Serialize;
 
@@ -286,36 +286,25 @@ impl FeatureServer {
         request: OnlineFeaturesRequest,
     ) -> Result<OnlineFeaturesResult, ServingError> {
         let registry = self.registry.snapshot();
-        let references: Vec<FeatureRef> = match &request.selection {
+        let resolved = match &request.selection {
             FeatureSelection::Features(features) => registry.resolve_feature_refs(features)?,
             FeatureSelection::Service(service) => registry.resolve_feature_service(service)?,
         };
-        if references.is_empty() {
+        if resolved.is_empty() {
             return Err(ServingError::invalid("the request names no features"));
         }
 
-        // Group the references by view, in order of first appearance.
+        // Group the features by view, in order of first appearance.
         let mut view_requests: Vec<ViewRequest<'_>> = Vec::new();
         let mut join_keys: Vec<&JoinKey> = Vec::new();
-        let mut columns = Vec::with_capacity(references.len());
-        for (position, reference) in references.iter().enumerate() {
-            let view = registry.feature_views.get(&reference.view).ok_or_else(|| {
-                ServingError::from(larder_registry::ResolveError::UnknownFeatureView(
-                    reference.view.clone(),
-                ))
-            })?;
+        let mut columns = Vec::with_capacity(resolved.len());
+        for (position, feature) in resolved.iter().enumerate() {
+            let view = feature.view;
             if !view.online {
-                return Err(ServingError::invalid(format!(
-                    "feature view '{}' is not online (online: false)",
-                    view.name
-                )));
+                return Err(ServingError::from(
+                    larder_registry::ResolveError::NotOnline(view.name.clone()),
+                ));
             }
-            let feature_index = view.feature_index(&reference.feature).ok_or_else(|| {
-                ServingError::invalid(format!(
-                    "feature view '{}' has no feature '{}'",
-                    view.name, reference.feature
-                ))
-            })?;
             let view_slot = match view_requests
                 .iter()
                 .position(|existing| existing.view.name == view.name)
@@ -336,10 +325,10 @@ impl FeatureServer {
             };
             view_requests[view_slot]
                 .features
-                .push((feature_index, position));
+                .push((feature.feature_index, position));
             columns.push(ColumnSource {
                 view_slot,
-                feature_index,
+                feature_index: feature.feature_index,
             });
         }
 
@@ -398,11 +387,11 @@ impl FeatureServer {
             .iter()
             .map(|join_key| join_key.name.clone())
             .collect();
-        for reference in &references {
+        for feature in &resolved {
             feature_names.push(if request.full_feature_names {
-                format!("{}__{}", reference.view, reference.feature)
+                format!("{}__{}", feature.view.name, feature.feature_name())
             } else {
-                reference.feature.clone()
+                feature.feature_name().to_string()
             });
         }
         let feature_view_metadata = request.include_feature_view_version_metadata.then(|| {

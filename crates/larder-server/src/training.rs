@@ -21,13 +21,12 @@ use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::ipc::writer::StreamWriter;
 use futures::StreamExt;
-use larder_core::FeatureRef;
 use larder_offline::training::{
     DEFAULT_ENTITY_TIMESTAMP_COLUMN, MemoryRows, OfflineViewRows, SendableBatches,
     TrainingSetRequest, ViewRequest, build_training_set, training_session,
 };
 use larder_offline::{OfflineStore, SharedOfflineStore};
-use larder_registry::Registry;
+use larder_registry::ResolvedFeature;
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -119,11 +118,11 @@ impl TrainingService {
             )
         })?;
         let registry = self.registry.snapshot();
-        let references = match &query.selection {
+        let resolved = match &query.selection {
             FeatureSelection::Service(service) => registry.resolve_feature_service(service)?,
             FeatureSelection::Features(features) => registry.resolve_feature_refs(features)?,
         };
-        if references.is_empty() {
+        if resolved.is_empty() {
             return Err(ServingError::invalid("no features requested"));
         }
         let request = TrainingSetRequest {
@@ -131,7 +130,7 @@ impl TrainingService {
             entity_timestamp_column: query
                 .entity_timestamp_column
                 .unwrap_or_else(|| DEFAULT_ENTITY_TIMESTAMP_COLUMN.to_string()),
-            views: view_requests(&registry, &references, self.store.as_ref())?,
+            views: view_requests(&resolved, self.store.as_ref())?,
             full_feature_names: query.full_feature_names,
         };
         let session = training_session(REQUEST_MEMORY_BYTES)
@@ -172,30 +171,21 @@ pub struct HistoricalFeaturesRequest {
     pub full_feature_names: bool,
 }
 
-/// The view requests of a list of feature references, one per view in order of first
-/// mention, reading the views' offline rows.
+/// The view requests of resolved features, one per view in order of first mention, reading
+/// the views' offline rows.
 pub fn view_requests(
-    registry: &Registry,
-    references: &[FeatureRef],
+    resolved: &[ResolvedFeature<'_>],
     store: &dyn OfflineStore,
 ) -> Result<Vec<ViewRequest>, ServingError> {
     let mut requests: Vec<ViewRequest> = Vec::new();
-    for reference in references {
-        let view = registry.feature_views.get(&reference.view).ok_or_else(|| {
-            ServingError::invalid(format!("unknown feature view '{}'", reference.view))
-        })?;
-        if view.feature_index(&reference.feature).is_none() {
-            return Err(ServingError::invalid(format!(
-                "feature view '{}' has no feature '{}'",
-                reference.view, reference.feature
-            )));
-        }
+    for feature in resolved {
+        let (view, feature_name) = (feature.view, feature.feature_name());
         if let Some(existing) = requests
             .iter_mut()
             .find(|request| request.view.name == view.name)
         {
-            if !existing.features.contains(&reference.feature) {
-                existing.features.push(reference.feature.clone());
+            if !existing.features.iter().any(|known| known == feature_name) {
+                existing.features.push(feature_name.to_string());
             }
             continue;
         }
@@ -217,7 +207,7 @@ pub fn view_requests(
             })?;
         requests.push(ViewRequest {
             view: view.clone(),
-            features: vec![reference.feature.clone()],
+            features: vec![feature_name.to_string()],
             rows: Arc::new(rows),
         });
     }
