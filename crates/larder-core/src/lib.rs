@@ -11,6 +11,7 @@ pub mod definitions;
 pub mod entity_key;
 pub mod error;
 pub mod schedule;
+pub mod secret;
 pub mod storage;
 pub mod stream;
 pub mod time;

@@ -63,7 +63,7 @@ impl S3Config {
 
 impl std::fmt::Debug for S3Config {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let redacted = |secret: &Option<String>| secret.as_ref().map(|_| "<redacted>");
+        let redacted = crate::secret::redacted;
         formatter
             .debug_struct("S3Config")
             .field("region", &self.region)

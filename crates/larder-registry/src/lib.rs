@@ -26,10 +26,11 @@ use larder_core::{
 use serde::{Deserialize, Serialize};
 
 pub use config::{
-    MaterializeConfig, OfflineStoreConfig, OnlineCacheConfig, OnlineStoreConfig,
-    RedisOnlineStoreConfig, RepoConfig, ServingConfig, redact_url_password,
+    DynamoDbOnlineStoreConfig, MaterializeConfig, OfflineStoreConfig, OnlineCacheConfig,
+    OnlineStoreConfig, RedisOnlineStoreConfig, RepoConfig, ServingConfig,
 };
 pub use diagnostics::{Diagnostic, Diagnostics, Location};
+pub use larder_core::secret::redact_url_password;
 pub use object_kind::ObjectKind;
 pub use plan::{ApplyPlan, ObjectChange, plan_apply};
 pub use repo::{FeatureRepo, SchemaColumn};
