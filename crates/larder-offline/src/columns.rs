@@ -56,6 +56,12 @@ impl CanonicalColumn {
         column_name: &str,
     ) -> Result<Self, OfflineError> {
         let target = arrow_type_of(value_type);
+        let array = &crate::arrow_types::floor_nanos_to_micros(array).map_err(|source| {
+            OfflineError::Arrow {
+                context: format!("column '{column_name}'"),
+                source,
+            }
+        })?;
         let cast_array = if array.data_type() == &target {
             Arc::clone(array)
         } else {

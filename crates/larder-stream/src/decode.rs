@@ -206,7 +206,8 @@ impl MessageDecoder {
                 None => number
                     .as_f64()
                     .filter(|float| float.is_finite())
-                    .map(|float| Timestamp((float * unit as f64) as i64))
+                    // Toward the past, like every reduction to microseconds.
+                    .map(|float| Timestamp((float * unit as f64).floor() as i64))
                     .ok_or_else(missing),
             },
             serde_json::Value::Null => Err(missing()),

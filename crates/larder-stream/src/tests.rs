@@ -718,3 +718,23 @@ async fn batch_stream_and_direct_writes_interleave_and_the_newest_survives() {
         );
     }
 }
+
+/// Fractional event times round toward the past, before 1970 too (-1.5 µs is -2 µs).
+#[test]
+fn fractional_event_times_round_toward_the_past() {
+    let (view, _) = test_view(0);
+    let decoder = crate::decode::MessageDecoder::new(&view, &test_source(), &[])
+        .unwrap_or_else(|error| panic!("{error}"));
+    for (millis, micros) in [
+        ("-0.0015", -2),
+        ("0.0015", 1),
+        ("-1.0", -1_000),
+        ("-0.0005", -1),
+    ] {
+        let message = format!(r#"{{"user": {{"id": 7}}, "ts": {millis}}}"#);
+        let decoded = decoder
+            .decode(message.as_bytes())
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(decoded.event_timestamp.as_micros(), micros, "{millis} ms");
+    }
+}

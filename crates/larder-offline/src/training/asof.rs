@@ -283,6 +283,12 @@ pub async fn asof_match(
                     })?;
                 let mut ordinals = UInt64Builder::with_capacity(entity_chunk.len());
                 for entity_row in 0..entity_chunk.len() {
+                    // A null entity time asks for no point in time: its features are null,
+                    // and the cursor must not move for it (its slot holds no real time).
+                    if entity_chunk.timestamps.is_null(entity_row) {
+                        ordinals.append_null();
+                        continue;
+                    }
                     cursor
                         .advance_to(&entity_chunk, entity_row)
                         .await

@@ -132,10 +132,13 @@ fn strict_cast(
     cast_with_options(array, target, &options).map_err(arrow_error(context))
 }
 
-/// Timestamps of any unit and zone (naive = UTC), dates or RFC 3339 text, as UTC microseconds.
+/// Timestamps of any unit and zone (naive = UTC), dates or RFC 3339 text, as UTC microseconds
+/// (sub-microsecond parts rounded toward the past).
 fn timestamps_as_micros(array: &ArrayRef, column: &str) -> Result<ArrayRef, OfflineError> {
     let context = format!("timestamp column '{column}'");
-    let as_timestamp = strict_cast(array, &utc_micros(), &context)?;
+    let floored =
+        crate::arrow_types::floor_nanos_to_micros(array).map_err(arrow_error(&context))?;
+    let as_timestamp = strict_cast(&floored, &utc_micros(), &context)?;
     strict_cast(&as_timestamp, &DataType::Int64, &context)
 }
 
