@@ -1,5 +1,6 @@
 //! Handler tests of the HTTP API, through the router (`tower::ServiceExt::oneshot`), over the
-//! in-memory online store: status codes, Feast's shapes, and the error detail.
+//! in-memory online store (and a Parquet offline store in a temporary folder for training
+//! sets): status codes, Feast's shapes, and the error detail.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,15 +9,17 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use larder_core::{
-    DataSource, DataSourceKind, EntityKey, Feature, FeatureView, JoinKey, Timestamp, Value,
-    ValueType, WriteLane,
+    DataSource, DataSourceKind, EntityKey, Feature, FeatureView, JoinKey, Timestamp, TtlDuration,
+    Value, ValueType, WriteLane,
 };
 use larder_ingest::{FeatureRow, WritePath};
+use larder_offline::{OfflineStore, ParquetOfflineStore, ViewBatch};
 use larder_online::MemoryOnlineStore;
 use larder_registry::Registry;
 use tower::ServiceExt;
 
 use crate::push::PushService;
+use crate::training::TrainingService;
 use crate::{FeatureServer, RegistryHandle, Services, ServingLimits};
 
 fn scores_view() -> FeatureView {
@@ -54,7 +57,16 @@ async fn services(limits: ServingLimits) -> Services {
 
 /// [`services`] and the online store behind them.
 async fn services_and_store(limits: ServingLimits) -> (Services, larder_online::SharedOnlineStore) {
-    let view = scores_view();
+    services_over(scores_view(), Timestamp::now(), limits).await
+}
+
+/// Services over a memory store holding user 1's row of `view` (a score of 0.5 and no tags)
+/// at `event_timestamp`, with direct writes enabled, and the online store behind them.
+async fn services_over(
+    view: FeatureView,
+    event_timestamp: Timestamp,
+    limits: ServingLimits,
+) -> (Services, larder_online::SharedOnlineStore) {
     let mut registry = Registry {
         project: "handlers".to_string(),
         ..Registry::default()
@@ -82,7 +94,7 @@ async fn services_and_store(limits: ServingLimits) -> (Services, larder_online::
             WriteLane::Direct,
             vec![FeatureRow {
                 entity_key: EntityKey::from_int(1),
-                event_timestamp: Timestamp::now(),
+                event_timestamp,
                 values: vec![Value::Float64(0.5), Value::List(Vec::new())],
             }],
         )
@@ -310,5 +322,92 @@ async fn internal_errors_show_what_failed_and_a_request_id_never_the_details() {
     assert!(
         !message.contains("corrupt"),
         "the codec's own words stay in the log: {message}"
+    );
+}
+
+#[tokio::test]
+async fn a_zero_ttl_serves_values_of_any_age() {
+    // 2020-01-01: years older than any TTL a test could give.
+    let old = Timestamp(1_577_836_800_000_000);
+    let statuses = |ttl: Option<u64>| async move {
+        let view = FeatureView {
+            ttl: ttl.map(TtlDuration::from_seconds),
+            ..scores_view()
+        };
+        let (services, _) = services_over(view, old, ServingLimits::default()).await;
+        let body = r#"{"features": ["scores:score"], "entities": {"user_id": [1]}}"#;
+        let (status, bytes) = call(services, "/get-online-features", Body::from(body)).await;
+        assert_eq!(status, StatusCode::OK);
+        json(&bytes)["results"][1]["statuses"].clone()
+    };
+    // Zero is no age limit, like no TTL; a real TTL ages the same value out.
+    assert_eq!(statuses(Some(0)).await, serde_json::json!(["PRESENT"]));
+    assert_eq!(statuses(None).await, serde_json::json!(["PRESENT"]));
+    assert_eq!(
+        statuses(Some(86_400)).await,
+        serde_json::json!(["OUTSIDE_MAX_AGE"])
+    );
+}
+
+#[tokio::test]
+async fn historical_features_keep_the_entity_columns_in_request_order() {
+    let (services, _) = services_and_store(ServingLimits::default()).await;
+    let folder = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
+    let offline = Arc::new(ParquetOfflineStore::new(folder.path()));
+    let view = scores_view();
+    let day = Timestamp::parse("2026-01-01T00:00:00Z").unwrap_or_else(|| panic!("a time"));
+    let (keys, values) = (
+        [Value::Int64(1)],
+        [Value::Float64(0.5), Value::List(Vec::new())],
+    );
+    let batch = ViewBatch::from_rows(&view, [(&keys[..], day, &values[..])])
+        .unwrap_or_else(|error| panic!("{error}"));
+    let mut writer = offline
+        .begin_write(&view)
+        .unwrap_or_else(|error| panic!("{error}"));
+    writer
+        .write(&batch)
+        .unwrap_or_else(|error| panic!("{error}"));
+    writer.commit().unwrap_or_else(|error| panic!("{error}"));
+    let services = Services {
+        training: Some(Arc::new(TrainingService::new(
+            Arc::clone(services.features.registry()),
+            offline,
+            1,
+        ))),
+        ..services
+    };
+
+    // Neither alphabetical ("event_timestamp", "label", "user_id") nor the view's order.
+    let body = r#"{"features": ["scores:score"],
+        "entities": {"user_id": [1, 2], "label": [1, 0],
+                     "event_timestamp": ["2026-01-02T00:00:00Z", "2026-01-02"]}}"#;
+    let (status, bytes) = call(services, "/get-historical-features", Body::from(body)).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let schema = reader.schema();
+    let names: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|field| field.name().clone())
+        .collect();
+    assert_eq!(names, ["user_id", "label", "event_timestamp", "score"]);
+    let batches: Vec<arrow::array::RecordBatch> = reader
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|error| panic!("{error}"));
+    let rows =
+        arrow::compute::concat_batches(&schema, &batches).unwrap_or_else(|error| panic!("{error}"));
+    let score = arrow::util::display::array_value_to_string(rows.column(3), 0)
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(score, "0.5");
+    assert!(
+        arrow::array::Array::is_null(rows.column(3), 1),
+        "user 2 has no offline row"
     );
 }

@@ -1,7 +1,8 @@
 //! `POST /get-historical-features`: point-in-time correct training sets over HTTP, streamed
 //! back as an Arrow IPC stream (`application/vnd.apache.arrow.stream`).
 //!
-//! The request is JSON in Feast's spirit, the entity table given as columns:
+//! The request is JSON in Feast's spirit, the entity table given as columns (the training
+//! set keeps them in the order they were sent, then the features):
 //!
 //! ```json
 //! {"features": ["user_activity:clicks_7d"],            // or "feature_service": "ranking"
@@ -161,14 +162,51 @@ pub struct HistoricalFeaturesRequest {
     /// A feature service instead of `features`.
     #[serde(default)]
     pub feature_service: Option<String>,
-    /// The entity table as columns of equal length: join keys, a timestamp column, labels.
-    pub entities: serde_json::Map<String, serde_json::Value>,
+    /// The entity table as columns of equal length: join keys, a timestamp column, labels;
+    /// kept in the order they were sent, which is the training set's column order.
+    pub entities: JsonEntityColumns,
     /// The entity table's timestamp column (default `event_timestamp`).
     #[serde(default)]
     pub entity_timestamp_column: Option<String>,
     /// Name output features `view__feature`.
     #[serde(default)]
     pub full_feature_names: bool,
+}
+
+/// The entity columns of a JSON request in the order the client sent them (a JSON object's
+/// key order, which `serde_json::Map` would sort). A column name given twice is refused.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JsonEntityColumns(pub Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for JsonEntityColumns {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ColumnsVisitor;
+        impl<'de> serde::de::Visitor<'de> for ColumnsVisitor {
+            type Value = JsonEntityColumns;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str(
+                    "an object of entity columns, e.g. {\"user_id\": [1, 2], \"event_timestamp\": [...]}",
+                )
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut columns: Vec<(String, serde_json::Value)> = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if columns.iter().any(|(known, _)| *known == name) {
+                        return Err(serde::de::Error::custom(format!(
+                            "entity column '{name}' is given twice"
+                        )));
+                    }
+                    let values = map.next_value::<serde_json::Value>()?;
+                    columns.push((name, values));
+                }
+                Ok(JsonEntityColumns(columns))
+            }
+        }
+        deserializer.deserialize_map(ColumnsVisitor)
+    }
 }
 
 /// The view requests of resolved features, one per view in order of first mention, reading
@@ -240,14 +278,15 @@ fn json_column(name: &str, values: &[serde_json::Value]) -> Result<ArrayRef, Ser
     Ok(array)
 }
 
+/// The entity table of a JSON request as Arrow, its columns in request order.
 fn entity_table(
-    columns: &serde_json::Map<String, serde_json::Value>,
+    columns: &JsonEntityColumns,
     timestamp_column: &str,
 ) -> Result<MemoryRows, ServingError> {
     let mut fields = Vec::new();
     let mut arrays = Vec::new();
     let mut length: Option<usize> = None;
-    for (name, value) in columns {
+    for (name, value) in &columns.0 {
         let Some(values) = value.as_array() else {
             return Err(ServingError::invalid(format!(
                 "entity column '{name}' must be an array"
@@ -486,6 +525,33 @@ fn check_ipc_framing(bytes: &[u8]) -> Result<(), String> {
 mod tests {
     use super::*;
     use arrow::datatypes::DataType;
+
+    #[test]
+    fn json_entity_columns_keep_the_request_order() {
+        let body = br#"{"features": ["scores:score"],
+            "entities": {"user_id": [1, 2], "label": [1, 0],
+                         "event_timestamp": ["2026-01-01T00:00:00Z", "2026-01-02"]}}"#;
+        let query =
+            parse_historical_features_request(body).unwrap_or_else(|error| panic!("{error}"));
+        let names: Vec<String> = larder_offline::training::RowSource::schema(&query.entities)
+            .fields()
+            .iter()
+            .map(|field| field.name().clone())
+            .collect();
+        assert_eq!(names, ["user_id", "label", "event_timestamp"]);
+
+        let twice =
+            br#"{"features": ["scores:score"], "entities": {"user_id": [1], "user_id": [2]}}"#;
+        let error = parse_historical_features_request(twice)
+            .err()
+            .unwrap_or_else(|| panic!("a column given twice should be refused"));
+        assert!(
+            error
+                .to_string()
+                .contains("entity column 'user_id' is given twice"),
+            "{error}"
+        );
+    }
 
     #[tokio::test]
     async fn ipc_chunks_concatenate_into_one_readable_stream() {

@@ -177,7 +177,7 @@ pub(super) struct FeatureViewDefinition {
     /// Event-time column; default: the source's.
     #[serde(default)]
     pub(super) timestamp_field: Option<Spanned<String>>,
-    /// Time to live.
+    /// Time to live; `0` (or `0s`) means no age limit, as when omitted.
     #[serde(default)]
     pub(super) ttl: Option<Spanned<String>>,
     /// Served online.

@@ -199,6 +199,27 @@ impl<'a> Resolver<'a> {
         }
     }
 
+    /// Parses an optional TTL, reporting a bad one. A zero TTL (`0`, `0s`) means no age
+    /// limit, the same as no `ttl`, and resolves to `None`: serving, training sets and
+    /// online expiry then all treat it as unlimited, and switching between the two spellings
+    /// is no change in the plan.
+    fn parse_ttl(
+        &mut self,
+        file: &Path,
+        duration: Option<&Spanned<String>>,
+        key: String,
+    ) -> Option<TtlDuration> {
+        let duration = duration?;
+        match duration.value.parse::<TtlDuration>() {
+            Ok(parsed) => Some(parsed).filter(|ttl| ttl.as_seconds() > 0),
+            Err(error) => {
+                let location = Location::from_yaml(file, &duration.referenced);
+                self.report(location, key, error.to_string());
+                None
+            }
+        }
+    }
+
     pub(super) fn resolve_entities(&mut self, file: &ParsedFile) {
         for definition in file.definitions.entities.iter().flatten() {
             let name = definition.name.value.clone();
@@ -1214,7 +1235,7 @@ impl<'a> Resolver<'a> {
             None => (None, None),
         };
 
-        let ttl = self.parse_duration(
+        let ttl = self.parse_ttl(
             &file.path,
             definition.ttl.as_ref(),
             format!("{key_prefix}.ttl"),

@@ -628,7 +628,7 @@ fn every_semantic_problem_is_reported_at_its_line() {
 }
 
 #[test]
-fn zero_durations_are_refused() {
+fn a_zero_freshness_sla_is_refused() {
     let diagnostics = load_errors(&[
         ("entities.yaml", crate::test_support::demo_entities()),
         ("sources.yaml", crate::test_support::demo_sources()),
@@ -646,19 +646,58 @@ fn zero_durations_are_refused() {
             ]),
         ),
     ]);
-    assert_eq!(diagnostics.len(), 2, "{diagnostics}");
-    assert_reported(
-        &diagnostics,
-        "views.yaml",
-        6,
-        "duration must be positive (omit it for no limit)",
-    );
+    assert_eq!(diagnostics.len(), 1, "{diagnostics}");
     assert_reported(
         &diagnostics,
         "views.yaml",
         7,
         "duration must be positive (omit it for no limit)",
     );
+}
+
+#[test]
+fn a_zero_ttl_means_no_age_limit() {
+    let directory = write_repo(&[
+        ("entities.yaml", crate::test_support::demo_entities()),
+        ("sources.yaml", crate::test_support::demo_sources()),
+        (
+            "views.yaml",
+            lines(&[
+                "feature_views:",
+                "  - name: bare_zero",
+                "    version: 1",
+                "    entities: [user]",
+                "    source: direct",
+                "    ttl: 0",
+                "    features: [{name: score, dtype: float32}]",
+                "  - name: quoted_zero",
+                "    version: 1",
+                "    entities: [user]",
+                "    source: direct",
+                "    ttl: \"0\"",
+                "    features: [{name: score, dtype: float32}]",
+                "  - name: zero_seconds",
+                "    version: 1",
+                "    entities: [user]",
+                "    source: direct",
+                "    ttl: 0s",
+                "    features: [{name: score, dtype: float32}]",
+                "  - name: omitted",
+                "    version: 1",
+                "    entities: [user]",
+                "    source: direct",
+                "    features: [{name: score, dtype: float32}]",
+            ]),
+        ),
+    ]);
+    let repo =
+        FeatureRepo::load(directory.path()).unwrap_or_else(|diagnostics| panic!("{diagnostics}"));
+    let views = &repo.registry().feature_views;
+    // A zero TTL is no TTL: stored as none, so serving, training sets and online expiry all
+    // see "no age limit", and changing `ttl: 0` to no `ttl` (or back) is no change.
+    for name in ["bare_zero", "quoted_zero", "zero_seconds", "omitted"] {
+        assert_eq!(views[name].ttl, None, "{name}");
+    }
 }
 
 #[test]
