@@ -31,6 +31,15 @@ pub fn encode_row(values: &[Value], out: &mut Vec<u8>) {
     }
 }
 
+/// The content hash of a row's encoded values (xxh3-64 of [`encode_row`]'s bytes).
+///
+/// Change detection stores it, and it settles which of several rows of one entity with the
+/// same event time wins, in the batch lane and in training sets alike: the larger hash. That
+/// order comes from the values alone, so it is the same whatever order the rows were read in.
+pub fn content_hash(encoded_values: &[u8]) -> u64 {
+    twox_hash::XxHash3_64::oneshot(encoded_values)
+}
+
 /// Encodes a row of values into a new buffer.
 pub fn encode_row_to_vec(values: &[Value]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * 9 + 2);

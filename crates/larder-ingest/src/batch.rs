@@ -11,6 +11,7 @@ use larder_offline::{
 };
 use larder_online::DigestStore;
 
+use crate::run_winners::RunWinners;
 use crate::write_path::{ChangeSummary, EncodedRows, WriteError, WritePath};
 
 /// Receives progress while a view is materialized (a progress bar, metrics).
@@ -66,8 +67,8 @@ pub struct RunReport {
     pub rows_changed: u64,
     /// Rows the online store applied.
     pub rows_written: u64,
-    /// Rows not written online: unchanged, older than the stored row, or superseded by a
-    /// newer row of the same entity in the same run.
+    /// Rows not written online: unchanged, older than the stored row, or outranked by another
+    /// row of the same entity in the same run (newer, or as new with a larger content hash).
     pub rows_skipped: u64,
     /// Of the skipped rows, entities whose content and event time equal the last run's.
     pub rows_unchanged: u64,
@@ -226,11 +227,10 @@ pub async fn materialize_view(
     let mut rows_scanned = 0u64;
     let mut changes = ChangeSummary::default();
     let mut watermark: Option<Timestamp> = None;
-    // A full run of a view whose missing entities are deleted remembers every entity it saw.
-    let full_run = options.window.start.is_none() && options.window.end.is_none();
-    let mut seen: Option<std::collections::HashSet<larder_core::EntityKey>> =
-        (view.online && full_run && view.on_missing == larder_core::OnMissing::Delete)
-            .then(std::collections::HashSet::new);
+    // The best row of every entity so far: which row wins among rows of one entity at one
+    // event time, and, for a full run of a view whose missing entities are deleted, every
+    // entity the run saw.
+    let mut winners = RunWinners::new();
     // Three stages run side by side: the producer scans batch N+2 and encodes its rows for
     // the online comparison, the offline stage writes batch N+1's Parquet, and the consumer
     // compares and writes batch N online.
@@ -282,15 +282,6 @@ pub async fn materialize_view(
             let scanned = feature_rows.len() as u64;
             rows_scanned += scanned;
             watermark = watermark.max(feature_rows.newest_event_timestamp);
-            if let Some(seen) = seen.as_mut() {
-                seen.extend(
-                    feature_rows
-                        .rows
-                        .keys()
-                        .iter()
-                        .map(|key| larder_core::EntityKey::from_bytes(key.to_vec())),
-                );
-            }
             if view.online {
                 changes.add(
                     write_path
@@ -300,6 +291,7 @@ pub async fn materialize_view(
                             &feature_rows.rows,
                             digests,
                             options.full_refresh,
+                            &mut winners,
                         )
                         .await?,
                 );
@@ -313,8 +305,9 @@ pub async fn materialize_view(
         // One fsync for the run's digests instead of one per batch.
         digests.sync().await.map_err(WriteError::Store)?;
     }
-    if let Some(seen) = seen {
-        report.rows_deleted = delete_missing(write_path, digests, view, &seen).await?;
+    let full_run = options.window.start.is_none() && options.window.end.is_none();
+    if view.online && full_run && view.on_missing == larder_core::OnMissing::Delete {
+        report.rows_deleted = delete_missing(write_path, digests, view, &winners).await?;
     }
     let offline = match offline_writer {
         Some(writer) => tokio::task::spawn_blocking(move || writer.commit())
@@ -346,13 +339,13 @@ async fn delete_missing(
     write_path: &WritePath,
     digests: &dyn DigestStore,
     view: &FeatureView,
-    seen: &std::collections::HashSet<larder_core::EntityKey>,
+    seen: &RunWinners,
 ) -> Result<u64, MaterializeError> {
     let table = view.id();
     let known = digests.list_keys(&table).await.map_err(WriteError::Store)?;
     let missing: Vec<larder_core::EntityKey> = known
         .into_iter()
-        .filter(|key| !seen.contains(key))
+        .filter(|key| !seen.contains(key.as_bytes()))
         .collect();
     let mut deleted = 0;
     for chunk in missing.chunks(10_000) {

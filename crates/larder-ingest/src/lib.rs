@@ -10,6 +10,7 @@ pub mod batch;
 mod checks;
 mod freshness;
 mod history;
+mod run_winners;
 mod write_path;
 
 pub use batch::{
@@ -18,4 +19,5 @@ pub use batch::{
 pub use checks::{CheckFailure, evaluate_checks};
 pub use freshness::{FreshnessBoard, ViewFreshness};
 pub use history::{RunHistory, RunHistoryError, ViewRunLock};
+pub use run_winners::RunWinners;
 pub use write_path::{ChangeSummary, EncodedRows, FeatureRow, WriteError, WritePath, row_digest};

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use crate::freshness::FreshnessBoard;
+use crate::run_winners::RunWinners;
 use larder_core::{
     EntityKey, EntityKeyList, FeatureView, FeatureViewId, PackedBytes, Timestamp, Value, WriteLane,
     codec,
@@ -148,7 +149,8 @@ pub enum WriteError {
 pub struct ChangeSummary {
     /// Rows handed in.
     pub received: u64,
-    /// Rows dropped because a newer row of the same entity was in the same batch.
+    /// Rows dropped because a better row of the same entity (newer, or as new with a larger
+    /// content hash) was in the same batch or, for batch runs, an earlier batch of the run.
     pub superseded_in_batch: u64,
     /// Entities with no digest yet (first materialization of the view version).
     pub new: u64,
@@ -179,7 +181,7 @@ impl ChangeSummary {
 pub fn row_digest(event_timestamp: Timestamp, encoded_values: &[u8]) -> RowDigest {
     RowDigest {
         event_timestamp,
-        content_hash: twox_hash::XxHash3_64::oneshot(encoded_values),
+        content_hash: larder_core::codec::content_hash(encoded_values),
     }
 }
 
@@ -278,7 +280,7 @@ impl WritePath {
     ) -> Result<WriteSummary, WriteError> {
         Self::validate(view, &rows)?;
         let received = rows.len() as u64;
-        let newest = match newest_per_entity(
+        let newest = match best_per_entity(
             rows.len(),
             |index| rows[index].entity_key.as_bytes(),
             |index| rows[index].event_timestamp,
@@ -326,9 +328,12 @@ impl WritePath {
 
     /// Writes only the rows that differ from what was last materialized, by content.
     ///
-    /// Like [`WritePath::write`] (validation, newest row per entity, event-time ordering),
-    /// then each row's [`RowDigest`] (event time + xxh3 of its encoded values) is compared
-    /// with the digest stored for the entity in `digests`:
+    /// Like [`WritePath::write`] (validation, best row per entity, event-time ordering), but
+    /// rows are ranked by their [`RowDigest`] (event time, then the xxh3 of the encoded
+    /// values), so that of two rows of one entity at the same event time the one with the
+    /// larger hash wins, whatever order they come in; `winners` carries that decision across
+    /// the batches of one run (a row outranked by an earlier batch's row is not written).
+    /// Then each row's digest is compared with the digest stored for the entity in `digests`:
     ///
     /// * no digest: **new**, written;
     /// * a digest with a newer event time: **stale**, not written (the store would refuse it);
@@ -347,6 +352,7 @@ impl WritePath {
         rows: Vec<FeatureRow>,
         digests: &dyn DigestStore,
         ignore_digests: bool,
+        winners: &mut RunWinners,
     ) -> Result<ChangeSummary, WriteError> {
         Self::validate(view, &rows)?;
         self.write_changed_encoded(
@@ -355,6 +361,7 @@ impl WritePath {
             &EncodedRows::from(rows),
             digests,
             ignore_digests,
+            winners,
         )
         .await
     }
@@ -369,14 +376,23 @@ impl WritePath {
         rows: &EncodedRows,
         digests: &dyn DigestStore,
         ignore_digests: bool,
+        winners: &mut RunWinners,
     ) -> Result<ChangeSummary, WriteError> {
         let received = rows.len() as u64;
-        let kept = newest_per_entity(
+        let row_digests: Vec<RowDigest> = (0..rows.len())
+            .map(|index| row_digest(rows.event_timestamp(index), rows.values(index)))
+            .collect();
+        let best = best_per_entity(
             rows.len(),
             |index| rows.key(index),
-            |index| rows.event_timestamp(index),
+            |index| row_digests[index],
         );
-        let kept_count = kept.as_ref().map_or(rows.len(), Vec::len);
+        let candidates = best.unwrap_or_else(|| (0..rows.len()).collect());
+        let kept: Vec<usize> = candidates
+            .into_iter()
+            .filter(|index| winners.offer(rows.key(*index), row_digests[*index]))
+            .collect();
+        let kept_count = kept.len();
         let mut summary = ChangeSummary {
             received,
             superseded_in_batch: received - kept_count as u64,
@@ -385,6 +401,7 @@ impl WritePath {
         if kept_count == 0 {
             return Ok(summary);
         }
+        let kept = (kept_count != rows.len()).then_some(kept);
         let table = view.id();
         let kept_keys;
         let keys = match &kept {
@@ -410,7 +427,7 @@ impl WritePath {
         for (index, stored_digest) in indices.into_iter().zip(stored_digests) {
             let event_timestamp = rows.event_timestamp(index);
             let values = rows.values(index);
-            let digest = row_digest(event_timestamp, values);
+            let digest = row_digests[index];
             match stored_digest {
                 Some(stored) if stored.event_timestamp > digest.event_timestamp => {
                     summary.stale += 1;
@@ -472,25 +489,25 @@ impl WritePath {
     }
 }
 
-/// The rows to keep so that each entity keeps only its newest row (at equal event times the
-/// later one), as indices in input order; `None` when every row is of a different entity
+/// The rows to keep so that each entity keeps only its best row by `rank` (at equal ranks
+/// the later one), as indices in input order; `None` when every row is of a different entity
 /// (the common case, which allocates only the map). Keys are borrowed, never cloned.
-fn newest_per_entity<'rows>(
+fn best_per_entity<'rows, Rank: Ord>(
     count: usize,
     key: impl Fn(usize) -> &'rows [u8],
-    event_timestamp: impl Fn(usize) -> Timestamp,
+    rank: impl Fn(usize) -> Rank,
 ) -> Option<Vec<usize>> {
-    let mut newest_by_key: HashMap<&[u8], usize> = HashMap::with_capacity(count);
+    let mut best_by_key: HashMap<&[u8], usize> = HashMap::with_capacity(count);
     for index in 0..count {
-        let newest = newest_by_key.entry(key(index)).or_insert(index);
-        if event_timestamp(index) >= event_timestamp(*newest) {
-            *newest = index;
+        let best = best_by_key.entry(key(index)).or_insert(index);
+        if rank(index) >= rank(*best) {
+            *best = index;
         }
     }
-    if newest_by_key.len() == count {
+    if best_by_key.len() == count {
         return None;
     }
-    let mut kept: Vec<usize> = newest_by_key.into_values().collect();
+    let mut kept: Vec<usize> = best_by_key.into_values().collect();
     kept.sort_unstable();
     Some(kept)
 }
@@ -568,6 +585,95 @@ mod tests {
                 _ => panic!("unexpected value {values:?}"),
             }
         })
+    }
+
+    /// The content hash of `row`'s encoded values: what ranks rows of one entity at one time.
+    fn hash_of(row: &FeatureRow) -> u64 {
+        codec::content_hash(&codec::encode_row_to_vec(&row.values))
+    }
+
+    /// Runs of the batch lane over rows of one entity at one event time, split over batches
+    /// in every order: the row with the larger content hash is the one online every time,
+    /// and a later run without that row writes the one that is left.
+    #[tokio::test]
+    async fn ties_at_one_event_time_go_to_the_larger_content_hash_in_any_order() {
+        let view = view();
+        let tied = [row(1, 100, 1), row(1, 100, 2), row(1, 100, 3)];
+        let winner = tied
+            .iter()
+            .max_by_key(|row| hash_of(row))
+            .map(|row| match row.values[0] {
+                Value::Int64(clicks) => clicks,
+                _ => unreachable!(),
+            })
+            .unwrap();
+        let orders = [
+            [0, 1, 2],
+            [2, 1, 0],
+            [1, 0, 2],
+            [1, 2, 0],
+            [0, 2, 1],
+            [2, 0, 1],
+        ];
+        for order in orders {
+            for batch_size in [1, 2, 3] {
+                let write_path = WritePath::new(Arc::new(MemoryOnlineStore::new()));
+                let digests = larder_online::MemoryDigestStore::new();
+                let mut winners = RunWinners::new();
+                let rows: Vec<FeatureRow> =
+                    order.iter().map(|index| tied[*index].clone()).collect();
+                for batch in rows.chunks(batch_size) {
+                    write_path
+                        .write_changed(
+                            &view,
+                            WriteLane::Batch,
+                            batch.to_vec(),
+                            &digests,
+                            false,
+                            &mut winners,
+                        )
+                        .await
+                        .unwrap();
+                }
+                assert_eq!(
+                    stored_clicks(&write_path, &view.id(), 1)
+                        .await
+                        .map(|(clicks, _)| clicks),
+                    Some(winner),
+                    "order {order:?}, batches of {batch_size}"
+                );
+                // The next run's source no longer has the winner: the best remaining row wins.
+                let remaining: Vec<FeatureRow> = tied
+                    .iter()
+                    .filter(|row| row.values[0] != Value::Int64(winner))
+                    .cloned()
+                    .collect();
+                let next_winner = remaining
+                    .iter()
+                    .max_by_key(|row| hash_of(row))
+                    .unwrap()
+                    .values[0]
+                    .clone();
+                let mut next_run = RunWinners::new();
+                for row in remaining {
+                    write_path
+                        .write_changed(
+                            &view,
+                            WriteLane::Batch,
+                            vec![row],
+                            &digests,
+                            false,
+                            &mut next_run,
+                        )
+                        .await
+                        .unwrap();
+                }
+                let stored = stored_clicks(&write_path, &view.id(), 1)
+                    .await
+                    .map(|(clicks, _)| clicks);
+                assert_eq!(stored.map(Value::Int64), Some(next_winner));
+            }
+        }
     }
 
     #[tokio::test]
@@ -695,6 +801,7 @@ mod tests {
                 vec![row(1, 100, 1), row(2, 100, 2), row(3, 100, 3)],
                 &digests,
                 false,
+                &mut RunWinners::new(),
             )
             .await
             .unwrap();
@@ -707,6 +814,7 @@ mod tests {
                 vec![row(1, 100, 1), row(2, 100, 20), row(3, 150, 3)],
                 &digests,
                 false,
+                &mut RunWinners::new(),
             )
             .await
             .unwrap();
@@ -731,6 +839,7 @@ mod tests {
                 vec![row(3, 120, 9)],
                 &digests,
                 false,
+                &mut RunWinners::new(),
             )
             .await
             .unwrap();
@@ -742,6 +851,7 @@ mod tests {
                 vec![row(1, 100, 1), row(2, 100, 20), row(3, 150, 3)],
                 &digests,
                 false,
+                &mut RunWinners::new(),
             )
             .await
             .unwrap();
@@ -753,6 +863,7 @@ mod tests {
                 vec![row(1, 100, 1)],
                 &digests,
                 true,
+                &mut RunWinners::new(),
             )
             .await
             .unwrap();
@@ -768,6 +879,7 @@ mod tests {
                 vec![row(1, 100, 1)],
                 &digests,
                 false,
+                &mut RunWinners::new(),
             )
             .await
             .unwrap();
@@ -824,7 +936,8 @@ mod tests {
                     WriteLane::Batch,
                     vec![row(1, 100, 1)],
                     &digests,
-                    false
+                    false,
+                    &mut RunWinners::new(),
                 )
                 .await
                 .is_err()
@@ -842,6 +955,7 @@ mod tests {
                 vec![row(1, 100, 1)],
                 &digests,
                 false,
+                &mut RunWinners::new(),
             )
             .await
             .unwrap();

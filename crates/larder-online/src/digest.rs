@@ -32,7 +32,11 @@ const ENCODED_DIGEST_LENGTH: usize = 16;
 type DigestTableDefinition<'name> = TableDefinition<'name, &'static [u8], &'static [u8]>;
 
 /// What was last materialized for one entity: its event time and a hash of its encoded values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// Digests order rows of one entity as the batch lane and training sets rank them: the newer
+/// event time wins, and at the same event time the larger content hash
+/// ([`larder_core::codec::content_hash`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RowDigest {
     /// The event time of the materialized row.
     pub event_timestamp: Timestamp,

@@ -664,7 +664,14 @@ async fn batch_stream_and_direct_writes_interleave_and_the_newest_survives() {
             let digests = MemoryDigestStore::new();
             for round in 0..ROUNDS {
                 write_path
-                    .write_changed(&view, WriteLane::Batch, rows_of(round, 1), &digests, false)
+                    .write_changed(
+                        &view,
+                        WriteLane::Batch,
+                        rows_of(round, 1),
+                        &digests,
+                        false,
+                        &mut larder_ingest::RunWinners::new(),
+                    )
                     .await
                     .unwrap();
                 tokio::task::yield_now().await;
