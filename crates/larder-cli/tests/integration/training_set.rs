@@ -253,3 +253,105 @@ fn training_set_over_http_streams_arrow_ipc() {
         "feature view 'user_activity' has no feature 'nope'"
     );
 }
+
+/// Writes the demo's profile source with every row twice at the same user and event time
+/// (the copy with one more loyalty point), in small row groups so that scans run in
+/// parallel, the rows in the given order.
+fn write_tied_profiles(repo: &Path, original: &[RecordBatch], reversed: bool) {
+    use arrow::array::{Int64Array, UInt32Array};
+    let schema = original[0].schema();
+    let mut rows = Vec::new();
+    for batch in original {
+        let mut bumped = batch.columns().to_vec();
+        let index = schema.index_of("loyalty_points").unwrap();
+        let points = bumped[index].as_primitive::<Int64Type>();
+        bumped[index] = std::sync::Arc::new(Int64Array::from_iter(
+            points.iter().map(|value| value.map(|points| points + 1)),
+        ));
+        rows.push(batch.clone());
+        rows.push(RecordBatch::try_new(schema.clone(), bumped).unwrap());
+    }
+    let mut all = arrow::compute::concat_batches(&schema, &rows).unwrap();
+    if reversed {
+        let indices = UInt32Array::from_iter_values((0..all.num_rows() as u32).rev());
+        all = arrow::compute::take_record_batch(&all, &indices).unwrap();
+    }
+    let properties = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(256))
+        .build();
+    let file = std::fs::File::create(repo.join("data/sources/profiles.parquet")).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, Some(properties)).unwrap();
+    writer.write(&all).unwrap();
+    writer.close().unwrap();
+}
+
+/// Each user's served `loyalty_points`, in user order.
+fn served_points(repo: &Path, users: i64) -> Vec<serde_json::Value> {
+    let server = Server::start(repo);
+    let body = serde_json::json!({
+        "features": ["user_profile:loyalty_points"],
+        "entities": {"user_id": (0..users).collect::<Vec<_>>()},
+    });
+    let (status, answer) = server.post("/get-online-features", &body.to_string());
+    assert_eq!(status, 200, "{answer}");
+    answer["results"][1]["values"].as_array().unwrap().clone()
+}
+
+/// The source holds two rows of every user at each event time. Materialized twice, the
+/// second time from the same rows in reverse order, the training sets are byte-identical,
+/// the online rows are the same, and each user's online value is the one the training set
+/// picks at the user's latest time.
+#[test]
+fn ties_give_the_same_training_set_and_online_rows_whatever_the_source_order() {
+    const USERS: i64 = 400;
+    let repo = DemoRepo::init_with(USERS as u64, &["--anchor", "2026-01-01"]);
+    let original = read_parquet(&repo.path.join("data/sources/profiles.parquet"));
+    let mut csv = String::from("user_id,event_timestamp\n");
+    for user in 0..USERS {
+        csv.push_str(&format!("{user},{}\n", rfc3339(ANCHOR + 30 * DAY)));
+    }
+    std::fs::write(repo.path.join("entities.csv"), csv).unwrap();
+    let training_set = |output: &str| {
+        larder_ok(
+            &repo.path,
+            &[
+                "training-set",
+                "--entities",
+                "entities.csv",
+                "--features",
+                "user_profile:loyalty_points,user_profile:age",
+                "--output",
+                output,
+            ],
+        );
+        std::fs::read(repo.path.join(output)).unwrap()
+    };
+
+    write_tied_profiles(&repo.path, &original, false);
+    larder_ok(&repo.path, &["apply"]);
+    larder_ok(&repo.path, &["materialize", "--views", "user_profile"]);
+    let first_set = training_set("first.parquet");
+    let first_online = served_points(&repo.path, USERS);
+
+    write_tied_profiles(&repo.path, &original, true);
+    larder_ok(&repo.path, &["materialize", "--views", "user_profile"]);
+    let second_set = training_set("second.parquet");
+    let second_online = served_points(&repo.path, USERS);
+
+    assert!(first_set == second_set, "the training sets differ");
+    assert_eq!(first_online, second_online);
+    let mut trained = Vec::new();
+    for batch in read_parquet(&repo.path.join("first.parquet")) {
+        trained.extend(int64_column(&batch, "loyalty_points"));
+    }
+    assert_eq!(trained.len(), USERS as usize);
+    let mut present = 0;
+    for (user, (online, offline)) in first_online.iter().zip(&trained).enumerate() {
+        assert_eq!(online.as_i64(), *offline, "user {user}");
+        present += usize::from(offline.is_some());
+    }
+    assert!(
+        present > USERS as usize / 2,
+        "only {present} users have values"
+    );
+}

@@ -7,6 +7,7 @@
 //! to disk when the session's memory pool is exhausted, then merged in one forward pass.
 
 use std::cmp::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt64Array, UInt64Builder};
@@ -26,8 +27,12 @@ pub const TIMESTAMP_COLUMN: &str = "_larder_ts";
 /// The id column of the narrow entity input: the entity row's position in the request.
 pub const ROW_COLUMN: &str = "_larder_row";
 /// The id column of the narrow feature input: the feature row's position in its source's
-/// deterministic read order. At equal key and event time, the larger ordinal wins.
+/// read order.
 pub const ORDINAL_COLUMN: &str = "_larder_ordinal";
+/// The optional tie-break column of the narrow feature input: the content hash of the row's
+/// encoded feature values. At equal key and event time, the larger hash wins (the batch
+/// lane's rule), then the larger ordinal (identical values).
+pub const TIE_COLUMN: &str = "_larder_tie";
 
 fn datafusion_error(
     context: &str,
@@ -168,6 +173,8 @@ struct FeatureCursor {
     position: usize,
     /// The last feature row passed: the best candidate for the current entity row.
     candidate: Option<(Arc<SortedChunk>, usize)>,
+    /// Whether the candidate has the same key and event time as the row passed before it.
+    candidate_tied: bool,
 }
 
 impl FeatureCursor {
@@ -212,18 +219,31 @@ impl FeatureCursor {
                 return Ok(());
             }
             let chunk = Arc::clone(chunk);
+            self.candidate_tied = self.candidate.as_ref().is_some_and(|(previous, row)| {
+                previous.keys.row(*row) == chunk.keys.row(self.position)
+                    && previous.timestamps.value(*row) == chunk.timestamps.value(self.position)
+            });
             self.candidate = Some((chunk, self.position));
             self.position += 1;
         }
     }
 }
 
-/// Runs the as-of join over narrow inputs and streams `(row, ordinal)` pairs, one per entity
-/// row, in entity `(key, timestamp)` order.
+/// What an as-of join streams, and what it learned once the stream has ended.
+pub struct AsofMatches {
+    /// `(row, ordinal)` pairs, one per entity row, in entity `(key, timestamp)` order.
+    pub stream: SendableRecordBatchStream,
+    /// Set when an entity row matched one of several feature rows with the same key and
+    /// event time while the features had no [`TIE_COLUMN`]: the match then went to the
+    /// larger ordinal, and the join must be run again with tie-break hashes.
+    pub ties_matched: Arc<AtomicBool>,
+}
+
+/// Runs the as-of join over narrow inputs.
 ///
 /// * `entities`: join keys (first `key_count` columns), [`TIMESTAMP_COLUMN`], [`ROW_COLUMN`].
 /// * `features`: the same join key columns (same types, no null keys), [`TIMESTAMP_COLUMN`],
-///   [`ORDINAL_COLUMN`].
+///   optionally [`TIE_COLUMN`], then [`ORDINAL_COLUMN`].
 /// * `ttl_micros`: a feature row qualifies only if `event_ts > entity_ts - ttl`; `None`: any age.
 pub async fn asof_match(
     session: &SessionContext,
@@ -231,7 +251,8 @@ pub async fn asof_match(
     features: SendableRecordBatchStream,
     key_count: usize,
     ttl_micros: Option<i64>,
-) -> Result<SendableRecordBatchStream, OfflineError> {
+) -> Result<AsofMatches, OfflineError> {
+    let has_tie_column = features.schema().column_with_name(TIE_COLUMN).is_some();
     let entity_schema = entities.schema();
     let sort_fields = entity_schema.fields()[..key_count]
         .iter()
@@ -251,7 +272,11 @@ pub async fn asof_match(
     let mut entity_order: Vec<&str> = key_names.iter().map(String::as_str).collect();
     entity_order.extend([TIMESTAMP_COLUMN, ROW_COLUMN]);
     let mut feature_order: Vec<&str> = key_names.iter().map(String::as_str).collect();
-    feature_order.extend([TIMESTAMP_COLUMN, ORDINAL_COLUMN]);
+    feature_order.push(TIMESTAMP_COLUMN);
+    if has_tie_column {
+        feature_order.push(TIE_COLUMN);
+    }
+    feature_order.push(ORDINAL_COLUMN);
     let sorted_entities = sort_stream(session, entities, &entity_order).await?;
     let sorted_features = sort_stream(session, features, &feature_order).await?;
     let mut cursor = FeatureCursor {
@@ -261,66 +286,75 @@ pub async fn asof_match(
         current: None,
         position: 0,
         candidate: None,
+        candidate_tied: false,
     };
     cursor.load_next().await?;
+    let ties_matched = Arc::new(AtomicBool::new(false));
+    let ties_flag = Arc::clone(&ties_matched);
     let state = (sorted_entities, cursor, converter);
-    let output = futures::stream::try_unfold(
-        state,
-        move |(mut entities, mut cursor, converter)| async move {
-            loop {
-                let Some(batch) = entities.next().await else {
-                    return Ok(None);
-                };
-                let batch = batch.map_err(|error| {
-                    datafusion::error::DataFusionError::External(Box::new(error))
-                })?;
-                if batch.num_rows() == 0 {
-                    continue;
-                }
-                let entity_chunk = SortedChunk::new(&batch, &converter, key_count, ROW_COLUMN)
-                    .map_err(|error| {
+    let output =
+        futures::stream::try_unfold(state, move |(mut entities, mut cursor, converter)| {
+            let ties_flag = Arc::clone(&ties_flag);
+            async move {
+                loop {
+                    let Some(batch) = entities.next().await else {
+                        return Ok(None);
+                    };
+                    let batch = batch.map_err(|error| {
                         datafusion::error::DataFusionError::External(Box::new(error))
                     })?;
-                let mut ordinals = UInt64Builder::with_capacity(entity_chunk.len());
-                for entity_row in 0..entity_chunk.len() {
-                    // A null entity time asks for no point in time: its features are null,
-                    // and the cursor must not move for it (its slot holds no real time).
-                    if entity_chunk.timestamps.is_null(entity_row) {
-                        ordinals.append_null();
+                    if batch.num_rows() == 0 {
                         continue;
                     }
-                    cursor
-                        .advance_to(&entity_chunk, entity_row)
-                        .await
+                    let entity_chunk = SortedChunk::new(&batch, &converter, key_count, ROW_COLUMN)
                         .map_err(|error| {
                             datafusion::error::DataFusionError::External(Box::new(error))
                         })?;
-                    let entity_timestamp = entity_chunk.timestamps.value(entity_row);
-                    let matched = cursor.candidate.as_ref().and_then(|(chunk, row)| {
-                        let same_key = chunk.keys.row(*row) == entity_chunk.keys.row(entity_row);
-                        let fresh = match ttl_micros {
-                            Some(ttl) => {
-                                chunk.timestamps.value(*row) > entity_timestamp.saturating_sub(ttl)
-                            }
-                            None => true,
-                        };
-                        (same_key && fresh).then(|| chunk.ids.value(*row))
-                    });
-                    ordinals.append_option(matched);
+                    let mut ordinals = UInt64Builder::with_capacity(entity_chunk.len());
+                    for entity_row in 0..entity_chunk.len() {
+                        // A null entity time asks for no point in time: its features are null,
+                        // and the cursor must not move for it (its slot holds no real time).
+                        if entity_chunk.timestamps.is_null(entity_row) {
+                            ordinals.append_null();
+                            continue;
+                        }
+                        cursor
+                            .advance_to(&entity_chunk, entity_row)
+                            .await
+                            .map_err(|error| {
+                                datafusion::error::DataFusionError::External(Box::new(error))
+                            })?;
+                        let entity_timestamp = entity_chunk.timestamps.value(entity_row);
+                        let matched = cursor.candidate.as_ref().and_then(|(chunk, row)| {
+                            let same_key =
+                                chunk.keys.row(*row) == entity_chunk.keys.row(entity_row);
+                            let fresh = match ttl_micros {
+                                Some(ttl) => {
+                                    chunk.timestamps.value(*row)
+                                        > entity_timestamp.saturating_sub(ttl)
+                                }
+                                None => true,
+                            };
+                            (same_key && fresh).then(|| chunk.ids.value(*row))
+                        });
+                        if matched.is_some() && cursor.candidate_tied && !has_tie_column {
+                            ties_flag.store(true, AtomicOrdering::Relaxed);
+                        }
+                        ordinals.append_option(matched);
+                    }
+                    let output = RecordBatch::try_new(
+                        match_schema(),
+                        vec![
+                            Arc::new(entity_chunk.ids.clone()),
+                            Arc::new(ordinals.finish()),
+                        ],
+                    )?;
+                    return Ok(Some((output, (entities, cursor, converter))));
                 }
-                let output = RecordBatch::try_new(
-                    match_schema(),
-                    vec![
-                        Arc::new(entity_chunk.ids.clone()),
-                        Arc::new(ordinals.finish()),
-                    ],
-                )?;
-                return Ok(Some((output, (entities, cursor, converter))));
             }
-        },
-    );
-    Ok(Box::pin(RecordBatchStreamAdapter::new(
-        match_schema(),
-        output,
-    )))
+        });
+    Ok(AsofMatches {
+        stream: Box::pin(RecordBatchStreamAdapter::new(match_schema(), output)),
+        ties_matched,
+    })
 }

@@ -6,10 +6,11 @@
 //! For each entity row and each requested feature view, the feature values are those of the
 //! view's row with the same join keys and the **latest event time `t` with
 //! `t <= entity_ts` and `t > entity_ts - ttl`** (no lower bound when the view has no TTL or a
-//! zero TTL). At equal join keys and event time, the row read *later* from the offline store
-//! wins (files in path order, so later date partitions, then later rows of a file): the
-//! offline store keeps one materialization per view version, so all its rows share one write
-//! time, and storage order is the deterministic stand-in for "the later write". When no row
+//! zero TTL). Of several rows with equal join keys and event time, the one whose encoded
+//! feature values have the larger content hash wins ([`larder_core::codec::content_hash`]),
+//! the rule the batch lane uses online: the choice comes from the values alone, never from
+//! storage order, so two materializations of the same sources give the same training set and
+//! the same online row. An entity row with a null time gets null features. When no row
 //! qualifies the features are null and **the entity row is still returned**. The output has
 //! exactly one row per entity row, in the entity table's order, with every entity column
 //! (labels included) carried through unchanged. Entity timestamps may have any unit and time
@@ -21,7 +22,10 @@
 //! (join keys, event time, ordinal) are projected to narrow rows and sorted by
 //! `(keys, time, id)` with DataFusion's external sort, which spills to disk under the
 //! session's memory pool; (2) one forward merge finds each entity row's matching ordinal
-//! ([`asof::asof_match`]); (3) the matches are sorted by ordinal and the wide feature values
+//! ([`asof::asof_match`]); if an entity row matched one of several rows of its key at one
+//! event time, (1)–(2) run again with each feature row's content hash read as a tie-break
+//! column, so only views whose offline rows hold such ties pay for reading all features;
+//! (3) the matches are sorted by ordinal and the wide feature values
 //! are fetched in a second sequential pass over the view's rows; (4) those are sorted back by
 //! entity row number. Finally the entity table is read once more in order and zipped with
 //! every view's columns. Memory is bounded by the pool plus a few batches per stream.
@@ -52,7 +56,8 @@ pub use sources::{EntityFile, EntityFileFormat, MemoryRows, OfflineViewRows, Row
 
 use crate::OfflineError;
 use crate::arrow_types::{arrow_type_of, value_type_of};
-use asof::{ORDINAL_COLUMN, ROW_COLUMN, TIMESTAMP_COLUMN};
+use crate::columns::ViewBatch;
+use asof::{ORDINAL_COLUMN, ROW_COLUMN, TIE_COLUMN, TIMESTAMP_COLUMN};
 
 /// A stream of record batches (DataFusion's, re-exported so callers need not name DataFusion).
 pub type SendableBatches = SendableRecordBatchStream;
@@ -252,15 +257,63 @@ fn column_list(schema: &Schema) -> String {
         .join(", ")
 }
 
-fn narrow_schema(view: &FeatureView, id_column: &str) -> SchemaRef {
+fn narrow_schema(view: &FeatureView, id_column: &str, with_ties: bool) -> SchemaRef {
     let mut fields: Vec<Field> = view
         .join_keys
         .iter()
         .map(|join_key| Field::new(&join_key.name, arrow_type_of(&join_key.dtype), true))
         .collect();
     fields.push(Field::new(TIMESTAMP_COLUMN, DataType::Int64, true));
+    if with_ties {
+        fields.push(Field::new(TIE_COLUMN, DataType::UInt64, false));
+    }
     fields.push(Field::new(id_column, DataType::UInt64, false));
     Arc::new(Schema::new(fields))
+}
+
+/// Maps a view's feature rows in the canonical schema (`[keys..., timestamp, features...]`) to
+/// the narrow `[keys..., _larder_ts, _larder_tie, _larder_ordinal]` shape: the tie column is
+/// the content hash of each row's encoded feature values, the batch lane's tie-break. Ordinals
+/// count rows from 0 in stream order; rows with a null key or time are dropped after
+/// numbering.
+fn narrow_features_with_ties(
+    input: SendableRecordBatchStream,
+    view: &FeatureView,
+) -> SendableRecordBatchStream {
+    let schema = narrow_schema(view, ORDINAL_COLUMN, true);
+    let output_schema = Arc::clone(&schema);
+    let view = view.clone();
+    let key_count = view.join_keys.len();
+    let mut next_ordinal: u64 = 0;
+    let mapped = input.map(move |batch| {
+        let batch = batch?;
+        let rows = batch.num_rows();
+        let ordinals = UInt64Array::from_iter_values(next_ordinal..next_ordinal + rows as u64);
+        next_ordinal += rows as u64;
+        let mut keep = arrow::array::BooleanArray::from(vec![true; rows]);
+        for column in &batch.columns()[..key_count + 1] {
+            keep = arrow::compute::and(&keep, &is_not_null(column)?)?;
+        }
+        let batch = filter_record_batch(&batch, &keep)?;
+        let ordinals = arrow::compute::filter(&ordinals, &keep)?;
+        let view_batch = ViewBatch::from_batch(&view, &batch).map_err(external)?;
+        let mut encoded = Vec::new();
+        let ties = UInt64Array::from_iter_values((0..view_batch.num_rows()).map(|row| {
+            encoded.clear();
+            view_batch.write_encoded_feature_values(row, &mut encoded);
+            larder_core::codec::content_hash(&encoded)
+        }));
+        let canonical = view_batch.record_batch();
+        let mut columns: Vec<ArrayRef> = canonical.columns()[..key_count].to_vec();
+        columns.push(
+            timestamps_as_micros(canonical.column(key_count), &view.timestamp_field)
+                .map_err(external)?,
+        );
+        columns.push(Arc::new(ties));
+        columns.push(ordinals);
+        Ok(RecordBatch::try_new(Arc::clone(&schema), columns)?)
+    });
+    Box::pin(RecordBatchStreamAdapter::new(output_schema, mapped))
 }
 
 /// Maps a `[keys..., timestamp]` stream to the narrow `[keys..., _larder_ts, id]` shape; ids
@@ -273,7 +326,7 @@ fn narrow_stream(
     id_column: &str,
     drop_null_rows: bool,
 ) -> SendableRecordBatchStream {
-    let schema = narrow_schema(view, id_column);
+    let schema = narrow_schema(view, id_column, false);
     let output_schema = Arc::clone(&schema);
     let key_types: Vec<DataType> = view
         .join_keys
@@ -315,13 +368,13 @@ fn narrow_stream(
     Box::pin(RecordBatchStreamAdapter::new(output_schema, mapped))
 }
 
-/// Fetches the matched feature rows by ordinal in one sequential pass over the view's rows;
-/// streams `[_larder_row, features...]` in ordinal order.
-async fn gather_features(
+/// The entity rows that matched a feature row, sorted by that row's ordinal. The first batch
+/// is already read (`None`: no match at all), which runs the as-of merge to its end: the
+/// sort takes in every match before it returns one.
+async fn sorted_matches(
     session: &SessionContext,
     matches: SendableRecordBatchStream,
-    view_request: &ViewRequest,
-) -> Result<SendableRecordBatchStream, OfflineError> {
+) -> Result<(Option<RecordBatch>, SendableRecordBatchStream), OfflineError> {
     let matched = matches.map(|batch| {
         let batch = batch?;
         let keep = is_not_null(batch.column(1))?;
@@ -329,7 +382,97 @@ async fn gather_features(
     });
     let matched: SendableRecordBatchStream =
         Box::pin(RecordBatchStreamAdapter::new(asof::match_schema(), matched));
-    let matched = asof::sort_stream(session, matched, &[ORDINAL_COLUMN, ROW_COLUMN]).await?;
+    let mut sorted = asof::sort_stream(session, matched, &[ORDINAL_COLUMN, ROW_COLUMN]).await?;
+    let first = sorted
+        .next()
+        .await
+        .transpose()
+        .map_err(|source| OfflineError::Query {
+            context: "joining feature rows".to_string(),
+            source,
+        })?;
+    Ok((first, sorted))
+}
+
+/// Runs the as-of join of one view: each entity row's matching feature ordinal, sorted by
+/// ordinal (see [`sorted_matches`]).
+///
+/// The join first runs on keys and times alone. If an entity row matched one of several
+/// rows of its key with the same event time, it runs again with each feature row's content
+/// hash as a tie-break, so that the winner is the row the batch lane put online (the larger
+/// hash), whatever order the offline store holds them in. Views without such ties pay nothing.
+async fn join_view(
+    session: &SessionContext,
+    request: &TrainingSetRequest,
+    view_request: &ViewRequest,
+) -> Result<(Option<RecordBatch>, SendableRecordBatchStream), OfflineError> {
+    let view = &view_request.view;
+    let key_names: Vec<String> = view.join_keys.iter().map(|key| key.name.clone()).collect();
+    let mut entity_columns = key_names.clone();
+    entity_columns.push(request.entity_timestamp_column.clone());
+    let ttl_micros = view
+        .ttl
+        .filter(|ttl| ttl.as_seconds() > 0)
+        .map(|ttl| ttl.as_micros());
+    let mut with_ties = false;
+    loop {
+        let entities = narrow_stream(
+            request.entities.open(&entity_columns).await?,
+            view,
+            request.entity_timestamp_column.clone(),
+            ROW_COLUMN,
+            false,
+        );
+        let features = if with_ties {
+            let schema = ViewBatch::schema_of(view);
+            let all_columns: Vec<String> = schema
+                .fields()
+                .iter()
+                .map(|field| field.name().clone())
+                .collect();
+            narrow_features_with_ties(view_request.rows.open(&all_columns).await?, view)
+        } else {
+            let mut feature_columns = key_names.clone();
+            feature_columns.push(view.timestamp_field.clone());
+            narrow_stream(
+                view_request.rows.open(&feature_columns).await?,
+                view,
+                view.timestamp_field.clone(),
+                ORDINAL_COLUMN,
+                true,
+            )
+        };
+        let matches = asof::asof_match(
+            session,
+            entities,
+            features,
+            view.join_keys.len(),
+            ttl_micros,
+        )
+        .await?;
+        let sorted = sorted_matches(session, matches.stream).await?;
+        if with_ties
+            || !matches
+                .ties_matched
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(sorted);
+        }
+        with_ties = true;
+    }
+}
+
+/// Fetches the matched feature rows by ordinal in one sequential pass over the view's rows;
+/// streams `[_larder_row, features...]` in ordinal order.
+async fn gather_features(
+    session: &SessionContext,
+    (first, rest): (Option<RecordBatch>, SendableRecordBatchStream),
+    view_request: &ViewRequest,
+) -> Result<SendableRecordBatchStream, OfflineError> {
+    let matched: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
+        asof::match_schema(),
+        futures::stream::iter(first.map(Ok)).chain(rest),
+    ));
     let feature_rows = view_request.rows.open(&view_request.features).await?;
     let mut fields = vec![Field::new(ROW_COLUMN, DataType::UInt64, false)];
     for feature_name in &view_request.features {
@@ -494,38 +637,7 @@ pub async fn build_training_set(
     let output_schema = validate(request)?;
     let mut joined_views = Vec::with_capacity(request.views.len());
     for view_request in &request.views {
-        let view = &view_request.view;
-        let key_names: Vec<String> = view.join_keys.iter().map(|key| key.name.clone()).collect();
-        let mut entity_columns = key_names.clone();
-        entity_columns.push(request.entity_timestamp_column.clone());
-        let entities = narrow_stream(
-            request.entities.open(&entity_columns).await?,
-            view,
-            request.entity_timestamp_column.clone(),
-            ROW_COLUMN,
-            false,
-        );
-        let mut feature_columns = key_names;
-        feature_columns.push(view.timestamp_field.clone());
-        let features = narrow_stream(
-            view_request.rows.open(&feature_columns).await?,
-            view,
-            view.timestamp_field.clone(),
-            ORDINAL_COLUMN,
-            true,
-        );
-        let ttl_micros = view
-            .ttl
-            .filter(|ttl| ttl.as_seconds() > 0)
-            .map(|ttl| ttl.as_micros());
-        let matches = asof::asof_match(
-            session,
-            entities,
-            features,
-            view.join_keys.len(),
-            ttl_micros,
-        )
-        .await?;
+        let matches = join_view(session, request, view_request).await?;
         let gathered = gather_features(session, matches, view_request).await?;
         joined_views.push(JoinedView {
             stream: gathered,

@@ -181,13 +181,19 @@ fn entity_rows(rows: &[EntityRow], timestamp_style: usize, chunk: usize) -> Memo
     chunked(schema, batch, chunk)
 }
 
-/// The model: nested loops; later rows win ties.
+/// The content hash of a one-feature row: the batch lane's tie-break.
+fn tie_of(value: larder_core::Value) -> u64 {
+    larder_core::codec::content_hash(&larder_core::codec::encode_row_to_vec(&[value]))
+}
+
+/// The model: nested loops; at equal event times the larger content hash wins.
 fn naive_latest<R>(
     entity_second: i64,
     ttl_seconds: Option<u64>,
     rows: &[R],
     matches_key: impl Fn(&R) -> bool,
     second_of: impl Fn(&R) -> i64,
+    tie_of: impl Fn(&R) -> u64,
 ) -> Option<usize> {
     let mut best: Option<usize> = None;
     for (index, row) in rows.iter().enumerate() {
@@ -199,7 +205,10 @@ fn naive_latest<R>(
         if !matches_key(row) || second > entity_second || !fresh {
             continue;
         }
-        if best.is_none_or(|best_index| second >= second_of(&rows[best_index])) {
+        let rank = (second, tie_of(row));
+        let best_rank =
+            best.map(|best_index| (second_of(&rows[best_index]), tie_of(&rows[best_index])));
+        if best_rank.is_none_or(|best_rank| rank > best_rank) {
             best = Some(index);
         }
     }
@@ -299,10 +308,18 @@ fn check_against_model(
             pairs,
             |row| row.0 == *a && row.1 == *b,
             |row| row.2,
+            |row| tie_of(larder_core::Value::Int64(row.3)),
         )
         .map(|best| pairs[best].3);
-        let expected_g = naive_latest(*second, single_ttl, singles, |row| row.0 == *a, |row| row.1)
-            .map(|best| singles[best].2);
+        let expected_g = naive_latest(
+            *second,
+            single_ttl,
+            singles,
+            |row| row.0 == *a,
+            |row| row.1,
+            |row| tie_of(larder_core::Value::Float64(row.2)),
+        )
+        .map(|best| singles[best].2);
         prop_assert_eq!(
             f_values[index],
             expected_f,
@@ -342,7 +359,7 @@ proptest! {
         timestamp_style in 0usize..4,
         chunk in 1usize..9,
     ) {
-        // Unique values, so the row that won a tie is visible.
+        // Unique values, so the row that won a tie is visible; rows are in random order.
         let pairs: Vec<PairRow> = pair_seeds
             .into_iter()
             .enumerate()
