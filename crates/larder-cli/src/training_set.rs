@@ -54,7 +54,7 @@ pub struct TrainingSetArgs {
     /// Where to write the training set (Parquet).
     #[arg(long)]
     output: PathBuf,
-    /// Memory for sorting, in MiB; sorts spill to the temporary folder beyond it.
+    /// Memory for sorting, in MiB (at least 16); sorts spill to the temporary folder beyond it.
     #[arg(long, default_value_t = 1024)]
     memory_mb: usize,
 }

@@ -62,6 +62,9 @@ use asof::{ORDINAL_COLUMN, ROW_COLUMN, TIE_COLUMN, TIMESTAMP_COLUMN};
 /// A stream of record batches (DataFusion's, re-exported so callers need not name DataFusion).
 pub type SendableBatches = SendableRecordBatchStream;
 
+/// The most rows in one batch of gathered feature values.
+const GATHER_BATCH_ROWS: usize = 4096;
+
 /// The default entity timestamp column (Feast's name).
 pub const DEFAULT_ENTITY_TIMESTAMP_COLUMN: &str = "event_timestamp";
 
@@ -89,9 +92,20 @@ pub struct TrainingSetRequest {
     pub full_feature_names: bool,
 }
 
+/// The least sort memory a training set runs with: below it, the sorts that run side by side
+/// cannot each keep back the memory they need to merge their spills.
+pub const MIN_TRAINING_MEMORY_BYTES: usize = 16 << 20;
+
 /// A DataFusion session for training sets: sorts spill to the OS temporary folder once
-/// `memory_limit_bytes` are in use.
+/// `memory_limit_bytes` are in use. Less than [`MIN_TRAINING_MEMORY_BYTES`] is refused.
 pub fn training_session(memory_limit_bytes: usize) -> Result<SessionContext, OfflineError> {
+    if memory_limit_bytes < MIN_TRAINING_MEMORY_BYTES {
+        return Err(OfflineError::InvalidRequest(format!(
+            "a training set needs at least {} MiB of sort memory (it spills to disk beyond it), not {} MiB",
+            MIN_TRAINING_MEMORY_BYTES >> 20,
+            memory_limit_bytes >> 20
+        )));
+    }
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit_bytes)))
         .build_arc()
@@ -495,6 +509,8 @@ async fn gather_features(
         matches_done: bool,
         feature_rows: SendableRecordBatchStream,
         next_ordinal: u64,
+        /// Gathered batches not yet handed on.
+        ready: std::collections::VecDeque<RecordBatch>,
     }
     let state = GatherState {
         matched,
@@ -502,12 +518,16 @@ async fn gather_features(
         matches_done: false,
         feature_rows,
         next_ordinal: 0,
+        ready: std::collections::VecDeque::new(),
     };
     let output = futures::stream::try_unfold(state, move |mut state| {
         let schema = Arc::clone(&schema);
         let feature_types = feature_types.clone();
         async move {
             loop {
+                if let Some(batch) = state.ready.pop_front() {
+                    return Ok(Some((batch, state)));
+                }
                 if state.matches_done && state.pending.is_none() {
                     return Ok(None);
                 }
@@ -547,18 +567,27 @@ async fn gather_features(
                 if rows.is_empty() {
                     continue;
                 }
-                let take_indices = UInt32Array::from(indices);
-                let mut columns: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(rows))];
-                for (index, feature_type) in feature_types.iter().enumerate() {
-                    let taken = take(feature_batch.column(index), &take_indices, None)?;
-                    columns.push(
-                        strict_cast(&taken, feature_type, "feature column").map_err(external)?,
-                    );
+                // Many entity rows may match one feature batch: hand them on in batches of
+                // at most GATHER_BATCH_ROWS fresh rows, so that the sort that follows can
+                // take each one within a small memory pool (it cannot spill half a batch).
+                for (row_chunk, index_chunk) in rows
+                    .chunks(GATHER_BATCH_ROWS)
+                    .zip(indices.chunks(GATHER_BATCH_ROWS))
+                {
+                    let take_indices = UInt32Array::from(index_chunk.to_vec());
+                    let mut columns: Vec<ArrayRef> =
+                        vec![Arc::new(UInt64Array::from(row_chunk.to_vec()))];
+                    for (index, feature_type) in feature_types.iter().enumerate() {
+                        let taken = take(feature_batch.column(index), &take_indices, None)?;
+                        columns.push(
+                            strict_cast(&taken, feature_type, "feature column")
+                                .map_err(external)?,
+                        );
+                    }
+                    state
+                        .ready
+                        .push_back(RecordBatch::try_new(Arc::clone(&schema), columns)?);
                 }
-                return Ok(Some((
-                    RecordBatch::try_new(Arc::clone(&schema), columns)?,
-                    state,
-                )));
             }
         }
     });

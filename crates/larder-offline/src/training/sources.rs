@@ -50,6 +50,31 @@ fn column_indices(schema: &Schema, columns: &[String]) -> Result<Vec<usize>, Off
         .collect()
 }
 
+/// The most rows in one batch that [`MemoryRows`] streams.
+const MEMORY_BATCH_ROWS: usize = 8192;
+
+/// A large batch as batches of at most [`MEMORY_BATCH_ROWS`] rows, each with buffers of its
+/// own: a sort accounts for a batch's whole buffers, so slices of one large batch would each
+/// count as all of it and exhaust a small memory pool.
+fn compact_chunks(batch: &RecordBatch) -> Result<Vec<RecordBatch>, OfflineError> {
+    if batch.num_rows() <= MEMORY_BATCH_ROWS {
+        return Ok(vec![batch.clone()]);
+    }
+    (0..batch.num_rows())
+        .step_by(MEMORY_BATCH_ROWS)
+        .map(|start| {
+            let end = (start + MEMORY_BATCH_ROWS).min(batch.num_rows());
+            let indices = arrow::array::UInt32Array::from_iter_values(start as u32..end as u32);
+            arrow::compute::take_record_batch(batch, &indices).map_err(|source| {
+                OfflineError::Arrow {
+                    context: "splitting rows into batches".to_string(),
+                    source,
+                }
+            })
+        })
+        .collect()
+}
+
 /// Record batches held in memory (tests, small requests, HTTP bodies).
 #[derive(Debug, Clone)]
 pub struct MemoryRows {
@@ -73,15 +98,16 @@ impl RowSource for MemoryRows {
     async fn open(&self, columns: &[String]) -> Result<SendableRecordBatchStream, OfflineError> {
         let indices = column_indices(&self.schema, columns)?;
         let projected_schema = project_schema(&self.schema, columns)?;
-        let batches: Vec<_> = self
-            .batches
-            .iter()
-            .map(|batch| {
-                batch
-                    .project(&indices)
-                    .map_err(datafusion::error::DataFusionError::from)
-            })
-            .collect();
+        let mut batches = Vec::new();
+        for batch in &self.batches {
+            let projected = batch
+                .project(&indices)
+                .map_err(|source| OfflineError::Arrow {
+                    context: "projecting columns".to_string(),
+                    source,
+                })?;
+            batches.extend(compact_chunks(&projected)?.into_iter().map(Ok));
+        }
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             projected_schema,
             futures::stream::iter(batches),
@@ -121,9 +147,15 @@ impl EntityFile {
         path: &Path,
         format: EntityFileFormat,
     ) -> Result<SessionContext, OfflineError> {
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_target_partitions(1)
             .with_information_schema(false);
+        // Entity columns come back as they are: text stays `Utf8`, not DataFusion's view type.
+        config
+            .options_mut()
+            .execution
+            .parquet
+            .schema_force_view_types = false;
         let context = SessionContext::new_with_config(config);
         let location = path.to_string_lossy().to_string();
         let extension = path

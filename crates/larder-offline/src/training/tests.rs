@@ -68,12 +68,19 @@ fn utc() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from("UTC")))
 }
 
+/// `batch` as batches of `chunk` rows, each with buffers of its own (as a file reader makes
+/// them).
 fn chunked(schema: Arc<Schema>, batch: RecordBatch, chunk: usize) -> MemoryRows {
     let mut batches = Vec::new();
     let mut offset = 0;
     while offset < batch.num_rows() {
         let length = chunk.min(batch.num_rows() - offset);
-        batches.push(batch.slice(offset, length));
+        let indices =
+            arrow::array::UInt32Array::from_iter_values(offset as u32..(offset + length) as u32);
+        batches.push(
+            arrow::compute::take_record_batch(&batch, &indices)
+                .unwrap_or_else(|error| panic!("{error}")),
+        );
         offset += length;
     }
     MemoryRows::new(schema, batches)
@@ -603,4 +610,119 @@ fn entity_times_before_1970_round_toward_the_past() {
         .collect();
     // -1.5 µs sees -2 µs; -2.5 µs (floored to -3 µs) sees nothing.
     assert_eq!(values, vec![Some(2.0), None]);
+}
+
+#[test]
+fn less_sort_memory_than_the_minimum_is_a_clear_error() {
+    let error = training_session(8 << 20)
+        .err()
+        .map(|error| error.to_string());
+    assert_eq!(
+        error.as_deref(),
+        Some(
+            "a training set needs at least 16 MiB of sort memory (it spills to disk beyond it), not 8 MiB"
+        )
+    );
+    assert!(training_session(MIN_TRAINING_MEMORY_BYTES).is_ok());
+}
+
+/// 600k entity rows that all match a few feature rows in one feature batch, under the
+/// minimum pool: the gathered values reach the last sort in small batches, so it spills
+/// instead of failing on one batch larger than its share of the pool.
+#[test]
+fn many_entity_rows_matching_one_feature_batch_fit_the_minimum_pool() {
+    let pairs: Vec<PairRow> = (0..60i64)
+        .map(|index| (index % 30, "x".to_string(), index % 7, index))
+        .collect();
+    let singles: Vec<SingleRow> = (0..60i64)
+        .map(|index| (index % 30, index % 5, index as f64))
+        .collect();
+    let entities: Vec<EntityRow> = (0..600_000i64)
+        .map(|index| (index % 30, "x".to_string(), Some(10 + index % 3)))
+        .collect();
+    let result = check_against_model(
+        &entities,
+        &pairs,
+        &singles,
+        None,
+        None,
+        0,
+        8192,
+        MIN_TRAINING_MEMORY_BYTES,
+    );
+    assert!(result.is_ok(), "{result:?}");
+}
+
+/// Entity columns of a Parquet entity file come back with their own types (text as `Utf8`,
+/// not DataFusion's `Utf8View`), in the file's order.
+#[test]
+fn entity_file_columns_come_back_unchanged() {
+    let folder = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
+    let path = folder.path().join("entities.parquet");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("note", DataType::Utf8, true),
+        Field::new("a", DataType::Int64, true),
+        Field::new("event_timestamp", utc(), true),
+    ]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(StringArray::from(vec![Some("first"), None])),
+            Arc::new(Int64Array::from(vec![1, 2])),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![5 * SECOND, 5 * SECOND]).with_timezone("UTC"),
+            ),
+        ],
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
+    let file = std::fs::File::create(&path).unwrap_or_else(|error| panic!("{error}"));
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, Arc::clone(&schema), None)
+        .unwrap_or_else(|error| panic!("{error}"));
+    writer
+        .write(&batch)
+        .unwrap_or_else(|error| panic!("{error}"));
+    writer.close().unwrap_or_else(|error| panic!("{error}"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|error| panic!("{error}"));
+    let entities = runtime
+        .block_on(EntityFile::open_file(&path, EntityFileFormat::Parquet))
+        .unwrap_or_else(|error| panic!("{error}"));
+    let request = TrainingSetRequest {
+        entities: Arc::new(entities),
+        entity_timestamp_column: "event_timestamp".to_string(),
+        views: vec![ViewRequest {
+            view: view(
+                "single",
+                &[("a", ValueType::Int64)],
+                &[("g", ValueType::Float64)],
+                None,
+            ),
+            features: vec!["g".to_string()],
+            rows: Arc::new(single_rows(&[(1, 4, 0.5)], 8)),
+        }],
+        full_feature_names: false,
+    };
+    let session =
+        training_session(MIN_TRAINING_MEMORY_BYTES).unwrap_or_else(|error| panic!("{error}"));
+    let batches = run(&session, &request).unwrap_or_else(|error| panic!("{error}"));
+    let output = batches.first().unwrap_or_else(|| panic!("no output"));
+    let types: Vec<(String, DataType)> = output
+        .schema()
+        .fields()
+        .iter()
+        .map(|field| (field.name().clone(), field.data_type().clone()))
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            ("note".to_string(), DataType::Utf8),
+            ("a".to_string(), DataType::Int64),
+            ("event_timestamp".to_string(), utc()),
+            ("g".to_string(), DataType::Float64),
+        ]
+    );
+    let notes: StringArray = column(output, "note");
+    assert_eq!(notes.iter().collect::<Vec<_>>(), vec![Some("first"), None]);
 }
