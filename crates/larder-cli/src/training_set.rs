@@ -176,7 +176,7 @@ pub async fn run(root: &Path, args: &TrainingSetArgs) -> Result<()> {
     let registry = context.applied_registry()?;
     let store = context.offline_store();
     let resolved = resolved_features(&registry, args)?;
-    let views = larder_server::training::view_requests(&resolved, store.as_ref())?;
+    let views = larder_server::training::view_requests(&registry, &resolved, store.as_ref())?;
     let scratch = tempfile::tempdir().context("creating a temporary folder")?;
     let (entity_path, timestamp_column) = match (&args.entities, &args.start, &args.end) {
         (Some(path), _, _) => (path.clone(), args.timestamp_column.clone()),

@@ -23,11 +23,11 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::ipc::writer::StreamWriter;
 use futures::StreamExt;
 use larder_offline::training::{
-    DEFAULT_ENTITY_TIMESTAMP_COLUMN, MemoryRows, OfflineViewRows, SendableBatches,
+    DEFAULT_ENTITY_TIMESTAMP_COLUMN, MemoryRows, OfflineViewRows, SendableBatches, TieBreak,
     TrainingSetRequest, ViewRequest, build_training_set, training_session,
 };
 use larder_offline::{OfflineStore, SharedOfflineStore};
-use larder_registry::ResolvedFeature;
+use larder_registry::{Registry, ResolvedFeature};
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -131,7 +131,7 @@ impl TrainingService {
             entity_timestamp_column: query
                 .entity_timestamp_column
                 .unwrap_or_else(|| DEFAULT_ENTITY_TIMESTAMP_COLUMN.to_string()),
-            views: view_requests(&resolved, self.store.as_ref())?,
+            views: view_requests(&registry, &resolved, self.store.as_ref())?,
             full_feature_names: query.full_feature_names,
         };
         let session = training_session(REQUEST_MEMORY_BYTES)
@@ -210,8 +210,10 @@ impl<'de> Deserialize<'de> for JsonEntityColumns {
 }
 
 /// The view requests of resolved features, one per view in order of first mention, reading
-/// the views' offline rows.
+/// the views' offline rows. Views over batch sources break ties by content hash (the batch
+/// lane's rule), the others (pushes) by the later write.
 pub fn view_requests(
+    registry: &Registry,
     resolved: &[ResolvedFeature<'_>],
     store: &dyn OfflineStore,
 ) -> Result<Vec<ViewRequest>, ServingError> {
@@ -243,10 +245,19 @@ pub fn view_requests(
                     ),
                 )
             })?;
+        let batch_source = registry
+            .sources
+            .get(&view.source)
+            .is_some_and(|source| source.kind.is_batch());
         requests.push(ViewRequest {
             view: view.clone(),
             features: vec![feature_name.to_string()],
             rows: Arc::new(rows),
+            ties: if batch_source {
+                TieBreak::ContentHash
+            } else {
+                TieBreak::LaterWrite
+            },
         });
     }
     Ok(requests)

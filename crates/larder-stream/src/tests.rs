@@ -479,6 +479,7 @@ async fn online_values_equal_offline_values_at_the_same_instant() {
                 .map(|feature| feature.name.clone())
                 .collect(),
             rows: Arc::new(OfflineViewRows::of_view(&offline, &view).unwrap().unwrap()),
+            ties: larder_offline::training::TieBreak::LaterWrite,
         }],
         full_feature_names: false,
     };

@@ -68,6 +68,20 @@ const GATHER_BATCH_ROWS: usize = 4096;
 /// The default entity timestamp column (Feast's name).
 pub const DEFAULT_ENTITY_TIMESTAMP_COLUMN: &str = "event_timestamp";
 
+/// Which of several rows of one entity with the same event time a training set takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TieBreak {
+    /// The row whose encoded feature values have the larger content hash: the batch lane's
+    /// rule online, for views materialized from batch sources (one run writes all their
+    /// offline rows, in whatever order its parallel scan produced them).
+    #[default]
+    ContentHash,
+    /// The row written later (read later from the offline store): the rule of direct writes
+    /// online, for views fed by pushes, where a later push at the same event time is a
+    /// correction.
+    LaterWrite,
+}
+
 /// The features requested from one feature view, and where its rows are.
 #[derive(Debug, Clone)]
 pub struct ViewRequest {
@@ -77,6 +91,8 @@ pub struct ViewRequest {
     pub features: Vec<String>,
     /// The view's rows, in the view's canonical schema.
     pub rows: Arc<dyn RowSource>,
+    /// How ties at one key and event time are broken.
+    pub ties: TieBreak,
 }
 
 /// A training set request.
@@ -414,7 +430,8 @@ async fn sorted_matches(
 /// The join first runs on keys and times alone. If an entity row matched one of several
 /// rows of its key with the same event time, it runs again with each feature row's content
 /// hash as a tie-break, so that the winner is the row the batch lane put online (the larger
-/// hash), whatever order the offline store holds them in. Views without such ties pay nothing.
+/// hash), whatever order the offline store holds them in. Views without such ties pay nothing,
+/// and [`TieBreak::LaterWrite`] views keep the later stored row.
 async fn join_view(
     session: &SessionContext,
     request: &TrainingSetRequest,
@@ -466,6 +483,7 @@ async fn join_view(
         .await?;
         let sorted = sorted_matches(session, matches.stream).await?;
         if with_ties
+            || view_request.ties == TieBreak::LaterWrite
             || !matches
                 .ties_matched
                 .load(std::sync::atomic::Ordering::Relaxed)

@@ -276,11 +276,13 @@ fn check_against_model(
                 view: pair_view,
                 features: vec!["f".to_string()],
                 rows: Arc::new(pair_rows(pairs, chunk)),
+                ties: TieBreak::ContentHash,
             },
             ViewRequest {
                 view: single_view,
                 features: vec!["g".to_string()],
                 rows: Arc::new(single_rows(singles, chunk + 1)),
+                ties: TieBreak::ContentHash,
             },
         ],
         full_feature_names: true,
@@ -435,6 +437,7 @@ fn errors_name_the_missing_column_the_type_mismatch_and_the_unknown_feature() {
                 view,
                 features,
                 rows: Arc::new(pair_rows(&[], 8)),
+                ties: TieBreak::ContentHash,
             }],
             full_feature_names: false,
         };
@@ -498,6 +501,7 @@ fn a_label_column_named_like_a_feature_is_refused_without_full_names() {
             ),
             features: vec!["label".to_string()],
             rows: Arc::new(pair_rows(&[], 8)),
+            ties: TieBreak::ContentHash,
         }],
         full_feature_names: false,
     };
@@ -595,6 +599,7 @@ fn entity_times_before_1970_round_toward_the_past() {
             view: single_view,
             features: vec!["g".to_string()],
             rows: Arc::new(MemoryRows::new(feature_schema, vec![features])),
+            ties: TieBreak::ContentHash,
         }],
         full_feature_names: false,
     };
@@ -701,6 +706,7 @@ fn entity_file_columns_come_back_unchanged() {
             ),
             features: vec!["g".to_string()],
             rows: Arc::new(single_rows(&[(1, 4, 0.5)], 8)),
+            ties: TieBreak::ContentHash,
         }],
         full_feature_names: false,
     };
@@ -725,4 +731,45 @@ fn entity_file_columns_come_back_unchanged() {
     );
     let notes: StringArray = column(output, "note");
     assert_eq!(notes.iter().collect::<Vec<_>>(), vec![Some("first"), None]);
+}
+
+/// Two rows of one key at one time: a batch view takes the larger content hash, whichever
+/// is stored first; a push view takes the one stored later.
+#[test]
+fn ties_follow_the_view_rule() {
+    let entities: Vec<EntityRow> = vec![(1, "x".to_string(), Some(9))];
+    let pick = |rows: &[SingleRow], ties: TieBreak| -> Option<f64> {
+        let request = TrainingSetRequest {
+            entities: Arc::new(entity_rows(&entities, 0, 8)),
+            entity_timestamp_column: "event_timestamp".to_string(),
+            views: vec![ViewRequest {
+                view: view(
+                    "single",
+                    &[("a", ValueType::Int64)],
+                    &[("g", ValueType::Float64)],
+                    None,
+                ),
+                features: vec!["g".to_string()],
+                rows: Arc::new(single_rows(rows, 8)),
+                ties,
+            }],
+            full_feature_names: false,
+        };
+        let session =
+            training_session(MIN_TRAINING_MEMORY_BYTES).unwrap_or_else(|error| panic!("{error}"));
+        let batches = run(&session, &request).unwrap_or_else(|error| panic!("{error}"));
+        let values: Float64Array = column(&batches[0], "g");
+        values.is_valid(0).then(|| values.value(0))
+    };
+    let (one, two) = ((1, 5, 1.0), (1, 5, 2.0));
+    let by_hash =
+        if tie_of(larder_core::Value::Float64(1.0)) > tie_of(larder_core::Value::Float64(2.0)) {
+            1.0
+        } else {
+            2.0
+        };
+    assert_eq!(pick(&[one, two], TieBreak::ContentHash), Some(by_hash));
+    assert_eq!(pick(&[two, one], TieBreak::ContentHash), Some(by_hash));
+    assert_eq!(pick(&[one, two], TieBreak::LaterWrite), Some(2.0));
+    assert_eq!(pick(&[two, one], TieBreak::LaterWrite), Some(1.0));
 }
