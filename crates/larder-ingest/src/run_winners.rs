@@ -1,7 +1,6 @@
 //! The winning row of each entity within one batch run.
 
-use std::collections::HashMap;
-
+use hashbrown::HashTable;
 use larder_online::RowDigest;
 
 /// The best row seen so far for each entity in one batch run, ranked as
@@ -11,11 +10,33 @@ use larder_online::RowDigest;
 /// and in any order (parallel scans interleave files). Within one batch the write path keeps
 /// the best; this map carries the decision across the run's batches, so that the row that
 /// ends up online is the same on every run over the same sources, and the same row a
-/// training set picks. It holds one entry per entity of the run (about 60 bytes each),
-/// which is also the set of entities a full run saw (for `on_missing: delete`).
+/// training set picks. It holds one entry per entity of the run (48 bytes and the key's
+/// bytes, kept back to back in one buffer), which is also the set of entities a full run saw
+/// (for `on_missing: delete`).
 #[derive(Debug, Default)]
 pub struct RunWinners {
-    best: HashMap<Box<[u8]>, RowDigest>,
+    table: HashTable<Winner>,
+    /// Every entity key of the run, back to back.
+    keys: Vec<u8>,
+}
+
+/// One entity's best row so far, and where its key is in [`RunWinners::keys`].
+#[derive(Debug)]
+struct Winner {
+    key_hash: u64,
+    key_start: usize,
+    key_length: usize,
+    digest: RowDigest,
+}
+
+impl Winner {
+    fn key<'keys>(&self, keys: &'keys [u8]) -> &'keys [u8] {
+        &keys[self.key_start..self.key_start + self.key_length]
+    }
+}
+
+fn key_hash(key: &[u8]) -> u64 {
+    twox_hash::XxHash3_64::oneshot(key)
 }
 
 impl RunWinners {
@@ -27,32 +48,45 @@ impl RunWinners {
     /// Offers the row `digest` of entity `key`: `true` when no earlier row of the entity in
     /// this run outranks it (it is then the entity's best), `false` when one does.
     pub fn offer(&mut self, key: &[u8], digest: RowDigest) -> bool {
-        match self.best.get_mut(key) {
-            Some(best) if *best > digest => false,
-            Some(best) => {
-                *best = digest;
-                true
+        let hash = key_hash(key);
+        let Self { table, keys } = self;
+        if let Some(winner) = table.find_mut(hash, |winner| winner.key(keys) == key) {
+            if winner.digest > digest {
+                return false;
             }
-            None => {
-                self.best.insert(Box::from(key), digest);
-                true
-            }
+            winner.digest = digest;
+            return true;
         }
+        let key_start = keys.len();
+        keys.extend_from_slice(key);
+        table.insert_unique(
+            hash,
+            Winner {
+                key_hash: hash,
+                key_start,
+                key_length: key.len(),
+                digest,
+            },
+            |winner| winner.key_hash,
+        );
+        true
     }
 
     /// Whether the run saw entity `key`.
     pub fn contains(&self, key: &[u8]) -> bool {
-        self.best.contains_key(key)
+        self.table
+            .find(key_hash(key), |winner| winner.key(&self.keys) == key)
+            .is_some()
     }
 
     /// How many entities the run saw.
     pub fn len(&self) -> usize {
-        self.best.len()
+        self.table.len()
     }
 
     /// Whether the run saw no entity.
     pub fn is_empty(&self) -> bool {
-        self.best.is_empty()
+        self.table.is_empty()
     }
 }
 
@@ -86,5 +120,21 @@ mod tests {
             assert!(!winners.contains(b"other"));
             assert_eq!(winners.len(), 1);
         }
+    }
+
+    #[test]
+    fn many_entities_keep_their_own_best_row() {
+        let mut winners = RunWinners::new();
+        for round in 0..2u64 {
+            for user in 0..20_000u64 {
+                let key = user.to_le_bytes();
+                assert!(winners.offer(&key, digest(10, user + round)));
+                assert!(!winners.offer(&key, digest(10, user)) || round == 0);
+            }
+        }
+        assert_eq!(winners.len(), 20_000);
+        assert!(winners.contains(&19_999u64.to_le_bytes()));
+        assert!(!winners.contains(&20_000u64.to_le_bytes()));
+        assert!(!winners.contains(&[1, 2, 3]));
     }
 }
