@@ -10,8 +10,8 @@ use larder_online::RowDigest;
 /// and in any order (parallel scans interleave files). Within one batch the write path keeps
 /// the best; this map carries the decision across the run's batches, so that the row that
 /// ends up online is the same on every run over the same sources, and the same row a
-/// training set picks. It holds one entry per entity of the run (48 bytes and the key's
-/// bytes, kept back to back in one buffer), which is also the set of entities a full run saw
+/// training set picks. It holds one entry per entity of the run (about 41 bytes and the
+/// key's bytes, kept back to back in one buffer), which is also the set of entities a full run saw
 /// (for `on_missing: delete`).
 #[derive(Debug, Default)]
 pub struct RunWinners {

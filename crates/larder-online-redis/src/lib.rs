@@ -153,19 +153,9 @@ impl fmt::Debug for RedisOnlineStoreOptions {
     }
 }
 
-/// A URL with its password replaced by `<redacted>`, for logs and messages.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((user_info, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
-    };
-    match user_info.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:<redacted>@{host}"),
-        None => url.to_string(),
-    }
-}
+/// A URL with its password replaced by `<redacted>`, for logs and messages (the one
+/// redaction of [`larder_core::secret`]).
+pub use larder_core::secret::redact_url_password as redact_url;
 
 /// The connections of a store: a pool of self-reconnecting connections to one server, or a
 /// cluster connection (one multiplexed connection per node, following slot moves).

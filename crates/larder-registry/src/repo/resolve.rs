@@ -173,6 +173,24 @@ impl<'a> Resolver<'a> {
         }
     }
 
+    /// Parses an optional duration, reporting one that does not parse; zero is kept.
+    fn parse_any_duration(
+        &mut self,
+        file: &Path,
+        duration: Option<&Spanned<String>>,
+        key: &str,
+    ) -> Option<TtlDuration> {
+        let duration = duration?;
+        match duration.value.parse::<TtlDuration>() {
+            Ok(parsed) => Some(parsed),
+            Err(error) => {
+                let location = Location::from_yaml(file, &duration.referenced);
+                self.report(location, key.to_string(), error.to_string());
+                None
+            }
+        }
+    }
+
     /// Parses an optional positive duration, reporting a bad one.
     fn parse_duration(
         &mut self,
@@ -180,23 +198,17 @@ impl<'a> Resolver<'a> {
         duration: Option<&Spanned<String>>,
         key: String,
     ) -> Option<TtlDuration> {
-        let duration = duration?;
-        let location = Location::from_yaml(file, &duration.referenced);
-        match duration.value.parse::<TtlDuration>() {
-            Ok(parsed) if parsed.as_seconds() == 0 => {
-                self.report(
-                    location,
-                    key,
-                    "duration must be positive (omit it for no limit)",
-                );
-                None
-            }
-            Ok(parsed) => Some(parsed),
-            Err(error) => {
-                self.report(location, key, error.to_string());
-                None
-            }
+        let parsed = self.parse_any_duration(file, duration, &key)?;
+        if parsed.as_seconds() > 0 {
+            return Some(parsed);
         }
+        let location = Location::from_yaml(file, &duration?.referenced);
+        self.report(
+            location,
+            key,
+            "duration must be positive (omit it for no limit)",
+        );
+        None
     }
 
     /// Parses an optional TTL, reporting a bad one. A zero TTL (`0`, `0s`) means no age
@@ -209,15 +221,8 @@ impl<'a> Resolver<'a> {
         duration: Option<&Spanned<String>>,
         key: String,
     ) -> Option<TtlDuration> {
-        let duration = duration?;
-        match duration.value.parse::<TtlDuration>() {
-            Ok(parsed) => Some(parsed).filter(|ttl| ttl.as_seconds() > 0),
-            Err(error) => {
-                let location = Location::from_yaml(file, &duration.referenced);
-                self.report(location, key, error.to_string());
-                None
-            }
-        }
+        self.parse_any_duration(file, duration, &key)
+            .filter(|ttl| ttl.as_seconds() > 0)
     }
 
     pub(super) fn resolve_entities(&mut self, file: &ParsedFile) {
