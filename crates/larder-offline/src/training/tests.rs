@@ -518,7 +518,10 @@ fn a_label_column_named_like_a_feature_is_refused_without_full_names() {
 /// must not move the merge past rows that later entity rows may not see).
 #[test]
 fn null_entity_times_get_nulls_and_leak_nothing_to_other_rows() {
+    // A row at the epoch too: a null's slot read as a time (0, or the late time the builder
+    // leaves there) would match it or a later row.
     let pairs: Vec<PairRow> = vec![
+        (1, "x".to_string(), 0, 50),
         (1, "x".to_string(), 10, 100),
         (1, "x".to_string(), 20, 200),
         (1, "x".to_string(), 30, 300),
