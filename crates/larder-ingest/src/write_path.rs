@@ -142,7 +142,23 @@ pub enum WriteError {
     /// retrying the batch is safe.
     #[error(transparent)]
     Store(#[from] OnlineStoreError),
+    /// A partial update lost its compare-and-swap race [`MAX_SWAP_ATTEMPTS`] times in a row
+    /// (other writers kept changing the entity); the rows before it were written, and
+    /// retrying the batch is safe.
+    #[error(
+        "feature view '{view}': entity {entity} changed under {MAX_SWAP_ATTEMPTS} attempts to \
+         update it; too many concurrent writers, retry"
+    )]
+    Contended {
+        /// The view.
+        view: String,
+        /// The entity key.
+        entity: String,
+    },
 }
+
+/// How many times a partial update reads and swaps one entity's row before it gives up.
+pub const MAX_SWAP_ATTEMPTS: usize = 64;
 
 /// What a change-detecting write ([`WritePath::write_changed`]) did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -323,6 +339,133 @@ impl WritePath {
         self.freshness
             .record(&view.name, lane, &event_times, Timestamp::now());
         summary.skipped_stale += superseded_in_batch;
+        Ok(summary)
+    }
+
+    /// Updates some features of each row's entity and keeps the others (a partial update).
+    ///
+    /// `sent[i]` says whether feature `i` of the view is updated; each row carries a value
+    /// for every feature, and those of features not sent are ignored. The rule is per row,
+    /// as for whole rows: a row applies when the stored row's event time is not newer than
+    /// its own (else it is counted as `skipped_stale`), and the stored row then takes the
+    /// row's event time, the sent features' new values and the other features' stored values
+    /// (null for an entity with no row yet). Each row is a read followed by a
+    /// compare-and-swap ([`larder_online::OnlineStore::swap_rows`]) that is retried when
+    /// another writer changed the entity in between, so concurrent writers of any lane never
+    /// lose each other's updates. Rows of one entity apply in batch order.
+    pub async fn update(
+        &self,
+        view: &FeatureView,
+        lane: WriteLane,
+        rows: Vec<FeatureRow>,
+        sent: &[bool],
+    ) -> Result<WriteSummary, WriteError> {
+        Self::validate(view, &rows)?;
+        if sent.len() != view.features.len() {
+            return Err(WriteError::InvalidRow {
+                view: view.name.clone(),
+                row: 0,
+                message: format!(
+                    "{} feature flags for {} features",
+                    sent.len(),
+                    view.features.len()
+                ),
+            });
+        }
+        let mut summary = WriteSummary::default();
+        if rows.is_empty() {
+            return Ok(summary);
+        }
+        let table = view.id();
+        self.prepare_table_once(&table, TableOptions::with_ttl(view.ttl))
+            .await?;
+        // Waves of distinct keys: wave n holds the n-th row of every entity, so one entity's
+        // rows apply in order and no swap call sees a key twice.
+        let mut waves: Vec<Vec<FeatureRow>> = Vec::new();
+        let mut rows_seen: HashMap<EntityKey, usize> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let seen = rows_seen.entry(row.entity_key.clone()).or_default();
+            if waves.len() <= *seen {
+                waves.push(Vec::new());
+            }
+            waves[*seen].push(row);
+            *seen += 1;
+        }
+        let mut event_times = Vec::new();
+        for wave in waves {
+            let mut pending = wave;
+            for _attempt in 0..MAX_SWAP_ATTEMPTS {
+                if pending.is_empty() {
+                    break;
+                }
+                let keys: Vec<EntityKey> =
+                    pending.iter().map(|row| row.entity_key.clone()).collect();
+                let stored_rows = self.store.read_rows(&table, &keys).await?;
+                let mut swaps = Vec::with_capacity(pending.len());
+                let mut swapped_rows = Vec::with_capacity(pending.len());
+                for (row, stored) in pending.into_iter().zip(stored_rows) {
+                    if stored
+                        .as_ref()
+                        .is_some_and(|stored| stored.event_timestamp > row.event_timestamp)
+                    {
+                        summary.skipped_stale += 1;
+                        continue;
+                    }
+                    let mut values = match &stored {
+                        Some(stored) => codec::decode_row(&stored.values).map_err(|error| {
+                            OnlineStoreError::Corrupt {
+                                backend: self.store.backend_name(),
+                                message: format!(
+                                    "feature view '{}', entity {}: {error}",
+                                    view.name, row.entity_key
+                                ),
+                            }
+                        })?,
+                        None => vec![Value::Null; view.features.len()],
+                    };
+                    values.resize(view.features.len(), Value::Null);
+                    for ((value, new_value), is_sent) in
+                        values.iter_mut().zip(&row.values).zip(sent)
+                    {
+                        if *is_sent {
+                            *value = new_value.clone();
+                        }
+                    }
+                    swaps.push(larder_online::RowSwap {
+                        expected: stored,
+                        row: OnlineRow {
+                            entity_key: row.entity_key.clone(),
+                            event_timestamp: row.event_timestamp,
+                            write_timestamp: self.next_write_timestamp(),
+                            lane,
+                            values: codec::encode_row_to_vec(&values),
+                        },
+                    });
+                    swapped_rows.push(row);
+                }
+                let applied = self.store.swap_rows(&table, swaps).await?;
+                pending = Vec::new();
+                for (row, applied) in swapped_rows.into_iter().zip(applied) {
+                    if applied {
+                        summary.written += 1;
+                        event_times.push(row.event_timestamp.as_micros());
+                    } else {
+                        pending.push(row);
+                    }
+                }
+                if !pending.is_empty() {
+                    tokio::task::yield_now().await;
+                }
+            }
+            if let Some(row) = pending.first() {
+                return Err(WriteError::Contended {
+                    view: view.name.clone(),
+                    entity: row.entity_key.to_string(),
+                });
+            }
+        }
+        self.freshness
+            .record(&view.name, lane, &event_times, Timestamp::now());
         Ok(summary)
     }
 
@@ -900,6 +1043,16 @@ mod tests {
             _table: &FeatureViewId,
             _rows: Vec<OnlineRow>,
         ) -> Result<WriteSummary, OnlineStoreError> {
+            Err(OnlineStoreError::Unavailable {
+                backend: "failing",
+                message: "down".into(),
+            })
+        }
+        async fn swap_rows(
+            &self,
+            _table: &FeatureViewId,
+            _swaps: Vec<larder_online::RowSwap>,
+        ) -> Result<Vec<bool>, OnlineStoreError> {
             Err(OnlineStoreError::Unavailable {
                 backend: "failing",
                 message: "down".into(),

@@ -490,6 +490,27 @@ fn scalar_of(value: &Value, dtype: &ValueType) -> Result<ScalarValue, &'static s
     Ok(scalar)
 }
 
+/// An Arrow array of `dtype`'s canonical type holding `values` (nulls where `Null`); a value
+/// of another type is an error naming its position.
+pub fn array_of_values(
+    values: impl IntoIterator<Item = Value>,
+    dtype: &ValueType,
+) -> Result<ArrayRef, OfflineError> {
+    let scalars = values
+        .into_iter()
+        .enumerate()
+        .map(|(row, value)| {
+            scalar_of(&value, dtype).map_err(|kind| {
+                OfflineError::Schema(format!("row {row}: expected {dtype}, got {kind}"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    scalars_to_array(scalars, dtype).map_err(|source| OfflineError::Query {
+        context: format!("building a column of {dtype}"),
+        source,
+    })
+}
+
 fn scalars_to_array(
     scalars: Vec<ScalarValue>,
     dtype: &ValueType,

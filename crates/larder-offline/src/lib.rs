@@ -12,7 +12,7 @@ mod store;
 pub mod training;
 
 pub use arrow_types::{arrow_type_of, value_type_of};
-pub use columns::{CanonicalColumn, ViewBatch};
+pub use columns::{CanonicalColumn, ViewBatch, array_of_values};
 pub use engine::{TimeWindow, TransformEngine};
 pub use parquet_store::ParquetOfflineStore;
 pub use store::{

@@ -45,7 +45,9 @@ use aws_sdk_dynamodb::types::{
 };
 use futures::{StreamExt, TryStreamExt};
 use larder_core::{EntityKey, FeatureViewId, Timestamp, WriteLane};
-use larder_online::{OnlineRow, OnlineStore, OnlineStoreError, TableOptions, WriteSummary};
+use larder_online::{
+    OnlineRow, OnlineStore, OnlineStoreError, RowSwap, TableOptions, WriteSummary,
+};
 
 /// The backend name in errors and metrics.
 const BACKEND_NAME: &str = "dynamodb";
@@ -361,6 +363,77 @@ impl DynamoDbOnlineStore {
         row: &OnlineRow,
         options: TableOptions,
     ) -> Result<bool, OnlineStoreError> {
+        let condition =
+            HashMap::from([(":ts".to_string(), number(row.event_timestamp.as_micros()))]);
+        self.put_on_condition(
+            name,
+            row,
+            options,
+            "attribute_not_exists(k) OR ts <= :ts",
+            condition,
+        )
+        .await
+    }
+
+    /// Puts one row if the key still holds `expected` (no item when `None`); `Ok(false)`
+    /// when it holds something else.
+    async fn put_if_unchanged(
+        &self,
+        name: &str,
+        swap: &RowSwap,
+        options: TableOptions,
+    ) -> Result<bool, OnlineStoreError> {
+        match &swap.expected {
+            None => {
+                self.put_on_condition(
+                    name,
+                    &swap.row,
+                    options,
+                    "attribute_not_exists(k)",
+                    HashMap::new(),
+                )
+                .await
+            }
+            Some(expected) => {
+                let values = HashMap::from([
+                    (
+                        ":ts".to_string(),
+                        number(expected.event_timestamp.as_micros()),
+                    ),
+                    (
+                        ":wts".to_string(),
+                        number(expected.write_timestamp.as_micros()),
+                    ),
+                    (
+                        ":lane".to_string(),
+                        AttributeValue::N(expected.lane.code().to_string()),
+                    ),
+                    (
+                        ":v".to_string(),
+                        AttributeValue::B(Blob::new(expected.values.clone())),
+                    ),
+                ]);
+                self.put_on_condition(
+                    name,
+                    &swap.row,
+                    options,
+                    "ts = :ts AND wts = :wts AND lane = :lane AND v = :v",
+                    values,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Puts one row if `condition` holds for the stored item; `Ok(false)` when it does not.
+    async fn put_on_condition(
+        &self,
+        name: &str,
+        row: &OnlineRow,
+        options: TableOptions,
+        condition: &str,
+        condition_values: HashMap<String, AttributeValue>,
+    ) -> Result<bool, OnlineStoreError> {
         let mut item = key_item(&row.entity_key);
         item.insert("ts".to_string(), number(row.event_timestamp.as_micros()));
         item.insert("wts".to_string(), number(row.write_timestamp.as_micros()));
@@ -381,8 +454,10 @@ impl DynamoDbOnlineStore {
             .put_item()
             .table_name(name)
             .set_item(Some(item))
-            .condition_expression("attribute_not_exists(k) OR ts <= :ts")
-            .expression_attribute_values(":ts", number(row.event_timestamp.as_micros()))
+            .condition_expression(condition)
+            .set_expression_attribute_values(
+                (!condition_values.is_empty()).then_some(condition_values),
+            )
             .send()
             .await;
         match put {
@@ -542,6 +617,25 @@ impl OnlineStore for DynamoDbOnlineStore {
                 total.add(summary);
                 Ok(total)
             })
+            .await
+    }
+
+    async fn swap_rows(
+        &self,
+        table: &FeatureViewId,
+        swaps: Vec<RowSwap>,
+    ) -> Result<Vec<bool>, OnlineStoreError> {
+        if swaps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let name = self.table_name(table);
+        self.ensure_table(&name).await?;
+        let options = self.options_of(table);
+        let name = name.as_str();
+        futures::stream::iter(swaps)
+            .map(|swap| async move { self.put_if_unchanged(name, &swap, options).await })
+            .buffered(self.concurrency())
+            .try_collect()
             .await
     }
 

@@ -41,7 +41,9 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use larder_core::{EntityKey, FeatureViewId, Timestamp, WriteLane};
-use larder_online::{OnlineRow, OnlineStore, OnlineStoreError, TableOptions, WriteSummary};
+use larder_online::{
+    OnlineRow, OnlineStore, OnlineStoreError, RowSwap, TableOptions, WriteSummary,
+};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
@@ -96,6 +98,23 @@ if applied_value then
   end
 end
 return applied
+";
+
+/// The compare-and-swap script. `KEYS[1]` is the row's key; `ARGV[1]` the stored value the
+/// writer expects (empty: no row), `ARGV[2]` the expiry instant in Unix milliseconds (`0`:
+/// none), `ARGV[3]` the new stored value. Returns 1 if it wrote, 0 if the key held another
+/// value.
+const COMPARE_AND_SWAP_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[1]) or ''
+if current ~= ARGV[1] then
+  return 0
+end
+if ARGV[2] ~= '0' then
+  redis.call('SET', KEYS[1], ARGV[3], 'PXAT', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[3])
+end
+return 1
 ";
 
 /// How to reach Redis: the runtime form of the `redis` online store configuration.
@@ -199,6 +218,8 @@ pub struct RedisOnlineStore {
     next_connection: AtomicUsize,
     options: RedisOnlineStoreOptions,
     script: redis::Script,
+    /// The compare-and-swap script, for partial updates.
+    swap_script: redis::Script,
     table_options: RwLock<HashMap<FeatureViewId, TableOptions>>,
 }
 
@@ -236,6 +257,7 @@ impl RedisOnlineStore {
             next_connection: AtomicUsize::new(0),
             options,
             script: redis::Script::new(COMPARE_AND_WRITE_SCRIPT),
+            swap_script: redis::Script::new(COMPARE_AND_SWAP_SCRIPT),
             table_options: RwLock::new(HashMap::new()),
         };
         let _: String = redis::cmd("PING")
@@ -285,12 +307,23 @@ impl RedisOnlineStore {
         map_redis_error(operation, error)
     }
 
-    /// Runs one `EVALSHA` of the compare-and-write script; when the server does not know the
-    /// script (a restarted server, a new node), loads it and runs the call again. A call that
-    /// failed with `NOSCRIPT` applied nothing, so running it again is exact.
+    /// Runs one `EVALSHA` of the compare-and-write script (see [`Self::run_script`]).
     async fn run_compare_and_write(
         &self,
         command: Cmd,
+        connection: RedisConnection,
+    ) -> Result<u64, OnlineStoreError> {
+        self.run_script(command, COMPARE_AND_WRITE_SCRIPT, connection)
+            .await
+    }
+
+    /// Runs one `EVALSHA` of `script_source`; when the server does not know the script (a
+    /// restarted server, a new node), loads it and runs the call again. A call that failed
+    /// with `NOSCRIPT` applied nothing, so running it again is exact.
+    async fn run_script(
+        &self,
+        command: Cmd,
+        script_source: &str,
         mut connection: RedisConnection,
     ) -> Result<u64, OnlineStoreError> {
         match command.query_async::<u64>(&mut connection).await {
@@ -299,7 +332,7 @@ impl RedisOnlineStore {
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
                 let mut load = redis::cmd("SCRIPT");
-                load.arg("LOAD").arg(COMPARE_AND_WRITE_SCRIPT);
+                load.arg("LOAD").arg(script_source);
                 let _: String = load
                     .query_async(&mut connection)
                     .await
@@ -644,6 +677,50 @@ impl OnlineStore for RedisOnlineStore {
             written,
             skipped_stale: row_count - written,
         })
+    }
+
+    async fn swap_rows(
+        &self,
+        table: &FeatureViewId,
+        swaps: Vec<RowSwap>,
+    ) -> Result<Vec<bool>, OnlineStoreError> {
+        let table_options = self.options_of(table);
+        let script_hash = self.swap_script.get_hash().to_string();
+        let connection = self.connection();
+        let commands: Vec<Cmd> = swaps
+            .iter()
+            .map(|swap| {
+                let expiry_millis = table_options
+                    .expire_at(&swap.row)
+                    .map_or(0, |instant| instant.as_micros().div_euclid(1_000).max(1));
+                let mut command = redis::cmd("EVALSHA");
+                command
+                    .arg(&script_hash)
+                    .arg(1)
+                    .arg(self.row_key(table, &swap.row.entity_key))
+                    .arg(
+                        swap.expected
+                            .as_ref()
+                            .map(encode_stored_row)
+                            .unwrap_or_default(),
+                    )
+                    .arg(expiry_millis)
+                    .arg(encode_stored_row(&swap.row));
+                command
+            })
+            .collect();
+        futures::stream::iter(commands)
+            .map(|command| {
+                let connection = connection.clone();
+                async move {
+                    self.run_script(command, COMPARE_AND_SWAP_SCRIPT, connection)
+                        .await
+                        .map(|applied| applied == 1)
+                }
+            })
+            .buffered(MAX_SCRIPTS_IN_FLIGHT)
+            .try_collect()
+            .await
     }
 
     async fn read_rows(

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use larder_core::{EntityKey, FeatureViewId};
 
-use crate::{OnlineRow, OnlineStore, OnlineStoreError, SharedOnlineStore, WriteSummary};
+use crate::{OnlineRow, OnlineStore, OnlineStoreError, RowSwap, SharedOnlineStore, WriteSummary};
 
 const SHARD_COUNT: usize = 64;
 
@@ -179,6 +179,22 @@ impl OnlineStore for CachedOnlineStore {
         result
     }
 
+    async fn swap_rows(
+        &self,
+        table: &FeatureViewId,
+        swaps: Vec<RowSwap>,
+    ) -> Result<Vec<bool>, OnlineStoreError> {
+        let table_number = self.table_number(table);
+        let keys: Vec<EntityKey> = swaps
+            .iter()
+            .map(|swap| swap.row.entity_key.clone())
+            .collect();
+        let result = self.inner.swap_rows(table, swaps).await;
+        // Also after a failed swap: the writer read a stale row, and must read it afresh.
+        self.invalidate(table_number, keys.into_iter());
+        result
+    }
+
     async fn read_rows(
         &self,
         table: &FeatureViewId,
@@ -289,6 +305,13 @@ mod tests {
         ) -> Result<WriteSummary, OnlineStoreError> {
             tokio::task::yield_now().await;
             self.0.write_rows(table, rows).await
+        }
+        async fn swap_rows(
+            &self,
+            table: &FeatureViewId,
+            swaps: Vec<RowSwap>,
+        ) -> Result<Vec<bool>, OnlineStoreError> {
+            self.0.swap_rows(table, swaps).await
         }
         async fn read_rows(
             &self,

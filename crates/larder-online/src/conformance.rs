@@ -31,7 +31,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use larder_core::codec::encode_row_to_vec;
 use larder_core::{EntityKey, FeatureViewId, Timestamp, TtlDuration, Value, WriteLane};
 
-use crate::{OnlineRow, OnlineStore, SharedOnlineStore, TableOptions, WriteSummary};
+use crate::{OnlineRow, OnlineStore, RowSwap, SharedOnlineStore, TableOptions, WriteSummary};
 
 /// Preparing a table (with or without a TTL, twice, before and after writes) never hides or
 /// changes a row that serving would still report as fresh, and a prepared table that was
@@ -100,7 +100,169 @@ pub async fn run_all(store: SharedOnlineStore) {
     check_empty_requests_are_no_ops(store_ref).await;
     check_large_batch_round_trips(store_ref).await;
     check_prepared_tables_keep_fresh_rows(store_ref).await;
-    check_concurrent_writers_keep_the_newest_row(store).await;
+    check_swap_writes_only_over_the_expected_row(store_ref).await;
+    check_concurrent_writers_keep_the_newest_row(Arc::clone(&store)).await;
+    check_concurrent_swaps_lose_no_update(store).await;
+}
+
+/// A swap writes over exactly the row it expects (or into an empty key when it expects
+/// none), and is refused, writing nothing, when the key holds anything else: another row, a
+/// row that differs only in its write time or lane or values, or no row.
+pub async fn check_swap_writes_only_over_the_expected_row(store: &dyn OnlineStore) {
+    let check = Check::new(store, "swap_writes_only_over_the_expected_row");
+    let table = check.fresh_table();
+    let first = sample_row(int_key(1), 10, 1, WriteLane::Batch);
+    let applied = check
+        .swap(
+            &table,
+            vec![RowSwap {
+                expected: None,
+                row: first.clone(),
+            }],
+        )
+        .await;
+    check.assert_flags(&applied, &[true], "swap into an empty key");
+    check
+        .assert_row(&table, &first, "after a swap into an empty key")
+        .await;
+
+    let second = sample_row(int_key(1), 20, 2, WriteLane::Direct);
+    let mut other_write_time = first.clone();
+    other_write_time.write_timestamp = Timestamp(first.write_timestamp.as_micros() + 1);
+    let mut other_lane = first.clone();
+    other_lane.lane = WriteLane::Stream;
+    let mut other_values = first.clone();
+    other_values.values = sample_row(int_key(1), 10, 9, WriteLane::Batch).values;
+    for (expected, situation) in [
+        (None, "expecting no row where one is stored"),
+        (Some(other_write_time), "expecting another write time"),
+        (Some(other_lane), "expecting another lane"),
+        (Some(other_values), "expecting other values"),
+    ] {
+        let applied = check
+            .swap(
+                &table,
+                vec![RowSwap {
+                    expected,
+                    row: second.clone(),
+                }],
+            )
+            .await;
+        check.assert_flags(&applied, &[false], situation);
+        check.assert_row(&table, &first, situation).await;
+    }
+
+    // An older event time is no obstacle: the caller compared event times itself.
+    let older = sample_row(int_key(1), 5, 3, WriteLane::Direct);
+    let absent = sample_row(int_key(2), 5, 4, WriteLane::Direct);
+    let applied = check
+        .swap(
+            &table,
+            vec![
+                RowSwap {
+                    expected: Some(first.clone()),
+                    row: older.clone(),
+                },
+                RowSwap {
+                    expected: Some(first.clone()),
+                    row: absent.clone(),
+                },
+            ],
+        )
+        .await;
+    check.assert_flags(
+        &applied,
+        &[true, false],
+        "a batch of a matching and a missing key",
+    );
+    check.assert_row(&table, &older, "the swapped key").await;
+    let slots = check.read(&table, &[int_key(2)]).await;
+    check.assert_all_slots_empty(&slots, "a key whose swap expected a row it did not hold");
+    check.drop_table(&table).await;
+}
+
+/// Writers that read a row, change it and swap it in, retrying when the swap is refused,
+/// never lose an update: each of 4 writers adds 1 to a counter 25 times, and the counter ends
+/// at 100.
+pub async fn check_concurrent_swaps_lose_no_update(store: SharedOnlineStore) {
+    const WRITER_COUNT: i64 = 4;
+    const INCREMENTS_PER_WRITER: i64 = 25;
+    let check = Check::new(store.as_ref(), "concurrent_swaps_lose_no_update");
+    let table = check.fresh_table();
+    let key = int_key(7);
+    let counter_row = |count: i64, writer: i64| OnlineRow {
+        entity_key: int_key(7),
+        event_timestamp: Timestamp(1),
+        write_timestamp: Timestamp(count * 100 + writer),
+        lane: WriteLane::Direct,
+        values: encode_row_to_vec(&[Value::Int64(count)]),
+    };
+    let mut tasks = Vec::new();
+    for writer in 0..WRITER_COUNT {
+        let store = Arc::clone(&store);
+        let table = table.clone();
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut attempts = 0u32;
+            for _ in 0..INCREMENTS_PER_WRITER {
+                loop {
+                    attempts += 1;
+                    if attempts > 100_000 {
+                        return Err("more than 100,000 attempts".to_string());
+                    }
+                    let stored = store
+                        .read_rows(&table, std::slice::from_ref(&key))
+                        .await
+                        .map_err(|error| error.to_string())?
+                        .pop()
+                        .flatten();
+                    let count = match &stored {
+                        None => 0,
+                        Some(row) => match larder_core::codec::decode_row(&row.values).as_deref() {
+                            Ok([Value::Int64(count)]) => *count,
+                            other => return Err(format!("a counter row holds {other:?}")),
+                        },
+                    };
+                    let swap = RowSwap {
+                        expected: stored,
+                        row: counter_row(count + 1, writer),
+                    };
+                    let applied = store
+                        .swap_rows(&table, vec![swap])
+                        .await
+                        .map_err(|error| error.to_string())?;
+                    if applied.first() == Some(&true) {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+            Ok(())
+        }));
+    }
+    for task in tasks {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => check.fail(&format!("a writer failed: {message}")),
+            Err(error) => check.fail(&format!("a writer panicked: {error}")),
+        }
+    }
+    let slots = check.read(&table, std::slice::from_ref(&key)).await;
+    let count = match slots.first().and_then(Option::as_ref) {
+        Some(row) => match larder_core::codec::decode_row(&row.values).as_deref() {
+            Ok([Value::Int64(count)]) => *count,
+            _ => check.fail("the counter row does not hold one integer"),
+        },
+        None => check.fail("the counter row is missing"),
+    };
+    let expected = WRITER_COUNT * INCREMENTS_PER_WRITER;
+    if count != expected {
+        check.fail(&format!(
+            "{WRITER_COUNT} writers added 1 {INCREMENTS_PER_WRITER} times each by read and swap; \
+             the counter ends at {count}, expected {expected} (an update was lost)"
+        ));
+    }
+    check.drop_table(&table).await;
 }
 
 /// Reading any key of a table that was never written finds nothing, one `None` per key.
@@ -950,6 +1112,34 @@ impl<'store> Check<'store> {
                     "write of {row_count} rows to {table} failed: {error}"
                 ))
             })
+    }
+
+    async fn swap(&self, table: &FeatureViewId, swaps: Vec<RowSwap>) -> Vec<bool> {
+        let swap_count = swaps.len();
+        let applied = self
+            .store
+            .swap_rows(table, swaps)
+            .await
+            .unwrap_or_else(|error| {
+                self.fail(&format!(
+                    "swap of {swap_count} rows in {table} failed: {error}"
+                ))
+            });
+        if applied.len() != swap_count {
+            self.fail(&format!(
+                "swap of {swap_count} rows answered {} flags",
+                applied.len()
+            ));
+        }
+        applied
+    }
+
+    fn assert_flags(&self, applied: &[bool], expected: &[bool], situation: &str) {
+        if applied != expected {
+            self.fail(&format!(
+                "{situation}: the swaps answered {applied:?}, expected {expected:?}"
+            ));
+        }
     }
 
     async fn read(&self, table: &FeatureViewId, keys: &[EntityKey]) -> Vec<Option<OnlineRow>> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use larder_core::{EntityKey, FeatureViewId, Timestamp, WriteLane};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::{OnlineRow, OnlineStore, OnlineStoreError, WriteSummary};
+use crate::{OnlineRow, OnlineStore, OnlineStoreError, RowSwap, WriteSummary};
 
 /// The backend name in errors and metrics.
 const BACKEND_NAME: &str = "embedded";
@@ -111,6 +111,21 @@ impl OnlineStore for EmbeddedOnlineStore {
         .await
     }
 
+    async fn swap_rows(
+        &self,
+        table: &FeatureViewId,
+        swaps: Vec<RowSwap>,
+    ) -> Result<Vec<bool>, OnlineStoreError> {
+        if swaps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table_name = redb_table_name(table);
+        self.run_blocking(move |database| {
+            swap_rows_in_one_transaction(database, &table_name, &swaps)
+        })
+        .await
+    }
+
     async fn read_rows(
         &self,
         table: &FeatureViewId,
@@ -203,6 +218,48 @@ fn write_rows_in_one_transaction(
         .commit()
         .map_err(|error| map_redb_error("cannot commit a write", error))?;
     Ok(summary)
+}
+
+/// Applies the swaps whose key still holds the expected row, in one durable transaction.
+fn swap_rows_in_one_transaction(
+    database: &redb::Database,
+    table_name: &str,
+    swaps: &[RowSwap],
+) -> Result<Vec<bool>, OnlineStoreError> {
+    let transaction = begin_durable_write(database)?;
+    let mut applied = Vec::with_capacity(swaps.len());
+    {
+        let mut table = transaction
+            .open_table(RowTableDefinition::new(table_name))
+            .map_err(|error| map_redb_error("cannot open a table for writing", error))?;
+        let mut stored_value = Vec::new();
+        for swap in swaps {
+            let key = swap.row.entity_key.as_bytes();
+            let stored = match table
+                .get(key)
+                .map_err(|error| map_redb_error("cannot read a row", error))?
+            {
+                Some(stored) => Some(decode_stored_row(
+                    swap.row.entity_key.clone(),
+                    stored.value(),
+                )?),
+                None => None,
+            };
+            let applies = swap.expects(stored.as_ref());
+            if applies {
+                stored_value.clear();
+                encode_stored_row(&swap.row, &mut stored_value);
+                table
+                    .insert(key, stored_value.as_slice())
+                    .map_err(|error| map_redb_error("cannot write a row", error))?;
+            }
+            applied.push(applies);
+        }
+    }
+    transaction
+        .commit()
+        .map_err(|error| map_redb_error("cannot commit a write", error))?;
+    Ok(applied)
 }
 
 /// Reads every key in one read transaction (a consistent snapshot).

@@ -57,6 +57,36 @@ pub fn group_rows_by_key(rows: &[OnlineRow]) -> (Vec<usize>, usize) {
     (groups, group_of_key.len())
 }
 
+/// A conditional write of one row: applied only if the key's stored row is still
+/// `expected`, for read-modify-write updates (a partial update of some features of a row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowSwap {
+    /// The row the writer read: the stored row must equal it in event time, write time, lane
+    /// and value bytes; `None`: the key must have no row.
+    pub expected: Option<OnlineRow>,
+    /// The row to store in its place (its key is the key compared).
+    pub row: OnlineRow,
+}
+
+impl RowSwap {
+    /// Whether `stored` (the key's current row) is what the swap expects.
+    pub fn expects(&self, stored: Option<&OnlineRow>) -> bool {
+        match (&self.expected, stored) {
+            (None, None) => true,
+            (Some(expected), Some(stored)) => same_stored_row(expected, stored),
+            _ => false,
+        }
+    }
+}
+
+/// Whether two rows of one key hold the same stored state (the key is not compared).
+pub fn same_stored_row(left: &OnlineRow, right: &OnlineRow) -> bool {
+    left.event_timestamp == right.event_timestamp
+        && left.write_timestamp == right.write_timestamp
+        && left.lane == right.lane
+        && left.values == right.values
+}
+
 /// What a batch write did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteSummary {
@@ -175,6 +205,12 @@ pub enum OnlineStoreError {
 ///   server-side expiry keep rows, and serving's TTL check alone reports them as stale.
 ///   Preparing never changes or removes stored rows, and writing to a table that was never
 ///   prepared still works (without server-side expiry).
+/// * **Compare and swap.** [`OnlineStore::swap_rows`] writes each [`RowSwap`]'s row only if
+///   the key's stored row is still exactly the swap's `expected` row (or the key has no row
+///   when `expected` is `None`), atomically per key, and answers per swap whether it was
+///   written. It ignores event-time order (the caller has compared), keeps TTL expiry as
+///   [`OnlineStore::write_rows`] does, and takes each key at most once per call. A row the
+///   backend has already expired counts as no row.
 /// * **Deletion.** [`OnlineStore::delete_rows`] removes the given keys from a table and
 ///   returns how many existed; [`OnlineStore::drop_table`] removes a whole table.
 #[async_trait::async_trait]
@@ -199,6 +235,14 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug + 'static {
         table: &FeatureViewId,
         rows: Vec<OnlineRow>,
     ) -> Result<WriteSummary, OnlineStoreError>;
+
+    /// Writes each swap's row if its key still holds the expected row; one flag per swap,
+    /// in order (see the trait docs).
+    async fn swap_rows(
+        &self,
+        table: &FeatureViewId,
+        swaps: Vec<RowSwap>,
+    ) -> Result<Vec<bool>, OnlineStoreError>;
 
     /// Reads one slot per key, in order (see the trait docs).
     async fn read_rows(

@@ -5,7 +5,7 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use larder_core::{EntityKey, FeatureViewId};
 
-use crate::{OnlineRow, OnlineStore, OnlineStoreError, WriteSummary};
+use crate::{OnlineRow, OnlineStore, OnlineStoreError, RowSwap, WriteSummary};
 
 /// The rows of every table, keyed by table then by entity key.
 type MemoryTables = HashMap<FeatureViewId, HashMap<EntityKey, OnlineRow>>;
@@ -71,6 +71,25 @@ impl OnlineStore for MemoryOnlineStore {
             summary.written += 1;
         }
         Ok(summary)
+    }
+
+    async fn swap_rows(
+        &self,
+        table: &FeatureViewId,
+        swaps: Vec<RowSwap>,
+    ) -> Result<Vec<bool>, OnlineStoreError> {
+        let mut tables = self.write_tables();
+        let table_rows = tables.entry(table.clone()).or_default();
+        Ok(swaps
+            .into_iter()
+            .map(|swap| {
+                let applies = swap.expects(table_rows.get(&swap.row.entity_key));
+                if applies {
+                    table_rows.insert(swap.row.entity_key.clone(), swap.row);
+                }
+                applies
+            })
+            .collect())
     }
 
     async fn read_rows(

@@ -364,6 +364,7 @@ pub fn push_from_proto(request: proto::PushRequest) -> Result<PushRequest, Servi
         target,
         columns,
         to,
+        partial: request.partial,
     })
 }
 

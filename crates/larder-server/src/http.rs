@@ -30,6 +30,10 @@ use axum::routing::{get, post};
 use tokio::sync::Semaphore;
 
 use crate::Services;
+use crate::arrow_http::{
+    self, ARROW_STREAM, names_arrow_stream, parse_arrow_historical_features, parse_arrow_push,
+    parse_arrow_write_to_online_store,
+};
 use crate::error::{ErrorKind, ServingError};
 use crate::json::{parse_online_features_request, write_online_features_response};
 use crate::materialize::{
@@ -231,6 +235,7 @@ async fn get_online_features(
     State(state): State<HttpState>,
     request: Request,
 ) -> Result<Response, ServingError> {
+    let wants_arrow = names_arrow_stream(request.headers().get(header::ACCEPT));
     let bytes = read_body(&state, request.into_body()).await?;
     let _permit = state.admit()?;
     let parsed = parse_online_features_request(&bytes)?;
@@ -238,6 +243,14 @@ async fn get_online_features(
     for (view, rows) in result.rows_read_per_view() {
         metrics::counter!("larder_online_rows_read_total", "feature_view" => view.to_string())
             .increment(rows as u64);
+    }
+    if wants_arrow {
+        let batch = arrow_http::online_features_batch(&result)?;
+        return Ok((
+            [(header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM))],
+            arrow_http::ipc_stream_bytes(&batch)?,
+        )
+            .into_response());
     }
     let mut body = Vec::with_capacity(256 + result.entity_count * result.feature_names.len() * 40);
     write_online_features_response(&result, &mut body);
@@ -251,15 +264,28 @@ async fn get_online_features(
         .into_response())
 }
 
+/// The parsers of one direct-write route: its JSON body, or an Arrow IPC body with the
+/// target in the query string.
+struct DirectWriteParsers {
+    json: fn(&[u8]) -> Result<PushRequest, ServingError>,
+    arrow: fn(Option<&str>, &[u8]) -> Result<PushRequest, ServingError>,
+}
+
 async fn direct_write(
     state: &HttpState,
     request: Request,
-    parse: fn(&[u8]) -> Result<PushRequest, ServingError>,
+    parsers: DirectWriteParsers,
 ) -> Result<Response, ServingError> {
     let push_service = state.services.push_service()?;
+    let arrow_body = names_arrow_stream(request.headers().get(header::CONTENT_TYPE));
+    let query_string = request.uri().query().map(str::to_string);
     let bytes = read_body(state, request.into_body()).await?;
     let _permit = state.admit()?;
-    let pushed = push_service.push(parse(&bytes)?).await?;
+    let parsed = match arrow_body {
+        true => (parsers.arrow)(query_string.as_deref(), &bytes)?,
+        false => (parsers.json)(&bytes)?,
+    };
+    let pushed = push_service.push(parsed).await?;
     Ok(axum::Json(serde_json::json!({ "status": "ok", "feature_views": pushed })).into_response())
 }
 
@@ -269,8 +295,13 @@ async fn get_historical_features(
     request: Request,
 ) -> Result<Response, ServingError> {
     let training = state.services.training_service()?;
+    let arrow_body = names_arrow_stream(request.headers().get(header::CONTENT_TYPE));
+    let query_string = request.uri().query().map(str::to_string);
     let bytes = read_body(&state, request.into_body()).await?;
-    let query = parse_historical_features_request(&bytes)?;
+    let query = match arrow_body {
+        true => parse_arrow_historical_features(query_string.as_deref(), &bytes)?,
+        false => parse_historical_features_request(&bytes)?,
+    };
     let batches = training.historical_features(query).await?;
     Ok((
         [(
@@ -334,14 +365,22 @@ async fn push_rows(
     State(state): State<HttpState>,
     request: Request,
 ) -> Result<Response, ServingError> {
-    direct_write(&state, request, parse_push).await
+    let parsers = DirectWriteParsers {
+        json: parse_push,
+        arrow: parse_arrow_push,
+    };
+    direct_write(&state, request, parsers).await
 }
 
 async fn write_to_online_store(
     State(state): State<HttpState>,
     request: Request,
 ) -> Result<Response, ServingError> {
-    direct_write(&state, request, parse_write_to_online_store).await
+    let parsers = DirectWriteParsers {
+        json: parse_write_to_online_store,
+        arrow: parse_arrow_write_to_online_store,
+    };
+    direct_write(&state, request, parsers).await
 }
 
 /// How long a graceful shutdown waits for requests in flight before closing connections.

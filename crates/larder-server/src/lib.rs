@@ -7,6 +7,7 @@
 //! bundles them, and [`http`] (HTTP/JSON, with Prometheus metrics and overload protection)
 //! and [`grpc`] put the same services on the wire.
 
+pub mod arrow_http;
 mod error;
 pub mod grpc;
 pub mod http;

@@ -211,6 +211,9 @@ pub struct PushRequest {
     pub columns: HashMap<String, PushColumn>,
     /// Where the rows go.
     pub to: PushTo,
+    /// Update only the features sent, keeping each entity's other stored features
+    /// ([`WritePath::update`]); online writes to one feature view only.
+    pub partial: bool,
 }
 
 /// What a direct write did, per feature view.
@@ -251,6 +254,9 @@ struct JsonPush {
 struct JsonWriteToOnlineStore {
     feature_view_name: String,
     df: HashMap<String, Vec<serde_json::Value>>,
+    /// Larder's partial update: only the feature columns sent are changed.
+    #[serde(default)]
+    partial: bool,
     #[serde(default, rename = "allow_registry_cache")]
     _allow_registry_cache: Option<bool>,
     #[serde(default, rename = "transform_on_write")]
@@ -280,6 +286,7 @@ pub fn parse_push(bytes: &[u8]) -> Result<PushRequest, ServingError> {
         target: PushTarget::PushSource(body.push_source_name),
         columns: json_columns(body.df),
         to: body.to,
+        partial: false,
     })
 }
 
@@ -290,6 +297,7 @@ pub fn parse_write_to_online_store(bytes: &[u8]) -> Result<PushRequest, ServingE
         target: PushTarget::FeatureView(body.feature_view_name),
         columns: json_columns(body.df),
         to: PushTo::Online,
+        partial: body.partial,
     })
 }
 
@@ -388,6 +396,11 @@ impl PushService {
                 views
             }
         };
+        if request.partial && (to_offline || views.len() != 1) {
+            return Err(ServingError::invalid(
+                "a partial update writes online to one feature view (write-to-online-store)",
+            ));
+        }
         let row_count = column_length(&request.columns)?;
         if row_count > self.max_rows {
             return Err(ServingError::new(
@@ -423,11 +436,14 @@ impl PushService {
                     view.name, view.source
                 )));
             }
-            let rows = rows_for_view(
+            let (rows, sent) = rows_for_view(
                 view,
                 &request.columns,
                 row_count,
-                views.len() == 1,
+                RowShape {
+                    exact: views.len() == 1,
+                    partial: request.partial,
+                },
                 &self.event_time_bounds,
             )?;
             let offline_batch = match to_offline {
@@ -446,10 +462,10 @@ impl PushService {
                 ),
                 false => None,
             };
-            batches.push((rows, offline_batch));
+            batches.push((rows, sent, offline_batch));
         }
         let mut pushed = Vec::with_capacity(views.len());
-        for (view, (rows, offline_batch)) in views.iter().zip(batches) {
+        for (view, (rows, sent, offline_batch)) in views.iter().zip(batches) {
             let mut outcome = PushedView {
                 feature_view: view.name.clone(),
                 rows: row_count as u64,
@@ -459,14 +475,21 @@ impl PushService {
             };
             if to_online {
                 let rows = rows.into_iter().map(|row| row.feature_row).collect();
-                let summary = self
-                    .write_path
-                    .write(view, WriteLane::Direct, rows)
-                    .await
-                    .map_err(|error| match error {
-                        WriteError::Store(store_error) => ServingError::from(store_error),
-                        other => ServingError::invalid(other.to_string()),
-                    })?;
+                let written = match request.partial {
+                    true => {
+                        self.write_path
+                            .update(view, WriteLane::Direct, rows, &sent)
+                            .await
+                    }
+                    false => self.write_path.write(view, WriteLane::Direct, rows).await,
+                };
+                let summary = written.map_err(|error| match error {
+                    WriteError::Store(store_error) => ServingError::from(store_error),
+                    WriteError::Contended { .. } => {
+                        ServingError::new(ErrorKind::Unavailable, error.to_string())
+                    }
+                    WriteError::InvalidRow { .. } => ServingError::invalid(error.to_string()),
+                })?;
                 metrics::counter!("larder_direct_rows_written_total", "feature_view" => view.name.clone()).increment(summary.written);
                 outcome.written = summary.written;
                 outcome.skipped_stale = summary.skipped_stale;
@@ -644,16 +667,26 @@ fn column_length(columns: &HashMap<String, PushColumn>) -> Result<usize, Serving
     length.ok_or_else(|| ServingError::invalid("the request has no columns ('df' is empty)"))
 }
 
-/// Builds and checks one view's rows. With `exact`, columns the view does not use are refused
-/// (a typo would otherwise drop a value silently); a push source feeding several views may
-/// carry columns for each of them.
+/// Which columns a direct write must carry for one view.
+#[derive(Debug, Clone, Copy)]
+struct RowShape {
+    /// Columns the view does not use are refused (a typo would otherwise drop a value
+    /// silently); a push source feeding several views may carry columns for each of them.
+    exact: bool,
+    /// Feature columns may be left out (a partial update); at least one must be sent.
+    partial: bool,
+}
+
+/// Builds and checks one view's rows, and says which features were sent (every one unless
+/// the shape is partial); features not sent hold nulls.
 fn rows_for_view(
     view: &FeatureView,
     columns: &HashMap<String, PushColumn>,
     row_count: usize,
-    exact: bool,
+    shape: RowShape,
     event_time_bounds: &EventTimeBounds,
-) -> Result<Vec<PushedRow>, ServingError> {
+) -> Result<(Vec<PushedRow>, Vec<bool>), ServingError> {
+    let RowShape { exact, partial } = shape;
     let now = Timestamp::now();
     let column = |name: &str| {
         columns.get(name).ok_or_else(|| {
@@ -698,11 +731,27 @@ fn rows_for_view(
         .map(|key| column(&key.name).map(|values| (key, values)))
         .collect::<Result<_, _>>()?;
     let timestamps = column(&view.timestamp_field)?;
-    let feature_columns: Vec<&PushColumn> = view
+    let feature_columns: Vec<Option<&PushColumn>> = view
         .features
         .iter()
-        .map(|feature| column(&feature.name))
+        .map(|feature| match partial {
+            true => Ok(columns.get(&feature.name)),
+            false => column(&feature.name).map(Some),
+        })
         .collect::<Result<_, _>>()?;
+    let sent: Vec<bool> = feature_columns.iter().map(Option::is_some).collect();
+    if !sent.contains(&true) {
+        return Err(ServingError::invalid(format!(
+            "feature view '{}': the partial update sends no feature column (the view's \
+             features: {})",
+            view.name,
+            view.features
+                .iter()
+                .map(|feature| feature.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     let mut rows = Vec::with_capacity(row_count);
     for row in 0..row_count {
         let invalid = |name: &str, message: String| {
@@ -749,11 +798,12 @@ fn rows_for_view(
         }
         let mut values = Vec::with_capacity(view.features.len());
         for (feature, feature_values) in view.features.iter().zip(&feature_columns) {
-            values.push(
-                feature_values
+            values.push(match feature_values {
+                Some(feature_values) => feature_values
                     .value(row, &feature.dtype)
                     .map_err(|error| invalid(&feature.name, error.to_string()))?,
-            );
+                None => Value::Null,
+            });
         }
         rows.push(PushedRow {
             key_values,
@@ -764,5 +814,29 @@ fn rows_for_view(
             },
         });
     }
-    Ok(rows)
+    Ok((rows, sent))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_floats_are_read_to_the_exact_double_that_was_sent() {
+        // Digits whose nearest double the fast (not round-trip) parse misses by one ulp.
+        let sent = 0.094_194_961_664_841_19_f64;
+        let body = format!(
+            r#"{{"feature_view_name": "v", "df": {{"x": [{sent:?}, 2.2250738585072014e-308]}}}}"#
+        );
+        let request = parse_write_to_online_store(body.as_bytes()).unwrap();
+        let Some(PushColumn::Json(values)) = request.columns.get("x") else {
+            panic!("column x is missing")
+        };
+        assert_eq!(values[0].as_f64().map(f64::to_bits), Some(sent.to_bits()));
+        assert_eq!(
+            values[1].as_f64().map(f64::to_bits),
+            Some(2.225_073_858_507_201_4e-308_f64.to_bits())
+        );
+    }
 }

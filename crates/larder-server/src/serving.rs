@@ -119,6 +119,8 @@ struct ColumnSource {
 pub struct OnlineFeaturesResult {
     /// Column names: entity join keys first, then features in request order.
     pub feature_names: Vec<String>,
+    /// The declared type of every column of `feature_names`: join keys, then features.
+    pub column_types: Vec<ValueType>,
     /// The typed entity columns, one per join key, in the order of `feature_names`.
     pub entity_columns: Vec<Vec<Value>>,
     /// Number of entities (rows).
@@ -400,8 +402,18 @@ impl FeatureServer {
                 .map(|view_request| (view_request.view.name.clone(), view_request.view.version))
                 .collect()
         });
+        let column_types = join_keys
+            .iter()
+            .map(|join_key| join_key.dtype.clone())
+            .chain(
+                resolved
+                    .iter()
+                    .map(|feature| feature.view.features[feature.feature_index].dtype.clone()),
+            )
+            .collect();
         Ok(OnlineFeaturesResult {
             feature_names,
+            column_types,
             entity_columns,
             entity_count,
             feature_view_metadata,

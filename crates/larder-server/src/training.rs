@@ -438,14 +438,23 @@ pub fn entities_from_arrow_ipc(
             "the entity table is not a readable Arrow IPC stream: {error}"
         ))
     };
-    check_ipc_framing(bytes).map_err(invalid)?;
+    let (schema, batches) = read_arrow_ipc(bytes).map_err(invalid)?;
+    entity_rows(schema, batches, timestamp_column)
+}
+
+/// Reads a whole Arrow IPC stream after checking its framing (see
+/// [`entities_from_arrow_ipc`]); the error says what is wrong with the bytes.
+pub fn read_arrow_ipc(
+    bytes: &[u8],
+) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), String> {
+    check_ipc_framing(bytes)?;
     let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
-        .map_err(|error| invalid(error.to_string()))?;
+        .map_err(|error| error.to_string())?;
     let schema = reader.schema();
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| invalid(error.to_string()))?;
-    entity_rows(schema, batches, timestamp_column)
+        .map_err(|error| error.to_string())?;
+    Ok((schema, batches))
 }
 
 /// Walks the messages of an Arrow IPC stream and checks that every declared length fits in

@@ -128,3 +128,132 @@ fn direct_writes_are_validated_ordered_and_readable_at_once() {
         );
     }
 }
+
+/// The user_profile features of `user` as served: name → value.
+fn profile_of(server: &Server, user: i64, features: &[&str]) -> Vec<Value> {
+    let refs: Vec<String> = features
+        .iter()
+        .map(|feature| format!("user_profile:{feature}"))
+        .collect();
+    let (status, response) = server.post(
+        "/get-online-features",
+        &json!({"features": refs, "entities": {"user_id": [user]}}).to_string(),
+    );
+    assert_eq!(status, 200, "{response}");
+    (1..=features.len())
+        .map(|column| response["results"][column]["values"][0].clone())
+        .collect()
+}
+
+#[test]
+fn partial_updates_keep_other_features_follow_event_time_and_lose_nothing_under_concurrency() {
+    let repo = DemoRepo::init(20);
+    larder_ok(&repo.path, &["apply"]);
+    larder_ok(&repo.path, &["materialize"]);
+    let server = Server::start(&repo.path);
+    let now = chrono::Utc::now();
+    let at = |seconds_ago: i64| (now - chrono::Duration::seconds(seconds_ago)).to_rfc3339();
+    let before = profile_of(&server, 3, &["age", "country", "loyalty_points"]);
+
+    // Only `age` is sent: it changes, every other feature keeps its value.
+    let body = json!({"feature_view_name": "user_profile", "partial": true,
+        "df": {"user_id": [3], "event_timestamp": [at(60)], "age": [77]}});
+    let (status, response) = server.post("/write-to-online-store", &body.to_string());
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["feature_views"][0]["written"], 1);
+    assert_eq!(
+        profile_of(&server, 3, &["age", "country", "loyalty_points"]),
+        vec![json!(77), before[1].clone(), before[2].clone()]
+    );
+
+    // An older event time than the stored row's is skipped, whatever it sends.
+    let body = json!({"feature_view_name": "user_profile", "partial": true,
+        "df": {"user_id": [3], "event_timestamp": [at(3600)], "country": ["XX"]}});
+    let (status, response) = server.post("/write-to-online-store", &body.to_string());
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["feature_views"][0]["skipped_stale"], 1);
+    assert_eq!(
+        profile_of(&server, 3, &["country"]),
+        vec![before[1].clone()]
+    );
+
+    // An entity with no row yet gets nulls for the features not sent.
+    let body = json!({"feature_view_name": "user_profile", "partial": true,
+        "df": {"user_id": [900_001], "event_timestamp": [at(30)], "country": ["PT"]}});
+    let (status, response) = server.post("/write-to-online-store", &body.to_string());
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(
+        profile_of(&server, 900_001, &["age", "country"]),
+        vec![Value::Null, json!("PT")]
+    );
+
+    // Without `partial`, a missing feature column is still refused; with it, a write that
+    // sends no feature at all is refused; an unknown column is refused either way.
+    for (partial, df, expected) in [
+        (
+            false,
+            json!({"user_id": [3], "event_timestamp": [at(10)], "age": [1]}),
+            "missing column 'country'",
+        ),
+        (
+            true,
+            json!({"user_id": [3], "event_timestamp": [at(10)]}),
+            "sends no feature column",
+        ),
+        (
+            true,
+            json!({"user_id": [3], "event_timestamp": [at(10)], "agee": [1]}),
+            "has no column 'agee'",
+        ),
+    ] {
+        let body = json!({"feature_view_name": "user_profile", "partial": partial, "df": df});
+        let (status, response) = server.post("/write-to-online-store", &body.to_string());
+        assert_eq!(status, 400, "{response}");
+        assert!(error_message(&response).contains(expected), "{response}");
+    }
+
+    // Eight writers update one feature each of the same entities at the same event time,
+    // concurrently, 20 times over: no update is lost, so every feature holds its writer's
+    // last value.
+    let features = [
+        ("age", json!(50)),
+        ("account_age_days", json!(51)),
+        ("orders_total", json!(52)),
+        ("days_since_last_order", json!(53)),
+        ("loyalty_points", json!(54)),
+        ("country", json!("C8")),
+        ("signup_channel", json!("S8")),
+        ("email_verified", json!(true)),
+    ];
+    let users: Vec<i64> = (10..16).collect();
+    let event_time = at(5);
+    std::thread::scope(|scope| {
+        for (feature, last_value) in &features {
+            let server = &server;
+            let users = &users;
+            let event_time = &event_time;
+            scope.spawn(move || {
+                for round in 0..20 {
+                    let value = match round {
+                        19 => last_value.clone(),
+                        _ if last_value.is_string() => json!(format!("r{round}")),
+                        _ if last_value.is_boolean() => json!(round % 2 == 0),
+                        _ => json!(round),
+                    };
+                    let body = json!({"feature_view_name": "user_profile", "partial": true,
+                        "df": {"user_id": users, "event_timestamp": vec![event_time; users.len()],
+                               *feature: vec![value; users.len()]}});
+                    let (status, response) =
+                        server.post("/write-to-online-store", &body.to_string());
+                    assert_eq!(status, 200, "{feature} round {round}: {response}");
+                    assert_eq!(response["feature_views"][0]["written"], users.len());
+                }
+            });
+        }
+    });
+    let names: Vec<&str> = features.iter().map(|(name, _)| *name).collect();
+    let expected: Vec<Value> = features.iter().map(|(_, value)| value.clone()).collect();
+    for user in &users {
+        assert_eq!(profile_of(&server, *user, &names), expected, "user {user}");
+    }
+}

@@ -184,6 +184,20 @@ for name, column in zip(expected["metadata"]["feature_names"], expected["results
     for got, want in zip(read[name], column["values"]):
         check(same(got, want), f"{name}: Feast read {got}, Larder serves {want}")
 
+# 2a. Larder's own Python SDK (installed in the same venv by scripts/test.sh) reads the same
+# values as Feast's client, through its Arrow answers.
+import larder  # noqa: E402
+
+ours = larder.Client(larder_url).get_online_features(
+    features=features, entities={"user_id": users}
+).to_dict()
+for name, column in read.items():
+    check(name in ours, f"feature {name} in the Larder SDK's answer: {sorted(ours)}")
+    for got, want in zip(column, ours[name]):
+        if hasattr(want, "tolist"):
+            want = want.tolist()
+        check(same(got, want), f"{name}: Feast read {got}, the Larder SDK read {want}")
+
 # 2b. A feature service, and the version metadata Feast's client asks for.
 service = store.get_online_features(
     features=store.get_feature_service("ranking_model"), entity_rows=[{"user_id": users[0]}]

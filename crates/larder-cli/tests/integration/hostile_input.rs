@@ -280,6 +280,7 @@ fn typed_score_push(time_micros: i64, score: Val, embedding: Vec<f32>) -> PushRe
         .into_iter()
         .collect(),
         to: 0,
+        partial: false,
     }
 }
 

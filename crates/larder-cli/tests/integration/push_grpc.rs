@@ -65,6 +65,7 @@ fn relevance_push(rows: &[(i64, i64, Val)], to: PushTo) -> PushRequest {
         .into_iter()
         .collect(),
         to: to as i32,
+        partial: false,
     }
 }
 
@@ -265,4 +266,192 @@ fn grpc_pushes_typed_rows_online_and_offline_and_serves_training_sets() {
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
         assert!(error.message().contains("Arrow IPC"), "{}", error.message());
     });
+}
+
+const ARROW: &str = "application/vnd.apache.arrow.stream";
+
+/// Reads an Arrow IPC stream into one batch.
+fn read_ipc(bytes: &[u8]) -> RecordBatch {
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .unwrap_or_else(|error| {
+            panic!(
+                "not Arrow IPC ({error}): {}",
+                String::from_utf8_lossy(bytes)
+            )
+        });
+    let schema = reader.schema();
+    let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().unwrap();
+    arrow::compute::concat_batches(&schema, &batches).unwrap()
+}
+
+fn ipc_of(batch: &RecordBatch) -> Vec<u8> {
+    let mut writer =
+        arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &batch.schema()).unwrap();
+    writer.write(batch).unwrap();
+    writer.into_inner().unwrap()
+}
+
+#[test]
+fn arrow_bodies_and_answers_keep_types_and_partial_updates_work_over_grpc() {
+    let repo = DemoRepo::init(10);
+    std::fs::write(repo.path.join("features/relevance.yaml"), RELEVANCE).unwrap();
+    larder_ok(&repo.path, &["apply"]);
+    let server = Server::start(&repo.path);
+    let now = chrono::Utc::now().timestamp_micros();
+    let hour = 3_600_000_000_i64;
+
+    // Rows as Arrow (int32 ids, float64 scores): written online and offline.
+    let rows = RecordBatch::try_from_iter([
+        (
+            "user_id",
+            Arc::new(arrow::array::Int32Array::from(vec![1, 2])) as arrow::array::ArrayRef,
+        ),
+        (
+            "event_timestamp",
+            Arc::new(TimestampMicrosecondArray::from(vec![now - 2 * hour; 2]).with_timezone("UTC")),
+        ),
+        ("score", Arc::new(Float64Array::from(vec![0.25, 0.5]))),
+        (
+            "model",
+            Arc::new(arrow::array::StringArray::from(vec!["v1", "v1"])),
+        ),
+    ])
+    .unwrap();
+    let (status, _, body) = server.post_bytes(
+        "/push?push_source_name=relevance_push&to=online_and_offline",
+        ARROW,
+        "application/json",
+        &ipc_of(&rows),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let response: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(response["feature_views"][0]["written_offline"], 2);
+
+    // A partial update over gRPC: only `model` changes, `score` stays.
+    with_grpc_client(server.grpc_url.clone(), |mut client| async move {
+        let request = PushRequest {
+            target: Some(push_request::Target::FeatureViewName("relevance".into())),
+            columns: [
+                ("user_id".to_string(), column(vec![Val::Int64Val(1)])),
+                (
+                    "event_timestamp".to_string(),
+                    column(vec![Val::TimestampMicrosVal(now - hour)]),
+                ),
+                (
+                    "model".to_string(),
+                    column(vec![Val::StringVal("v2".into())]),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+            to: PushTo::Online as i32,
+            partial: true,
+        };
+        let pushed = client.push(request).await.unwrap().into_inner();
+        assert_eq!(pushed.feature_views[0].written, 1);
+    });
+
+    // The online answer as Arrow: declared types, statuses and event times.
+    let request = json!({"features": ["relevance:score", "relevance:model"],
+                         "entities": {"user_id": [1, 2, 3]}});
+    let (status, content_type, body) = server.post_bytes(
+        "/get-online-features",
+        "application/json",
+        ARROW,
+        request.to_string().as_bytes(),
+    );
+    assert_eq!((status, content_type.as_str()), (200, ARROW));
+    let answer = read_ipc(&body);
+    let schema = answer.schema();
+    let names: Vec<&str> = schema
+        .fields()
+        .iter()
+        .map(|field| field.name().as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "user_id",
+            "score",
+            "score__status",
+            "score__event_timestamp",
+            "model",
+            "model__status",
+            "model__event_timestamp"
+        ]
+    );
+    let scores = answer
+        .column(1)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    assert_eq!(
+        (scores.value(0), scores.value(1), scores.is_null(2)),
+        (0.25, 0.5, true)
+    );
+    let models = answer
+        .column(4)
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .unwrap();
+    assert_eq!((models.value(0), models.value(1)), ("v2", "v1"));
+    let statuses = answer
+        .column(2)
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .unwrap();
+    assert_eq!(
+        (statuses.value(0), statuses.value(2)),
+        ("PRESENT", "NOT_FOUND")
+    );
+    let times = answer
+        .column(3)
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .unwrap();
+    assert_eq!(
+        (times.value(0), times.value(1), times.is_null(2)),
+        (now - hour, now - 2 * hour, true)
+    );
+
+    // A training set from an Arrow entity table, features in the query string.
+    let entities = RecordBatch::try_from_iter([
+        (
+            "user_id",
+            Arc::new(Int64Array::from(vec![2, 1])) as arrow::array::ArrayRef,
+        ),
+        (
+            "event_timestamp",
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![now, now - 3 * hour]).with_timezone("UTC"),
+            ),
+        ),
+    ])
+    .unwrap();
+    let (status, _, body) = server.post_bytes(
+        "/get-historical-features?features=relevance:score",
+        ARROW,
+        ARROW,
+        &ipc_of(&entities),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let training = read_ipc(&body);
+    let scores = training
+        .column_by_name("score")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    // User 2 sees its pushed score; user 1 asks before any row existed.
+    assert_eq!((scores.value(0), scores.is_null(1)), (0.5, true));
+
+    // A body that is not Arrow is a clear 400.
+    let (status, _, body) = server.post_bytes(
+        "/write-to-online-store?feature_view_name=relevance",
+        ARROW,
+        "application/json",
+        b"not arrow at all",
+    );
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("not a readable Arrow IPC stream"));
 }

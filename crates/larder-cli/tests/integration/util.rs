@@ -183,6 +183,41 @@ impl Server {
         (status, json)
     }
 
+    /// POSTs `body` with the given content type and `Accept` header; returns status, the
+    /// response's content type and its raw bytes.
+    pub fn post_bytes(
+        &self,
+        path: &str,
+        content_type: &str,
+        accept: &str,
+        body: &[u8],
+    ) -> (u16, String, Vec<u8>) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .post(&format!("{}{path}", self.base_url))
+            .content_type(content_type)
+            .header("Accept", accept)
+            .send(body)
+            .expect("the request is sent");
+        let status = response.status().as_u16();
+        let returned_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .expect("the body is readable");
+        (status, returned_type, bytes)
+    }
+
     /// GETs `path`; returns status and parsed JSON body.
     pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
         let agent: ureq::Agent = ureq::Agent::config_builder()
