@@ -20,6 +20,9 @@ mapfile -t apt_packages < <(larder_missing_build_packages)
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || apt_packages+=(redis-tools)
 command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
+# Virtual environments for Feast's SDK and Larder's own (python/): Debian's python3 needs
+# python3-venv for them.
+python3 -c 'import ensurepip' >/dev/null 2>&1 || apt_packages+=(python3-venv)
 larder_apt_install "${apt_packages[@]}"
 
 if ! command -v moto_server >/dev/null 2>&1; then
@@ -47,6 +50,9 @@ if ! "$feast_venv/bin/python" -c 'import feast' >/dev/null 2>&1; then
   python3 -m venv "$feast_venv"
   "$feast_venv/bin/pip" install -q 'feast==0.67.0'
 fi
+# Larder's own Python SDK beside it, so the same test compares the two clients' reads.
+"$feast_venv/bin/pip" install -q --disable-pip-version-check ./python
+"$feast_venv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps ./python
 export LARDER_FEAST_PYTHON="$PWD/$feast_venv/bin/python"
 
 echo "== cargo fmt --check"
@@ -59,3 +65,5 @@ echo "== README command 1 builds with only build-essential and rustup"
 bash scripts/check-build-tools.sh
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast
+echo "== Python SDK tests (pytest against a real larder serve)"
+bash scripts/python-tests.sh
