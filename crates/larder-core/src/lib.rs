@@ -7,6 +7,8 @@
 
 mod base64;
 pub mod codec;
+#[cfg(test)]
+mod codec_props;
 pub mod definitions;
 pub mod entity_key;
 pub mod error;

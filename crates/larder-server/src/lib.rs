@@ -10,6 +10,9 @@
 pub mod arrow_http;
 mod error;
 pub mod grpc;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod grpc_tests;
 pub mod http;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
@@ -20,6 +23,9 @@ pub mod metrics;
 pub mod push;
 mod registry_handle;
 mod serving;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod serving_tests;
 pub mod status;
 pub mod training;
 
