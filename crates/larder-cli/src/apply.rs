@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Result, anyhow, bail};
-use larder_offline::{TransformEngine, value_type_of};
+use larder_offline::{DataFusionEngine, OfflineEngine, value_type_of};
 use larder_registry::{Diagnostics, FeatureRepo, RegistryStore, SchemaColumn, plan_apply};
 
 use crate::context::RepoContext;
@@ -48,7 +48,7 @@ pub async fn run(root: &Path, dry_run: bool) -> Result<bool> {
 /// against the declared features.
 async fn check_view_schemas(repo: &FeatureRepo) -> Result<()> {
     let registry = repo.registry();
-    let engine = TransformEngine::new(
+    let engine = DataFusionEngine::new(
         repo.root(),
         &repo.config().s3,
         repo.config().materialize.batch_rows,

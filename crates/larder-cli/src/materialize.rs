@@ -12,7 +12,7 @@ use larder_core::{FeatureView, Timestamp};
 use larder_ingest::{
     MaterializeOptions, MaterializeProgress, RunHistory, RunReport, WritePath, materialize_view,
 };
-use larder_offline::{TimeWindow, TransformEngine};
+use larder_offline::{DataFusionEngine, OfflineEngine, TimeWindow};
 use larder_online::{SharedDigestStore, SharedOnlineStore};
 use larder_server::materialize::{MaterializeCall, MaterializeWindow, Materializer};
 use larder_server::{ErrorKind, ServingError};
@@ -162,7 +162,7 @@ pub async fn run_with_stores(
 ) -> Result<Vec<RunReport>> {
     let registry = context.applied_registry()?;
     let views = registry.batch_views(&request.only_views)?;
-    let engine = TransformEngine::new(
+    let engine = DataFusionEngine::new(
         &context.root,
         &context.config.s3,
         context.config.materialize.batch_rows,
@@ -212,7 +212,7 @@ pub async fn run_with_stores(
 
 /// What every view's run of one `materialize` shares.
 struct ViewRun<'a> {
-    engine: &'a TransformEngine,
+    engine: &'a dyn OfflineEngine,
     offline_store: larder_offline::SharedOfflineStore,
     write_path: WritePath,
     digests: &'a dyn larder_online::DigestStore,

@@ -13,11 +13,10 @@ use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use larder_core::Timestamp;
-use larder_offline::OfflineStore;
 use larder_offline::training::{
     DEFAULT_ENTITY_TIMESTAMP_COLUMN, EntityFile, EntityFileFormat, TrainingSetRequest, ViewRequest,
-    build_training_set, training_session,
 };
+use larder_offline::{DataFusionEngine, OfflineEngine, OfflineStore};
 use larder_registry::{Registry, ResolvedFeature};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -202,8 +201,10 @@ pub async fn run(root: &Path, args: &TrainingSetArgs) -> Result<()> {
         views,
         full_feature_names: args.full_feature_names,
     };
-    let session = training_session(args.memory_mb.saturating_mul(1 << 20))?;
-    let mut stream = build_training_set(&session, &request).await?;
+    let engine = DataFusionEngine::without_sources();
+    let mut stream = engine
+        .training_set(&request, args.memory_mb.saturating_mul(1 << 20))
+        .await?;
     let schema: SchemaRef = stream.schema();
     let file = File::create(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use larder_core::{FeatureView, Timestamp, WriteLane};
 use larder_offline::{
-    OfflineError, OfflineStore, OfflineWriteSummary, OfflineWriter, TimeWindow, TransformEngine,
+    OfflineEngine, OfflineError, OfflineStore, OfflineWriteSummary, OfflineWriter, TimeWindow,
     ViewBatch,
 };
 use larder_online::DigestStore;
@@ -179,7 +179,7 @@ pub enum MaterializeError {
 /// view's `ttl` is what ages it out of serving. A new view version has no digests, so its
 /// first run writes every row.
 pub async fn materialize_view(
-    engine: &TransformEngine,
+    engine: &dyn OfflineEngine,
     offline_store: &dyn OfflineStore,
     write_path: &WritePath,
     digests: &dyn DigestStore,

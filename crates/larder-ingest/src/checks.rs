@@ -1,12 +1,12 @@
-//! Data-quality checks: a feature view's `checks:` run as DataFusion aggregate queries over
-//! its transformation output (in the run's window) before anything is written.
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! Data-quality checks: a feature view's `checks:` run as SQL aggregate queries over its
+//! transformation output (in the run's window, through the offline engine's
+//! [`ViewOutputTable`]) before anything is written. The queries use only portable SQL
+//! (`COUNT`, `MAX`, `GROUP BY ... HAVING`, `NOT IN`, `LIMIT`), so any engine runs them.
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::Int64Type;
+use arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMicrosecondType};
 use larder_core::{CheckRule, CheckSeverity, DataQualityCheck, FeatureView, Timestamp};
-use larder_offline::{OfflineError, TimeWindow, TransformEngine};
+use larder_offline::{OfflineEngine, OfflineError, TimeWindow, ViewOutputTable};
 
 /// At most this many example rows are named in a failure.
 const EXAMPLE_ROW_LIMIT: usize = 5;
@@ -28,13 +28,11 @@ impl std::fmt::Display for CheckFailure {
     }
 }
 
-static CHECK_TABLE_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// Runs every check of `view` over its transformation output in `window`; returns the
 /// failures in declaration order. `previous_row_count` is the last successful run's row count
 /// (for `row_count`); `now` is the reference of `freshness`.
 pub async fn evaluate_checks(
-    engine: &TransformEngine,
+    engine: &dyn OfflineEngine,
     view: &FeatureView,
     window: TimeWindow,
     previous_row_count: Option<u64>,
@@ -43,82 +41,54 @@ pub async fn evaluate_checks(
     if view.checks.is_empty() {
         return Ok(Vec::new());
     }
-    let frame = engine.view_frame_in_window(view, window).await?;
-    let table_name = format!(
-        "__larder_checks_{}_{}",
-        view.name
-            .to_lowercase()
-            .replace(|character: char| !character.is_ascii_alphanumeric(), "_"),
-        CHECK_TABLE_COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    let session = engine.session();
-    session
-        .register_table(table_name.as_str(), frame.into_view())
-        .map_err(|source| query_error(view, source))?;
+    let table = engine.view_output_table(view, window).await?;
     let mut failures = Vec::new();
-    let mut outcome = Ok(());
     for check in &view.checks {
-        match evaluate_check(engine, view, &table_name, check, previous_row_count, now).await {
-            Ok(Some(message)) => failures.push(CheckFailure {
+        if let Some(message) =
+            evaluate_check(table.as_ref(), view, check, previous_row_count, now).await?
+        {
+            failures.push(CheckFailure {
                 check: check.name(),
                 severity: check.severity,
                 message,
-            }),
-            Ok(None) => {}
-            Err(error) => {
-                outcome = Err(error);
-                break;
-            }
+            });
         }
     }
-    let _ = session.deregister_table(table_name.as_str());
-    outcome.map(|()| failures)
-}
-
-fn query_error(view: &FeatureView, source: datafusion::error::DataFusionError) -> OfflineError {
-    OfflineError::Query {
-        context: format!("data-quality checks of feature view '{}'", view.name),
-        source,
-    }
+    Ok(failures)
 }
 
 fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-async fn run_query(
-    engine: &TransformEngine,
-    view: &FeatureView,
-    sql: &str,
-) -> Result<Vec<RecordBatch>, OfflineError> {
-    let frame = engine
-        .session()
-        .sql(sql)
-        .await
-        .map_err(|source| query_error(view, source))?;
-    frame
-        .collect()
-        .await
-        .map_err(|source| query_error(view, source))
-}
-
-/// The first column of the first row as an i64 (a `COUNT(*)`), `None` when null.
+/// The first column of the first row cast to `data_type` (an integer or a timestamp), read
+/// as an i64; `None` when null.
 async fn query_scalar(
-    engine: &TransformEngine,
-    view: &FeatureView,
+    table: &dyn ViewOutputTable,
     sql: &str,
+    data_type: &DataType,
 ) -> Result<Option<i64>, OfflineError> {
-    let batches = run_query(engine, view, sql).await?;
+    let batches = table.query(sql).await?;
     let Some(batch) = batches.iter().find(|batch| batch.num_rows() > 0) else {
         return Ok(None);
     };
-    let column = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Int64)
-        .map_err(|source| OfflineError::Arrow {
+    let column =
+        arrow::compute::cast(batch.column(0), data_type).map_err(|source| OfflineError::Arrow {
             context: "reading a check result".to_string(),
             source,
         })?;
-    let values = column.as_primitive::<Int64Type>();
-    Ok((!values.is_null(0)).then(|| values.value(0)))
+    if column.is_null(0) {
+        return Ok(None);
+    }
+    Ok(match data_type {
+        DataType::Timestamp(..) => Some(column.as_primitive::<TimestampMicrosecondType>().value(0)),
+        _ => Some(column.as_primitive::<Int64Type>().value(0)),
+    })
+}
+
+/// A `COUNT(*)` query's number.
+async fn query_count(table: &dyn ViewOutputTable, sql: &str) -> Result<Option<i64>, OfflineError> {
+    query_scalar(table, sql, &DataType::Int64).await
 }
 
 /// Formats example rows as `user_id=5, event_timestamp=…, age=NULL`.
@@ -149,18 +119,16 @@ fn format_examples(batches: &[RecordBatch]) -> String {
 
 /// Counts the rows of `table` matching `condition`; on a match, describes them with examples.
 async fn count_violations(
-    engine: &TransformEngine,
-    view: &FeatureView,
-    table: &str,
+    table: &dyn ViewOutputTable,
     condition: &str,
     shown_columns: &str,
     what: &str,
 ) -> Result<Option<String>, OfflineError> {
+    let name = table.name();
     describe_violations(
-        engine,
-        view,
-        &format!("SELECT COUNT(*) FROM {table} WHERE {condition}"),
-        &format!("SELECT {shown_columns} FROM {table} WHERE {condition}"),
+        table,
+        &format!("SELECT COUNT(*) FROM {name} WHERE {condition}"),
+        &format!("SELECT {shown_columns} FROM {name} WHERE {condition}"),
         &format!("rows {what}"),
     )
     .await
@@ -169,22 +137,18 @@ async fn count_violations(
 /// Runs `count_sql` (one number); when it is not zero, runs `examples_sql` (limited to a few
 /// rows) and says `"{count} {what}, e.g. {examples}"`.
 async fn describe_violations(
-    engine: &TransformEngine,
-    view: &FeatureView,
+    table: &dyn ViewOutputTable,
     count_sql: &str,
     examples_sql: &str,
     what: &str,
 ) -> Result<Option<String>, OfflineError> {
-    let count = query_scalar(engine, view, count_sql).await?.unwrap_or(0);
+    let count = query_count(table, count_sql).await?.unwrap_or(0);
     if count == 0 {
         return Ok(None);
     }
-    let examples = run_query(
-        engine,
-        view,
-        &format!("{examples_sql} LIMIT {EXAMPLE_ROW_LIMIT}"),
-    )
-    .await?;
+    let examples = table
+        .query(&format!("{examples_sql} LIMIT {EXAMPLE_ROW_LIMIT}"))
+        .await?;
     Ok(Some(format!(
         "{count} {what}, e.g. {}",
         format_examples(&examples)
@@ -192,9 +156,8 @@ async fn describe_violations(
 }
 
 async fn evaluate_check(
-    engine: &TransformEngine,
+    table: &dyn ViewOutputTable,
     view: &FeatureView,
-    table: &str,
     check: &DataQualityCheck,
     previous_row_count: Option<u64>,
     now: Timestamp,
@@ -210,8 +173,6 @@ async fn evaluate_check(
         CheckRule::NotNull { column } => {
             let column = quoted(column);
             count_violations(
-                engine,
-                view,
                 table,
                 &format!("{column} IS NULL"),
                 &keys,
@@ -234,8 +195,6 @@ async fn evaluate_check(
                 max.as_deref().unwrap_or("inf")
             );
             count_violations(
-                engine,
-                view,
                 table,
                 &format!("({})", conditions.join(" OR ")),
                 &format!("{keys}, {column_sql}"),
@@ -246,8 +205,6 @@ async fn evaluate_check(
         CheckRule::AllowedValues { column, values } => {
             let column_sql = quoted(column);
             count_violations(
-                engine,
-                view,
                 table,
                 &format!(
                     "{column_sql} IS NOT NULL AND {column_sql} NOT IN ({})",
@@ -259,13 +216,13 @@ async fn evaluate_check(
             .await
         }
         CheckRule::UniqueEntityPerTimestamp => {
+            let name = table.name();
             let duplicates = format!(
-                "SELECT {keys}, COUNT(*) AS row_count FROM {table} GROUP BY {keys} HAVING COUNT(*) > 1"
+                "SELECT {keys}, COUNT(*) AS row_count FROM {name} GROUP BY {keys} HAVING COUNT(*) > 1"
             );
             describe_violations(
-                engine,
-                view,
-                &format!("SELECT COUNT(*) FROM ({duplicates})"),
+                table,
+                &format!("SELECT COUNT(*) FROM ({duplicates}) AS duplicates"),
                 &duplicates,
                 "(entity, event time) pairs have more than one row",
             )
@@ -275,7 +232,7 @@ async fn evaluate_check(
             let Some(previous) = previous_row_count.filter(|previous| *previous > 0) else {
                 return Ok(None);
             };
-            let count = query_scalar(engine, view, &format!("SELECT COUNT(*) FROM {table}"))
+            let count = query_count(table, &format!("SELECT COUNT(*) FROM {}", table.name()))
                 .await?
                 .unwrap_or(0);
             let allowed: f64 = max_change_percent.parse().unwrap_or(0.0);
@@ -288,24 +245,24 @@ async fn evaluate_check(
             )))
         }
         CheckRule::Freshness { max_age } => {
-            let newest_seconds = query_scalar(
-                engine,
-                view,
+            let utc_micros = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+            let newest_micros = query_scalar(
+                table,
                 &format!(
-                    "SELECT to_unixtime(MAX({})) FROM {table}",
-                    quoted(&view.timestamp_field)
+                    "SELECT MAX({}) FROM {}",
+                    quoted(&view.timestamp_field),
+                    table.name()
                 ),
+                &utc_micros,
             )
             .await?;
             let oldest_allowed = now.saturating_sub(*max_age);
-            match newest_seconds {
+            match newest_micros.map(Timestamp) {
                 None => Ok(Some("the source has no rows".to_string())),
-                Some(seconds) if Timestamp::from_seconds(seconds) < oldest_allowed => {
-                    Ok(Some(format!(
-                        "the newest row is from {}, older than {max_age}",
-                        Timestamp::from_seconds(seconds).to_rfc3339()
-                    )))
-                }
+                Some(newest) if newest < oldest_allowed => Ok(Some(format!(
+                    "the newest row is from {}, older than {max_age}",
+                    newest.to_rfc3339()
+                ))),
                 Some(_) => Ok(None),
             }
         }

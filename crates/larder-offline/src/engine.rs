@@ -1,4 +1,6 @@
-//! Batch transformations: a feature view's SQL over its sources, run by DataFusion.
+//! The offline engine: where a feature view's SQL runs over its sources (the batch lane) and
+//! where training sets are joined. [`OfflineEngine`] is the seam; [`DataFusionEngine`] runs
+//! everything in-process with DataFusion (the default, and the only engine today).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,6 +9,7 @@ use datafusion::catalog::TableProvider;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use url::Url;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{
@@ -19,6 +22,7 @@ use larder_core::{
 
 use crate::OfflineError;
 use crate::object_storage::{S3Location, s3_store};
+use crate::training::TrainingSetRequest;
 
 /// Lets deltalake read tables under `s3://` through the object store the engine registered
 /// for the bucket. Larder only reads Delta tables, so the default log store (which is not
@@ -69,9 +73,73 @@ pub struct TimeWindow {
     pub end: Option<Timestamp>,
 }
 
-/// Runs feature views' transformations. Every batch (file) source of the registry is a table
-/// named after the source, so a view's SQL may read and join any of them.
-pub struct TransformEngine {
+/// Runs the offline compute of the batch lane and of training sets.
+///
+/// # Specification
+///
+/// * **Transformations.** A view's rows are its SQL (or its whole source) over the sources it
+///   was created with, each a table named after the source. [`OfflineEngine::output_columns`]
+///   plans it without reading rows (`larder apply` checks them against the declared
+///   features); [`OfflineEngine::execute_view`] streams its rows restricted to a
+///   [`TimeWindow`] of the view's timestamp field, as Arrow record batches (any engine can
+///   produce the stream with DataFusion's `RecordBatchStreamAdapter`).
+/// * **Queries over a view's output.** [`OfflineEngine::view_output_table`] makes the rows of
+///   `execute_view` queryable by SQL under a temporary table name for the life of the
+///   returned [`ViewOutputTable`] (data-quality checks are such queries: counts, `MAX`,
+///   `GROUP BY ... HAVING`, `LIMIT`).
+/// * **Training sets.** [`OfflineEngine::training_set`] joins a [`TrainingSetRequest`] point
+///   in time: one output row per entity row, in order, with the semantics documented in
+///   [`crate::training`] (TTL, ties, nulls); sorts spill beyond `memory_limit_bytes`.
+#[async_trait::async_trait]
+pub trait OfflineEngine: Send + Sync + std::fmt::Debug {
+    /// A short name for messages (`datafusion`).
+    fn engine_name(&self) -> &'static str;
+
+    /// The output columns of a view's transformation, planned without reading any rows.
+    async fn output_columns(
+        &self,
+        view: &FeatureView,
+    ) -> Result<Vec<(String, DataType)>, OfflineError>;
+
+    /// Runs a view's transformation and streams its rows, restricted to an event-time window.
+    async fn execute_view(
+        &self,
+        view: &FeatureView,
+        window: TimeWindow,
+    ) -> Result<SendableRecordBatchStream, OfflineError>;
+
+    /// Makes a view's rows in `window` queryable by SQL (see the trait docs).
+    async fn view_output_table(
+        &self,
+        view: &FeatureView,
+        window: TimeWindow,
+    ) -> Result<Box<dyn ViewOutputTable>, OfflineError>;
+
+    /// Builds a point-in-time correct training set (see the trait docs).
+    async fn training_set(
+        &self,
+        request: &TrainingSetRequest,
+        memory_limit_bytes: usize,
+    ) -> Result<SendableRecordBatchStream, OfflineError>;
+}
+
+/// A shared handle to any offline engine.
+pub type SharedOfflineEngine = Arc<dyn OfflineEngine>;
+
+/// A view's output, queryable by SQL under [`ViewOutputTable::name`] until dropped.
+#[async_trait::async_trait]
+pub trait ViewOutputTable: Send + Sync {
+    /// The table's name in queries.
+    fn name(&self) -> &str;
+
+    /// Runs `sql` and collects its rows.
+    async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, OfflineError>;
+}
+
+/// The in-process engine: DataFusion over local and S3 files and Delta tables. Every batch
+/// (file) source it is created with is a table named after the source, so a view's SQL may
+/// read and join any of them.
+pub struct DataFusionEngine {
     context: SessionContext,
     repo_root: PathBuf,
     s3: S3Config,
@@ -79,16 +147,16 @@ pub struct TransformEngine {
     registered_buckets: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
-impl std::fmt::Debug for TransformEngine {
+impl std::fmt::Debug for DataFusionEngine {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
-            .debug_struct("TransformEngine")
+            .debug_struct("DataFusionEngine")
             .field("repo_root", &self.repo_root)
             .finish_non_exhaustive()
     }
 }
 
-impl TransformEngine {
+impl DataFusionEngine {
     /// Creates an engine and registers the given sources; local paths are relative to
     /// `repo_root`, `s3://` paths are read with `s3`. Sources that are not batch sources
     /// (streams, push) are skipped. Query results come in batches of up to `batch_rows`
@@ -116,9 +184,15 @@ impl TransformEngine {
         Ok(engine)
     }
 
-    /// The DataFusion session, for callers that run their own queries over the sources.
-    pub fn session(&self) -> &SessionContext {
-        &self.context
+    /// An engine with no sources, for training sets (which read the offline store, not the
+    /// sources).
+    pub fn without_sources() -> Self {
+        Self {
+            context: SessionContext::new(),
+            repo_root: PathBuf::new(),
+            s3: S3Config::default(),
+            registered_buckets: std::sync::Mutex::default(),
+        }
     }
 
     async fn register_source(&self, source: &DataSource) -> Result<(), OfflineError> {
@@ -305,8 +379,7 @@ impl TransformEngine {
             })
     }
 
-    /// The output columns of a view's transformation, planned without reading any rows.
-    pub async fn output_columns(
+    async fn planned_output_columns(
         &self,
         view: &FeatureView,
     ) -> Result<Vec<(String, DataType)>, OfflineError> {
@@ -319,8 +392,7 @@ impl TransformEngine {
             .collect())
     }
 
-    /// Runs a view's transformation and streams its rows, restricted to an event-time window.
-    pub async fn execute_view(
+    async fn execute_view_frame(
         &self,
         view: &FeatureView,
         window: TimeWindow,
@@ -336,8 +408,8 @@ impl TransformEngine {
     }
 
     /// A view's transformation restricted to an event-time window, as a DataFrame (planned,
-    /// not run), for callers that run their own queries over it (data-quality checks).
-    pub async fn view_frame_in_window(
+    /// not run).
+    async fn view_frame_in_window(
         &self,
         view: &FeatureView,
         window: TimeWindow,
@@ -366,5 +438,116 @@ impl TransformEngine {
                 })?;
         }
         Ok(frame)
+    }
+}
+
+#[async_trait::async_trait]
+impl OfflineEngine for DataFusionEngine {
+    fn engine_name(&self) -> &'static str {
+        "datafusion"
+    }
+
+    async fn output_columns(
+        &self,
+        view: &FeatureView,
+    ) -> Result<Vec<(String, DataType)>, OfflineError> {
+        self.planned_output_columns(view).await
+    }
+
+    async fn execute_view(
+        &self,
+        view: &FeatureView,
+        window: TimeWindow,
+    ) -> Result<SendableRecordBatchStream, OfflineError> {
+        self.execute_view_frame(view, window).await
+    }
+
+    async fn view_output_table(
+        &self,
+        view: &FeatureView,
+        window: TimeWindow,
+    ) -> Result<Box<dyn ViewOutputTable>, OfflineError> {
+        static TABLE_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let frame = self.view_frame_in_window(view, window).await?;
+        let name = format!(
+            "__larder_view_output_{}_{}",
+            view.name
+                .to_lowercase()
+                .replace(|character: char| !character.is_ascii_alphanumeric(), "_"),
+            TABLE_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let context = format!("queries over feature view '{}'", view.name);
+        self.context
+            .register_table(name.as_str(), frame.into_view())
+            .map_err(|source| OfflineError::Query {
+                context: context.clone(),
+                source,
+            })?;
+        Ok(Box::new(DataFusionViewTable {
+            session: self.context.clone(),
+            name,
+            context,
+        }))
+    }
+
+    async fn training_set(
+        &self,
+        request: &TrainingSetRequest,
+        memory_limit_bytes: usize,
+    ) -> Result<SendableRecordBatchStream, OfflineError> {
+        let session = crate::training::training_session(memory_limit_bytes)?;
+        crate::training::build_training_set(&session, request).await
+    }
+}
+
+/// A view's output registered with the engine's session; deregistered when dropped.
+struct DataFusionViewTable {
+    session: SessionContext,
+    name: String,
+    context: String,
+}
+
+#[async_trait::async_trait]
+impl ViewOutputTable for DataFusionViewTable {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, OfflineError> {
+        let error = |source| OfflineError::Query {
+            context: self.context.clone(),
+            source,
+        };
+        self.session
+            .sql(sql)
+            .await
+            .map_err(error)?
+            .collect()
+            .await
+            .map_err(error)
+    }
+}
+
+impl Drop for DataFusionViewTable {
+    fn drop(&mut self) {
+        let _ = self.session.deregister_table(self.name.as_str());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn datafusion_engine_passes_the_conformance_suite() {
+        let folder = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
+        crate::engine_conformance::run_all(folder.path(), |root, sources| {
+            Box::pin(async move {
+                let engine =
+                    DataFusionEngine::new(&root, &S3Config::default(), 1024, &sources).await?;
+                Ok(Arc::new(engine) as SharedOfflineEngine)
+            })
+        })
+        .await;
     }
 }

@@ -6,6 +6,7 @@ mod arrow_types;
 mod columns;
 pub mod conformance;
 mod engine;
+pub mod engine_conformance;
 mod object_storage;
 mod parquet_store;
 mod store;
@@ -13,7 +14,9 @@ pub mod training;
 
 pub use arrow_types::{arrow_type_of, value_type_of};
 pub use columns::{CanonicalColumn, ViewBatch, array_of_values};
-pub use engine::{TimeWindow, TransformEngine};
+pub use engine::{
+    DataFusionEngine, OfflineEngine, SharedOfflineEngine, TimeWindow, ViewOutputTable,
+};
 pub use parquet_store::ParquetOfflineStore;
 pub use store::{
     OfflineDeleteSummary, OfflineRows, OfflineStore, OfflineWriteSummary, OfflineWriter,

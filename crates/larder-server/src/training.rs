@@ -24,9 +24,9 @@ use arrow::ipc::writer::StreamWriter;
 use futures::StreamExt;
 use larder_offline::training::{
     DEFAULT_ENTITY_TIMESTAMP_COLUMN, MemoryRows, OfflineViewRows, SendableBatches, TieBreak,
-    TrainingSetRequest, ViewRequest, build_training_set, training_session,
+    TrainingSetRequest, ViewRequest,
 };
-use larder_offline::{OfflineStore, SharedOfflineStore};
+use larder_offline::{DataFusionEngine, OfflineStore, SharedOfflineEngine, SharedOfflineStore};
 use larder_registry::{Registry, ResolvedFeature};
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -56,6 +56,7 @@ pub struct HistoricalFeaturesQuery {
 pub struct TrainingService {
     registry: Arc<RegistryHandle>,
     store: SharedOfflineStore,
+    engine: SharedOfflineEngine,
     admission: Arc<Semaphore>,
 }
 
@@ -98,8 +99,15 @@ impl TrainingService {
         Self {
             registry,
             store,
+            engine: Arc::new(DataFusionEngine::without_sources()),
             admission: Arc::new(Semaphore::new(max_concurrent.max(1))),
         }
+    }
+
+    /// Joins training sets on `engine` instead of the in-process DataFusion engine.
+    pub fn with_engine(mut self, engine: SharedOfflineEngine) -> Self {
+        self.engine = engine;
+        self
     }
 
     /// Starts a training set: takes an admission slot, resolves the features, checks the
@@ -134,17 +142,16 @@ impl TrainingService {
             views: view_requests(&registry, &resolved, self.store.as_ref())?,
             full_feature_names: query.full_feature_names,
         };
-        let session = training_session(REQUEST_MEMORY_BYTES)
-            .map_err(|error| ServingError::internal("starting the training set failed", error))?;
-        let batches =
-            build_training_set(&session, &request)
-                .await
-                .map_err(|error| match error {
-                    larder_offline::OfflineError::InvalidRequest(message) => {
-                        ServingError::invalid(message)
-                    }
-                    other => ServingError::internal("building the training set failed", other),
-                })?;
+        let batches = self
+            .engine
+            .training_set(&request, REQUEST_MEMORY_BYTES)
+            .await
+            .map_err(|error| match error {
+                larder_offline::OfflineError::InvalidRequest(message) => {
+                    ServingError::invalid(message)
+                }
+                other => ServingError::internal("building the training set failed", other),
+            })?;
         Ok(TrainingSetStream {
             batches,
             slot: Some(slot),

@@ -374,11 +374,17 @@ feature_views:
         assert!(Instant::now() < deadline, "got {got:?}, want {want:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let metrics = server.metrics();
-    assert!(
-        metrics.contains("larder_stream_events_total{view=\"user_spend\",outcome=\"invalid\"} 1"),
-        "{metrics}"
-    );
+    // The invalid message was published last: it may be consumed after the values above
+    // became servable, so wait for its count too.
+    let invalid_counted = "larder_stream_events_total{view=\"user_spend\",outcome=\"invalid\"} 1";
+    loop {
+        let metrics = server.metrics();
+        if metrics.contains(invalid_counted) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -1,0 +1,342 @@
+//! The conformance suite of [`OfflineEngine`]: one set of checks that every engine runs
+//! unchanged (DataFusion today; Spark next), on the same source file and the same requests,
+//! so engines must agree row for row.
+//!
+//! ```no_run
+//! # async fn example() {
+//! use std::sync::Arc;
+//! use larder_offline::{DataFusionEngine, SharedOfflineEngine, engine_conformance};
+//!
+//! let folder = tempfile::tempdir().unwrap();
+//! engine_conformance::run_all(folder.path(), |root, sources| {
+//!     Box::pin(async move {
+//!         let engine = DataFusionEngine::new(&root, &Default::default(), 1024, &sources).await?;
+//!         Ok(Arc::new(engine) as SharedOfflineEngine)
+//!     })
+//! })
+//! .await;
+//! # }
+//! ```
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
+use futures::StreamExt;
+use larder_core::{DataSource, DataSourceKind, FeatureView, FileFormat, Timestamp, TtlDuration};
+
+use crate::OfflineError;
+use crate::columns::ViewBatch;
+use crate::engine::{SharedOfflineEngine, TimeWindow};
+use crate::training::{MemoryRows, TieBreak, TrainingSetRequest, ViewRequest};
+
+const HOUR: i64 = 3_600_000_000;
+/// 2026-01-01T00:00:00Z.
+const START: i64 = 20_454 * 24 * HOUR;
+
+/// The source rows: (user, event time, amount); user 3 has a null amount.
+fn source_rows() -> Vec<(i64, i64, Option<f64>)> {
+    vec![
+        (1, START, Some(1.0)),
+        (1, START + HOUR, Some(2.0)),
+        (2, START + 2 * HOUR, Some(5.0)),
+        (1, START + 3 * HOUR, Some(4.0)),
+        (3, START + 4 * HOUR, None),
+    ]
+}
+
+/// Runs every check against the engine that `make` builds over the suite's source, a
+/// Parquet file it writes into `folder` (local paths are relative to it).
+pub async fn run_all(folder: &Path, make: impl Fn(PathBuf, Vec<DataSource>) -> EngineFuture) {
+    write_source(folder.join("payments.parquet"));
+    let source = DataSource {
+        name: "payments".to_string(),
+        kind: DataSourceKind::File {
+            path: "payments.parquet".to_string(),
+            format: FileFormat::Parquet,
+        },
+        timestamp_field: "ts".to_string(),
+        description: String::new(),
+        owner: String::new(),
+        tags: Default::default(),
+    };
+    let engine = make(folder.to_path_buf(), vec![source])
+        .await
+        .unwrap_or_else(|error| panic!("creating the engine: {error}"));
+    check_transformations_plan_and_run_in_windows(&engine).await;
+    check_queries_over_a_view_output(&engine).await;
+    check_training_sets_join_point_in_time(&engine).await;
+}
+
+/// The engine a factory of [`run_all`] builds.
+pub type EngineFuture =
+    Pin<Box<dyn Future<Output = Result<SharedOfflineEngine, OfflineError>> + Send>>;
+
+fn write_source(path: PathBuf) {
+    let rows = source_rows();
+    let batch = RecordBatch::try_from_iter([
+        (
+            "user_id",
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|row| row.0))) as ArrayRef,
+        ),
+        (
+            "ts",
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|row| row.1))
+                    .with_timezone("UTC"),
+            ),
+        ),
+        (
+            "amount",
+            Arc::new(Float64Array::from(
+                rows.iter().map(|row| row.2).collect::<Vec<_>>(),
+            )),
+        ),
+    ])
+    .unwrap_or_else(|error| panic!("source batch: {error}"));
+    let file = std::fs::File::create(&path).unwrap_or_else(|error| panic!("source file: {error}"));
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)
+        .unwrap_or_else(|error| panic!("parquet writer: {error}"));
+    writer
+        .write(&batch)
+        .unwrap_or_else(|error| panic!("parquet write: {error}"));
+    writer
+        .close()
+        .unwrap_or_else(|error| panic!("parquet close: {error}"));
+}
+
+/// A view over the source: `total` = amount × 10 as float64, per user.
+fn payments_view() -> FeatureView {
+    let mut view = crate::conformance::check_view("engine");
+    view.source = "payments".to_string();
+    view.features[0].name = "total".to_string();
+    view.transformation =
+        Some("SELECT user_id, ts, amount * 10 AS total FROM payments".to_string());
+    view
+}
+
+async fn collect(
+    engine: &SharedOfflineEngine,
+    view: &FeatureView,
+    window: TimeWindow,
+) -> Vec<(i64, i64, Option<f64>)> {
+    let name = engine.engine_name();
+    let mut stream = engine
+        .execute_view(view, window)
+        .await
+        .unwrap_or_else(|error| panic!("{name}: execute_view: {error}"));
+    let mut rows = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.unwrap_or_else(|error| panic!("{name}: a batch failed: {error}"));
+        let users = batch.column(0).as_primitive::<Int64Type>();
+        let times = arrow::compute::cast(
+            batch.column(1),
+            &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        )
+        .unwrap_or_else(|error| panic!("{name}: times: {error}"));
+        let times = times.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        let totals = batch.column(2).as_primitive::<Float64Type>();
+        for row in 0..batch.num_rows() {
+            rows.push((
+                users.value(row),
+                times.value(row),
+                (!totals.is_null(row)).then(|| totals.value(row)),
+            ));
+        }
+    }
+    rows.sort_by_key(|row| (row.1, row.0));
+    rows
+}
+
+/// A view's SQL plans to its output columns without reading rows, and runs to exactly the
+/// source rows transformed, within any event-time window `[start, end)`.
+pub async fn check_transformations_plan_and_run_in_windows(engine: &SharedOfflineEngine) {
+    let name = engine.engine_name();
+    let view = payments_view();
+    let columns = engine
+        .output_columns(&view)
+        .await
+        .unwrap_or_else(|error| panic!("{name}: output_columns: {error}"));
+    let column_names: Vec<&str> = columns.iter().map(|(column, _)| column.as_str()).collect();
+    assert_eq!(
+        column_names,
+        ["user_id", "ts", "total"],
+        "{name}: output columns"
+    );
+    assert_eq!(columns[2].1, DataType::Float64, "{name}: the type of total");
+
+    let expected: Vec<(i64, i64, Option<f64>)> = source_rows()
+        .into_iter()
+        .map(|(user, time, amount)| (user, time, amount.map(|amount| amount * 10.0)))
+        .collect();
+    assert_eq!(
+        collect(engine, &view, TimeWindow::default()).await,
+        expected,
+        "{name}: every row"
+    );
+    let window = TimeWindow {
+        start: Some(Timestamp(START + HOUR)),
+        end: Some(Timestamp(START + 3 * HOUR)),
+    };
+    assert_eq!(
+        collect(engine, &view, window).await,
+        expected[1..3].to_vec(),
+        "{name}: the rows of [start + 1h, start + 3h)"
+    );
+    let broken = FeatureView {
+        transformation: Some("SELECT no_such_column FROM payments".to_string()),
+        ..payments_view()
+    };
+    assert!(
+        engine.output_columns(&broken).await.is_err(),
+        "{name}: planning SQL over an unknown column must fail"
+    );
+}
+
+/// SQL over a view's output (what data-quality checks run) sees exactly the window's rows.
+pub async fn check_queries_over_a_view_output(engine: &SharedOfflineEngine) {
+    let name = engine.engine_name();
+    let view = payments_view();
+    let window = TimeWindow {
+        start: Some(Timestamp(START)),
+        end: Some(Timestamp(START + 4 * HOUR)),
+    };
+    let table = engine
+        .view_output_table(&view, window)
+        .await
+        .unwrap_or_else(|error| panic!("{name}: view_output_table: {error}"));
+    let first_number = |batches: Vec<RecordBatch>| -> i64 {
+        let batch = batches
+            .into_iter()
+            .find(|batch| batch.num_rows() > 0)
+            .unwrap_or_else(|| panic!("{name}: a query answered no rows"));
+        let column = arrow::compute::cast(batch.column(0), &DataType::Int64)
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+        column.as_primitive::<Int64Type>().value(0)
+    };
+    let query = |sql: String| {
+        let table = &table;
+        async move {
+            table
+                .query(&sql)
+                .await
+                .unwrap_or_else(|error| panic!("{name}: {sql}: {error}"))
+        }
+    };
+    let table_name = table.name().to_string();
+    assert_eq!(
+        first_number(query(format!("SELECT COUNT(*) FROM {table_name}")).await),
+        4,
+        "{name}: rows in the window"
+    );
+    assert_eq!(
+        first_number(
+            query(format!(
+                "SELECT COUNT(*) FROM (SELECT user_id FROM {table_name} GROUP BY user_id \
+                 HAVING COUNT(*) > 1) AS repeated"
+            ))
+            .await
+        ),
+        1,
+        "{name}: users with several rows"
+    );
+    assert_eq!(
+        first_number(
+            query(format!(
+                "SELECT SUM(total) FROM {table_name} WHERE total > 15"
+            ))
+            .await
+        ),
+        110,
+        "{name}: the sum of totals above 15 (20 + 50 + 40)"
+    );
+}
+
+/// A training set takes, per entity row, the latest row at or before its time within the
+/// view's TTL; no such row gives nulls, and the output keeps the entity table's order.
+pub async fn check_training_sets_join_point_in_time(engine: &SharedOfflineEngine) {
+    let name = engine.engine_name();
+    let mut view = payments_view();
+    view.ttl = Some(TtlDuration::from_seconds(2 * 3_600));
+    let rows: Vec<(Vec<larder_core::Value>, Timestamp, Vec<larder_core::Value>)> = source_rows()
+        .into_iter()
+        .map(|(user, time, amount)| {
+            (
+                vec![larder_core::Value::Int64(user)],
+                Timestamp(time),
+                vec![amount.map_or(larder_core::Value::Null, larder_core::Value::Float64)],
+            )
+        })
+        .collect();
+    let view_rows = ViewBatch::from_rows(
+        &view,
+        rows.iter()
+            .map(|(keys, time, values)| (keys.as_slice(), *time, values.as_slice())),
+    )
+    .unwrap_or_else(|error| panic!("view rows: {error}"));
+    // (user, entity time, expected amount)
+    let cases: [(i64, i64, Option<f64>); 6] = [
+        (1, START + 2 * HOUR, Some(2.0)), // latest at or before
+        (1, START + 3 * HOUR, Some(4.0)), // an exact time matches
+        (2, START + HOUR, None),          // before the user's first row
+        (2, START + 5 * HOUR, None),      // older than the 2 h TTL
+        (9, START + 5 * HOUR, None),      // an unknown user
+        (1, START - 1, None),             // before everything
+    ];
+    let entities = RecordBatch::try_from_iter([
+        (
+            "user_id",
+            Arc::new(Int64Array::from_iter_values(
+                cases.iter().map(|case| case.0),
+            )) as ArrayRef,
+        ),
+        (
+            "event_timestamp",
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(cases.iter().map(|case| case.1))
+                    .with_timezone("UTC"),
+            ),
+        ),
+    ])
+    .unwrap_or_else(|error| panic!("entity batch: {error}"));
+    let request = TrainingSetRequest {
+        entities: Arc::new(MemoryRows::new(entities.schema(), vec![entities])),
+        entity_timestamp_column: "event_timestamp".to_string(),
+        views: vec![ViewRequest {
+            features: vec!["total".to_string()],
+            rows: Arc::new(MemoryRows::new(
+                ViewBatch::schema_of(&view),
+                vec![view_rows.record_batch().clone()],
+            )),
+            view,
+            ties: TieBreak::ContentHash,
+        }],
+        full_feature_names: false,
+    };
+    let mut stream = engine
+        .training_set(&request, 64 << 20)
+        .await
+        .unwrap_or_else(|error| panic!("{name}: training_set: {error}"));
+    let mut got = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.unwrap_or_else(|error| panic!("{name}: a batch failed: {error}"));
+        let users = batch.column(0).as_primitive::<Int64Type>();
+        let totals = batch
+            .column_by_name("total")
+            .unwrap_or_else(|| panic!("{name}: no column total"))
+            .as_primitive::<Float64Type>();
+        for row in 0..batch.num_rows() {
+            got.push((
+                users.value(row),
+                (!totals.is_null(row)).then(|| totals.value(row)),
+            ));
+        }
+    }
+    let expected: Vec<(i64, Option<f64>)> = cases.iter().map(|case| (case.0, case.2)).collect();
+    assert_eq!(got, expected, "{name}: the training set, in entity order");
+}
