@@ -106,17 +106,41 @@ def online_feast(args):
     run_online("feast", outputs, args)
 
 
+def server_time(url):
+    """(seconds, requests) the server spent on /get-online-features so far, from its
+    Prometheus histogram (every status)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"{url}/metrics").read().decode()
+    seconds = requests = 0.0
+    for line in text.splitlines():
+        if 'endpoint="/get-online-features"' not in line:
+            continue
+        if line.startswith("larder_http_request_duration_seconds_sum"):
+            seconds += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("larder_http_request_duration_seconds_count"):
+            requests += float(line.rsplit(" ", 1)[1])
+    return seconds, requests
+
+
 def run_online(system, outputs, args):
     rng = random.Random(7)
     for repeat in range(args.repeats):
         for size in [int(size) for size in args.sizes.split(",")]:
             for output, call in outputs.items():
+                before = server_time(args.url) if args.url else None
                 result = measure(
                     call,
                     lambda: [rng.randrange(args.n_entities) for _ in range(size)],
                     args.seconds,
                     args.max_calls,
                 )
+                if before is not None:
+                    after = server_time(args.url)
+                    # Warm-up calls are in the server's count too, so divide by its count.
+                    result["server_mean_ms"] = round(
+                        (after[0] - before[0]) / max(after[1] - before[1], 1) * 1e3, 3
+                    )
                 print(
                     json.dumps(
                         {"system": system, "output": output, "entities": size,
@@ -152,7 +176,7 @@ def training_larder(args):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["online-larder", "online-feast", "training-larder"])
-    parser.add_argument("--url")
+    parser.add_argument("--url", default=None)
     parser.add_argument("--repo")
     parser.add_argument("--entity-df")
     parser.add_argument("--label", default="")

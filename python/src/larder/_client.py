@@ -158,10 +158,14 @@ class Client:
         finally:
             response.release_conn()
 
-    def _arrow(self, response: urllib3.BaseHTTPResponse, path: str) -> pa.Table:
-        """Reads an Arrow IPC stream answer as it arrives."""
+    def _arrow(
+        self, response: urllib3.BaseHTTPResponse, path: str, *, stream: bool = True
+    ) -> pa.Table:
+        """Reads an Arrow IPC stream answer: as it arrives (training sets), or, for small
+        answers (online reads), read whole first, which saves many small socket reads."""
         try:
-            reader = pa.ipc.open_stream(response)
+            source: Any = response if stream else pa.py_buffer(response.read())
+            reader = pa.ipc.open_stream(source)
             return reader.read_all()
         except (pa.ArrowException, OSError, HTTPError) as error:
             raise LarderError(
@@ -223,7 +227,7 @@ class Client:
         )
         if response.headers.get("Content-Type", "").startswith(ARROW_STREAM):
             return OnlineResponse.from_arrow(
-                self._arrow(response, "/get-online-features"), len(columns)
+                self._arrow(response, "/get-online-features", stream=False), len(columns)
             )
         return OnlineResponse.from_json(self._json(response), len(columns))
 

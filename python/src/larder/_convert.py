@@ -84,17 +84,35 @@ def ipc_stream_bytes(table: pa.Table) -> bytes:
 
 
 def entities_to_columns(entities: TableLike) -> Dict[str, List[Any]]:
-    """An entity table as JSON-ready columns (Python values), in its column order."""
+    """An entity table as JSON-ready columns (Python values), in its column order.
+
+    A dict of lists of ints or strings (the common case of an online read) is taken as it is,
+    without a round trip through Arrow."""
+    if isinstance(entities, Mapping) and all(
+        isinstance(values, list)
+        and all(type(value) in (int, str) for value in values)
+        for values in entities.values()
+    ):
+        return {str(name): values for name, values in entities.items()}
     table = to_arrow_table(entities, "entity table")
     return {name: table.column(name).to_pylist() for name in table.column_names}
+
+
+_NULLABLE_PANDAS_TYPES: Dict[pa.DataType, Any] = {}
 
 
 def nullable_types_mapper(data_type: pa.DataType) -> Optional[Any]:
     """pandas dtypes that keep integers and booleans with nulls as they are (``Int32``,
     ``Int64``, ``boolean``) instead of turning them into floats or objects."""
+    if not _NULLABLE_PANDAS_TYPES:
+        _NULLABLE_PANDAS_TYPES.update(_nullable_pandas_types())
+    return _NULLABLE_PANDAS_TYPES.get(data_type)
+
+
+def _nullable_pandas_types() -> Dict[pa.DataType, Any]:
     import pandas as pd
 
-    mapping = {
+    return {
         pa.int8(): pd.Int8Dtype(),
         pa.int16(): pd.Int16Dtype(),
         pa.int32(): pd.Int32Dtype(),
@@ -105,4 +123,3 @@ def nullable_types_mapper(data_type: pa.DataType) -> Optional[Any]:
         pa.uint64(): pd.UInt64Dtype(),
         pa.bool_(): pd.BooleanDtype(),
     }
-    return mapping.get(data_type)

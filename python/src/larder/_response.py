@@ -40,6 +40,15 @@ def _column_values(column: pa.ChunkedArray) -> List[Any]:
                 else:
                     out.append(None)
         return out
+    if column.null_count == 0 and (
+        pa.types.is_integer(column.type)
+        or pa.types.is_floating(column.type)
+        or pa.types.is_boolean(column.type)
+    ):
+        # numpy's tolist() builds the same Python ints, floats and bools, several times
+        # faster than Arrow's per-value conversion.
+        values: List[Any] = column.to_numpy().tolist()
+        return values
     return list(column.to_pylist())
 
 
