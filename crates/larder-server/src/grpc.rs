@@ -53,6 +53,12 @@ pub struct EncodedOnlineFeaturesResponse {
 }
 
 impl EncodedOnlineFeaturesResponse {
+    /// A message of exactly these wire bytes (tests send undecodable requests with it).
+    #[cfg(test)]
+    pub(crate) fn from_wire_bytes(encoded: Vec<u8>) -> Self {
+        Self { encoded }
+    }
+
     /// The wire bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.encoded

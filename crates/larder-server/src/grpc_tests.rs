@@ -9,8 +9,8 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use larder_core::codec::base64_encode;
 use larder_core::{
-    DataSource, DataSourceKind, EntityKey, Feature, FeatureView, JoinKey, Timestamp, TtlDuration,
-    Value, ValueType, WriteLane,
+    DataSource, DataSourceKind, EntityKey, FeatureView, Timestamp, TtlDuration, Value, ValueType,
+    WriteLane,
 };
 use larder_ingest::{FeatureRow, WritePath};
 use larder_online::MemoryOnlineStore;
@@ -19,41 +19,20 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tower::ServiceExt;
 
+use crate::grpc::EncodedOnlineFeaturesResponse;
 use crate::grpc::proto::feature_serving_client::FeatureServingClient;
 use crate::grpc::proto::value::Val;
 use crate::grpc::{LARDER_CODE_METADATA, proto};
 use crate::push::PushService;
+use crate::test_views::text;
 use crate::{FeatureServer, RegistryHandle, Services, ServingLimits};
 
 /// 2020-01-01: older than the one-day TTL of `kinds`.
 const OLD: Timestamp = Timestamp(1_577_836_800_000_000);
 
 fn view(name: &str, features: &[(&str, ValueType)]) -> FeatureView {
-    FeatureView {
-        name: name.to_string(),
-        version: 1,
-        join_keys: vec![JoinKey {
-            name: "user_id".to_string(),
-            dtype: ValueType::Int64,
-        }],
-        source: "scores_push".to_string(),
-        timestamp_field: "event_timestamp".to_string(),
-        features: features
-            .iter()
-            .map(|(name, dtype)| Feature {
-                name: name.to_string(),
-                dtype: dtype.clone(),
-                description: String::new(),
-            })
-            .collect(),
-        online: true,
-        offline: true,
-        ..FeatureView::default()
-    }
-}
-
-fn text(value: &str) -> Value {
-    Value::String(value.to_string())
+    let keys = [("user_id", ValueType::Int64)];
+    crate::test_views::view(name, "scores_push", &keys, features)
 }
 
 /// Services with direct writes over a memory store: `scores` (users 1 and 3) and `kinds`
@@ -603,40 +582,6 @@ async fn refusals_carry_their_code_and_larders_metadata() {
     );
 }
 
-/// A message that is whatever bytes it holds, to send what no client would.
-#[derive(Clone, Default, PartialEq)]
-struct RawMessage(Vec<u8>);
-
-impl std::fmt::Debug for RawMessage {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(formatter, "RawMessage({:?})", self.0)
-    }
-}
-
-impl prost::Message for RawMessage {
-    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
-        buf.put_slice(&self.0);
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: prost::encoding::WireType,
-        buf: &mut impl prost::bytes::Buf,
-        ctx: prost::encoding::DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn clear(&mut self) {
-        self.0.clear();
-    }
-}
-
 #[tokio::test]
 async fn undecodable_requests_are_invalid_arguments_from_the_transport() {
     let channel = start(services().await).await;
@@ -651,13 +596,22 @@ async fn undecodable_requests_are_invalid_arguments_from_the_transport() {
     for bytes in garbage {
         let mut grpc = tonic::client::Grpc::new(channel.clone());
         grpc.ready().await.unwrap();
-        let codec =
-            tonic_prost::ProstCodec::<RawMessage, proto::GetOnlineFeaturesResponse>::default();
+        let codec = tonic_prost::ProstCodec::<
+            EncodedOnlineFeaturesResponse,
+            proto::GetOnlineFeaturesResponse,
+        >::default();
         let path = tonic::codegen::http::uri::PathAndQuery::from_static(
             "/larder.serving.v1.FeatureServing/GetOnlineFeatures",
         );
         let status = grpc
-            .unary(tonic::Request::new(RawMessage(bytes.clone())), path, codec)
+            .unary(
+                // Any message is its wire bytes: send garbage as one.
+                tonic::Request::new(EncodedOnlineFeaturesResponse::from_wire_bytes(
+                    bytes.clone(),
+                )),
+                path,
+                codec,
+            )
             .await
             .unwrap_err();
         // The transport's answer, not Larder's: no larder-code, but the client's fault.

@@ -27,6 +27,8 @@ mod serving;
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod serving_tests;
 pub mod status;
+#[cfg(test)]
+mod test_views;
 pub mod training;
 
 use std::sync::Arc;

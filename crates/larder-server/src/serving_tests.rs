@@ -6,14 +6,15 @@ use std::sync::Arc;
 
 use larder_core::codec::ValueRef;
 use larder_core::{
-    EntityKey, Feature, FeatureService, FeatureServiceItem, FeatureView, JoinKey, Timestamp,
-    TtlDuration, Value, ValueType, WriteLane,
+    EntityKey, FeatureService, FeatureServiceItem, FeatureView, Timestamp, TtlDuration, Value,
+    ValueType, WriteLane,
 };
 use larder_ingest::{FeatureRow, WritePath};
 use larder_online::MemoryOnlineStore;
 use larder_registry::Registry;
 
 use crate::error::{ErrorKind, FeastErrorClass, ServingError};
+use crate::test_views::text;
 use crate::{
     FeatureSelection, FeatureServer, FieldStatus, OnlineFeaturesRequest, OnlineFeaturesResult,
     RegistryHandle, ServingLimits,
@@ -23,34 +24,7 @@ use crate::{
 const OLD: Timestamp = Timestamp(1_577_836_800_000_000);
 
 fn view(name: &str, keys: &[(&str, ValueType)], features: &[(&str, ValueType)]) -> FeatureView {
-    FeatureView {
-        name: name.to_string(),
-        version: 1,
-        join_keys: keys
-            .iter()
-            .map(|(name, dtype)| JoinKey {
-                name: name.to_string(),
-                dtype: dtype.clone(),
-            })
-            .collect(),
-        source: "push".to_string(),
-        timestamp_field: "event_timestamp".to_string(),
-        features: features
-            .iter()
-            .map(|(name, dtype)| Feature {
-                name: name.to_string(),
-                dtype: dtype.clone(),
-                description: String::new(),
-            })
-            .collect(),
-        online: true,
-        offline: true,
-        ..FeatureView::default()
-    }
-}
-
-fn text(value: &str) -> Value {
-    Value::String(value.to_string())
+    crate::test_views::view(name, "push", keys, features)
 }
 
 /// Views `scores` (no TTL), `profile` (one day TTL), `trips` (composite key) and `archive`

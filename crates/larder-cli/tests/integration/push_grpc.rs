@@ -98,9 +98,7 @@ fn entity_table_ipc(users: &[i64], times: &[i64]) -> Vec<u8> {
         ],
     )
     .unwrap();
-    let mut writer = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema).unwrap();
-    writer.write(&batch).unwrap();
-    writer.into_inner().unwrap()
+    ipc_of(&batch)
 }
 
 #[test]

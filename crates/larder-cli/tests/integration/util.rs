@@ -110,6 +110,14 @@ pub struct Server {
     pub grpc_url: String,
 }
 
+/// An HTTP client that returns error statuses as responses.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
 impl Server {
     /// Starts `larder serve --port 0` in `repo` and waits for its address.
     pub fn start(repo: &Path) -> Self {
@@ -164,10 +172,7 @@ impl Server {
 
     /// POSTs a raw body to `path`; returns status and parsed JSON body.
     pub fn post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = agent();
         let mut response = agent
             .post(&format!("{}{path}", self.base_url))
             .content_type("application/json")
@@ -192,10 +197,7 @@ impl Server {
         accept: &str,
         body: &[u8],
     ) -> (u16, String, Vec<u8>) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = agent();
         let mut response = agent
             .post(&format!("{}{path}", self.base_url))
             .content_type(content_type)
@@ -220,10 +222,7 @@ impl Server {
 
     /// GETs `path`; returns status and parsed JSON body.
     pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = agent();
         let mut response = agent
             .get(&format!("{}{path}", self.base_url))
             .call()
