@@ -139,6 +139,34 @@ impl RepoContext {
         }
     }
 
+    /// The eraser over `store` and the offline store, with its jobs and audit log beside
+    /// the registry (`erasure/`). `shared_digests`: the digest store when it is already open
+    /// (it lives in the online store, or this process holds the local file); `None` opens the
+    /// local file for each erasure.
+    pub fn eraser(
+        &self,
+        store: SharedOnlineStore,
+        shared_digests: Option<SharedDigestStore>,
+    ) -> larder_ingest::Eraser {
+        let opener: larder_ingest::erasure::DigestOpener = match shared_digests {
+            Some(digests) => Arc::new(move || Ok(Arc::clone(&digests))),
+            None => {
+                let context = self.clone();
+                Arc::new(move || {
+                    context
+                        .local_digest_store()
+                        .map_err(|error| error.to_string())
+                })
+            }
+        };
+        larder_ingest::Eraser::new(
+            store,
+            opener,
+            self.offline_store(),
+            self.state_folder().join("erasure"),
+        )
+    }
+
     /// The digests of a remote store's rows, in a local redb file beside the registry.
     pub fn local_digest_store(&self) -> Result<SharedDigestStore, OnlineStoreError> {
         let digest_path = self.state_folder().join("digests.redb");

@@ -3,10 +3,10 @@
 mod apply;
 mod context;
 mod demo;
+mod forget;
 mod get;
 mod materialize;
 mod repair;
-mod scheduler;
 mod serve;
 mod status;
 mod stream;
@@ -110,6 +110,9 @@ enum Command {
     },
     /// Read online features for some entities.
     Get(get::GetArgs),
+    /// Erase entities from every store (online, change detection, offline history), with an
+    /// audit record; `--verify` proves they are gone.
+    Forget(forget::ForgetArgs),
     /// Delete online rows whose event time is further ahead than
     /// `serving.max_event_time_ahead` (written before that bound existed), so the entities'
     /// next writes land again.
@@ -236,6 +239,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Runs { view, limit } => materialize::show_runs(&cli.repo, view.as_deref(), limit),
         Command::Serve(args) => serve::run(&cli.repo, args.listen_options()).await,
         Command::Get(args) => get::run(&cli.repo, &args).await,
+        Command::Forget(args) => forget::run(&cli.repo, &args).await,
         Command::Status { json } => status::run(&cli.repo, json).await,
         Command::StreamBackfill { view, events } => {
             stream::backfill(&cli.repo, &view, events.as_deref()).await

@@ -5,20 +5,22 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
-use futures::StreamExt;
+use anyhow::{Result, anyhow};
+use futures::future::BoxFuture;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use larder_core::{FeatureView, Timestamp};
+pub use larder_ingest::RunWindow;
 use larder_ingest::{
-    MaterializeOptions, MaterializeProgress, RunHistory, RunReport, WritePath, materialize_view,
+    BatchRunner, MaterializeProgress, RunObserver, RunReport, RunRequest, ScheduledRuns, WritePath,
 };
-use larder_offline::{DataFusionEngine, OfflineEngine, TimeWindow};
+use larder_offline::{DataFusionEngine, TimeWindow};
 use larder_online::{SharedDigestStore, SharedOnlineStore};
 use larder_server::materialize::{MaterializeCall, MaterializeWindow, Materializer};
-use larder_server::{ErrorKind, ServingError};
+use larder_server::{ErrorKind, RegistryHandle, ServingError};
 
 use crate::context::RepoContext;
 
+/// One view's spinner; cleared when its run ends.
 struct Bar(ProgressBar);
 
 impl MaterializeProgress for Bar {
@@ -27,17 +29,10 @@ impl MaterializeProgress for Bar {
     }
 }
 
-/// Which rows a `materialize` run reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunWindow {
-    /// A fixed event-time window (open sides unbounded).
-    Fixed(TimeWindow),
-    /// From each view's last watermark (its newest materialized event time) to `end`
-    /// (exclusive; `None`: now).
-    Incremental {
-        /// Where the window ends.
-        end: Option<Timestamp>,
-    },
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
 }
 
 /// What to materialize and how.
@@ -151,9 +146,49 @@ impl Materializer for ServeMaterializer {
     }
 }
 
+/// `larder serve`'s scheduled runs: the views of the registry it serves (so `larder apply`
+/// changes schedules without a restart), each run through its [`ServeMaterializer`].
+pub struct ServeSchedule {
+    /// The registry being served.
+    pub registry: Arc<RegistryHandle>,
+    /// Runs the views.
+    pub materializer: Arc<ServeMaterializer>,
+}
+
+impl ScheduledRuns for ServeSchedule {
+    fn views(&self) -> Vec<FeatureView> {
+        self.registry
+            .snapshot()
+            .feature_views
+            .values()
+            .filter(|view| larder_ingest::is_scheduled(view))
+            .cloned()
+            .collect()
+    }
+
+    fn run_view(&self, view: String) -> BoxFuture<'static, ()> {
+        let materializer = Arc::clone(&self.materializer);
+        Box::pin(async move {
+            let request = MaterializeRequest {
+                only_views: vec![view.clone()],
+                window: RunWindow::Fixed(TimeWindow::default()),
+                full_refresh: false,
+                show_progress: false,
+            };
+            if let Err(error) = materializer.run(&request).await {
+                println!("Scheduled run of feature view '{view}' failed: {error:#}");
+            }
+        })
+    }
+
+    fn notice(&self, message: &str) {
+        println!("{message}");
+    }
+}
+
 /// Materializes the selected batch views into `store` and the offline store, recording each
-/// run (successful or not) in the run history. Views run side by side (up to the number of
-/// cores); every view runs even when another fails, and the first failure is returned.
+/// run (successful or not) in the run history. Views run side by side; every view runs even
+/// when another fails, and the first failure is returned (the others are printed).
 pub async fn run_with_stores(
     context: &RepoContext,
     store: SharedOnlineStore,
@@ -169,27 +204,23 @@ pub async fn run_with_stores(
         registry.sources.values(),
     )
     .await?;
-    let run = ViewRun {
+    let runner = BatchRunner {
         engine: &engine,
         offline_store: context.offline_store(),
         write_path: WritePath::new(store),
         digests: digests.as_ref(),
         history: context.run_history(),
-        request,
-        bars: if request.show_progress {
-            MultiProgress::new()
-        } else {
-            MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
-        },
     };
-    let concurrency = std::thread::available_parallelism()
-        .map_or(2, std::num::NonZeroUsize::get)
-        .clamp(1, 4);
-    let runs: Vec<_> = views.into_iter().map(|view| run.run(view)).collect();
-    let outcomes: Vec<Result<RunReport>> = futures::stream::iter(runs)
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
+    let bars = Bars(if request.show_progress {
+        MultiProgress::new()
+    } else {
+        MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+    });
+    let run_request = RunRequest {
+        window: request.window,
+        full_refresh: request.full_refresh,
+    };
+    let outcomes = runner.run_views(&views, &run_request, &bars).await;
     let mut reports = Vec::new();
     let mut first_error = None;
     for outcome in outcomes {
@@ -199,56 +230,23 @@ pub async fn run_with_stores(
                 if first_error.is_none() {
                     first_error = Some(error);
                 } else {
-                    eprintln!("Error: {error:#}");
+                    eprintln!("Error: {error}");
                 }
             }
         }
     }
     match first_error {
-        Some(error) => Err(error),
+        Some(error) => Err(error.into()),
         None => Ok(reports),
     }
 }
 
-/// What every view's run of one `materialize` shares.
-struct ViewRun<'a> {
-    engine: &'a dyn OfflineEngine,
-    offline_store: larder_offline::SharedOfflineStore,
-    write_path: WritePath,
-    digests: &'a dyn larder_online::DigestStore,
-    history: RunHistory,
-    request: &'a MaterializeRequest,
-    bars: MultiProgress,
-}
+/// A spinner per running view, and a summary line per finished one.
+struct Bars(MultiProgress);
 
-impl ViewRun<'_> {
-    /// Runs one view: claims it, picks its window, materializes, records and prints the run.
-    async fn run(&self, view: &FeatureView) -> Result<RunReport> {
-        let history = &self.history;
-        let Some(_claim) = history.try_lock_view(&view.name)? else {
-            bail!(
-                "a run of feature view '{}' is in progress (another `larder materialize`, or a scheduled run of `larder serve`); runs of one view never overlap",
-                view.name
-            );
-        };
-        let window = match self.request.window {
-            RunWindow::Fixed(window) => window,
-            RunWindow::Incremental { end } => TimeWindow {
-                start: history
-                    .last_successful_run(&view.name, view.version)?
-                    .and_then(|report| report.watermark_timestamp()),
-                end,
-            },
-        };
-        let previous_row_count = history
-            .last_successful_run(&view.name, view.version)?
-            .map(|report| report.rows_scanned);
-        let options = MaterializeOptions {
-            window,
-            full_refresh: self.request.full_refresh,
-            previous_row_count,
-        };
-        let bar = self.bars.add(ProgressBar::new_spinner());
+impl RunObserver for Bars {
+    fn start(&self, view: &FeatureView) -> Box<dyn MaterializeProgress> {
+        let bar = self.0.add(ProgressBar::new_spinner());
         bar.set_style(
             ProgressStyle::with_template(
                 "{spinner} {prefix:20} {human_pos:>12} rows  {per_sec:>14}  {elapsed}",
@@ -257,44 +255,19 @@ impl ViewRun<'_> {
         );
         bar.set_prefix(view.id().to_string());
         bar.enable_steady_tick(Duration::from_millis(120));
-        let progress = Bar(bar.clone());
-        let outcome = materialize_view(
-            self.engine,
-            self.offline_store.as_ref(),
-            &self.write_path,
-            self.digests,
-            view,
-            &options,
-            &progress,
-        )
-        .await;
-        bar.finish_and_clear();
-        let report = match outcome {
-            Ok(report) => report,
-            Err(error) => {
-                let mut failed = RunReport::started(view, &options);
-                failed.status = "failed".to_string();
-                failed.error = Some(error.to_string());
-                failed.export_metrics();
-                record(history, &failed);
-                return Err(anyhow!(error).context(format!("materializing '{}'", view.name)));
-            }
-        };
-        report.export_metrics();
-        record(history, &report);
-        self.bars.suspend(|| {
-            println!("{}", summary_line(&report));
+        Box::new(Bar(bar))
+    }
+
+    fn finish(&self, _view: &FeatureView, report: &RunReport) {
+        if report.status == "failed" {
+            return;
+        }
+        self.0.suspend(|| {
+            println!("{}", summary_line(report));
             for warning in &report.warnings {
                 println!("  warning: {warning}");
             }
         });
-        Ok(report)
-    }
-}
-
-fn record(history: &RunHistory, report: &RunReport) {
-    if let Err(error) = history.append(report) {
-        tracing::warn!(%error, "cannot record the run in the run history");
     }
 }
 

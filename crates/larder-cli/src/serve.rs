@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use larder_online::{SharedDigestStore, SharedOnlineStore};
+use larder_server::forget::ForgetService;
 use larder_server::push::PushService;
 use larder_server::training::TrainingService;
 use larder_server::{FeatureServer, RegistryHandle, Services, ServingLimits};
@@ -68,14 +69,25 @@ pub async fn run_with_store(
     let materializer = Arc::new(crate::materialize::ServeMaterializer::new(
         Arc::new(context.clone()),
         Arc::clone(&store),
-        shared_digests,
+        shared_digests.clone(),
     ));
-    let scheduler = crate::scheduler::spawn_scheduler(
-        Arc::new(context.clone()),
-        Arc::clone(&handle),
-        Arc::clone(&materializer),
+    let schedule = crate::materialize::ServeSchedule {
+        registry: Arc::clone(&handle),
+        materializer: Arc::clone(&materializer),
+    };
+    let scheduler = larder_ingest::spawn_scheduler(
+        Arc::new(schedule),
+        context.run_history(),
         stop_receiver.clone(),
     );
+    let eraser = context.eraser(Arc::clone(&store), shared_digests);
+    for report in eraser
+        .resume_pending()
+        .await
+        .context("finishing the erasures a previous run left pending")?
+    {
+        println!("{}", crate::forget::summary(&report));
+    }
     let offline_store = context.offline_store();
     let push = PushService::new(
         Arc::clone(&handle),
@@ -86,6 +98,7 @@ pub async fn run_with_store(
     .with_offline_store(Arc::clone(&offline_store));
     let services = Services {
         materialize: Some(materializer),
+        forget: Some(Arc::new(ForgetService::new(Arc::clone(&handle), eraser))),
         training: Some(Arc::new(TrainingService::new(
             Arc::clone(&handle),
             offline_store,

@@ -8,16 +8,22 @@
 
 pub mod batch;
 mod checks;
+pub mod erasure;
 mod freshness;
 mod history;
 mod run_winners;
+mod runs;
+mod scheduler;
 mod write_path;
 
 pub use batch::{
     MaterializeError, MaterializeOptions, MaterializeProgress, RunReport, materialize_view,
 };
 pub use checks::{CheckFailure, evaluate_checks};
+pub use erasure::{Eraser, ErasureError, ErasureReport, VerifyReport};
 pub use freshness::{FreshnessBoard, ViewFreshness};
 pub use history::{RunHistory, RunHistoryError, ViewRunLock};
 pub use run_winners::RunWinners;
+pub use runs::{BatchRunner, RunError, RunObserver, RunRequest, RunWindow};
+pub use scheduler::{ScheduledRuns, is_scheduled, spawn_scheduler};
 pub use write_path::{ChangeSummary, EncodedRows, FeatureRow, WriteError, WritePath, row_digest};

@@ -112,7 +112,13 @@ impl OfflineStore for ParquetOfflineStore {
                 .map(|name| name.to_string_lossy().to_string())
                 .unwrap_or_default();
             let temporary = path.with_file_name(format!(".{file_name}.rewrite.partial"));
-            write_parquet_file(&temporary, &ViewBatch::schema_of(view), &kept)?;
+            let schema = kept
+                .first()
+                .map_or_else(|| ViewBatch::schema_of(view), RecordBatch::schema);
+            write_parquet_file(&temporary, &schema, &kept)?;
+            summary.bytes_written += std::fs::metadata(&temporary)
+                .map_err(io_error(format!("reading {}", temporary.display())))?
+                .len();
             std::fs::rename(&temporary, &path)
                 .map_err(io_error(format!("replacing {}", path.display())))?;
         }
@@ -343,11 +349,17 @@ fn rows_without_entities(
     path: &Path,
     doomed: &std::collections::HashSet<&[u8]>,
 ) -> Result<(Vec<RecordBatch>, u64), OfflineError> {
+    // Only the join keys and the event time are decoded, so a file of an older version of
+    // the view (other features) is read as it is and rewritten in its own schema.
+    let keys_only = FeatureView {
+        features: Vec::new(),
+        ..view.clone()
+    };
     let mut kept_batches = Vec::new();
     let mut deleted = 0;
     let mut key = Vec::new();
     for batch in read_file(path)? {
-        let view_batch = ViewBatch::from_batch(view, &batch)?;
+        let view_batch = ViewBatch::from_batch(&keys_only, &batch)?;
         let mut kept = Vec::with_capacity(view_batch.num_rows());
         for row in 0..view_batch.num_rows() {
             key.clear();
@@ -360,11 +372,12 @@ fn rows_without_entities(
                 kept.push(row as u32);
             }
         }
-        let kept_rows = take_record_batch(view_batch.record_batch(), &UInt32Array::from(kept))
-            .map_err(|source| OfflineError::Arrow {
+        let kept_rows = take_record_batch(&batch, &UInt32Array::from(kept)).map_err(|source| {
+            OfflineError::Arrow {
                 context: format!("dropping rows of {}", path.display()),
                 source,
-            })?;
+            }
+        })?;
         kept_batches.push(kept_rows);
     }
     Ok((kept_batches, deleted))

@@ -43,6 +43,8 @@ pub struct OfflineDeleteSummary {
     pub files_rewritten: u64,
     /// Files read to look for the entities.
     pub files_scanned: u64,
+    /// Bytes written by the rewrites (the new files' sizes).
+    pub bytes_written: u64,
 }
 
 /// A fixed set of a view version's rows, as they were when it was taken: every read streams

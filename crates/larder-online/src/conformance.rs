@@ -96,6 +96,7 @@ pub async fn run_all(store: SharedOnlineStore) {
     check_rows_keep_their_lane(store_ref).await;
     check_tables_are_isolated(store_ref).await;
     check_delete_rows_counts_and_removes(store_ref).await;
+    check_erasure_removes_entities_from_every_version(store_ref).await;
     check_drop_table_removes_every_row(store_ref).await;
     check_empty_requests_are_no_ops(store_ref).await;
     check_large_batch_round_trips(store_ref).await;
@@ -680,6 +681,72 @@ pub async fn check_delete_rows_counts_and_removes(store: &dyn OnlineStore) {
         )
         .await;
     check.drop_table(&table).await;
+}
+
+/// What erasure (`larder forget`) relies on: deleting the same keys from every version's
+/// table of a view removes exactly those entities, for integer, text and composite keys,
+/// whether or not a version ever held them, and leaves every other entity's row as it was.
+pub async fn check_erasure_removes_entities_from_every_version(store: &dyn OnlineStore) {
+    let check = Check::new(store, "erasure_removes_entities_from_every_version");
+    let first_version = check.fresh_table();
+    let second_version = FeatureViewId {
+        name: first_version.name.clone(),
+        version: 2,
+    };
+    let never_written = FeatureViewId {
+        name: first_version.name.clone(),
+        version: 3,
+    };
+    let composite = |number: i64, text: &str| {
+        EntityKey::from_values(&[Value::Int64(number), Value::String(text.to_string())])
+            .unwrap_or_else(|error| check.fail(&format!("composite key: {error}")))
+    };
+    let forgotten = [
+        int_key(7),
+        EntityKey::from_str_key("user-7"),
+        composite(7, "a"),
+    ];
+    let kept = [
+        int_key(8),
+        EntityKey::from_str_key("user-8"),
+        composite(7, "b"),
+    ];
+    for table in [&first_version, &second_version] {
+        let rows: Vec<OnlineRow> = forgotten
+            .iter()
+            .chain(&kept)
+            .enumerate()
+            .map(|(marker, key)| sample_row(key.clone(), 100, marker as i64, WriteLane::Batch))
+            .collect();
+        check.write(table, rows).await;
+    }
+    let mut removed = 0;
+    for table in [&first_version, &second_version, &never_written] {
+        removed += check.delete(table, &forgotten).await;
+    }
+    check.assert_count(
+        removed,
+        6,
+        "rows erased from two versions holding three entities",
+    );
+    for table in [&first_version, &second_version] {
+        check.assert_all_slots_empty(
+            &check.read(table, &forgotten).await,
+            "the erased entities of a version",
+        );
+        for (index, key) in kept.iter().enumerate() {
+            let marker = (forgotten.len() + index) as i64;
+            check
+                .assert_row(
+                    table,
+                    &sample_row(key.clone(), 100, marker, WriteLane::Batch),
+                    "an entity that was not erased",
+                )
+                .await;
+        }
+    }
+    check.drop_table(&first_version).await;
+    check.drop_table(&second_version).await;
 }
 
 /// `drop_table` removes every row of a table; dropping an unknown or already dropped table is

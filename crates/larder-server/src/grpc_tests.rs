@@ -154,6 +154,7 @@ async fn services() -> Services {
         ))),
         training: None,
         materialize: None,
+        forget: None,
         features: Arc::new(FeatureServer::new(handle, store, ServingLimits::default())),
     }
 }

@@ -128,6 +128,7 @@ pub fn router(services: Services) -> Router {
             post(repair_future_event_times),
         )
         .route("/materialize-incremental", post(materialize_incremental))
+        .route("/forget", post(forget))
         .fallback(not_found)
         .layer(middleware::from_fn(record_request_metrics))
         .with_state(HttpState {
@@ -344,6 +345,21 @@ async fn materialize_incremental(
     request: Request,
 ) -> Result<Response, ServingError> {
     run_materialize(&state, request, parse_materialize_incremental).await
+}
+
+/// `POST /forget`: erases entities everywhere (see [`crate::forget::ForgetService`]), or
+/// with `"verify": true` counts what is left of them per store.
+async fn forget(
+    State(state): State<HttpState>,
+    request: Request,
+) -> Result<Response, ServingError> {
+    let service = state.services.forget_service()?;
+    let bytes = read_body(&state, request.into_body()).await?;
+    let _permit = state.admit()?;
+    let outcome = service
+        .forget(crate::json::parse_forget_request(&bytes)?, "http")
+        .await?;
+    Ok(axum::Json(outcome).into_response())
 }
 
 /// `POST /repair-future-event-times`: deletes online rows whose event time is beyond the

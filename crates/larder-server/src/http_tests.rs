@@ -108,6 +108,7 @@ async fn services_over(
         ))),
         training: None,
         materialize: None,
+        forget: None,
         features: Arc::new(FeatureServer::new(handle, Arc::clone(&store), limits)),
     };
     (services, store)

@@ -148,6 +148,40 @@ pub fn parse_online_features_request(bytes: &[u8]) -> Result<OnlineFeaturesReque
     })
 }
 
+/// The JSON request body of `/forget`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonForgetRequest {
+    entities: EntityColumns,
+    #[serde(default)]
+    verify: bool,
+}
+
+/// A parsed `/forget` body: the entities' join key columns, and whether to only verify.
+#[derive(Debug)]
+pub struct ForgetRequest {
+    /// Join key columns, one entity per position.
+    pub entities: Vec<(String, Vec<Value>)>,
+    /// Count what is left instead of erasing.
+    pub verify: bool,
+}
+
+/// Parses a `/forget` body: `{"entities": {"user_id": [1, 2]}, "verify": false}`.
+pub fn parse_forget_request(bytes: &[u8]) -> Result<ForgetRequest, ServingError> {
+    let request: JsonForgetRequest = serde_json::from_slice(bytes).map_err(|error| {
+        let what = if error.is_data() {
+            "invalid request"
+        } else {
+            "malformed JSON"
+        };
+        ServingError::invalid(format!("{what}: {error}"))
+    })?;
+    Ok(ForgetRequest {
+        entities: request.entities.0,
+        verify: request.verify,
+    })
+}
+
 /// Appends a JSON string.
 fn write_str(out: &mut Vec<u8>, text: &str) {
     // serde_json's string escaping; writing to a Vec cannot fail.

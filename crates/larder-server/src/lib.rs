@@ -9,6 +9,7 @@
 
 pub mod arrow_http;
 mod error;
+pub mod forget;
 pub mod grpc;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
@@ -52,6 +53,8 @@ pub struct Services {
     pub training: Option<Arc<training::TrainingService>>,
     /// The batch lane on request (`/materialize`, `/materialize-incremental`).
     pub materialize: Option<Arc<dyn materialize::Materializer>>,
+    /// Erasure of entities (`/forget`).
+    pub forget: Option<Arc<forget::ForgetService>>,
 }
 
 impl Services {
@@ -62,6 +65,7 @@ impl Services {
             push: None,
             training: None,
             materialize: None,
+            forget: None,
         }
     }
 
@@ -72,6 +76,13 @@ impl Services {
                 ErrorKind::NotFound,
                 "direct writes are not enabled on this server",
             )
+        })
+    }
+
+    /// The erasure service, or the error a transport answers without it.
+    pub fn forget_service(&self) -> Result<&Arc<forget::ForgetService>, ServingError> {
+        self.forget.as_ref().ok_or_else(|| {
+            ServingError::new(ErrorKind::NotFound, "erasure is not enabled on this server")
         })
     }
 

@@ -9,6 +9,7 @@ mod direct_writes;
 mod dynamodb_store;
 mod end_to_end;
 mod feast_client;
+mod forget;
 mod grpc;
 mod hostile_input;
 mod push_grpc;

@@ -1,36 +1,42 @@
-//! `larder serve`'s scheduler: runs each batch feature view's materialization on the cron
-//! `schedule` of its definition.
+//! The scheduler: runs each batch feature view's materialization on the cron `schedule` of
+//! its definition.
 //!
-//! Once a second the scheduler reads the registry the server serves (so `larder apply` adds,
-//! changes and removes schedules without a restart) and starts every run that is due. A view
-//! has at most one run at a time, here and across processes ([`larder_ingest::RunHistory::
-//! try_lock_view`]); occurrences that pass while a run is still going are skipped, not
-//! queued. At start-up, a view whose latest scheduled time passed without a run of its
-//! current version since (the server was down) runs once at once.
+//! Once a second the scheduler asks for the views as currently applied (so `larder apply`
+//! adds, changes and removes schedules without a restart) and starts every run that is due.
+//! A view has at most one run at a time, here and across processes
+//! ([`RunHistory::try_lock_view`]); occurrences that pass while a run is still going are
+//! skipped, not queued. At start-up, a view whose latest scheduled time passed without a run
+//! of its current version since (the process was down) runs once at once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use larder_core::{CronSchedule, FeatureView, Timestamp};
-use larder_registry::Registry;
-use larder_server::RegistryHandle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::context::RepoContext;
-use crate::materialize::{MaterializeRequest, RunWindow, ServeMaterializer};
+use crate::history::RunHistory;
 
 /// How often the scheduler looks for due runs.
 const TICK: Duration = Duration::from_secs(1);
 
-/// The views of `registry` that have a schedule (batch views only; apply refuses others).
-pub fn scheduled_views(registry: &Registry) -> Vec<&FeatureView> {
-    registry
-        .feature_views
-        .values()
-        .filter(|view| view.schedule.is_some() && (view.online || view.offline))
-        .collect()
+/// What the scheduler drives: where the views come from, how a run starts, and where its
+/// notices go.
+pub trait ScheduledRuns: Send + Sync + 'static {
+    /// The views as currently applied (the scheduler keeps those with a schedule).
+    fn views(&self) -> Vec<FeatureView>;
+    /// One full run of `view` with change detection; its failure is the implementation's to
+    /// report.
+    fn run_view(&self, view: String) -> BoxFuture<'static, ()>;
+    /// A line for the operator: a schedule added, changed, removed or missed.
+    fn notice(&self, message: &str);
+}
+
+/// Whether `view` runs on a schedule (batch views only; apply refuses others).
+pub fn is_scheduled(view: &FeatureView) -> bool {
+    view.schedule.is_some() && (view.online || view.offline)
 }
 
 /// One view's schedule as the scheduler tracks it.
@@ -42,18 +48,17 @@ struct ViewSchedule {
 }
 
 /// Runs the scheduler until `stop` turns true; a run in progress is abandoned then (a batch
-/// run is safe to interrupt: the next run converges).
+/// run is safe to interrupt: the next run converges). `history` tells which scheduled runs
+/// were missed.
 pub fn spawn_scheduler(
-    context: Arc<RepoContext>,
-    registry: Arc<RegistryHandle>,
-    materializer: Arc<ServeMaterializer>,
+    runs: Arc<dyn ScheduledRuns>,
+    history: RunHistory,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut views: BTreeMap<String, ViewSchedule> = BTreeMap::new();
         loop {
-            let snapshot = registry.snapshot();
-            refresh(&context, &snapshot, &mut views);
+            refresh(runs.as_ref(), &history, &mut views);
             let now = Timestamp::now();
             for (name, view) in &mut views {
                 if view.running.as_ref().is_some_and(JoinHandle::is_finished) {
@@ -63,10 +68,7 @@ pub fn spawn_scheduler(
                 }
                 let due = view.next_due.is_some_and(|due| due <= now);
                 if due && view.running.is_none() {
-                    view.running = Some(tokio::spawn(run_once(
-                        Arc::clone(&materializer),
-                        name.clone(),
-                    )));
+                    view.running = Some(tokio::spawn(runs.run_view(name.clone())));
                 }
             }
             tokio::select! {
@@ -82,15 +84,19 @@ pub fn spawn_scheduler(
     })
 }
 
-/// Brings the tracked schedules in line with the registry: new views (with the start-up
-/// catch-up), changed schedules or versions, removed schedules.
-fn refresh(context: &RepoContext, registry: &Registry, views: &mut BTreeMap<String, ViewSchedule>) {
-    let scheduled = scheduled_views(registry);
+/// Brings the tracked schedules in line with the applied views: new views (with the
+/// start-up catch-up), changed schedules or versions, removed schedules.
+fn refresh(
+    runs: &dyn ScheduledRuns,
+    history: &RunHistory,
+    views: &mut BTreeMap<String, ViewSchedule>,
+) {
+    let scheduled: Vec<FeatureView> = runs.views().into_iter().filter(is_scheduled).collect();
     // A removed schedule stops; a run in progress finishes on its own.
     views.retain(|name, _| {
         let keep = scheduled.iter().any(|view| &view.name == name);
         if !keep {
-            println!("Schedule of feature view '{name}' removed.");
+            runs.notice(&format!("Schedule of feature view '{name}' removed."));
         }
         keep
     });
@@ -114,20 +120,20 @@ fn refresh(context: &RepoContext, registry: &Registry, views: &mut BTreeMap<Stri
         let now = Timestamp::now();
         let missed = schedule
             .latest_at_or_before(now)
-            .filter(|due| last_run_started(context, view).is_none_or(|started| started < *due));
+            .filter(|due| last_run_started(history, &view).is_none_or(|started| started < *due));
         let next_due = missed.map(|_| now).or_else(|| schedule.next_after(now));
         match (&missed, next_due) {
-            (Some(_), _) => println!(
+            (Some(_), _) => runs.notice(&format!(
                 "Scheduled feature view '{}' ({}): a scheduled run was missed, running now.",
                 view.name,
                 schedule.as_str()
-            ),
-            (None, Some(next)) => println!(
+            )),
+            (None, Some(next)) => runs.notice(&format!(
                 "Scheduled feature view '{}' ({}): next run at {}.",
                 view.name,
                 schedule.as_str(),
                 next.to_rfc3339()
-            ),
+            )),
             (None, None) => {}
         }
         let running = views.remove(&view.name).and_then(|tracked| tracked.running);
@@ -144,8 +150,8 @@ fn refresh(context: &RepoContext, registry: &Registry, views: &mut BTreeMap<Stri
 }
 
 /// When the newest recorded run of the view's current version started.
-fn last_run_started(context: &RepoContext, view: &FeatureView) -> Option<Timestamp> {
-    let runs = match context.run_history().runs(Some(&view.name)) {
+fn last_run_started(history: &RunHistory, view: &FeatureView) -> Option<Timestamp> {
+    let runs = match history.runs(Some(&view.name)) {
         Ok(runs) => runs,
         Err(error) => {
             tracing::warn!(%error, "cannot read the run history");
@@ -156,18 +162,4 @@ fn last_run_started(context: &RepoContext, view: &FeatureView) -> Option<Timesta
         .rev()
         .find(|run| run.version == view.version)
         .and_then(|run| Timestamp::parse(&run.started_at))
-}
-
-/// One scheduled run: a full run of the view with change detection, like
-/// `larder materialize --views VIEW`; its report goes to the run history and the metrics.
-async fn run_once(materializer: Arc<ServeMaterializer>, view: String) {
-    let request = MaterializeRequest {
-        only_views: vec![view.clone()],
-        window: RunWindow::Fixed(larder_offline::TimeWindow::default()),
-        full_refresh: false,
-        show_progress: false,
-    };
-    if let Err(error) = materializer.run(&request).await {
-        println!("Scheduled run of feature view '{view}' failed: {error:#}");
-    }
 }

@@ -1,0 +1,299 @@
+//! `larder forget` and `POST /forget` on the materialized demo: entities erased from the
+//! online store, the digests and the offline history; audited; proved gone by `--verify`;
+//! finished after a crash at every step; bad input refused with nothing erased.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::util::{DemoRepo, Server, error_message, larder, larder_ok, read_parquet};
+
+fn forget_json(repo: &Path, arguments: &[&str]) -> Value {
+    let mut all = vec!["forget", "--json"];
+    all.extend_from_slice(arguments);
+    serde_json::from_str(&larder_ok(repo, &all)).unwrap()
+}
+
+/// Rows of the entities left per store, from `larder forget --verify`.
+fn left(repo: &Path, entity: &str) -> Value {
+    let output = larder(repo, &["forget", "--verify", "--json", "--entity", entity]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|error| panic!("{error}: {stdout} {:?}", output.stderr));
+    let clean = report["stores"]
+        .as_object()
+        .unwrap()
+        .values()
+        .all(|rows| rows == 0);
+    assert_eq!(
+        output.status.success(),
+        clean,
+        "exit code follows the counts: {report}"
+    );
+    report["stores"].clone()
+}
+
+/// Statuses of `user_profile:age` for the users, read by `larder get`.
+fn statuses(repo: &Path, users: &str) -> Vec<String> {
+    let response: Value = serde_json::from_str(&larder_ok(
+        repo,
+        &[
+            "get",
+            "--json",
+            "--entity",
+            &format!("user_id={users}"),
+            "--features",
+            "user_profile:age",
+        ],
+    ))
+    .unwrap();
+    response["results"][1]["statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|status| status.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The user ids of a training set over the whole offline history.
+fn training_users(repo: &Path) -> Vec<i64> {
+    larder_ok(
+        repo,
+        &[
+            "training-set",
+            "--start",
+            "2025-01-01",
+            "--end",
+            "2027-01-01",
+            "--features",
+            "user_profile:age,user_activity:clicks_7d",
+            "--output",
+            "all.parquet",
+        ],
+    );
+    let mut users = Vec::new();
+    for batch in read_parquet(&repo.join("all.parquet")) {
+        let column = batch.column_by_name("user_id").unwrap();
+        let column = column
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        users.extend(column.values().iter().copied());
+    }
+    users
+}
+
+#[test]
+fn forget_erases_everywhere_audits_and_verifies() {
+    let repo = DemoRepo::init_with(60, &["--anchor", "2026-01-01"]);
+    larder_ok(&repo.path, &["apply"]);
+    larder_ok(&repo.path, &["materialize"]);
+    assert_eq!(
+        statuses(&repo.path, "7,8,9"),
+        ["PRESENT", "PRESENT", "PRESENT"]
+    );
+    let before = left(&repo.path, "user_id=7,8");
+    assert!(
+        before["online"].as_u64().unwrap() == 4,
+        "two users in two views: {before}"
+    );
+    assert!(before["offline"].as_u64().unwrap() > 0, "{before}");
+    let users_before = training_users(&repo.path);
+
+    let report = forget_json(&repo.path, &["--entity", "user_id=7,8"]);
+    assert_eq!(report["entities"], 2);
+    assert_eq!(report["stores"]["online"]["rows"], 4, "{report}");
+    assert_eq!(report["stores"]["digests"]["rows"], 4, "{report}");
+    let offline = &report["stores"]["offline"];
+    assert_eq!(offline["rows"], before["offline"], "{report}");
+    assert!(
+        offline["files_rewritten"].as_u64().unwrap() <= offline["files_scanned"].as_u64().unwrap()
+    );
+    assert_eq!(report["entity_key_hashes"].as_array().unwrap().len(), 2);
+
+    assert_eq!(
+        statuses(&repo.path, "7,8,9"),
+        ["NOT_FOUND", "NOT_FOUND", "PRESENT"]
+    );
+    assert_eq!(
+        left(&repo.path, "user_id=7,8"),
+        json!({"online": 0, "digests": 0, "offline": 0})
+    );
+    let users_after = training_users(&repo.path);
+    assert!(!users_after.contains(&7) && !users_after.contains(&8));
+    let others = |users: &[i64]| {
+        users
+            .iter()
+            .filter(|user| **user != 7 && **user != 8)
+            .count()
+    };
+    assert_eq!(
+        others(&users_after),
+        others(&users_before),
+        "other users' history is kept"
+    );
+    assert!(left(&repo.path, "user_id=9")["offline"].as_u64().unwrap() > 0);
+
+    // The audit log: one line, hashed keys only.
+    let audit = std::fs::read_to_string(repo.path.join("data/erasure/audit.jsonl")).unwrap();
+    let lines: Vec<Value> = audit
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["request_id"], report["request_id"]);
+    assert!(
+        lines[0]["requested_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("cli:")
+    );
+    assert_eq!(lines[0]["entity_key_hashes"], report["entity_key_hashes"]);
+
+    // Forgetting again, or an entity nobody holds: success with zero counts, still audited.
+    let again = forget_json(&repo.path, &["--entity", "user_id=7,123456"]);
+    assert_eq!(again["stores"]["online"]["rows"], 0);
+    assert_eq!(again["stores"]["offline"]["rows"], 0);
+    let audit = std::fs::read_to_string(repo.path.join("data/erasure/audit.jsonl")).unwrap();
+    assert_eq!(audit.lines().count(), 2);
+
+    // A later batch run writes the entity again only because the source still holds it.
+    larder_ok(&repo.path, &["materialize"]);
+    assert_eq!(statuses(&repo.path, "7"), ["PRESENT"]);
+}
+
+#[test]
+fn forget_refuses_bad_input_and_erases_nothing() {
+    let repo = DemoRepo::init_with(20, &["--anchor", "2026-01-01"]);
+    larder_ok(&repo.path, &["apply"]);
+    larder_ok(&repo.path, &["materialize"]);
+    let refused = |arguments: &[&str]| {
+        let mut all = vec!["forget"];
+        all.extend_from_slice(arguments);
+        let output = larder(&repo.path, &all);
+        assert!(!output.status.success(), "{arguments:?} was accepted");
+        String::from_utf8_lossy(&output.stderr).to_string()
+    };
+    let unknown = refused(&["--entity", "account_id=3"]);
+    assert!(
+        unknown.contains("no feature view has a join key named 'account_id'"),
+        "{unknown}"
+    );
+    let wrong_type = refused(&["--entity", "user_id=3,abc"]);
+    assert!(
+        wrong_type.contains("join key 'user_id' is int64"),
+        "{wrong_type}"
+    );
+    let malformed = refused(&["--entity", "user_id"]);
+    assert!(malformed.contains("join_key=value"), "{malformed}");
+    let nothing = refused(&[]);
+    assert!(nothing.contains("name the entities"), "{nothing}");
+    assert_eq!(statuses(&repo.path, "3"), ["PRESENT"]);
+    assert!(!repo.path.join("data/erasure/audit.jsonl").exists());
+}
+
+#[test]
+fn forget_finishes_after_a_crash_at_every_step() {
+    let repo = DemoRepo::init_with(30, &["--anchor", "2026-01-01"]);
+    larder_ok(&repo.path, &["apply"]);
+    larder_ok(&repo.path, &["materialize"]);
+    // Two views × one version × three stores: six steps; crash after each of the first five.
+    for (crash_after, user) in (1..=5).zip(11..) {
+        let entity = format!("user_id={user}");
+        let output = std::process::Command::new(crate::util::larder_binary())
+            .current_dir(&repo.path)
+            .env("LARDER_ERASURE_CRASH_AFTER", crash_after.to_string())
+            .args(["forget", "--entity", &entity])
+            .output()
+            .unwrap();
+        assert!(
+            !output.status.success(),
+            "the erasure did not stop after step {crash_after}"
+        );
+        let pending = std::fs::read_dir(repo.path.join("data/erasure/pending"))
+            .unwrap()
+            .count();
+        assert_eq!(
+            pending, 1,
+            "one job pending after a crash at step {crash_after}"
+        );
+        // The next `larder forget` (here a verification) finishes it first.
+        assert_eq!(
+            left(&repo.path, &entity),
+            json!({"online": 0, "digests": 0, "offline": 0})
+        );
+        assert_eq!(statuses(&repo.path, &user.to_string()), ["NOT_FOUND"]);
+    }
+    let audit = std::fs::read_to_string(repo.path.join("data/erasure/audit.jsonl")).unwrap();
+    let records: Vec<Value> = audit
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(records.len(), 5, "one audit record per erasure, none twice");
+    for record in &records {
+        assert_eq!(record["stores"]["online"]["rows"], 2, "{record}");
+    }
+}
+
+#[test]
+fn forget_over_http_while_serving() {
+    let repo = DemoRepo::init_with(20, &["--anchor", "2026-01-01"]);
+    larder_ok(&repo.path, &["apply"]);
+    larder_ok(&repo.path, &["materialize"]);
+    let server = Server::start(&repo.path);
+    let read = |user: i64| {
+        let (status, body) = server.post(
+            "/get-online-features",
+            &json!({"features": ["user_profile:age"], "entities": {"user_id": [user]}}).to_string(),
+        );
+        assert_eq!(status, 200, "{body}");
+        body["results"][1]["statuses"][0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(read(5), "PRESENT");
+    let (status, body) = server.post(
+        "/forget",
+        &json!({"entities": {"user_id": [5]}}).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stores"]["online"]["rows"], 2, "{body}");
+    assert_eq!(body["requested_by"], "http");
+    assert_eq!(read(5), "NOT_FOUND");
+    assert_eq!(read(6), "PRESENT");
+    // The CLI asks the server that holds the embedded store.
+    assert_eq!(
+        left(&repo.path, "user_id=5"),
+        json!({"online": 0, "digests": 0, "offline": 0})
+    );
+    let cli = forget_json(&repo.path, &["--entity", "user_id=6"]);
+    assert_eq!(cli["stores"]["online"]["rows"], 2, "{cli}");
+    assert_eq!(read(6), "NOT_FOUND");
+
+    for (body, expected) in [
+        (
+            json!({"entities": {"user_id": ["x"]}}),
+            "join key 'user_id' is int64",
+        ),
+        (
+            json!({"entities": {"nope": [1]}}),
+            "no feature view has a join key named 'nope'",
+        ),
+        (json!({"entities": {}}), "name at least one entity"),
+        (
+            json!({"entities": {"user_id": [1]}, "extra": 1}),
+            "unknown field",
+        ),
+    ] {
+        let (status, answer) = server.post("/forget", &body.to_string());
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(
+            error_message(&answer).contains(expected),
+            "{body}: {answer}"
+        );
+    }
+    let (status, _) = server.post("/forget", "{not json");
+    assert_eq!(status, 400);
+    assert_eq!(read(7), "PRESENT");
+}
