@@ -542,6 +542,38 @@ impl FeatureServing for GrpcFeatureServing {
         outcome.map(Response::new).map_err(status_of)
     }
 
+    async fn forget(
+        &self,
+        request: Request<proto::ForgetRequest>,
+    ) -> Result<Response<proto::ForgetResponse>, Status> {
+        let _permit = self.admit()?;
+        let started = std::time::Instant::now();
+        let outcome = async {
+            let service = self.services.forget_service()?;
+            let request = request.into_inner();
+            let entities = request
+                .entities
+                .into_iter()
+                .map(|(name, values)| {
+                    (name, values.val.into_iter().map(value_from_proto).collect())
+                })
+                .collect();
+            let outcome = service
+                .forget(
+                    crate::json::ForgetRequest {
+                        entities,
+                        verify: request.verify,
+                    },
+                    "grpc",
+                )
+                .await?;
+            Ok::<_, ServingError>(forget_response(outcome))
+        }
+        .await;
+        record_call("Forget", started, &outcome);
+        outcome.map(Response::new).map_err(status_of)
+    }
+
     type GetHistoricalFeaturesStream =
         Pin<Box<dyn Stream<Item = Result<proto::ArrowIpcChunk, Status>> + Send + 'static>>;
 
@@ -584,6 +616,51 @@ impl FeatureServing for GrpcFeatureServing {
                 .map_err(|error| Status::internal(format!("building the training set: {error}")))
         });
         Ok(Response::new(Box::pin(chunks)))
+    }
+}
+
+/// The answer of `Forget`: an erasure's report or a verification's counts.
+fn forget_response(outcome: crate::forget::ForgetOutcome) -> proto::ForgetResponse {
+    use crate::forget::ForgetOutcome;
+    match outcome {
+        ForgetOutcome::Erased(report) => proto::ForgetResponse {
+            request_id: report.request_id,
+            stores: report
+                .stores
+                .into_iter()
+                .map(|(store, counts)| {
+                    let counts = proto::StoreCounts {
+                        rows: counts.rows,
+                        files_rewritten: counts.files_rewritten,
+                        files_scanned: counts.files_scanned,
+                        bytes_written: counts.bytes_written,
+                    };
+                    (store, counts)
+                })
+                .collect(),
+            entity_key_hashes: report.entity_key_hashes,
+            feature_views: report.views,
+            skipped: report
+                .skipped
+                .into_iter()
+                .map(|skipped| format!("{}: {}", skipped.view, skipped.reason))
+                .collect(),
+        },
+        ForgetOutcome::Verified(report) => proto::ForgetResponse {
+            stores: report
+                .stores
+                .into_iter()
+                .map(|(store, rows)| {
+                    let counts = proto::StoreCounts {
+                        rows,
+                        ..proto::StoreCounts::default()
+                    };
+                    (store, counts)
+                })
+                .collect(),
+            feature_views: report.views,
+            ..proto::ForgetResponse::default()
+        },
     }
 }
 

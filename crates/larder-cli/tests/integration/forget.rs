@@ -6,7 +6,12 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::util::{DemoRepo, Server, error_message, larder, larder_ok, read_parquet};
+use larder_server::grpc::proto::value::Val;
+use larder_server::grpc::proto::{ForgetRequest, RepeatedValue, Value as GrpcValue};
+
+use crate::util::{
+    DemoRepo, Server, error_message, larder, larder_ok, read_parquet, with_grpc_client,
+};
 
 fn forget_json(repo: &Path, arguments: &[&str]) -> Value {
     let mut all = vec!["forget", "--json"];
@@ -296,4 +301,63 @@ fn forget_over_http_while_serving() {
     let (status, _) = server.post("/forget", "{not json");
     assert_eq!(status, 400);
     assert_eq!(read(7), "PRESENT");
+
+    // gRPC Forget: the same erasure and verification; bad input is INVALID_ARGUMENT.
+    with_grpc_client(server.grpc_url.clone(), |mut client| async move {
+        let entities = |value: Val| -> std::collections::HashMap<String, RepeatedValue> {
+            let values = RepeatedValue {
+                val: vec![GrpcValue { val: Some(value) }],
+            };
+            [("user_id".to_string(), values)].into_iter().collect()
+        };
+        let erased = client
+            .forget(ForgetRequest {
+                entities: entities(Val::Int64Val(7)),
+                verify: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(erased.request_id.starts_with("erase-"), "{erased:?}");
+        assert_eq!(erased.stores["online"].rows, 2, "{erased:?}");
+        assert_eq!(erased.entity_key_hashes.len(), 1);
+        let verified = client
+            .forget(ForgetRequest {
+                entities: entities(Val::Int64Val(7)),
+                verify: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            verified.stores.values().all(|counts| counts.rows == 0),
+            "{verified:?}"
+        );
+        assert_eq!(verified.stores.len(), 3, "{verified:?}");
+        let refused = client
+            .forget(ForgetRequest {
+                entities: entities(Val::StringVal("seven".into())),
+                verify: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().contains("join key 'user_id' is int64"),
+            "{refused:?}"
+        );
+    });
+    assert_eq!(read(7), "NOT_FOUND");
+    let audit = std::fs::read_to_string(repo.path.join("data/erasure/audit.jsonl")).unwrap();
+    let who: Vec<String> = audit
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["requested_by"].to_string())
+        .collect();
+    assert_eq!(who.len(), 3, "{who:?}");
+    assert_eq!(who[0], "\"http\"");
+    assert!(
+        who[1].starts_with("\"http"),
+        "the CLI asked the server: {who:?}"
+    );
+    assert_eq!(who[2], "\"grpc\"");
 }
