@@ -124,10 +124,11 @@ pub fn summary(report: &ErasureReport) -> String {
         .iter()
         .map(|(store, counts)| {
             let mut text = format!("{store} {} rows", counts.rows);
-            if counts.files_scanned > 0 {
+            let files = counts.files_scanned + counts.files_pruned;
+            if files > 0 {
                 text.push_str(&format!(
-                    " ({} of {} files rewritten, {} bytes written)",
-                    counts.files_rewritten, counts.files_scanned, counts.bytes_written
+                    " ({} of {files} files read, {} rewritten, {} bytes written)",
+                    counts.files_scanned, counts.files_rewritten, counts.bytes_written
                 ));
             }
             text

@@ -89,6 +89,10 @@ pub struct StoreCounts {
     /// Files read to look for the entities (offline store).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub files_scanned: u64,
+    /// Files not read because their join keys' bloom filters rule the entities out
+    /// (offline store).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub files_pruned: u64,
     /// Bytes written by rewrites (offline store).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub bytes_written: u64,
@@ -103,6 +107,7 @@ impl StoreCounts {
         self.rows += other.rows;
         self.files_rewritten += other.files_rewritten;
         self.files_scanned += other.files_scanned;
+        self.files_pruned += other.files_pruned;
         self.bytes_written += other.bytes_written;
     }
 }
@@ -533,6 +538,7 @@ impl Eraser {
                     rows: summary.rows,
                     files_rewritten: summary.files_rewritten,
                     files_scanned: summary.files_scanned,
+                    files_pruned: summary.files_pruned,
                     bytes_written: summary.bytes_written,
                 })
             }

@@ -43,6 +43,8 @@ pub struct OfflineDeleteSummary {
     pub files_rewritten: u64,
     /// Files read to look for the entities.
     pub files_scanned: u64,
+    /// Files not read because their join keys' bloom filters rule every entity out.
+    pub files_pruned: u64,
     /// Bytes written by the rewrites (the new files' sizes).
     pub bytes_written: u64,
 }

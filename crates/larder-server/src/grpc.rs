@@ -633,6 +633,7 @@ fn forget_response(outcome: crate::forget::ForgetOutcome) -> proto::ForgetRespon
                         rows: counts.rows,
                         files_rewritten: counts.files_rewritten,
                         files_scanned: counts.files_scanned,
+                        files_pruned: counts.files_pruned,
                         bytes_written: counts.bytes_written,
                     };
                     (store, counts)
