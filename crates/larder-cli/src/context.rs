@@ -159,12 +159,12 @@ impl RepoContext {
                 })
             }
         };
-        larder_ingest::Eraser::new(
-            store,
-            opener,
-            self.offline_store(),
-            self.state_folder().join("erasure"),
-        )
+        larder_ingest::Eraser::new(store, opener, self.offline_store(), self.erasure_folder())
+    }
+
+    /// Where erasure keeps its jobs, audit log and salt, beside the registry.
+    pub fn erasure_folder(&self) -> PathBuf {
+        self.state_folder().join("erasure")
     }
 
     /// The digests of a remote store's rows, in a local redb file beside the registry.

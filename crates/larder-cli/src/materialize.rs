@@ -210,6 +210,7 @@ pub async fn run_with_stores(
         write_path: WritePath::new(store),
         digests: digests.as_ref(),
         history: context.run_history(),
+        forgotten: larder_ingest::ForgottenEntities::load(&context.erasure_folder())?.map(Arc::new),
     };
     let bars = Bars(if request.show_progress {
         MultiProgress::new()

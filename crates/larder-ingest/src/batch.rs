@@ -26,7 +26,7 @@ impl MaterializeProgress for () {
 }
 
 /// How one run of the batch lane goes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct MaterializeOptions {
     /// The event-time window of source rows to materialize; an open window is everything.
     pub window: TimeWindow,
@@ -34,6 +34,9 @@ pub struct MaterializeOptions {
     pub full_refresh: bool,
     /// The row count of the view version's last successful run (for `row_count` checks).
     pub previous_row_count: Option<u64>,
+    /// Entities erased earlier (`larder forget`): the run counts those its sources still
+    /// hold and warns, since erasure must also reach the sources.
+    pub forgotten: Option<std::sync::Arc<crate::erasure::ForgottenEntities>>,
 }
 
 /// What one run of the batch lane for one view did: the record kept in the run history,
@@ -79,11 +82,19 @@ pub struct RunReport {
     pub offline_rows: u64,
     /// Offline date partitions written.
     pub offline_partitions: u64,
-    /// Data-quality warnings (checks with `severity: warn` that failed).
+    /// Data-quality warnings (checks with `severity: warn` that failed), and entities erased
+    /// earlier that the sources brought back.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Entities erased earlier (`larder forget`) that this run read from the sources again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub forgotten_reintroduced: u64,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
+}
+
+fn is_zero(number: &u64) -> bool {
+    *number == 0
 }
 
 impl RunReport {
@@ -308,6 +319,15 @@ pub async fn materialize_view(
     let full_run = options.window.start.is_none() && options.window.end.is_none();
     if view.online && full_run && view.on_missing == larder_core::OnMissing::Delete {
         report.rows_deleted = delete_missing(write_path, digests, view, &winners).await?;
+    }
+    if let Some(forgotten) = &options.forgotten {
+        let back = forgotten.count_among(winners.keys());
+        if back > 0 {
+            report.forgotten_reintroduced = back;
+            report.warnings.push(format!(
+                "{back} entities erased earlier (larder forget) are in the sources again and were written back: erase them in the sources too"
+            ));
+        }
     }
     let offline = match offline_writer {
         Some(writer) => tokio::task::spawn_blocking(move || writer.commit())

@@ -588,6 +588,59 @@ impl Eraser {
     }
 }
 
+/// The entities erased so far, as the audit log holds them (salted hashes): what a batch run
+/// checks its entities against, to report the ones its sources bring back.
+#[derive(Debug)]
+pub struct ForgottenEntities {
+    salt: Vec<u8>,
+    hashes: std::collections::HashSet<[u8; 32]>,
+}
+
+impl ForgottenEntities {
+    /// Reads the audit log of the erasure folder; `None` when nothing was ever erased.
+    pub fn load(folder: &Path) -> Result<Option<Self>, ErasureError> {
+        let audit = folder.join("audit.jsonl");
+        let text = match std::fs::read_to_string(&audit) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(state_error(&audit, error)),
+        };
+        let mut hashes = std::collections::HashSet::new();
+        for (number, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let record: ErasureReport = serde_json::from_str(line)
+                .map_err(|error| state_error(&audit, format!("line {}: {error}", number + 1)))?;
+            for hash in record.entity_key_hashes {
+                let mut bytes = [0_u8; 32];
+                hex::decode_to_slice(&hash, &mut bytes).map_err(|error| {
+                    state_error(&audit, format!("line {}: {error}", number + 1))
+                })?;
+                hashes.insert(bytes);
+            }
+        }
+        if hashes.is_empty() {
+            return Ok(None);
+        }
+        let salt_path = folder.join("salt");
+        let salt = std::fs::read(&salt_path).map_err(|error| state_error(&salt_path, error))?;
+        Ok(Some(Self { salt, hashes }))
+    }
+
+    /// How many of `keys` (entity key bytes) were erased before.
+    pub fn count_among<'key>(&self, keys: impl Iterator<Item = &'key [u8]>) -> u64 {
+        keys.filter(|key| {
+            let mut hasher = Sha256::new();
+            hasher.update(&self.salt);
+            hasher.update(key);
+            let digest: [u8; 32] = hasher.finalize().into();
+            self.hashes.contains(&digest)
+        })
+        .count() as u64
+    }
+}
+
 /// A given value as the join key's type; text names integer keys too (from a command line or
 /// a file).
 fn typed_key_value(join_key: &larder_core::JoinKey, value: &Value) -> Result<Value, ErasureError> {

@@ -79,6 +79,11 @@ impl RunWinners {
             .is_some()
     }
 
+    /// The entity keys the run saw, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.table.iter().map(|winner| winner.key(&self.keys))
+    }
+
     /// How many entities the run saw.
     pub fn len(&self) -> usize {
         self.table.len()

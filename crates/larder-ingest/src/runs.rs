@@ -89,6 +89,8 @@ pub struct BatchRunner<'a> {
     pub digests: &'a dyn DigestStore,
     /// Claims and records runs.
     pub history: RunHistory,
+    /// Entities erased earlier, which each run looks for in its sources.
+    pub forgotten: Option<std::sync::Arc<crate::erasure::ForgottenEntities>>,
 }
 
 impl BatchRunner<'_> {
@@ -140,6 +142,7 @@ impl BatchRunner<'_> {
             window,
             full_refresh: request.full_refresh,
             previous_row_count: last_success.map(|report| report.rows_scanned),
+            forgotten: self.forgotten.clone(),
         };
         let progress = observer.start(view);
         let outcome = materialize_view(

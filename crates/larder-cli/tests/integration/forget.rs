@@ -162,9 +162,38 @@ fn forget_erases_everywhere_audits_and_verifies() {
     let audit = std::fs::read_to_string(repo.path.join("data/erasure/audit.jsonl")).unwrap();
     assert_eq!(audit.lines().count(), 2);
 
-    // A later batch run writes the entity again only because the source still holds it.
-    larder_ok(&repo.path, &["materialize"]);
+    // A later batch run writes the entities again because the source still holds them, and
+    // says so (in its output and in the run history), for each view.
+    let output = larder_ok(&repo.path, &["materialize"]);
+    assert_eq!(
+        output
+            .matches("2 entities erased earlier (larder forget) are in the sources again")
+            .count(),
+        2,
+        "{output}"
+    );
     assert_eq!(statuses(&repo.path, "7"), ["PRESENT"]);
+    let runs = std::fs::read_to_string(repo.path.join("data/runs.jsonl")).unwrap();
+    let last: Vec<Value> = runs
+        .lines()
+        .rev()
+        .take(2)
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(
+        last.iter().all(|run| run["forgotten_reintroduced"] == 2),
+        "{last:?}"
+    );
+    let first_runs: Vec<Value> = runs
+        .lines()
+        .take(2)
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(
+        first_runs
+            .iter()
+            .all(|run| run.get("forgotten_reintroduced").is_none())
+    );
 }
 
 #[test]
