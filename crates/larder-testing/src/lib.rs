@@ -266,8 +266,23 @@ impl RedisCluster {
     }
 }
 
-/// A DynamoDB-compatible server (`moto_server` from PyPI `moto[server]`) on an ephemeral
-/// loopback port. It keeps everything in memory.
+/// Runs moto's server app like `moto_server` does, but answering one request at a time:
+/// moto's DynamoDB checks a `ConditionExpression` and then writes, without a lock, so its
+/// threaded server can let two conditional writes of one item both pass (a lost update that
+/// DynamoDB itself never allows). Serialized, conditional writes are atomic as in DynamoDB.
+const MOTO_SERIAL_SERVER: &str = r#"
+import os, sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+port = int(sys.argv[1])
+os.environ["MOTO_PORT"] = str(port)
+app = DomainDispatcherApplication(create_backend_app)
+run_simple("127.0.0.1", port, app, threaded=False, request_handler=MotoRequestHandler)
+"#;
+
+/// A DynamoDB-compatible server (moto, from PyPI `moto[server]`) on an ephemeral loopback
+/// port, serving one request at a time (see `MOTO_SERIAL_SERVER`). It keeps everything in
+/// memory.
 #[derive(Debug)]
 pub struct MotoServer {
     port: u16,
@@ -277,14 +292,14 @@ pub struct MotoServer {
 impl MotoServer {
     /// Starts the server; `None` outside CI when `moto_server` is not installed.
     pub fn start() -> Option<Self> {
-        let binary = find_server_binary("moto_server", "pip install 'moto[server]'")?;
+        // The command's presence says moto is installed for the `python3` beside it.
+        find_server_binary("moto_server", "pip install 'moto[server]'")?;
         let port = free_loopback_port();
         let process = ServerProcess::spawn(
             "moto_server",
-            Command::new(binary)
-                .arg("-H")
-                .arg("127.0.0.1")
-                .arg("-p")
+            Command::new("python3")
+                .arg("-c")
+                .arg(MOTO_SERIAL_SERVER)
                 .arg(port.to_string()),
         );
         wait_for_port(port, "moto_server");
