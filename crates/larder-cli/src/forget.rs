@@ -3,11 +3,13 @@
 //! store, asks that server (`POST /forget`) instead.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use larder_core::Value;
 use larder_ingest::{ErasureReport, VerifyReport};
 use larder_online::OnlineStoreError;
+use larder_stream::state::SharedStreamState;
 
 use crate::context::RepoContext;
 
@@ -46,9 +48,25 @@ pub async fn run(root: &Path, args: &ForgetArgs) -> Result<()> {
     let context = RepoContext::load(root)?;
     let registry = context.applied_registry()?;
     let views: Vec<_> = registry.feature_views.values().cloned().collect();
-    let outcome = match context.open_online_and_digest_stores().await {
-        Ok((store, digests)) => {
-            let eraser = context.eraser(store, Some(digests));
+    let local = match context.open_online_and_digest_stores().await {
+        Ok(stores) => {
+            // The stream tiles too: when a running `larder serve` holds them, it is asked.
+            let stream_state = SharedStreamState::new(context.stream_state_path());
+            match stream_state.open_if_exists() {
+                Ok(_) => Ok((stores, stream_state)),
+                Err(error) => Err(error.to_string()),
+            }
+        }
+        Err(OnlineStoreError::Locked { .. }) => {
+            Err("the online store is held by a running `larder serve`".to_string())
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let outcome = match local {
+        Ok(((store, digests), stream_state)) => {
+            let eraser = context
+                .eraser(store, Some(digests))
+                .with_state_store(Arc::new(stream_state));
             for report in eraser.resume_pending().await? {
                 eprintln!("finished a pending erasure: {}", summary(&report));
             }
@@ -63,9 +81,9 @@ pub async fn run(root: &Path, args: &ForgetArgs) -> Result<()> {
                 )?
             }
         }
-        Err(OnlineStoreError::Locked { .. }) => {
+        Err(why) => {
             let url = format!("{}/forget", context.server_base_url());
-            eprintln!("(the online store is held by a running `larder serve`; asking it at {url})");
+            eprintln!("({why}; asking it at {url})");
             let body = serde_json::json!({
                 "entities": entities
                     .iter()
@@ -77,9 +95,8 @@ pub async fn run(root: &Path, args: &ForgetArgs) -> Result<()> {
             tokio::task::spawn_blocking(move || crate::get::post_json(&url_for_task, &body))
                 .await
                 .context("HTTP request task failed")?
-                .with_context(|| format!("asking the running server at {url}"))?
+                .with_context(|| format!("{why}, and asking the server at {url} failed"))?
         }
-        Err(error) => return Err(error.into()),
     };
     if args.verify {
         let report: VerifyReport = serde_json::from_value(outcome.clone())?;

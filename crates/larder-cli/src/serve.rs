@@ -57,8 +57,9 @@ pub async fn run_with_store(
     };
     let write_path = Arc::new(larder_ingest::WritePath::new(Arc::clone(&store)));
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
+    let stream_state = larder_stream::state::SharedStreamState::new(context.stream_state_path());
     let stream_consumers = crate::stream::spawn_consumers(
-        context,
+        stream_state.clone(),
         Arc::clone(&handle),
         Arc::clone(&write_path),
         &stop_receiver,
@@ -80,7 +81,9 @@ pub async fn run_with_store(
         context.run_history(),
         stop_receiver.clone(),
     );
-    let eraser = context.eraser(Arc::clone(&store), shared_digests);
+    let eraser = context
+        .eraser(Arc::clone(&store), shared_digests)
+        .with_state_store(Arc::new(stream_state));
     for report in eraser
         .resume_pending()
         .await

@@ -35,7 +35,7 @@ pub fn stream_jobs(registry: &Registry) -> Vec<StreamViewJob> {
 /// `larder apply` (views added, changed or removed while serving); all stop when `stop`
 /// turns true.
 pub fn spawn_consumers(
-    context: &RepoContext,
+    state: larder_stream::state::SharedStreamState,
     handle: Arc<larder_server::RegistryHandle>,
     write_path: Arc<WritePath>,
     stop: &watch::Receiver<bool>,
@@ -43,7 +43,7 @@ pub fn spawn_consumers(
     larder_stream::consumer::run_views(
         move || stream_jobs(&handle.snapshot()),
         write_path,
-        context.stream_state_path(),
+        state,
         stop.clone(),
         |job| {
             let from = larder_stream::resolver::open_source(&job.source).map_or_else(

@@ -205,6 +205,22 @@ struct ErasureJob {
     counts: BTreeMap<String, StoreCounts>,
 }
 
+/// A store beside the online and offline stores that keeps state per entity (the stream
+/// lane's aggregation tiles; an embedding index): erasure removes the entities from it too,
+/// before the online rows, so nothing it holds can write them back.
+#[async_trait::async_trait]
+pub trait EntityStateStore: Send + Sync + std::fmt::Debug {
+    /// Its name in reports and audit records (`stream_state`).
+    fn name(&self) -> &'static str;
+
+    /// Removes the entities' state for every version of the view; how many entries existed.
+    /// Idempotent.
+    async fn erase(&self, view: &FeatureView, keys: &[EntityKey]) -> Result<u64, String>;
+
+    /// How many entries of the entities it holds for any version of the view.
+    async fn count(&self, view: &FeatureView, keys: &[EntityKey]) -> Result<u64, String>;
+}
+
 /// Opens the change detection's digest store for one erasure: the shared one when it lives
 /// in the online store, else its local file (which `larder materialize` must be able to open
 /// between erasures, so it is not held).
@@ -216,6 +232,7 @@ pub struct Eraser {
     online: SharedOnlineStore,
     digests: DigestOpener,
     offline: SharedOfflineStore,
+    state_stores: Vec<Arc<dyn EntityStateStore>>,
     folder: PathBuf,
 }
 
@@ -225,6 +242,7 @@ impl std::fmt::Debug for Eraser {
             .debug_struct("Eraser")
             .field("online", &self.online.backend_name())
             .field("offline", &self.offline.backend_name())
+            .field("state_stores", &self.state_stores)
             .field("folder", &self.folder)
             .finish_non_exhaustive()
     }
@@ -242,8 +260,15 @@ impl Eraser {
             online,
             digests,
             offline,
+            state_stores: Vec::new(),
             folder,
         }
+    }
+
+    /// Erases from `store` too (first, before the online rows).
+    pub fn with_state_store(mut self, store: Arc<dyn EntityStateStore>) -> Self {
+        self.state_stores.push(store);
+        self
     }
 
     /// The append-only audit log.
@@ -312,6 +337,16 @@ impl Eraser {
         for target in &job.targets {
             let keys = target.keys().map_err(ErasureError::InvalidRequest)?;
             let key_list = keys.iter().collect::<EntityKeyList>();
+            for store in &self.state_stores {
+                let rows = store.count(&target.view, &keys).await.map_err(|message| {
+                    ErasureError::Store {
+                        request_id: "verify".to_string(),
+                        step: format!("{}/{}", store.name(), target.view.name),
+                        message,
+                    }
+                })?;
+                *report.stores.entry(store.name().to_string()).or_default() += rows;
+            }
             for view in target.versions() {
                 let id = view.id();
                 let step = |store: &str| format!("{store}/{}/v{}", id.name, id.version);
@@ -448,6 +483,29 @@ impl Eraser {
         })?;
         for target in &targets {
             let keys = target.keys().map_err(ErasureError::InvalidRequest)?;
+            for store in &self.state_stores {
+                let step = format!("{}/{}", store.name(), target.view.name);
+                if job.done.contains(&step) {
+                    continue;
+                }
+                let rows = store.erase(&target.view, &keys).await.map_err(|message| {
+                    ErasureError::Store {
+                        request_id: job.request_id.clone(),
+                        step: step.clone(),
+                        message,
+                    }
+                })?;
+                job.counts
+                    .entry(store.name().to_string())
+                    .or_default()
+                    .add(StoreCounts {
+                        rows,
+                        ..StoreCounts::default()
+                    });
+                job.done.insert(step);
+                self.save_job(&job)?;
+                crash_point(&job);
+            }
             for view in target.versions() {
                 for store in ["online", "digests", "offline"] {
                     let step = format!("{store}/{}/v{}", view.name, view.version);

@@ -20,7 +20,9 @@ pub use batch::{
     MaterializeError, MaterializeOptions, MaterializeProgress, RunReport, materialize_view,
 };
 pub use checks::{CheckFailure, evaluate_checks};
-pub use erasure::{Eraser, ErasureError, ErasureReport, ForgottenEntities, VerifyReport};
+pub use erasure::{
+    EntityStateStore, Eraser, ErasureError, ErasureReport, ForgottenEntities, VerifyReport,
+};
 pub use freshness::{FreshnessBoard, ViewFreshness};
 pub use history::{RunHistory, RunHistoryError, ViewRunLock};
 pub use run_winners::RunWinners;

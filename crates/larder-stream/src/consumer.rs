@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use crate::StreamError;
 use crate::job::StreamViewJob;
 use crate::resolver::open_source;
-use crate::state::StreamStateStore;
+use crate::state::{SharedStreamState, StreamStateStore};
 
 /// Consumes a view's stream until `shutdown` turns true, restarting after failures with a
 /// growing pause (each restart reloads the persisted state and resumes after its position).
@@ -71,12 +71,12 @@ struct RunningConsumer {
 /// stopped and started again. `on_start` is told about each consumer started. Everything
 /// stops when `shutdown` turns true.
 ///
-/// The consumers' state store (`state_path`) is opened when the first stream view appears,
+/// The consumers' state store (`shared_state`) is opened when the first stream view appears,
 /// so a server without stream views creates no state file.
 pub fn run_views<Jobs, OnStart>(
     jobs: Jobs,
     write_path: Arc<WritePath>,
-    state_path: std::path::PathBuf,
+    shared_state: SharedStreamState,
     mut shutdown: watch::Receiver<bool>,
     on_start: OnStart,
 ) -> JoinHandle<()>
@@ -93,7 +93,7 @@ where
                 .map(|job| (job.view.name.clone(), job))
                 .collect();
             if state.is_none() && !wanted.is_empty() {
-                match StreamStateStore::open(&state_path) {
+                match shared_state.get_or_open() {
                     Ok(opened) => state = Some(opened),
                     Err(error) => {
                         tracing::error!(%error, "cannot open the stream consumers' state");

@@ -458,6 +458,12 @@ impl ViewAggregator {
         self.entities.len()
     }
 
+    /// Drops the state of erased entities (and their pending changes).
+    pub fn forget(&mut self, keys: &std::collections::HashSet<EntityKey>) {
+        self.entities.retain(|key, _| !keys.contains(key));
+        self.changed.retain(|key| !keys.contains(key));
+    }
+
     /// Restores one entity's state from [`AggregatorChanges::states`] bytes.
     pub fn restore_entity(&mut self, key: EntityKey, encoded: &[u8]) -> Result<(), StreamError> {
         let tiles = decode_entity(&self.plan, encoded).ok_or_else(|| {

@@ -64,6 +64,8 @@ pub struct StreamProcessor {
     position: PartitionPosition,
     /// Rows of a passthrough view not written yet.
     pending_rows: Vec<FeatureRow>,
+    /// The erasure generation whose entities this processor has dropped.
+    erasures_seen: u64,
 }
 
 impl std::fmt::Debug for StreamProcessor {
@@ -119,6 +121,9 @@ impl StreamProcessor {
     ) -> Result<Self, StreamError> {
         let partition = partition.into();
         let (decoder, mut mode) = plan_view(&view, source, aggregations)?;
+        // Erasures posted from now on are applied before each batch; the state loaded below
+        // is as they left it.
+        let erasures_seen = state.erasures().generation();
         let view_id = view.id();
         let loading_store = state.clone();
         let loading_partition = partition.clone();
@@ -141,6 +146,7 @@ impl StreamProcessor {
             state,
             position: loaded.position,
             pending_rows: Vec::new(),
+            erasures_seen,
         })
     }
 
@@ -236,6 +242,7 @@ impl StreamProcessor {
     /// If a persist fails, the in-memory state is ahead of the persisted one: drop this
     /// processor and [`StreamProcessor::open`] a new one, which resumes from the file.
     pub fn prepare(&mut self, messages: &[StreamMessage]) -> PreparedBatch {
+        self.drop_erased_entities();
         let report = self.apply_messages(messages);
         let (rows, states) = match &mut self.mode {
             ViewMode::Aggregating(aggregator) => {
@@ -253,6 +260,27 @@ impl StreamProcessor {
             report,
             write_path: Arc::clone(&self.write_path),
             state: self.state.clone(),
+            erasures_seen: self.erasures_seen,
+        }
+    }
+
+    /// Drops the in-memory state of the entities erased since the last batch.
+    fn drop_erased_entities(&mut self) {
+        let board = Arc::clone(self.state.erasures());
+        let generation = board.generation();
+        if generation == self.erasures_seen {
+            return;
+        }
+        let erased = board.erased_since(&self.view.name, self.erasures_seen);
+        self.erasures_seen = generation;
+        if erased.is_empty() {
+            return;
+        }
+        match &mut self.mode {
+            ViewMode::Aggregating(aggregator) => aggregator.forget(&erased),
+            ViewMode::Passthrough => self
+                .pending_rows
+                .retain(|row| !erased.contains(&row.entity_key)),
         }
     }
 
@@ -276,6 +304,8 @@ pub struct PreparedBatch {
     report: BatchReport,
     write_path: Arc<WritePath>,
     state: StreamStateStore,
+    /// The erasure generation the batch was prepared after.
+    erasures_seen: u64,
 }
 
 impl PreparedBatch {
@@ -292,7 +322,17 @@ impl PreparedBatch {
             mut report,
             write_path,
             state,
+            erasures_seen,
         } = self;
+        let (mut rows, mut states) = (rows, states);
+        let board = Arc::clone(state.erasures());
+        let _persisting = board.persisting().await;
+        if board.generation() != erasures_seen {
+            // Entities erased after this batch was prepared: not written back.
+            let erased = board.erased_since(&view.name, erasures_seen);
+            rows.retain(|row| !erased.contains(&row.entity_key));
+            states.retain(|(key, _)| !erased.contains(key));
+        }
         if !rows.is_empty() {
             let summary = write_path.write(&view, WriteLane::Stream, rows).await?;
             report.rows_written = summary.written;

@@ -10,8 +10,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use larder_core::{EntityKey, FeatureViewId};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use larder_core::{EntityKey, FeatureView, FeatureViewId};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use crate::StreamError;
 
@@ -84,6 +84,7 @@ pub struct LoadedState {
 #[derive(Debug, Clone)]
 pub struct StreamStateStore {
     database: Arc<redb::Database>,
+    erasures: Arc<ErasureBoard>,
     instance_id: Arc<str>,
     /// When the last durable commit happened (µs since the epoch).
     last_durable_micros: Arc<std::sync::atomic::AtomicI64>,
@@ -115,6 +116,7 @@ impl StreamStateStore {
         let instance_id = Self::instance_id_of(&database)?;
         Ok(Self {
             database: Arc::new(database),
+            erasures: Arc::default(),
             instance_id: instance_id.into(),
             last_durable_micros: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         })
@@ -263,5 +265,255 @@ impl StreamStateStore {
                 .store(now, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
+    }
+}
+
+/// The entities erased while the consumers of this process run, so that each processor drops
+/// their in-memory tiles before its next batch, and a batch prepared before an erasure does
+/// not write them back.
+///
+/// An erasure holds `gate` for writing while it posts and deletes the entities' persisted
+/// state; a batch holds it for reading while it writes its rows and commits, after dropping
+/// the rows and states of entities erased since it was prepared. So every batch persisted
+/// after an erasure was either prepared after it (its processor dropped the entities first)
+/// or is filtered.
+#[derive(Debug, Default)]
+pub struct ErasureBoard {
+    generation: std::sync::atomic::AtomicU64,
+    entries: std::sync::Mutex<Vec<ErasedEntities>>,
+    gate: tokio::sync::RwLock<()>,
+}
+
+#[derive(Debug)]
+struct ErasedEntities {
+    generation: u64,
+    view: String,
+    keys: std::collections::HashSet<EntityKey>,
+}
+
+impl ErasureBoard {
+    /// The number of erasures posted so far.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The keys of `view` erased after generation `since`.
+    pub fn erased_since(&self, view: &str, since: u64) -> std::collections::HashSet<EntityKey> {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries
+            .iter()
+            .filter(|entry| entry.generation > since && entry.view == view)
+            .flat_map(|entry| entry.keys.iter().cloned())
+            .collect()
+    }
+
+    fn post(&self, view: &str, keys: &[EntityKey]) {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let generation = self.generation() + 1;
+        entries.push(ErasedEntities {
+            generation,
+            view: view.to_string(),
+            keys: keys.iter().cloned().collect(),
+        });
+        self.generation
+            .store(generation, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Held for reading by a batch while it persists (see the type docs).
+    pub async fn persisting(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().await
+    }
+}
+
+impl StreamStateStore {
+    /// The erasures posted to this process's consumers.
+    pub fn erasures(&self) -> &Arc<ErasureBoard> {
+        &self.erasures
+    }
+
+    /// Erases the entities' state of every version and partition of `view`: posts them to
+    /// the running processors and deletes their persisted tiles, durably; how many entries
+    /// existed.
+    pub async fn erase_entities(&self, view: &str, keys: &[EntityKey]) -> Result<u64, StreamError> {
+        let _gate = self.erasures.gate.write().await;
+        self.erasures.post(view, keys);
+        let store = self.clone();
+        let view = view.to_string();
+        let keys = keys.to_vec();
+        tokio::task::spawn_blocking(move || store.delete_entity_states(&view, &keys))
+            .await
+            .map_err(|error| StreamError::State(format!("erasure task failed: {error}")))?
+    }
+
+    /// How many persisted entity states of `view` (any version, any partition) `keys` have.
+    pub fn count_entity_states(&self, view: &str, keys: &[EntityKey]) -> Result<u64, StreamError> {
+        let transaction = self
+            .database
+            .begin_read()
+            .map_err(|error| StreamError::State(format!("cannot begin a read: {error}")))?;
+        let mut found = 0;
+        for name in entity_tables_of(
+            transaction
+                .list_tables()
+                .map_err(|error| state_error("listing tables")(error.into()))?
+                .map(|handle| handle.name().to_string()),
+            view,
+        ) {
+            let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
+                TableDefinition::new(&name);
+            let table = transaction
+                .open_table(definition)
+                .map_err(|error| state_error("opening entity states")(error.into()))?;
+            for key in keys {
+                if table
+                    .get(key.as_bytes())
+                    .map_err(|error| state_error("reading an entity state")(error.into()))?
+                    .is_some()
+                {
+                    found += 1;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn delete_entity_states(&self, view: &str, keys: &[EntityKey]) -> Result<u64, StreamError> {
+        let transaction = self
+            .database
+            .begin_write()
+            .map_err(|error| state_error("beginning a write")(error.into()))?;
+        let mut removed = 0;
+        let names: Vec<String> = entity_tables_of(
+            transaction
+                .list_tables()
+                .map_err(|error| state_error("listing tables")(error.into()))?
+                .map(|handle| handle.name().to_string()),
+            view,
+        )
+        .collect();
+        for name in names {
+            let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
+                TableDefinition::new(&name);
+            let mut table = transaction
+                .open_table(definition)
+                .map_err(|error| state_error("opening entity states")(error.into()))?;
+            for key in keys {
+                if table
+                    .remove(key.as_bytes())
+                    .map_err(|error| state_error("erasing an entity state")(error.into()))?
+                    .is_some()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        transaction
+            .commit()
+            .map_err(|error| state_error("committing")(error.into()))?;
+        Ok(removed)
+    }
+}
+
+/// The entity-state tables of every version and partition of `view`, among `names`.
+fn entity_tables_of(
+    names: impl Iterator<Item = String>,
+    view: &str,
+) -> impl Iterator<Item = String> {
+    let prefix = format!("stream_entities/{view}/v");
+    names.filter(move |name| name.starts_with(&prefix))
+}
+
+#[async_trait::async_trait]
+impl larder_ingest::EntityStateStore for StreamStateStore {
+    fn name(&self) -> &'static str {
+        "stream_state"
+    }
+
+    async fn erase(&self, view: &FeatureView, keys: &[EntityKey]) -> Result<u64, String> {
+        self.erase_entities(&view.name, keys)
+            .await
+            .map_err(|error| error.to_string())
+    }
+
+    async fn count(&self, view: &FeatureView, keys: &[EntityKey]) -> Result<u64, String> {
+        let store = self.clone();
+        let view = view.name.clone();
+        let keys = keys.to_vec();
+        tokio::task::spawn_blocking(move || store.count_entity_states(&view, &keys))
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| error.to_string())
+    }
+}
+
+/// A process's stream state file, opened on first use and shared by its consumers and its
+/// erasures (redb lets one process hold the file; every holder must share one handle).
+#[derive(Debug, Clone)]
+pub struct SharedStreamState {
+    path: std::path::PathBuf,
+    opened: Arc<std::sync::Mutex<Option<StreamStateStore>>>,
+}
+
+impl SharedStreamState {
+    /// The state at `path`, not opened yet.
+    pub fn new(path: impl Into<std::path::PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            opened: Arc::default(),
+        }
+    }
+
+    /// The store, opening (or creating) the file on first use.
+    pub fn get_or_open(&self) -> Result<StreamStateStore, StreamError> {
+        let mut opened = self
+            .opened
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(store) = opened.as_ref() {
+            return Ok(store.clone());
+        }
+        let store = StreamStateStore::open(&self.path)?;
+        *opened = Some(store.clone());
+        Ok(store)
+    }
+
+    /// The store if it is open or its file exists; `None` when no stream ever ran here.
+    pub fn open_if_exists(&self) -> Result<Option<StreamStateStore>, StreamError> {
+        let is_open = self
+            .opened
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some();
+        if is_open || self.path.exists() {
+            return self.get_or_open().map(Some);
+        }
+        Ok(None)
+    }
+}
+
+#[async_trait::async_trait]
+impl larder_ingest::EntityStateStore for SharedStreamState {
+    fn name(&self) -> &'static str {
+        "stream_state"
+    }
+
+    async fn erase(&self, view: &FeatureView, keys: &[EntityKey]) -> Result<u64, String> {
+        match self.open_if_exists().map_err(|error| error.to_string())? {
+            Some(store) => larder_ingest::EntityStateStore::erase(&store, view, keys).await,
+            None => Ok(0),
+        }
+    }
+
+    async fn count(&self, view: &FeatureView, keys: &[EntityKey]) -> Result<u64, String> {
+        match self.open_if_exists().map_err(|error| error.to_string())? {
+            Some(store) => larder_ingest::EntityStateStore::count(&store, view, keys).await,
+            None => Ok(0),
+        }
     }
 }

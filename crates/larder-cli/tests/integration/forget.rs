@@ -122,7 +122,7 @@ fn forget_erases_everywhere_audits_and_verifies() {
     );
     assert_eq!(
         left(&repo.path, "user_id=7,8"),
-        json!({"online": 0, "digests": 0, "offline": 0})
+        json!({"online": 0, "digests": 0, "offline": 0, "stream_state": 0})
     );
     let users_after = training_users(&repo.path);
     assert!(!users_after.contains(&7) && !users_after.contains(&8));
@@ -231,8 +231,9 @@ fn forget_finishes_after_a_crash_at_every_step() {
     let repo = DemoRepo::init_with(30, &["--anchor", "2026-01-01"]);
     larder_ok(&repo.path, &["apply"]);
     larder_ok(&repo.path, &["materialize"]);
-    // Two views × one version × three stores: six steps; crash after each of the first five.
-    for (crash_after, user) in (1..=5).zip(11..) {
+    // Two views × (stream state + one version × three stores): eight steps; crash after
+    // each of the first seven.
+    for (crash_after, user) in (1..=7).zip(11..) {
         let entity = format!("user_id={user}");
         let output = std::process::Command::new(crate::util::larder_binary())
             .current_dir(&repo.path)
@@ -254,7 +255,7 @@ fn forget_finishes_after_a_crash_at_every_step() {
         // The next `larder forget` (here a verification) finishes it first.
         assert_eq!(
             left(&repo.path, &entity),
-            json!({"online": 0, "digests": 0, "offline": 0})
+            json!({"online": 0, "digests": 0, "offline": 0, "stream_state": 0})
         );
         assert_eq!(statuses(&repo.path, &user.to_string()), ["NOT_FOUND"]);
     }
@@ -263,7 +264,7 @@ fn forget_finishes_after_a_crash_at_every_step() {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    assert_eq!(records.len(), 5, "one audit record per erasure, none twice");
+    assert_eq!(records.len(), 7, "one audit record per erasure, none twice");
     for record in &records {
         assert_eq!(record["stores"]["online"]["rows"], 2, "{record}");
     }
@@ -299,7 +300,7 @@ fn forget_over_http_while_serving() {
     // The CLI asks the server that holds the embedded store.
     assert_eq!(
         left(&repo.path, "user_id=5"),
-        json!({"online": 0, "digests": 0, "offline": 0})
+        json!({"online": 0, "digests": 0, "offline": 0, "stream_state": 0})
     );
     let cli = forget_json(&repo.path, &["--entity", "user_id=6"]);
     assert_eq!(cli["stores"]["online"]["rows"], 2, "{cli}");
@@ -362,7 +363,7 @@ fn forget_over_http_while_serving() {
             verified.stores.values().all(|counts| counts.rows == 0),
             "{verified:?}"
         );
-        assert_eq!(verified.stores.len(), 3, "{verified:?}");
+        assert_eq!(verified.stores.len(), 4, "{verified:?}");
         let refused = client
             .forget(ForgetRequest {
                 entities: entities(Val::StringVal("seven".into())),

@@ -427,3 +427,49 @@ fn a_stream_view_applied_while_serving_starts_consuming_without_a_restart() {
     let took = wait_for(&server, &expected(300, USERS), Duration::from_secs(30));
     eprintln!("a stream view applied while serving was servable after {took:?}");
 }
+
+#[test]
+fn forget_erases_stream_tiles_so_windows_do_not_bring_back_old_events() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let temp = tempfile::tempdir().unwrap();
+    let repo = temp.path();
+    write_stream_repo(repo, &nats.url());
+    larder_ok(repo, &["apply"]);
+    publish(&nats.url(), 0..100);
+    let server = Server::start(repo);
+    wait_for(&server, &expected(100, USERS), Duration::from_secs(30));
+
+    let (status, report) = server.post(
+        "/forget",
+        &json!({"entities": {"user_id": [3]}}).to_string(),
+    );
+    assert_eq!(status, 200, "{report}");
+    assert!(
+        report["stores"]["stream_state"]["rows"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert_eq!(report["stores"]["online"]["rows"], 1, "{report}");
+    let (status, left) = server.post(
+        "/forget",
+        &json!({"entities": {"user_id": [3]}, "verify": true}).to_string(),
+    );
+    assert_eq!(status, 200, "{left}");
+    assert_eq!(left["stores"]["stream_state"], 0, "{left}");
+    assert_eq!(left["stores"]["online"], 0, "{left}");
+    let mut want = expected(100, USERS);
+    want[3] = (0, 0.0);
+    wait_for(&server, &want, Duration::from_secs(5));
+
+    // A new event of the erased user starts its windows from nothing: the ten events before
+    // the erasure do not come back, here or after a kill -9 and a restart.
+    publish(&nats.url(), 103..104);
+    want[3] = (1, (103 % 7) as f64);
+    wait_for(&server, &want, Duration::from_secs(10));
+    drop(server);
+    let server = Server::start(repo);
+    publish(&nats.url(), 113..114);
+    want[3] = (2, (103 % 7 + 113 % 7) as f64);
+    wait_for(&server, &want, Duration::from_secs(30));
+}
