@@ -543,7 +543,12 @@ impl Eraser {
         };
         self.append_audit(&report)?;
         let path = self.job_path(&job.request_id);
-        std::fs::remove_file(&path).map_err(|error| state_error(&path, error))?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            // Another process finished the same job meanwhile (each step is idempotent).
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(state_error(&path, error)),
+        }
         Ok(report)
     }
 
