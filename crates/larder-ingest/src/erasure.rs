@@ -189,6 +189,39 @@ impl JobTarget {
     }
 }
 
+/// A view keyed by more join keys than the request gives (a composite key holding
+/// `user_id`): which of its join keys were given, and the given values per entity.
+struct PartialTarget {
+    view: FeatureView,
+    /// Positions in the view's join keys of the given ones, in the view's order.
+    positions: Vec<usize>,
+    /// Per entity, the given values (in the view's order) encoded as an entity key.
+    wanted: std::collections::HashSet<Vec<u8>>,
+}
+
+impl PartialTarget {
+    /// Whether a full key of the view holds one of the wanted entities.
+    fn matches(&self, key: &[u8]) -> Result<bool, ErasureError> {
+        let values = EntityKey::from_bytes(key.to_vec())
+            .values()
+            .map_err(|error| ErasureError::InvalidRequest(error.to_string()))?;
+        let given: Vec<Value> = self
+            .positions
+            .iter()
+            .filter_map(|position| values.get(*position).cloned())
+            .collect();
+        Ok(given.len() == self.positions.len() && self.wanted.contains(&encode_values(&given)?))
+    }
+}
+
+/// Join key values as entity key bytes.
+fn encode_values(values: &[Value]) -> Result<Vec<u8>, ErasureError> {
+    let mut bytes = Vec::new();
+    EntityKey::encode_values_into(values, &mut bytes)
+        .map_err(|error| ErasureError::InvalidRequest(error.to_string()))?;
+    Ok(bytes)
+}
+
 /// A planned or running erasure, as its job file holds it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ErasureJob {
@@ -219,6 +252,10 @@ pub trait EntityStateStore: Send + Sync + std::fmt::Debug {
 
     /// How many entries of the entities it holds for any version of the view.
     async fn count(&self, view: &FeatureView, keys: &[EntityKey]) -> Result<u64, String>;
+
+    /// Every entity key it holds for any version of the view: how an erasure by part of a
+    /// composite key finds the full keys.
+    async fn keys(&self, view: &FeatureView) -> Result<Vec<EntityKey>, String>;
 }
 
 /// Opens the change detection's digest store for one erasure: the shared one when it lives
@@ -289,7 +326,8 @@ impl Eraser {
         entities: &[(String, Vec<Value>)],
         requested_by: &str,
     ) -> Result<ErasureReport, ErasureError> {
-        let job = self.plan(views, entities, requested_by)?;
+        let (mut job, partial) = self.plan(views, entities, requested_by)?;
+        self.discover(&mut job, partial).await?;
         self.save_job(&job)?;
         self.run_job(job).await
     }
@@ -327,7 +365,8 @@ impl Eraser {
         views: &[FeatureView],
         entities: &[(String, Vec<Value>)],
     ) -> Result<VerifyReport, ErasureError> {
-        let job = self.plan(views, entities, "verify")?;
+        let (mut job, partial) = self.plan(views, entities, "verify")?;
+        self.discover(&mut job, partial).await?;
         let digest_store = (self.digests)().map_err(|message| ErasureError::Store {
             request_id: "verify".to_string(),
             step: "digests".to_string(),
@@ -379,12 +418,15 @@ impl Eraser {
     }
 
     /// Resolves the request against the views: targets with typed keys, skipped views.
+    ///
+    /// Views keyed by more join keys than given come back as [`PartialTarget`]s, whose full
+    /// keys [`Eraser::discover`] finds before the job is recorded.
     fn plan(
         &self,
         views: &[FeatureView],
         entities: &[(String, Vec<Value>)],
         requested_by: &str,
-    ) -> Result<ErasureJob, ErasureError> {
+    ) -> Result<(ErasureJob, Vec<PartialTarget>), ErasureError> {
         let given: BTreeMap<&str, &Vec<Value>> = entities
             .iter()
             .map(|(name, values)| (name.as_str(), values))
@@ -418,6 +460,7 @@ impl Eraser {
         }
         let salt = self.salt()?;
         let mut targets = Vec::new();
+        let mut partial = Vec::new();
         let mut skipped = Vec::new();
         let mut hashes = BTreeSet::new();
         for view in views {
@@ -445,11 +488,41 @@ impl Eraser {
                     view: view.clone(),
                     keys,
                 });
+            } else if given.keys().all(|name| names.contains(name)) {
+                // Keyed by more join keys than given: its full keys are found in the stores.
+                let positions: Vec<usize> = view
+                    .join_keys
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, join_key)| given.contains_key(join_key.name.as_str()))
+                    .map(|(position, _)| position)
+                    .collect();
+                let columns: Vec<(&larder_core::JoinKey, &Vec<Value>)> = positions
+                    .iter()
+                    .map(|position| {
+                        let join_key = &view.join_keys[*position];
+                        (join_key, given[join_key.name.as_str()])
+                    })
+                    .collect();
+                let wanted = (0..count)
+                    .map(|row| {
+                        let values = columns
+                            .iter()
+                            .map(|(join_key, column)| typed_key_value(join_key, &column[row]))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        encode_values(&values)
+                    })
+                    .collect::<Result<std::collections::HashSet<_>, ErasureError>>()?;
+                partial.push(PartialTarget {
+                    view: view.clone(),
+                    positions,
+                    wanted,
+                });
             } else if names.iter().any(|name| given.contains_key(name)) {
                 skipped.push(SkippedView {
                     view: view.name.clone(),
                     reason: format!(
-                        "keyed by ({}): erasing by part of a composite key is not supported yet",
+                        "keyed by ({}), not by every join key given",
                         view.join_keys
                             .iter()
                             .map(|key| key.name.as_str())
@@ -460,7 +533,7 @@ impl Eraser {
             }
         }
         let now = Timestamp::now();
-        Ok(ErasureJob {
+        let job = ErasureJob {
             request_id: request_id(now),
             requested_by: requested_by.to_string(),
             requested_at: now.to_rfc3339(),
@@ -470,7 +543,77 @@ impl Eraser {
             skipped,
             done: BTreeSet::new(),
             counts: BTreeMap::new(),
-        })
+        };
+        Ok((job, partial))
+    }
+
+    /// Finds the full keys of the partial targets (in the digests, the offline history and
+    /// the state stores, every version) and adds them to the job as ordinary targets.
+    async fn discover(
+        &self,
+        job: &mut ErasureJob,
+        partial: Vec<PartialTarget>,
+    ) -> Result<(), ErasureError> {
+        if partial.is_empty() {
+            return Ok(());
+        }
+        let store_error = |step: String, message: String| ErasureError::Store {
+            request_id: job.request_id.clone(),
+            step,
+            message,
+        };
+        let digests = (self.digests)().map_err(|message| store_error("digests".into(), message))?;
+        let salt = self.salt()?;
+        let mut hashes: BTreeSet<String> = job.entity_key_hashes.iter().cloned().collect();
+        let mut targets = Vec::new();
+        for target in partial {
+            let mut found: BTreeSet<Vec<u8>> = BTreeSet::new();
+            let mut offer = |key: &[u8]| -> Result<(), ErasureError> {
+                if target.matches(key)? {
+                    found.insert(key.to_vec());
+                }
+                Ok(())
+            };
+            for version in 1..=target.view.version {
+                let view = FeatureView {
+                    version,
+                    ..target.view.clone()
+                };
+                let step = |store: &str| format!("{store}/{}/v{version}", view.name);
+                for key in digests
+                    .list_keys(&view.id())
+                    .await
+                    .map_err(|error| store_error(step("digests"), error.to_string()))?
+                {
+                    offer(key.as_bytes())?;
+                }
+                for key in offline_keys(self.offline.as_ref(), &view)
+                    .await
+                    .map_err(|message| store_error(step("offline"), message))?
+                {
+                    offer(&key)?;
+                }
+            }
+            for store in &self.state_stores {
+                for key in store
+                    .keys(&target.view)
+                    .await
+                    .map_err(|message| store_error(store.name().to_string(), message))?
+                {
+                    offer(key.as_bytes())?;
+                }
+            }
+            for key in &found {
+                hashes.insert(salted_hash(&salt, key));
+            }
+            targets.push(JobTarget {
+                view: target.view,
+                keys: found.iter().map(hex::encode).collect(),
+            });
+        }
+        job.targets.extend(targets);
+        job.entity_key_hashes = hashes.into_iter().collect();
+        Ok(())
     }
 
     /// Runs the steps not done yet, saving the job after each; audits and removes the job.
@@ -720,15 +863,16 @@ fn typed_key_value(join_key: &larder_core::JoinKey, value: &Value) -> Result<Val
     })
 }
 
-/// Counts the rows of a view version's offline history whose entity is one of `keys`.
-async fn count_offline_rows(
+/// Calls `visit` with the entity key of every row of a view version's offline history
+/// (reading only the join key and event time columns).
+async fn scan_offline_keys(
     store: &dyn OfflineStore,
     view: &FeatureView,
-    keys: &[EntityKey],
-) -> Result<u64, String> {
+    mut visit: impl FnMut(&[u8]),
+) -> Result<(), String> {
     use futures::StreamExt;
     let Some(rows) = store.rows(view).map_err(|error| error.to_string())? else {
-        return Ok(0);
+        return Ok(());
     };
     let keys_only = FeatureView {
         features: Vec::new(),
@@ -736,12 +880,10 @@ async fn count_offline_rows(
     };
     let mut columns: Vec<String> = view.join_keys.iter().map(|key| key.name.clone()).collect();
     columns.push(view.timestamp_field.clone());
-    let wanted: BTreeSet<&[u8]> = keys.iter().map(EntityKey::as_bytes).collect();
     let mut stream = rows
         .read(&columns)
         .await
         .map_err(|error| error.to_string())?;
-    let mut found = 0;
     let mut key = Vec::new();
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|error| error.to_string())?;
@@ -752,12 +894,42 @@ async fn count_offline_rows(
             view_batch
                 .write_entity_key(row, &mut key)
                 .map_err(|error| error.to_string())?;
-            if wanted.contains(key.as_slice()) {
-                found += 1;
-            }
+            visit(&key);
         }
     }
+    Ok(())
+}
+
+/// Counts the rows of a view version's offline history whose entity is one of `keys`.
+async fn count_offline_rows(
+    store: &dyn OfflineStore,
+    view: &FeatureView,
+    keys: &[EntityKey],
+) -> Result<u64, String> {
+    let wanted: BTreeSet<&[u8]> = keys.iter().map(EntityKey::as_bytes).collect();
+    let mut found = 0;
+    scan_offline_keys(store, view, |key| {
+        if wanted.contains(key) {
+            found += 1;
+        }
+    })
+    .await?;
     Ok(found)
+}
+
+/// The distinct entity keys of a view version's offline history.
+async fn offline_keys(
+    store: &dyn OfflineStore,
+    view: &FeatureView,
+) -> Result<Vec<Vec<u8>>, String> {
+    let mut keys = std::collections::HashSet::new();
+    scan_offline_keys(store, view, |key| {
+        if !keys.contains(key) {
+            keys.insert(key.to_vec());
+        }
+    })
+    .await?;
+    Ok(keys.into_iter().collect())
 }
 
 /// `LARDER_ERASURE_CRASH_AFTER=N` aborts the process after the N-th step of a job (counting

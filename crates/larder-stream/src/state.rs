@@ -383,6 +383,37 @@ impl StreamStateStore {
         Ok(found)
     }
 
+    /// Every entity with persisted state for `view` (any version, any partition).
+    pub fn entity_keys(&self, view: &str) -> Result<Vec<EntityKey>, StreamError> {
+        let transaction = self
+            .database
+            .begin_read()
+            .map_err(|error| StreamError::State(format!("cannot begin a read: {error}")))?;
+        let mut keys = std::collections::BTreeSet::new();
+        for name in entity_tables_of(
+            transaction
+                .list_tables()
+                .map_err(|error| state_error("listing tables")(error.into()))?
+                .map(|handle| handle.name().to_string()),
+            view,
+        ) {
+            let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
+                TableDefinition::new(&name);
+            let table = transaction
+                .open_table(definition)
+                .map_err(|error| state_error("opening entity states")(error.into()))?;
+            for entry in table
+                .iter()
+                .map_err(|error| state_error("listing entity states")(error.into()))?
+            {
+                let (key, _) =
+                    entry.map_err(|error| state_error("reading entity states")(error.into()))?;
+                keys.insert(key.value().to_vec());
+            }
+        }
+        Ok(keys.into_iter().map(EntityKey::from_bytes).collect())
+    }
+
     fn delete_entity_states(&self, view: &str, keys: &[EntityKey]) -> Result<u64, StreamError> {
         let transaction = self
             .database
@@ -446,6 +477,14 @@ impl larder_ingest::EntityStateStore for StreamStateStore {
         let view = view.name.clone();
         let keys = keys.to_vec();
         tokio::task::spawn_blocking(move || store.count_entity_states(&view, &keys))
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| error.to_string())
+    }
+    async fn keys(&self, view: &FeatureView) -> Result<Vec<EntityKey>, String> {
+        let store = self.clone();
+        let view = view.name.clone();
+        tokio::task::spawn_blocking(move || store.entity_keys(&view))
             .await
             .map_err(|error| error.to_string())?
             .map_err(|error| error.to_string())
@@ -514,6 +553,12 @@ impl larder_ingest::EntityStateStore for SharedStreamState {
         match self.open_if_exists().map_err(|error| error.to_string())? {
             Some(store) => larder_ingest::EntityStateStore::count(&store, view, keys).await,
             None => Ok(0),
+        }
+    }
+    async fn keys(&self, view: &FeatureView) -> Result<Vec<EntityKey>, String> {
+        match self.open_if_exists().map_err(|error| error.to_string())? {
+            Some(store) => larder_ingest::EntityStateStore::keys(&store, view).await,
+            None => Ok(Vec::new()),
         }
     }
 }

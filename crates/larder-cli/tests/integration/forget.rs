@@ -447,3 +447,73 @@ fn forget_erases_from_redis_cluster_and_dynamodb() {
         );
     }
 }
+
+/// Forgetting `user_id=5` also erases a view keyed by (user_id, item_id): its full keys are
+/// found in the digests and the offline history, and only user 5's pairs go.
+#[test]
+fn forget_by_part_of_a_composite_key_finds_the_full_keys() {
+    let repo = DemoRepo::init_with(20, &["--anchor", "2026-01-01"]);
+    std::fs::write(
+        repo.path.join("data/user_items.csv"),
+        "user_id,item_id,affinity,event_timestamp\n5,100,0.5,2025-12-30T00:00:00Z\n5,101,0.7,2025-12-31T00:00:00Z\n6,100,0.2,2025-12-31T00:00:00Z\n",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.path.join("features/user_items.yaml"),
+        "entities:\n  - name: item\n    join_keys: [{name: item_id, dtype: int64}]\n\
+         sources:\n  - name: user_items\n    type: file\n    path: data/user_items.csv\n    format: csv\n    timestamp_field: event_timestamp\n\
+         feature_views:\n  - name: user_item_affinity\n    version: 1\n    entities: [user, item]\n    source: user_items\n    ttl: 3650d\n    features:\n      - {name: affinity, dtype: float64}\n",
+    )
+    .unwrap();
+    larder_ok(&repo.path, &["apply"]);
+    larder_ok(&repo.path, &["materialize"]);
+    let pairs = || -> Vec<String> {
+        let response: Value = serde_json::from_str(&larder_ok(
+            &repo.path,
+            &[
+                "get",
+                "--json",
+                "--entity",
+                "user_id=5,5,6",
+                "--entity",
+                "item_id=100,101,100",
+                "--features",
+                "user_item_affinity:affinity",
+            ],
+        ))
+        .unwrap();
+        let names: Vec<String> =
+            serde_json::from_value(response["metadata"]["feature_names"].clone()).unwrap();
+        let column = names.iter().position(|name| name == "affinity").unwrap();
+        response["results"][column]["statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|status| status.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(pairs(), ["PRESENT", "PRESENT", "PRESENT"]);
+    let report = forget_json(&repo.path, &["--entity", "user_id=5"]);
+    assert!(
+        report["views"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("user_item_affinity:v1..v1")),
+        "{report}"
+    );
+    assert_eq!(report["skipped"], json!([]), "{report}");
+    // user_profile, user_activity and the two (5, item) pairs.
+    assert_eq!(report["stores"]["online"]["rows"], 4, "{report}");
+    assert_eq!(
+        report["entity_key_hashes"].as_array().unwrap().len(),
+        3,
+        "{report}"
+    );
+    assert_eq!(pairs(), ["NOT_FOUND", "NOT_FOUND", "PRESENT"]);
+    // User 6's pair keeps its offline row; user 5 has none left anywhere.
+    assert!(left(&repo.path, "user_id=6")["offline"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        left(&repo.path, "user_id=5"),
+        json!({"online": 0, "digests": 0, "offline": 0, "stream_state": 0})
+    );
+}
