@@ -216,3 +216,28 @@ def test_concurrent_partial_updates_all_land(client: larder.Client) -> None:
     assert final == {"user_id": user, **{s: i * 100 + steps for i, s in enumerate(SCORES)}}
     times = client.get_online_features(["scores:s0"], entities={"user_id": [user]}).event_timestamps()["s0"]
     assert times == [base + timedelta(seconds=steps)]
+
+
+def test_forget_erases_an_entity_and_verifies(client: larder.Client) -> None:
+    user = 424_242
+    write_scores(client, user, now_minus(60), {name: 1 for name in SCORES})
+    assert read_scores(client, user)["s0"] == 1
+    result = client.forget({"user_id": [user]})
+    assert result.request_id.startswith("erase-")
+    assert result.rows["online"] == 1
+    assert len(result.entity_key_hashes) == 1
+    assert read_scores(client, user)["s0"] is None
+    left = client.forget(pd.DataFrame({"user_id": [user]}), verify=True)
+    assert left.is_clean, left
+    assert {"online", "digests", "offline"} <= set(left.rows)
+    assert left.request_id == ""
+
+
+def test_forget_refuses_bad_entities_and_erases_nothing(client: larder.Client) -> None:
+    user = 424_243
+    write_scores(client, user, now_minus(60), {name: 2 for name in SCORES})
+    with pytest.raises(larder.InvalidArgument, match="join key 'user_id' is int64"):
+        client.forget({"user_id": ["not-a-number"]})
+    with pytest.raises(larder.InvalidArgument, match="no feature view has a join key named 'account'"):
+        client.forget({"account": [1]})
+    assert read_scores(client, user)["s0"] == 2

@@ -33,13 +33,14 @@ from ._errors import (
     Unavailable,
 )
 from ._local import FeatureStore, find_binary
-from ._response import OnlineResponse, TrainingSet, WriteResult
+from ._response import ForgetResult, OnlineResponse, TrainingSet, WriteResult
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Client",
     "FeatureStore",
+    "ForgetResult",
     "OnlineResponse",
     "TrainingSet",
     "WriteResult",

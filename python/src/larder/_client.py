@@ -19,7 +19,7 @@ from ._convert import (
     to_arrow_table,
 )
 from ._errors import ConversionError, InvalidArgument, LarderError, Unavailable, error_from_response
-from ._response import OnlineResponse, TrainingSet, WriteResult
+from ._response import ForgetResult, OnlineResponse, TrainingSet, WriteResult
 
 __all__ = ["Client"]
 
@@ -334,6 +334,34 @@ class Client:
         if partial:
             params["partial"] = "true"
         return self._write("/write-to-online-store?" + urlencode(params), df)
+
+    # -- erasure ---------------------------------------------------------------------------
+
+    def forget(self, entities: TableLike, *, verify: bool = False) -> ForgetResult:
+        """Erases entities from every store the server keeps them in (GDPR): online rows,
+        change-detection digests, stream aggregation state and offline history, as a
+        durable job with an audit record. With ``verify``, erases nothing and counts what is
+        left of the entities per store instead.
+
+        Args:
+            entities: The join key columns, e.g. ``{"user_id": [123]}`` (a dict of lists, a
+                pandas DataFrame or a pyarrow Table).
+            verify: Count instead of erasing.
+
+        Returns:
+            A :class:`ForgetResult` with the rows removed (or left) per store.
+        """
+        columns = entities_to_columns(entities)
+        payload = {"entities": columns, "verify": verify}
+        response = self._request(
+            "POST",
+            "/forget",
+            body=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"},
+            # Erasure is idempotent: a retried request finishes the same work.
+            idempotent=True,
+        )
+        return ForgetResult.from_json(self._json(response))
 
     # -- life ------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from ._convert import nullable_types_mapper
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["OnlineResponse", "TrainingSet", "WriteResult"]
+__all__ = ["ForgetResult", "OnlineResponse", "TrainingSet", "WriteResult"]
 
 STATUS_SUFFIX = "__status"
 EVENT_TIME_SUFFIX = "__event_timestamp"
@@ -80,6 +80,51 @@ class WriteResult:
             written=int(obj.get("written", 0)),
             skipped_stale=int(obj.get("skipped_stale", 0)),
             written_offline=int(obj.get("written_offline", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class ForgetResult:
+    """What an erasure removed (or, for a verification, what is left) per store.
+
+    Attributes:
+        request_id: The erasure's id in the server's audit log (empty for a verification).
+        rows: Per store (``online``, ``digests``, ``offline``, ``stream_state``): rows removed,
+            or rows still present for a verification.
+        views: The views erased (``view:v1..vN``) or read.
+        entity_key_hashes: The entity keys as the audit log records them (salted SHA-256).
+        skipped: Views that hold some of the join keys but were not erased, with why.
+    """
+
+    request_id: str
+    rows: Dict[str, int]
+    views: List[str]
+    entity_key_hashes: List[str]
+    skipped: List[str]
+
+    @property
+    def is_clean(self) -> bool:
+        """Whether no store holds a row of the entities (meaningful for a verification)."""
+        return all(count == 0 for count in self.rows.values())
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> "ForgetResult":
+        """A result from a ``/forget`` answer (an erasure report or a verification)."""
+        stores = obj.get("stores", {}) or {}
+        rows = {
+            str(store): int(counts.get("rows", 0)) if isinstance(counts, Mapping) else int(counts)
+            for store, counts in stores.items()
+        }
+        skipped = [
+            f"{item.get('view', '')}: {item.get('reason', '')}" if isinstance(item, Mapping) else str(item)
+            for item in obj.get("skipped", []) or []
+        ]
+        return cls(
+            request_id=str(obj.get("request_id", "")),
+            rows=rows,
+            views=[str(view) for view in obj.get("views", []) or []],
+            entity_key_hashes=[str(h) for h in obj.get("entity_key_hashes", []) or []],
+            skipped=skipped,
         )
 
 
