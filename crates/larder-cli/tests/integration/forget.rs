@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use arrow::array::Array;
 use serde_json::{Value, json};
 
 use larder_server::grpc::proto::value::Val;
@@ -138,6 +139,41 @@ fn forget_erases_everywhere_audits_and_verifies() {
         "other users' history is kept"
     );
     assert!(left(&repo.path, "user_id=9")["offline"].as_u64().unwrap() > 0);
+    // A training set over the erased users gives nulls; over the others, values.
+    std::fs::write(
+        repo.path.join("entities.csv"),
+        "user_id,event_timestamp\n7,2026-01-01T00:00:00Z\n9,2026-01-01T00:00:00Z\n",
+    )
+    .unwrap();
+    larder_ok(
+        &repo.path,
+        &[
+            "training-set",
+            "--entities",
+            "entities.csv",
+            "--features",
+            "user_profile:age",
+            "--output",
+            "two.parquet",
+        ],
+    );
+    let mut ages = std::collections::BTreeMap::new();
+    for batch in read_parquet(&repo.path.join("two.parquet")) {
+        let users = batch.column_by_name("user_id").unwrap();
+        let users = users
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        let age = batch.column_by_name("age").unwrap();
+        for row in 0..batch.num_rows() {
+            ages.insert(users.value(row), age.is_valid(row));
+        }
+    }
+    assert_eq!(
+        ages,
+        [(7, false), (9, true)].into_iter().collect(),
+        "age present per user"
+    );
 
     // The audit log: one line, hashed keys only.
     let audit = std::fs::read_to_string(repo.path.join("data/erasure/audit.jsonl")).unwrap();
