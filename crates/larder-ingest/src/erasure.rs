@@ -222,6 +222,22 @@ fn encode_values(values: &[Value]) -> Result<Vec<u8>, ErasureError> {
     Ok(bytes)
 }
 
+/// A job claimed by this process ([`Eraser::claim`]).
+struct JobClaim {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl JobClaim {
+    /// Removes the lock file of a finished job, then lets go of the lock.
+    fn release(self) {
+        // A leftover lock file of a finished job is harmless; removing it keeps the folder
+        // to the pending jobs.
+        let _ = std::fs::remove_file(&self.path);
+        drop(self.file);
+    }
+}
+
 /// A planned or running erasure, as its job file holds it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ErasureJob {
@@ -328,8 +344,14 @@ impl Eraser {
     ) -> Result<ErasureReport, ErasureError> {
         let (mut job, partial) = self.plan(views, entities, requested_by)?;
         self.discover(&mut job, partial).await?;
+        let Some(claim) = self.claim(&job.request_id)? else {
+            return Err(state_error(
+                &self.job_path(&job.request_id),
+                "a new erasure's id is claimed by another process",
+            ));
+        };
         self.save_job(&job)?;
-        self.run_job(job).await
+        self.run_job(job, claim).await
     }
 
     /// Finishes every job a crash or a failed store left pending; their reports.
@@ -350,10 +372,26 @@ impl Eraser {
         paths.sort();
         let mut reports = Vec::new();
         for path in paths {
-            let bytes = std::fs::read(&path).map_err(|error| state_error(&path, error))?;
+            let Some(request_id) = path
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().to_string())
+            else {
+                continue;
+            };
+            // A job another process is running (a `larder forget` beside `larder serve` on a
+            // remote store) is theirs to finish.
+            let Some(claim) = self.claim(&request_id)? else {
+                continue;
+            };
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                // Finished by that other process between the listing and the claim.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(state_error(&path, error)),
+            };
             let job: ErasureJob =
                 serde_json::from_slice(&bytes).map_err(|error| state_error(&path, error))?;
-            reports.push(self.run_job(job).await?);
+            reports.push(self.run_job(job, claim).await?);
         }
         Ok(reports)
     }
@@ -617,7 +655,11 @@ impl Eraser {
     }
 
     /// Runs the steps not done yet, saving the job after each; audits and removes the job.
-    async fn run_job(&self, mut job: ErasureJob) -> Result<ErasureReport, ErasureError> {
+    async fn run_job(
+        &self,
+        mut job: ErasureJob,
+        claim: JobClaim,
+    ) -> Result<ErasureReport, ErasureError> {
         let targets = job.targets.clone();
         let digests = (self.digests)().map_err(|message| ErasureError::Store {
             request_id: job.request_id.clone(),
@@ -686,12 +728,8 @@ impl Eraser {
         };
         self.append_audit(&report)?;
         let path = self.job_path(&job.request_id);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            // Another process finished the same job meanwhile (each step is idempotent).
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(state_error(&path, error)),
-        }
+        std::fs::remove_file(&path).map_err(|error| state_error(&path, error))?;
+        claim.release();
         Ok(report)
     }
 
@@ -748,6 +786,24 @@ impl Eraser {
                     bytes_written: summary.bytes_written,
                 })
             }
+        }
+    }
+
+    /// Claims a job for this process: an advisory lock on `pending/{request_id}.lock`, held
+    /// until the claim drops or the process dies; `None` while another process holds it.
+    fn claim(&self, request_id: &str) -> Result<Option<JobClaim>, ErasureError> {
+        let path = self.pending_folder().join(format!("{request_id}.lock"));
+        create_parent(&path)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|error| state_error(&path, error))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(JobClaim { file, path })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(error)) => Err(state_error(&path, error)),
         }
     }
 
@@ -992,5 +1048,81 @@ fn state_error(path: &Path, error: impl std::fmt::Display) -> ErasureError {
     ErasureError::State {
         path: path.display().to_string(),
         message: error.to_string(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn eraser(folder: &Path) -> Eraser {
+        let digests: SharedDigestStore = Arc::new(larder_online::MemoryDigestStore::new());
+        Eraser::new(
+            Arc::new(larder_online::MemoryOnlineStore::new()),
+            Arc::new(move || Ok(Arc::clone(&digests))),
+            Arc::new(larder_offline::ParquetOfflineStore::new(
+                folder.join("offline"),
+            )),
+            folder.join("erasure"),
+        )
+    }
+
+    /// A job claimed by one holder (another process, in production) is not claimed twice,
+    /// and is claimable again once released.
+    #[test]
+    fn a_job_is_claimed_by_one_holder_at_a_time() {
+        let folder = tempfile::tempdir().unwrap();
+        let eraser = eraser(folder.path());
+        let first = eraser
+            .claim("erase-1")
+            .unwrap()
+            .expect("a free job is claimed");
+        assert!(eraser.claim("erase-1").unwrap().is_none(), "claimed twice");
+        assert!(
+            eraser.claim("erase-2").unwrap().is_some(),
+            "another job is free"
+        );
+        first.release();
+        assert!(
+            eraser.claim("erase-1").unwrap().is_some(),
+            "released, claimable again"
+        );
+    }
+
+    /// A pending job held by another holder is left to it by `resume_pending`.
+    #[tokio::test]
+    async fn resume_leaves_a_job_claimed_elsewhere() {
+        let folder = tempfile::tempdir().unwrap();
+        let eraser = eraser(folder.path());
+        let job = ErasureJob {
+            request_id: "erase-held".to_string(),
+            requested_by: "test".to_string(),
+            requested_at: Timestamp::now().to_rfc3339(),
+            entities: 0,
+            entity_key_hashes: Vec::new(),
+            targets: Vec::new(),
+            skipped: Vec::new(),
+            done: BTreeSet::new(),
+            counts: BTreeMap::new(),
+        };
+        eraser.save_job(&job).unwrap();
+        let held = eraser.claim("erase-held").unwrap().expect("claimed");
+        assert!(eraser.resume_pending().await.unwrap().is_empty());
+        assert!(
+            eraser.job_path("erase-held").exists(),
+            "the holder's job is untouched"
+        );
+        held.release();
+        let finished = eraser.resume_pending().await.unwrap();
+        assert_eq!(finished.len(), 1);
+        assert!(!eraser.job_path("erase-held").exists());
+        assert_eq!(
+            std::fs::read_to_string(eraser.audit_path())
+                .unwrap()
+                .lines()
+                .count(),
+            1
+        );
     }
 }

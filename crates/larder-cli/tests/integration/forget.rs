@@ -283,6 +283,14 @@ fn forget_finishes_after_a_crash_at_every_step() {
         );
         let pending = std::fs::read_dir(repo.path.join("data/erasure/pending"))
             .unwrap()
+            .filter(|entry| {
+                entry
+                    .as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|extension| extension == "json")
+            })
             .count();
         assert_eq!(
             pending, 1,
