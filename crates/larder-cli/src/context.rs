@@ -139,16 +139,15 @@ impl RepoContext {
         }
     }
 
-    /// The eraser over `store` and the offline store, with its jobs and audit log beside
-    /// the registry (`erasure/`). `shared_digests`: the digest store when it is already open
-    /// (it lives in the online store, or this process holds the local file); `None` opens the
-    /// local file for each erasure.
-    pub fn eraser(
+    /// How a long-running process reaches the change detection's digests: `shared` when
+    /// already open (they live in the online store, or this process holds the local file);
+    /// `None` opens the local file at each use, so that a `larder materialize` from another
+    /// process can open it in between.
+    pub fn digest_opener(
         &self,
-        store: SharedOnlineStore,
-        shared_digests: Option<SharedDigestStore>,
-    ) -> larder_ingest::Eraser {
-        let opener: larder_ingest::erasure::DigestOpener = match shared_digests {
+        shared: Option<SharedDigestStore>,
+    ) -> larder_ingest::erasure::DigestOpener {
+        match shared {
             Some(digests) => Arc::new(move || Ok(Arc::clone(&digests))),
             None => {
                 let context = self.clone();
@@ -158,8 +157,17 @@ impl RepoContext {
                         .map_err(|error| error.to_string())
                 })
             }
-        };
-        larder_ingest::Eraser::new(store, opener, self.offline_store(), self.erasure_folder())
+        }
+    }
+
+    /// The eraser over `store`, the digests of `digests` and the offline store, with its
+    /// jobs and audit log beside the registry (`erasure/`).
+    pub fn eraser(
+        &self,
+        store: SharedOnlineStore,
+        digests: larder_ingest::erasure::DigestOpener,
+    ) -> larder_ingest::Eraser {
+        larder_ingest::Eraser::new(store, digests, self.offline_store(), self.erasure_folder())
     }
 
     /// Where erasure keeps its jobs, audit log and salt, beside the registry.

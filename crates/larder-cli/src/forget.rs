@@ -65,7 +65,7 @@ pub async fn run(root: &Path, args: &ForgetArgs) -> Result<()> {
     let outcome = match local {
         Ok(((store, digests), stream_state)) => {
             let eraser = context
-                .eraser(store, Some(digests))
+                .eraser(store, context.digest_opener(Some(digests)))
                 .with_state_store(Arc::new(stream_state));
             for report in eraser.resume_pending().await? {
                 eprintln!("finished a pending erasure: {}", summary(&report));

@@ -76,22 +76,29 @@ pub fn print_total(reports: &[RunReport]) {
 
 /// The batch lane of a running `larder serve`: its scheduler and `POST /materialize` run
 /// views through it, with the server's online store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeMaterializer {
     context: Arc<RepoContext>,
     store: SharedOnlineStore,
-    /// The change detection's store when it lives in the online store; `None`: each run
-    /// opens the local digest file (which `larder materialize` must be able to open while
-    /// the server runs).
-    digests: Option<SharedDigestStore>,
+    /// Reaches the change detection's digests for each run ([`RepoContext::digest_opener`]).
+    digests: larder_ingest::erasure::DigestOpener,
+}
+
+impl std::fmt::Debug for ServeMaterializer {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ServeMaterializer")
+            .field("store", &self.store.backend_name())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServeMaterializer {
-    /// A materializer writing to `store`, with `digests` when they live in it.
+    /// A materializer writing to `store`, reaching the digests through `digests`.
     pub fn new(
         context: Arc<RepoContext>,
         store: SharedOnlineStore,
-        digests: Option<SharedDigestStore>,
+        digests: larder_ingest::erasure::DigestOpener,
     ) -> Self {
         Self {
             context,
@@ -102,10 +109,7 @@ impl ServeMaterializer {
 
     /// Runs `request` (quietly: no progress bars).
     pub async fn run(&self, request: &MaterializeRequest) -> Result<Vec<RunReport>> {
-        let digests = match &self.digests {
-            Some(digests) => Arc::clone(digests),
-            None => self.context.local_digest_store()?,
-        };
+        let digests = (self.digests)().map_err(|message| anyhow!(message))?;
         run_with_stores(&self.context, Arc::clone(&self.store), digests, request).await
     }
 }

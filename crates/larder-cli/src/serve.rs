@@ -66,11 +66,11 @@ pub async fn run_with_store(
     );
     // A remote store's digests live in a local file that `larder materialize` must be able
     // to open while the server runs: the scheduler opens it for each run instead.
-    let shared_digests = context.digests_live_in_online_store().then_some(digests);
+    let digests = context.digest_opener(context.digests_live_in_online_store().then_some(digests));
     let materializer = Arc::new(crate::materialize::ServeMaterializer::new(
         Arc::new(context.clone()),
         Arc::clone(&store),
-        shared_digests.clone(),
+        Arc::clone(&digests),
     ));
     let schedule = crate::materialize::ServeSchedule {
         registry: Arc::clone(&handle),
@@ -82,7 +82,7 @@ pub async fn run_with_store(
         stop_receiver.clone(),
     );
     let eraser = context
-        .eraser(Arc::clone(&store), shared_digests)
+        .eraser(Arc::clone(&store), digests)
         .with_state_store(Arc::new(stream_state));
     for report in eraser
         .resume_pending()

@@ -892,14 +892,8 @@ impl ForgottenEntities {
 
     /// How many of `keys` (entity key bytes) were erased before.
     pub fn count_among<'key>(&self, keys: impl Iterator<Item = &'key [u8]>) -> u64 {
-        keys.filter(|key| {
-            let mut hasher = Sha256::new();
-            hasher.update(&self.salt);
-            hasher.update(key);
-            let digest: [u8; 32] = hasher.finalize().into();
-            self.hashes.contains(&digest)
-        })
-        .count() as u64
+        keys.filter(|key| self.hashes.contains(&salted_digest(&self.salt, key)))
+            .count() as u64
     }
 }
 
@@ -1000,11 +994,17 @@ fn crash_point(job: &ErasureJob) {
     }
 }
 
-fn salted_hash(salt: &[u8], key: &[u8]) -> String {
+/// SHA-256 of the repo's salt and an entity key's bytes: how the audit log names a key.
+fn salted_digest(salt: &[u8], key: &[u8]) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(salt);
     hasher.update(key);
-    hex::encode(hasher.finalize())
+    hasher.finalize().into()
+}
+
+/// [`salted_digest`] as hex.
+fn salted_hash(salt: &[u8], key: &[u8]) -> String {
+    hex::encode(salted_digest(salt, key))
 }
 
 /// `erase-20261203T171500Z-1a2b3c4d`: sortable by time, unique by its random tail.

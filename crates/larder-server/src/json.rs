@@ -116,16 +116,22 @@ impl<'de> Deserialize<'de> for EntityValue {
     }
 }
 
-/// Parses a `/get-online-features` body.
-pub fn parse_online_features_request(bytes: &[u8]) -> Result<OnlineFeaturesRequest, ServingError> {
-    let request: JsonRequest = serde_json::from_slice(bytes).map_err(|error| {
+/// A JSON request body of type `T`; a body that does not parse, or does not fit `T`, is an
+/// invalid argument saying which.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ServingError> {
+    serde_json::from_slice(bytes).map_err(|error| {
         let what = if error.is_data() {
             "invalid request"
         } else {
             "malformed JSON"
         };
         ServingError::invalid(format!("{what}: {error}"))
-    })?;
+    })
+}
+
+/// Parses a `/get-online-features` body.
+pub fn parse_online_features_request(bytes: &[u8]) -> Result<OnlineFeaturesRequest, ServingError> {
+    let request: JsonRequest = parse_body(bytes)?;
     let selection = match (request.features, request.feature_service) {
         (Some(_), Some(_)) => {
             return Err(ServingError::invalid(
@@ -168,14 +174,7 @@ pub struct ForgetRequest {
 
 /// Parses a `/forget` body: `{"entities": {"user_id": [1, 2]}, "verify": false}`.
 pub fn parse_forget_request(bytes: &[u8]) -> Result<ForgetRequest, ServingError> {
-    let request: JsonForgetRequest = serde_json::from_slice(bytes).map_err(|error| {
-        let what = if error.is_data() {
-            "invalid request"
-        } else {
-            "malformed JSON"
-        };
-        ServingError::invalid(format!("{what}: {error}"))
-    })?;
+    let request: JsonForgetRequest = parse_body(bytes)?;
     Ok(ForgetRequest {
         entities: request.entities.0,
         verify: request.verify,

@@ -89,17 +89,6 @@ struct JsonMaterializeIncremental {
     version: Option<String>,
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ServingError> {
-    serde_json::from_slice(bytes).map_err(|error| {
-        let what = if error.is_data() {
-            "invalid request"
-        } else {
-            "malformed JSON"
-        };
-        ServingError::invalid(format!("{what}: {error}"))
-    })
-}
-
 fn parse_time(key: &str, text: &str) -> Result<Timestamp, ServingError> {
     Timestamp::parse(text).ok_or_else(|| {
         ServingError::invalid(format!(
@@ -113,7 +102,7 @@ pub fn parse_materialize(
     bytes: &[u8],
     registry: &Registry,
 ) -> Result<MaterializeCall, ServingError> {
-    let body: JsonMaterialize = parse_json(bytes)?;
+    let body: JsonMaterialize = crate::json::parse_body(bytes)?;
     let window = if body.disable_event_timestamp {
         MaterializeWindow::Range {
             start: None,
@@ -148,7 +137,7 @@ pub fn parse_materialize_incremental(
     bytes: &[u8],
     registry: &Registry,
 ) -> Result<MaterializeCall, ServingError> {
-    let body: JsonMaterializeIncremental = parse_json(bytes)?;
+    let body: JsonMaterializeIncremental = crate::json::parse_body(bytes)?;
     let end = parse_time("end_ts", &body.end_ts)?;
     let feature_views = checked_views(registry, body.feature_views, body.version.as_deref())?;
     Ok(MaterializeCall {

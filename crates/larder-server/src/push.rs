@@ -268,20 +268,9 @@ struct JsonWriteToOnlineStore {
 /// timestamps or nulls, and not stored: at equal event time Larder's later write wins.
 pub const FEAST_CREATED_COLUMN: &str = "created";
 
-fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ServingError> {
-    serde_json::from_slice(bytes).map_err(|error| {
-        let what = if error.is_data() {
-            "invalid request"
-        } else {
-            "malformed JSON"
-        };
-        ServingError::invalid(format!("{what}: {error}"))
-    })
-}
-
 /// Parses Feast's `/push` body.
 pub fn parse_push(bytes: &[u8]) -> Result<PushRequest, ServingError> {
-    let body: JsonPush = parse(bytes)?;
+    let body: JsonPush = crate::json::parse_body(bytes)?;
     Ok(PushRequest {
         target: PushTarget::PushSource(body.push_source_name),
         columns: json_columns(body.df),
@@ -292,7 +281,7 @@ pub fn parse_push(bytes: &[u8]) -> Result<PushRequest, ServingError> {
 
 /// Parses Feast's `/write-to-online-store` body.
 pub fn parse_write_to_online_store(bytes: &[u8]) -> Result<PushRequest, ServingError> {
-    let body: JsonWriteToOnlineStore = parse(bytes)?;
+    let body: JsonWriteToOnlineStore = crate::json::parse_body(bytes)?;
     Ok(PushRequest {
         target: PushTarget::FeatureView(body.feature_view_name),
         columns: json_columns(body.df),
@@ -543,7 +532,7 @@ pub struct RepairRequest {
 /// Parses the JSON body of `POST /repair-future-event-times`:
 /// `{"feature_view_name": "relevance", "entities": {"user_id": [1, 2]}}`.
 pub fn parse_repair(bytes: &[u8]) -> Result<RepairRequest, ServingError> {
-    let body: JsonRepairRequest = parse(bytes)?;
+    let body: JsonRepairRequest = crate::json::parse_body(bytes)?;
     Ok(RepairRequest {
         feature_view: body.feature_view_name,
         entities: json_columns(body.entities),

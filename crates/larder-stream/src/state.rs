@@ -353,23 +353,8 @@ impl StreamStateStore {
 
     /// How many persisted entity states of `view` (any version, any partition) `keys` have.
     pub fn count_entity_states(&self, view: &str, keys: &[EntityKey]) -> Result<u64, StreamError> {
-        let transaction = self
-            .database
-            .begin_read()
-            .map_err(|error| StreamError::State(format!("cannot begin a read: {error}")))?;
         let mut found = 0;
-        for name in entity_tables_of(
-            transaction
-                .list_tables()
-                .map_err(|error| state_error("listing tables")(error.into()))?
-                .map(|handle| handle.name().to_string()),
-            view,
-        ) {
-            let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
-                TableDefinition::new(&name);
-            let table = transaction
-                .open_table(definition)
-                .map_err(|error| state_error("opening entity states")(error.into()))?;
+        self.read_entity_tables(view, |table| {
             for key in keys {
                 if table
                     .get(key.as_bytes())
@@ -379,29 +364,15 @@ impl StreamStateStore {
                     found += 1;
                 }
             }
-        }
+            Ok(())
+        })?;
         Ok(found)
     }
 
     /// Every entity with persisted state for `view` (any version, any partition).
     pub fn entity_keys(&self, view: &str) -> Result<Vec<EntityKey>, StreamError> {
-        let transaction = self
-            .database
-            .begin_read()
-            .map_err(|error| StreamError::State(format!("cannot begin a read: {error}")))?;
         let mut keys = std::collections::BTreeSet::new();
-        for name in entity_tables_of(
-            transaction
-                .list_tables()
-                .map_err(|error| state_error("listing tables")(error.into()))?
-                .map(|handle| handle.name().to_string()),
-            view,
-        ) {
-            let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
-                TableDefinition::new(&name);
-            let table = transaction
-                .open_table(definition)
-                .map_err(|error| state_error("opening entity states")(error.into()))?;
+        self.read_entity_tables(view, |table| {
             for entry in table
                 .iter()
                 .map_err(|error| state_error("listing entity states")(error.into()))?
@@ -410,8 +381,37 @@ impl StreamStateStore {
                     entry.map_err(|error| state_error("reading entity states")(error.into()))?;
                 keys.insert(key.value().to_vec());
             }
-        }
+            Ok(())
+        })?;
         Ok(keys.into_iter().map(EntityKey::from_bytes).collect())
+    }
+
+    /// Calls `visit` with each entity-state table of `view` (every version and partition),
+    /// in one read transaction.
+    fn read_entity_tables(
+        &self,
+        view: &str,
+        mut visit: impl FnMut(
+            &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+        ) -> Result<(), StreamError>,
+    ) -> Result<(), StreamError> {
+        let transaction = self
+            .database
+            .begin_read()
+            .map_err(|error| StreamError::State(format!("cannot begin a read: {error}")))?;
+        let names = transaction
+            .list_tables()
+            .map_err(|error| state_error("listing tables")(error.into()))?
+            .map(|handle| handle.name().to_string());
+        for name in entity_tables_of(names, view) {
+            let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
+                TableDefinition::new(&name);
+            let table = transaction
+                .open_table(definition)
+                .map_err(|error| state_error("opening entity states")(error.into()))?;
+            visit(&table)?;
+        }
+        Ok(())
     }
 
     fn delete_entity_states(&self, view: &str, keys: &[EntityKey]) -> Result<u64, StreamError> {
@@ -420,14 +420,11 @@ impl StreamStateStore {
             .begin_write()
             .map_err(|error| state_error("beginning a write")(error.into()))?;
         let mut removed = 0;
-        let names: Vec<String> = entity_tables_of(
-            transaction
-                .list_tables()
-                .map_err(|error| state_error("listing tables")(error.into()))?
-                .map(|handle| handle.name().to_string()),
-            view,
-        )
-        .collect();
+        let names = transaction
+            .list_tables()
+            .map_err(|error| state_error("listing tables")(error.into()))?
+            .map(|handle| handle.name().to_string());
+        let names: Vec<String> = entity_tables_of(names, view).collect();
         for name in names {
             let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
                 TableDefinition::new(&name);
