@@ -20,6 +20,9 @@ mapfile -t apt_packages < <(larder_missing_build_packages)
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || apt_packages+=(redis-tools)
 command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
+# A real headless browser for the discovery UI's tests (driven over WebDriver).
+command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || apt_packages+=(chromium-driver)
 # Virtual environments for Feast's SDK and Larder's own (python/): Debian's python3 needs
 # python3-venv for them.
 python3 -c 'import ensurepip' >/dev/null 2>&1 || apt_packages+=(python3-venv)

@@ -3,6 +3,7 @@ served by the real ``larder`` binary on free loopback ports."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -98,13 +99,12 @@ class Server:
     log: Path
 
 
-@pytest.fixture(scope="session")
-def server(larder_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`larder init` + extra views + apply + materialize + `larder serve` on free ports."""
-    base = tmp_path_factory.mktemp("larder")
+def demo_repo(larder_bin: str, base: Path, entities: int = 200) -> "tuple[Path, int]":
+    """`larder init` in `base/demo`, serving on free loopback ports from the embedded store;
+    returns the repo and its HTTP port."""
     repo = base / "demo"
     subprocess.run(
-        [larder_bin, "init", str(repo), "--entities", "200"],
+        [larder_bin, "init", str(repo), "--entities", str(entities)],
         check=True,
         capture_output=True,
         timeout=60,
@@ -125,11 +125,25 @@ def server(larder_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         config,
     )
     (repo / "larder.yaml").write_text(config)
+    return repo, port
+
+
+@pytest.fixture(scope="session")
+def server(larder_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`larder init` + extra views + apply + materialize + `larder serve` on free ports."""
+    base = tmp_path_factory.mktemp("larder")
+    repo, port = demo_repo(larder_bin, base)
     (repo / "features" / "sdk_tests.yaml").write_text(EXTRA_DEFINITIONS)
     run(larder_bin, repo, "apply")
     run(larder_bin, repo, "materialize")
 
-    log = base / "serve.log"
+    with running_server(larder_bin, repo, port, base / "serve.log") as served:
+        yield served
+
+
+@contextlib.contextmanager
+def running_server(larder_bin: str, repo: Path, port: int, log: Path) -> Iterator[Server]:
+    """`larder serve` in `repo` (larder.yaml must name `port`), until the block ends."""
     with open(log, "wb") as log_file:
         process = subprocess.Popen(
             [larder_bin, "--repo", str(repo), "serve"], stdout=log_file, stderr=subprocess.STDOUT

@@ -29,6 +29,7 @@ pub async fn run(root: &Path, dry_run: bool) -> Result<bool> {
     }
     let mut registry = repo.into_registry();
     registry.applied_at = larder_core::Timestamp::now().as_micros();
+    registry.carry_history(recorded.as_ref());
     store.save(&registry)?;
     println!(
         "Applied: the registry now holds {} feature views.",

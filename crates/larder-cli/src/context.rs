@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
+use larder_ingest::{LineageEmitter, LineageSink};
 use larder_online::{
     CacheConfig, CachedOnlineStore, EmbeddedOnlineStore, MemoryDigestStore, MemoryOnlineStore,
     OnlineStoreError, RedbDigestStore, SharedDigestStore, SharedOnlineStore, TableOptions,
@@ -12,8 +13,20 @@ use larder_online::{
 use larder_online_dynamodb::{DynamoDbOnlineStore, DynamoDbOnlineStoreOptions};
 use larder_online_redis::{RedisOnlineStore, RedisOnlineStoreOptions};
 use larder_registry::{
-    FileRegistryStore, OfflineStoreConfig, OnlineStoreConfig, Registry, RegistryStore, RepoConfig,
+    FileRegistryStore, LineageConfig, OfflineStoreConfig, OnlineStoreConfig, Registry,
+    RegistryStore, RepoConfig,
 };
+
+/// The sink of a `lineage` section: its file (relative to the repo root) or its catalog.
+fn lineage_sink(root: &Path, config: &RepoConfig, lineage: &LineageConfig) -> LineageSink {
+    match lineage {
+        LineageConfig::File { path, .. } => LineageSink::file(config.resolve_path(root, path)),
+        LineageConfig::Http { timeout_ms, .. } => LineageSink::http(
+            lineage.http_endpoint().unwrap_or_default(),
+            Duration::from_millis(*timeout_ms),
+        ),
+    }
+}
 
 /// A feature repo's configuration and where its stores live.
 #[derive(Debug, Clone)]
@@ -22,16 +35,56 @@ pub struct RepoContext {
     pub root: PathBuf,
     /// Its larder.yaml.
     pub config: RepoConfig,
+    /// Where the lineage events of this process go (`lineage`), shared by its clones; `None`:
+    /// no lineage.
+    lineage_sink: Option<Arc<LineageSink>>,
 }
 
 impl RepoContext {
     /// Loads larder.yaml.
     pub fn load(root: &Path) -> Result<Self> {
         let config = RepoConfig::load(root).map_err(|diagnostics| anyhow!("{diagnostics}"))?;
+        let lineage_sink = config
+            .lineage
+            .as_ref()
+            .map(|lineage| Arc::new(lineage_sink(root, &config, lineage)));
         Ok(Self {
             root: root.to_path_buf(),
             config,
+            lineage_sink,
         })
+    }
+
+    /// The OpenLineage emitter of runs over `registry`'s sources, when larder.yaml has a
+    /// `lineage` section. Its sink is shared by every run of this process.
+    pub fn lineage_emitter(&self, registry: &Registry) -> Option<Arc<LineageEmitter>> {
+        let sink = self.lineage_sink.as_ref()?;
+        let namespace = self
+            .config
+            .lineage
+            .as_ref()
+            .map_or(self.config.project.as_str(), |lineage| {
+                lineage.namespace(&self.config.project)
+            });
+        Some(Arc::new(
+            LineageEmitter::new(
+                Arc::clone(sink),
+                namespace,
+                &self.config.project,
+                &self.root,
+            )
+            .with_sources(registry.sources.values()),
+        ))
+    }
+
+    /// Waits for the lineage events this process queued for a catalog (at most twice the
+    /// sink's `timeout_ms`), so that a command does not exit before they are sent.
+    pub fn flush_lineage(&self) {
+        if let (Some(sink), Some(LineageConfig::Http { timeout_ms, .. })) =
+            (&self.lineage_sink, &self.config.lineage)
+        {
+            sink.flush(Duration::from_millis(timeout_ms.saturating_mul(2)));
+        }
     }
 
     /// The registry store.

@@ -93,13 +93,24 @@ pub async fn run(root: &Path, args: &GetArgs) -> Result<()> {
     Ok(())
 }
 
+/// The API token for a server with access control on: `LARDER_TOKEN`.
+pub fn api_token() -> Option<String> {
+    std::env::var("LARDER_TOKEN")
+        .ok()
+        .filter(|token| !token.trim().is_empty())
+}
+
 /// POSTs JSON to a running server; an error answer becomes an error with its message.
 pub fn post_json(url: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
-    let mut response = agent.post(url).send_json(body)?;
+    let mut request = agent.post(url);
+    if let Some(token) = api_token() {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.send_json(body)?;
     let status = response.status();
     let parsed: serde_json::Value = response.body_mut().read_json()?;
     if !status.is_success() {

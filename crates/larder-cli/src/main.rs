@@ -1,8 +1,10 @@
 //! `larder`: the command-line tool of the Larder feature store.
 
+mod access;
 mod apply;
 mod context;
 mod demo;
+mod discover;
 mod forget;
 mod get;
 mod materialize;
@@ -119,6 +121,30 @@ enum Command {
     RepairFutureEventTimes(repair::RepairArgs),
     /// Build a point-in-time correct training set from the offline store.
     TrainingSet(training_set::TrainingSetArgs),
+    /// Search features (or with --views, feature views) by name, description, owner, tier,
+    /// tag, entity or source.
+    Features(discover::FeaturesArgs),
+    /// Everything about one feature view: schema, SQL, source, TTL, freshness SLA and
+    /// status, checks, schedule, every version with what changed, the last runs.
+    Describe {
+        /// The feature view.
+        view: String,
+        /// Print JSON (the registry API's shape).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lineage of a source, feature view, view:feature or feature service: what is upstream
+    /// and downstream, and which feature services a change to it would touch.
+    Lineage {
+        /// The object's name.
+        name: String,
+        /// Print JSON (the registry API's shape).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the API tokens of `larder serve` (access control).
+    #[command(subcommand)]
+    Token(access::TokenCommand),
     /// init + apply + materialize + serve, in one go.
     Quickstart {
         /// Where to create the demo repo (reused if it already holds one).
@@ -244,6 +270,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::StreamBackfill { view, events } => {
             stream::backfill(&cli.repo, &view, events.as_deref()).await
         }
+        Command::Features(args) => {
+            discover::features(&context::RepoContext::load(&cli.repo)?, &args)
+        }
+        Command::Describe { view, json } => {
+            discover::describe(&context::RepoContext::load(&cli.repo)?, &view, json)
+        }
+        Command::Lineage { name, json } => {
+            discover::lineage(&context::RepoContext::load(&cli.repo)?, &name, json)
+        }
+        Command::Token(command) => access::run(&context::RepoContext::load(&cli.repo)?, &command),
         Command::TrainingSet(args) => training_set::run(&cli.repo, &args).await,
         Command::RepairFutureEventTimes(args) => repair::run(&cli.repo, &args).await,
         Command::Quickstart {

@@ -62,8 +62,10 @@ pub fn parse_bound(flag: &str, text: Option<&str>) -> Result<Option<Timestamp>> 
 pub async fn run(root: &Path, request: &MaterializeRequest) -> Result<()> {
     let context = RepoContext::load(root)?;
     let (store, digests) = context.open_online_and_digest_stores().await?;
-    let reports = run_with_stores(&context, store, digests, request).await?;
-    print_total(&reports);
+    let outcome = run_with_stores(&context, store, digests, request).await;
+    // The process exits next: let the lineage events of the runs reach the catalog first.
+    context.flush_lineage();
+    print_total(&outcome?);
     Ok(())
 }
 
@@ -215,6 +217,7 @@ pub async fn run_with_stores(
         digests: digests.as_ref(),
         history: context.run_history(),
         forgotten: larder_ingest::ForgottenEntities::load(&context.erasure_folder())?.map(Arc::new),
+        lineage: context.lineage_emitter(&registry),
     };
     let bars = Bars(if request.show_progress {
         MultiProgress::new()

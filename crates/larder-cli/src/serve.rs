@@ -99,7 +99,14 @@ pub async fn run_with_store(
     )
     .with_event_time_bounds(context.event_time_bounds())
     .with_offline_store(Arc::clone(&offline_store));
+    let auth = Arc::new(context.authenticator()?);
+    let auth_reloader = auth.spawn_reloader(Duration::from_secs(1));
+    let write_audit = larder_server::audit::WriteAudit::open(&context.write_audit_path())
+        .with_context(|| format!("opening {}", context.write_audit_path().display()))?;
     let services = Services {
+        auth: Arc::clone(&auth),
+        write_audit: Some(Arc::new(write_audit)),
+        runs: Some(context.run_history()),
         materialize: Some(materializer),
         forget: Some(Arc::new(ForgetService::new(Arc::clone(&handle), eraser))),
         training: Some(Arc::new(TrainingService::new(
@@ -129,6 +136,19 @@ pub async fn run_with_store(
         tracing::warn!(%error, path = %address_file.display(), "cannot record the server address");
     }
     println!("Larder is serving project '{project}' on http://{address}");
+    if auth.is_enabled() {
+        println!(
+            "Access control is on: {} API token(s); the discovery UI is at /ui",
+            auth.token_count()
+        );
+    } else {
+        println!("The discovery UI is at /ui");
+        if !address.ip().is_loopback() {
+            eprintln!(
+                "warning: serving on {address}, reachable from other machines, without access control: anyone who can reach the port can read, write and erase. Turn it on with one line in larder.yaml: auth: {{tokens_file: data/tokens.yaml}} (then `larder token create`)"
+            );
+        }
+    }
     let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
         let _ = receiver.wait_for(|stop| *stop).await;
     };
@@ -161,6 +181,9 @@ pub async fn run_with_store(
     let _ = stream_consumers.await;
     let _ = scheduler.await;
     refresher.abort();
+    if let Some(reloader) = auth_reloader {
+        reloader.abort();
+    }
     let _ = std::fs::remove_file(&address_file);
     println!("Stopped.");
     Ok(())

@@ -87,6 +87,10 @@ fn fetch_json(url: &str) -> Result<serde_json::Value> {
         .http_status_as_error(true)
         .build()
         .into();
-    let mut response = agent.get(url).call()?;
+    let mut request = agent.get(url);
+    if let Some(token) = crate::get::api_token() {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.call()?;
     Ok(response.body_mut().read_json()?)
 }

@@ -75,6 +75,30 @@ pub async fn backfill(root: &Path, view_name: &str, events: Option<&Path>) -> Re
             "feature view '{view_name}' has no aggregations: only stream views with aggregations are backfilled"
         );
     };
+    // The run, as the lineage catalog sees it: START now, COMPLETE or FAIL at its end.
+    let lineage = context
+        .lineage_emitter(&registry)
+        .map(|emitter| emitter.start_backfill(view, events));
+    let outcome = run_backfill(&context, &registry, view, aggregations, events).await;
+    if let Some(lineage) = lineage {
+        match &outcome {
+            Ok(statistics) => lineage.complete(statistics),
+            Err(error) => lineage.fail(&format!("{error:#}")),
+        }
+    }
+    context.flush_lineage();
+    outcome.map(|_| ())
+}
+
+/// Reads the history, replays it and replaces the view's offline rows; what it wrote.
+async fn run_backfill(
+    context: &RepoContext,
+    registry: &Registry,
+    view: &larder_core::FeatureView,
+    aggregations: &larder_core::StreamAggregations,
+    events: Option<&Path>,
+) -> Result<larder_ingest::lineage::RunStatistics> {
+    let view_name = view.name.as_str();
     let source = registry
         .sources
         .get(&view.source)
@@ -109,5 +133,9 @@ pub async fn backfill(root: &Path, view_name: &str, events: Option<&Path>) -> Re
         summary.rows,
         summary.files
     );
-    Ok(())
+    Ok(larder_stream::backfill::lineage_statistics(
+        partitions.len(),
+        &report,
+        &summary,
+    ))
 }

@@ -11,6 +11,7 @@ mod checks;
 pub mod erasure;
 mod freshness;
 mod history;
+pub mod lineage;
 mod run_winners;
 mod runs;
 mod scheduler;
@@ -25,6 +26,7 @@ pub use erasure::{
 };
 pub use freshness::{FreshnessBoard, ViewFreshness};
 pub use history::{RunHistory, RunHistoryError, ViewRunLock};
+pub use lineage::{LineageEmitter, LineageRun, LineageSink};
 pub use run_winners::RunWinners;
 pub use runs::{BatchRunner, RunError, RunObserver, RunRequest, RunWindow};
 pub use scheduler::{ScheduledRuns, is_scheduled, spawn_scheduler};

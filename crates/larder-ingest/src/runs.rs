@@ -11,6 +11,7 @@ use crate::batch::{
     MaterializeError, MaterializeOptions, MaterializeProgress, RunReport, materialize_view,
 };
 use crate::history::{RunHistory, RunHistoryError};
+use crate::lineage::{LineageEmitter, LineageRun};
 use crate::write_path::WritePath;
 
 /// Which rows a run reads.
@@ -91,6 +92,9 @@ pub struct BatchRunner<'a> {
     pub history: RunHistory,
     /// Entities erased earlier, which each run looks for in its sources.
     pub forgotten: Option<std::sync::Arc<crate::erasure::ForgottenEntities>>,
+    /// Sends each view's run to a lineage catalog (OpenLineage `START`, then `COMPLETE` or
+    /// `FAIL`); `None`: no lineage.
+    pub lineage: Option<std::sync::Arc<LineageEmitter>>,
 }
 
 impl BatchRunner<'_> {
@@ -144,6 +148,10 @@ impl BatchRunner<'_> {
             previous_row_count: last_success.map(|report| report.rows_scanned),
             forgotten: self.forgotten.clone(),
         };
+        let lineage = self
+            .lineage
+            .as_ref()
+            .map(|emitter| emitter.start_materialize(view));
         let progress = observer.start(view);
         let outcome = materialize_view(
             self.engine,
@@ -157,14 +165,14 @@ impl BatchRunner<'_> {
         .await;
         match outcome {
             Ok(report) => {
-                self.conclude(view, &report, observer);
+                self.conclude(view, &report, observer, lineage);
                 Ok(report)
             }
             Err(error) => {
                 let mut failed = RunReport::started(view, &options);
                 failed.status = "failed".to_string();
                 failed.error = Some(error.to_string());
-                self.conclude(view, &failed, observer);
+                self.conclude(view, &failed, observer, lineage);
                 Err(RunError::Materialize {
                     view: view.name.clone(),
                     error,
@@ -173,11 +181,20 @@ impl BatchRunner<'_> {
         }
     }
 
-    /// Exports, records and reports the end of a run.
-    fn conclude(&self, view: &FeatureView, report: &RunReport, observer: &dyn RunObserver) {
+    /// Exports, records and reports the end of a run (to the lineage catalog too).
+    fn conclude(
+        &self,
+        view: &FeatureView,
+        report: &RunReport,
+        observer: &dyn RunObserver,
+        lineage: Option<LineageRun>,
+    ) {
         report.export_metrics();
         if let Err(error) = self.history.append(report) {
             tracing::warn!(%error, "cannot record the run in the run history");
+        }
+        if let Some(lineage) = lineage {
+            lineage.finish_materialize(report);
         }
         observer.finish(view, report);
     }

@@ -26,13 +26,14 @@ use larder_core::{
 use serde::{Deserialize, Serialize};
 
 pub use config::{
-    DynamoDbOnlineStoreConfig, MaterializeConfig, OfflineStoreConfig, OnlineCacheConfig,
-    OnlineStoreConfig, RedisOnlineStoreConfig, RepoConfig, ServingConfig,
+    AuthConfig, DynamoDbOnlineStoreConfig, LineageConfig, MaterializeConfig, OfflineStoreConfig,
+    OnlineCacheConfig, OnlineStoreConfig, RedisOnlineStoreConfig, RepoConfig, Scope, ServingConfig,
+    TokenRecord, TokensFile, TokensFileError,
 };
 pub use diagnostics::{Diagnostic, Diagnostics, Location};
 pub use larder_core::secret::redact_url_password;
 pub use object_kind::ObjectKind;
-pub use plan::{ApplyPlan, ObjectChange, plan_apply};
+pub use plan::{ApplyPlan, ObjectChange, feature_view_details, plan_apply};
 pub use repo::{FeatureRepo, SchemaColumn};
 pub use store::{FileRegistryStore, MemoryRegistryStore, RegistryError, RegistryStore};
 
@@ -55,6 +56,20 @@ pub struct Registry {
     /// The windowed aggregations of the stream feature views, by feature view name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stream_views: BTreeMap<String, StreamAggregations>,
+    /// Every version of each feature view, oldest first (the last is the current one), as
+    /// last applied: kept by `apply` ([`Registry::carry_history`]) so that a view's page can
+    /// show what changed between versions.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub view_history: BTreeMap<String, Vec<AppliedView>>,
+}
+
+/// One version of a feature view and when it was first applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppliedView {
+    /// When this version was first applied (microseconds since the epoch).
+    pub applied_at: i64,
+    /// The definition (its metadata as last applied).
+    pub view: FeatureView,
 }
 
 /// A feature reference resolved against a registry: its view and the feature's position in
@@ -100,6 +115,41 @@ pub enum ResolveError {
 }
 
 impl Registry {
+    /// Fills [`Registry::view_history`] of this registry (about to be recorded at
+    /// `self.applied_at`) from the `recorded` one: a view keeps its earlier versions, a new
+    /// version is appended, a metadata change updates the current entry in place. Views no
+    /// longer declared lose their history. A recorded registry from before histories were
+    /// kept contributes its current versions.
+    pub fn carry_history(&mut self, recorded: Option<&Registry>) {
+        let mut history = BTreeMap::new();
+        for (name, view) in &self.feature_views {
+            let mut versions: Vec<AppliedView> = match recorded {
+                Some(recorded) => match recorded.view_history.get(name) {
+                    Some(versions) => versions.clone(),
+                    None => recorded
+                        .feature_views
+                        .get(name)
+                        .map(|old| AppliedView {
+                            applied_at: recorded.applied_at,
+                            view: old.clone(),
+                        })
+                        .into_iter()
+                        .collect(),
+                },
+                None => Vec::new(),
+            };
+            match versions.last_mut() {
+                Some(last) if last.view.version == view.version => last.view = view.clone(),
+                _ => versions.push(AppliedView {
+                    applied_at: self.applied_at,
+                    view: view.clone(),
+                }),
+            }
+            history.insert(name.clone(), versions);
+        }
+        self.view_history = history;
+    }
+
     /// When this registry was applied.
     pub fn applied_timestamp(&self) -> Timestamp {
         Timestamp(self.applied_at)

@@ -19,6 +19,8 @@ use crate::diagnostics::{Diagnostic, Diagnostics};
 use crate::object_kind::ObjectKind;
 use crate::repo::FeatureRepo;
 
+mod similar;
+
 /// One change that applying the repo makes to the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectChange {
@@ -118,10 +120,14 @@ impl fmt::Display for ObjectChange {
 pub struct ApplyPlan {
     /// The changes.
     pub changes: Vec<ObjectChange>,
+    /// New features that nearly duplicate another feature (see `similar.rs` for the rule),
+    /// one message each without the `warning: ` prefix. Warnings never refuse an apply and
+    /// do not count as changes.
+    pub warnings: Vec<String>,
 }
 
 impl ApplyPlan {
-    /// Whether applying changes nothing.
+    /// Whether applying changes nothing (warnings aside).
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
     }
@@ -140,26 +146,36 @@ impl ApplyPlan {
 
 impl fmt::Display for ApplyPlan {
     /// Prints the plan like terraform: one line per object, details of changes indented,
-    /// and a count at the end; `no changes` when there are none.
+    /// and a count at the end; `no changes` when there are none. Warnings follow after a
+    /// blank line, one `warning: ` line each.
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_empty() {
-            return formatter.write_str("no changes");
+            formatter.write_str("no changes")?;
+        } else {
+            for change in &self.changes {
+                writeln!(formatter, "{change}")?;
+            }
+            let (added, changed, removed) = self.counts();
+            write!(
+                formatter,
+                "\n{added} to add, {changed} to change, {removed} to remove"
+            )?;
         }
-        for change in &self.changes {
-            writeln!(formatter, "{change}")?;
+        if !self.warnings.is_empty() {
+            writeln!(formatter)?;
         }
-        let (added, changed, removed) = self.counts();
-        write!(
-            formatter,
-            "\n{added} to add, {changed} to change, {removed} to remove"
-        )
+        for warning in &self.warnings {
+            write!(formatter, "\nwarning: {warning}")?;
+        }
+        Ok(())
     }
 }
 
 /// Compares the repo's definitions with the recorded registry (`None`: nothing applied yet)
 /// and lists the changes. Refuses, with a diagnostic at the view's `version`, a feature view
 /// whose data-defining parts changed while its version stayed the same, and any feature view
-/// whose version decreased. Removing objects is allowed.
+/// whose version decreased. Removing objects is allowed. New features that nearly duplicate
+/// another feature are listed in [`ApplyPlan::warnings`] (see `similar.rs` for the rule).
 pub fn plan_apply(
     recorded: Option<&Registry>,
     repo: &FeatureRepo,
@@ -256,7 +272,8 @@ pub fn plan_apply(
             None => diagnostic,
         });
     }
-    diagnostics.into_result(ApplyPlan { changes })
+    let warnings = similar::similarity_warnings(recorded, desired);
+    diagnostics.into_result(ApplyPlan { changes, warnings })
 }
 
 /// Describes how a stream view's aggregations changed (allowed lateness aside, which may
@@ -660,7 +677,8 @@ fn data_defining_changes(old: &FeatureView, new: &FeatureView) -> Vec<String> {
     changes
 }
 
-fn feature_view_details(old: &FeatureView, new: &FeatureView) -> Vec<String> {
+/// What changed between two definitions of a feature view, one human-readable line each.
+pub fn feature_view_details(old: &FeatureView, new: &FeatureView) -> Vec<String> {
     let mut details = Vec::new();
     if old.version != new.version {
         details.push(format!(

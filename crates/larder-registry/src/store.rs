@@ -267,6 +267,7 @@ mod tests {
             feature_views: BTreeMap::from([("user_profile".into(), view)]),
             feature_services: BTreeMap::from([("ranker".into(), service)]),
             stream_views: BTreeMap::new(),
+            view_history: BTreeMap::new(),
         }
     }
 

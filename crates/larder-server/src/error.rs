@@ -7,6 +7,10 @@ pub enum ErrorKind {
     InvalidArgument,
     /// No such route or resource (HTTP 404).
     NotFound,
+    /// The request carries no valid API token (HTTP 401).
+    Unauthenticated,
+    /// The token lacks the scope or the views the request needs (HTTP 403).
+    PermissionDenied,
     /// The request is larger than the configured limits (HTTP 413).
     PayloadTooLarge,
     /// The client did not send its request in time (HTTP 408).
@@ -32,6 +36,8 @@ impl ErrorKind {
         match self {
             Self::InvalidArgument => "INVALID_ARGUMENT",
             Self::NotFound => "NOT_FOUND",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::PermissionDenied => "PERMISSION_DENIED",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::Conflict => "CONFLICT",

@@ -1,6 +1,7 @@
 //! Erasure over the API (`POST /forget`, gRPC `Forget`): forgets entities in every store
 //! through [`larder_ingest::Eraser`], against the registry snapshot being served.
 
+use crate::auth::Principal;
 use std::sync::Arc;
 
 use larder_core::FeatureView;
@@ -33,15 +34,24 @@ impl ForgetService {
         Self { registry, eraser }
     }
 
-    /// Erases (or, with `verify`, counts) the request's entities; `requested_by` goes to the
-    /// audit record.
+    /// Erases (or, with `verify`, counts) the request's entities from the views `principal`
+    /// may touch (every view when access control is off); the audit record names the
+    /// `transport` and the principal's token id.
     pub async fn forget(
         &self,
         request: ForgetRequest,
-        requested_by: &str,
+        principal: &Principal,
+        transport: &str,
     ) -> Result<ForgetOutcome, ServingError> {
         let registry = self.registry.snapshot();
-        let views: Vec<FeatureView> = registry.feature_views.values().cloned().collect();
+        let requested_by = principal.requested_by(transport);
+        let requested_by = requested_by.as_str();
+        let views: Vec<FeatureView> = registry
+            .feature_views
+            .values()
+            .filter(|view| principal.allows_view(&view.name))
+            .cloned()
+            .collect();
         if request.verify {
             let report = self
                 .eraser

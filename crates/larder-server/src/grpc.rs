@@ -13,10 +13,12 @@ use tokio::sync::Semaphore;
 use tonic::{Code, Request, Response, Status};
 
 use crate::Services;
+use crate::auth::Principal;
 use crate::error::{ErrorKind, ServingError};
 use crate::push::{PushColumn, PushRequest, PushTarget, PushTo};
 use crate::serving::{FeatureSelection, FieldStatus, OnlineFeaturesRequest, OnlineFeaturesResult};
 use crate::training::{HistoricalFeaturesQuery, entities_from_arrow_ipc, ipc_stream};
+use larder_registry::Scope;
 
 /// The code generated from the `.proto` contract.
 #[allow(
@@ -240,6 +242,8 @@ pub fn status_of(error: ServingError) -> Status {
     let code = match error.kind {
         ErrorKind::InvalidArgument => Code::InvalidArgument,
         ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
         ErrorKind::PayloadTooLarge => Code::OutOfRange,
         ErrorKind::Conflict => Code::Aborted,
         ErrorKind::RequestTimeout => Code::DeadlineExceeded,
@@ -292,6 +296,20 @@ impl GrpcFeatureServing {
             admission,
         })
         .max_decoding_message_size(max_body_bytes)
+    }
+
+    /// The principal behind the call's `authorization` metadata, if it may use `scope`.
+    fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+        scope: Scope,
+    ) -> Result<Principal, ServingError> {
+        let credential = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(crate::auth::bearer);
+        self.services.auth.authenticate(credential, scope)
     }
 
     /// A permit to serve one request, or `RESOURCE_EXHAUSTED` at the concurrency limit.
@@ -512,7 +530,12 @@ impl FeatureServing for GrpcFeatureServing {
         let _permit = self.admit()?;
         let started = std::time::Instant::now();
         let outcome = async {
+            let principal = self.authenticate(&request, Scope::Read)?;
             let parsed = request_from_proto(request.into_inner())?;
+            principal.check_selection(
+                &self.services.features.registry().snapshot(),
+                &parsed.selection,
+            )?;
             let result = self.services.features.get_online_features(parsed).await?;
             for (view, rows) in result.rows_read_per_view() {
                 metrics::counter!("larder_online_rows_read_total", "feature_view" => view.to_string()).increment(rows as u64);
@@ -531,10 +554,9 @@ impl FeatureServing for GrpcFeatureServing {
         let _permit = self.admit()?;
         let started = std::time::Instant::now();
         let outcome = async {
-            let push_service = self.services.push_service()?;
-            let pushed = push_service
-                .push(push_from_proto(request.into_inner())?)
-                .await?;
+            let principal = self.authenticate(&request, Scope::Write)?;
+            let parsed = push_from_proto(request.into_inner())?;
+            let pushed = self.services.push_as(&principal, "grpc", parsed).await?;
             Ok::<_, ServingError>(push_response(pushed))
         }
         .await;
@@ -549,6 +571,7 @@ impl FeatureServing for GrpcFeatureServing {
         let _permit = self.admit()?;
         let started = std::time::Instant::now();
         let outcome = async {
+            let principal = self.authenticate(&request, Scope::Forget)?;
             let service = self.services.forget_service()?;
             let request = request.into_inner();
             let entities = request
@@ -564,6 +587,7 @@ impl FeatureServing for GrpcFeatureServing {
                         entities,
                         verify: request.verify,
                     },
+                    &principal,
                     "grpc",
                 )
                 .await?;
@@ -584,6 +608,7 @@ impl FeatureServing for GrpcFeatureServing {
         use proto::get_historical_features_request::Kind;
         let started = std::time::Instant::now();
         let outcome = async {
+            let principal = self.authenticate(&request, Scope::Read)?;
             let training = self.services.training_service()?;
             let request = request.into_inner();
             let selection = match request.kind {
@@ -599,6 +624,7 @@ impl FeatureServing for GrpcFeatureServing {
                     .as_deref()
                     .unwrap_or(larder_offline::training::DEFAULT_ENTITY_TIMESTAMP_COLUMN),
             )?;
+            principal.check_selection(&self.services.features.registry().snapshot(), &selection)?;
             let query = HistoricalFeaturesQuery {
                 selection,
                 entities,

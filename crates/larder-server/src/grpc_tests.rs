@@ -155,6 +155,9 @@ async fn services() -> Services {
         training: None,
         materialize: None,
         forget: None,
+        auth: Arc::new(crate::auth::Authenticator::disabled()),
+        write_audit: None,
+        runs: None,
         features: Arc::new(FeatureServer::new(handle, store, ServingLimits::default())),
     }
 }

@@ -34,6 +34,7 @@ use crate::arrow_http::{
     self, ARROW_STREAM, names_arrow_stream, parse_arrow_historical_features, parse_arrow_push,
     parse_arrow_write_to_online_store,
 };
+use crate::auth::{Authenticator, Principal};
 use crate::error::{ErrorKind, ServingError};
 use crate::json::{parse_online_features_request, write_online_features_response};
 use crate::materialize::{
@@ -42,12 +43,15 @@ use crate::materialize::{
 use crate::push::{PushRequest, parse_push, parse_write_to_online_store};
 use crate::serving::FeatureServer;
 use crate::training::{ipc_stream, parse_historical_features_request};
+use larder_registry::Scope;
 
 /// The HTTP status for an error kind.
 pub fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -72,6 +76,12 @@ impl IntoResponse for ServingError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if self.kind == ErrorKind::Unauthenticated {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"larder\""),
+            );
+        }
         if self.kind == ErrorKind::RequestTimeout {
             // What is left of the body would be read as the next request.
             response
@@ -85,7 +95,7 @@ impl IntoResponse for ServingError {
 /// Shared state of the HTTP handlers.
 #[derive(Debug, Clone)]
 pub struct HttpState {
-    services: Services,
+    pub(crate) services: Services,
     admission: Arc<Semaphore>,
 }
 
@@ -129,12 +139,83 @@ pub fn router(services: Services) -> Router {
         )
         .route("/materialize-incremental", post(materialize_incremental))
         .route("/forget", post(forget))
+        .merge(crate::discovery::routes())
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&services.auth),
+            authenticate,
+        ))
         .layer(middleware::from_fn(record_request_metrics))
         .with_state(HttpState {
             services,
             admission,
         })
+}
+
+/// The scope a route needs; `None`: open to anyone (liveness, the UI's login page).
+pub fn scope_of_route(path: &str) -> Option<Scope> {
+    match path {
+        "/health" | "/ui/login" => None,
+        "/push" | "/write-to-online-store" => Some(Scope::Write),
+        "/forget" => Some(Scope::Forget),
+        "/materialize" | "/materialize-incremental" | "/repair-future-event-times" => {
+            Some(Scope::Admin)
+        }
+        _ => Some(Scope::Read),
+    }
+}
+
+/// Checks the request's token against the scope its route needs and hands the
+/// [`Principal`] to the handler (401/403 otherwise). The UI's cookie counts for GET requests
+/// only, so a cross-site form can never write with it.
+async fn authenticate(
+    State(auth): State<Arc<Authenticator>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let path = request.extensions().get::<MatchedPath>().map_or_else(
+        || request.uri().path().to_string(),
+        |path| path.as_str().to_string(),
+    );
+    let principal = match scope_of_route(&path) {
+        None => Ok(Principal::Open),
+        Some(scope) => {
+            let headers = request.headers();
+            let from_header = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(crate::auth::bearer);
+            let from_cookie = (request.method() == axum::http::Method::GET)
+                .then(|| {
+                    headers
+                        .get(header::COOKIE)
+                        .and_then(|value| value.to_str().ok())
+                        .and_then(crate::auth::cookie_token)
+                })
+                .flatten();
+            auth.authenticate(from_header.or(from_cookie), scope)
+        }
+    };
+    match principal {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        // The UI sends a person to its login page instead of an error body.
+        Err(error) if path.starts_with("/ui") && request.method() == axum::http::Method::GET => {
+            crate::ui::login_redirect(&error, request.uri())
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+/// The principal that [`authenticate`] attached to the request.
+fn principal_of(request: &Request) -> Result<Principal, ServingError> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| ServingError::internal("the request was not authenticated", "no principal"))
 }
 
 async fn record_request_metrics(request: Request, next: Next) -> Response {
@@ -237,9 +318,11 @@ async fn get_online_features(
     request: Request,
 ) -> Result<Response, ServingError> {
     let wants_arrow = names_arrow_stream(request.headers().get(header::ACCEPT));
+    let principal = principal_of(&request)?;
     let bytes = read_body(&state, request.into_body()).await?;
     let _permit = state.admit()?;
     let parsed = parse_online_features_request(&bytes)?;
+    principal.check_selection(&state.server().registry().snapshot(), &parsed.selection)?;
     let result = state.server().get_online_features(parsed).await?;
     for (view, rows) in result.rows_read_per_view() {
         metrics::counter!("larder_online_rows_read_total", "feature_view" => view.to_string())
@@ -277,7 +360,8 @@ async fn direct_write(
     request: Request,
     parsers: DirectWriteParsers,
 ) -> Result<Response, ServingError> {
-    let push_service = state.services.push_service()?;
+    state.services.push_service()?;
+    let principal = principal_of(&request)?;
     let arrow_body = names_arrow_stream(request.headers().get(header::CONTENT_TYPE));
     let query_string = request.uri().query().map(str::to_string);
     let bytes = read_body(state, request.into_body()).await?;
@@ -286,7 +370,7 @@ async fn direct_write(
         true => (parsers.arrow)(query_string.as_deref(), &bytes)?,
         false => (parsers.json)(&bytes)?,
     };
-    let pushed = push_service.push(parsed).await?;
+    let pushed = state.services.push_as(&principal, "http", parsed).await?;
     Ok(axum::Json(serde_json::json!({ "status": "ok", "feature_views": pushed })).into_response())
 }
 
@@ -296,6 +380,7 @@ async fn get_historical_features(
     request: Request,
 ) -> Result<Response, ServingError> {
     let training = state.services.training_service()?;
+    let principal = principal_of(&request)?;
     let arrow_body = names_arrow_stream(request.headers().get(header::CONTENT_TYPE));
     let query_string = request.uri().query().map(str::to_string);
     let bytes = read_body(&state, request.into_body()).await?;
@@ -303,6 +388,7 @@ async fn get_historical_features(
         true => parse_arrow_historical_features(query_string.as_deref(), &bytes)?,
         false => parse_historical_features_request(&bytes)?,
     };
+    principal.check_selection(&state.server().registry().snapshot(), &query.selection)?;
     let batches = training.historical_features(query).await?;
     Ok((
         [(
@@ -321,9 +407,11 @@ async fn run_materialize(
     parse: fn(&[u8], &larder_registry::Registry) -> Result<MaterializeCall, ServingError>,
 ) -> Result<Response, ServingError> {
     let materializer = state.services.materializer()?;
+    let principal = principal_of(&request)?;
     let run_async = wants_async(request.uri().query());
     let bytes = read_body(state, request.into_body()).await?;
     let call = parse(&bytes, &state.server().registry().snapshot())?;
+    principal.check_views(call.feature_views.iter().map(String::as_str))?;
     let (accepted, body) = crate::materialize::run(materializer, call, run_async).await?;
     let status = if accepted {
         StatusCode::ACCEPTED
@@ -354,10 +442,15 @@ async fn forget(
     request: Request,
 ) -> Result<Response, ServingError> {
     let service = state.services.forget_service()?;
+    let principal = principal_of(&request)?;
     let bytes = read_body(&state, request.into_body()).await?;
     let _permit = state.admit()?;
     let outcome = service
-        .forget(crate::json::parse_forget_request(&bytes)?, "http")
+        .forget(
+            crate::json::parse_forget_request(&bytes)?,
+            &principal,
+            "http",
+        )
         .await?;
     Ok(axum::Json(outcome).into_response())
 }
@@ -369,11 +462,12 @@ async fn repair_future_event_times(
     request: Request,
 ) -> Result<Response, ServingError> {
     let push_service = state.services.push_service()?;
+    let principal = principal_of(&request)?;
     let bytes = read_body(&state, request.into_body()).await?;
     let _permit = state.admit()?;
-    let repaired = push_service
-        .repair_future_event_times(crate::push::parse_repair(&bytes)?)
-        .await?;
+    let repair = crate::push::parse_repair(&bytes)?;
+    principal.check_views([repair.feature_view.as_str()])?;
+    let repaired = push_service.repair_future_event_times(repair).await?;
     Ok(axum::Json(serde_json::json!({ "status": "ok", "deleted": repaired })).into_response())
 }
 

@@ -109,6 +109,9 @@ async fn services_over(
         training: None,
         materialize: None,
         forget: None,
+        auth: Arc::new(crate::auth::Authenticator::disabled()),
+        write_audit: None,
+        runs: None,
         features: Arc::new(FeatureServer::new(handle, Arc::clone(&store), limits)),
     };
     (services, store)

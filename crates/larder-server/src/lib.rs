@@ -8,6 +8,10 @@
 //! and [`grpc`] put the same services on the wire.
 
 pub mod arrow_http;
+pub mod audit;
+pub mod auth;
+pub mod catalog;
+mod discovery;
 mod error;
 pub mod forget;
 pub mod grpc;
@@ -31,6 +35,7 @@ pub mod status;
 #[cfg(test)]
 mod test_views;
 pub mod training;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -55,6 +60,12 @@ pub struct Services {
     pub materialize: Option<Arc<dyn materialize::Materializer>>,
     /// Erasure of entities (`/forget`).
     pub forget: Option<Arc<forget::ForgetService>>,
+    /// Who may do what; [`auth::Authenticator::disabled`] lets everyone do everything.
+    pub auth: Arc<auth::Authenticator>,
+    /// The audit log of direct writes; `None`: metrics only.
+    pub write_audit: Option<Arc<audit::WriteAudit>>,
+    /// The batch lane's run history, for the registry API and the UI; `None`: no runs shown.
+    pub runs: Option<larder_ingest::RunHistory>,
 }
 
 impl Services {
@@ -66,6 +77,9 @@ impl Services {
             training: None,
             materialize: None,
             forget: None,
+            auth: Arc::new(auth::Authenticator::disabled()),
+            write_audit: None,
+            runs: None,
         }
     }
 
@@ -77,6 +91,26 @@ impl Services {
                 "direct writes are not enabled on this server",
             )
         })
+    }
+
+    /// A direct write by `principal` over `transport`: checked against the token's views,
+    /// written, then counted and audited under the token id.
+    pub async fn push_as(
+        &self,
+        principal: &auth::Principal,
+        transport: &str,
+        request: push::PushRequest,
+    ) -> Result<Vec<push::PushedView>, ServingError> {
+        let push_service = self.push_service()?;
+        principal.check_views(
+            push_service
+                .target_views(&request.target)
+                .iter()
+                .map(String::as_str),
+        )?;
+        let pushed = push_service.push(request).await?;
+        audit::record_write(self.write_audit.as_deref(), principal, transport, &pushed);
+        Ok(pushed)
     }
 
     /// The erasure service, or the error a transport answers without it.

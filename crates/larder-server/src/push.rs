@@ -335,6 +335,22 @@ impl PushService {
         self
     }
 
+    /// The names of the views a write to `target` reaches (none for an unknown target:
+    /// [`PushService::push`] gives that error).
+    pub fn target_views(&self, target: &PushTarget) -> Vec<String> {
+        match target {
+            PushTarget::FeatureView(name) => vec![name.clone()],
+            PushTarget::PushSource(name) => self
+                .registry
+                .snapshot()
+                .feature_views
+                .values()
+                .filter(|view| view.source == *name)
+                .map(|view| view.name.clone())
+                .collect(),
+        }
+    }
+
     /// Validates every row for every target view, then writes them: online first (so a read
     /// sees them once the call returns), then appended offline. A failure after the online
     /// write is reported as such; retrying the whole push is safe (online writes are ordered

@@ -130,3 +130,29 @@ pub fn backfill_partitions(
     }
     Ok((all_rows, total))
 }
+
+/// What a backfill wrote, for the `COMPLETE` lineage event of its run (`<view>.backfill`):
+/// the offline row count and every count of the run.
+pub fn lineage_statistics(
+    partitions: usize,
+    report: &BackfillReport,
+    summary: &OfflineWriteSummary,
+) -> larder_ingest::lineage::RunStatistics {
+    let counts = [
+        ("partitions", u64::try_from(partitions).unwrap_or(u64::MAX)),
+        ("eventsApplied", report.applied),
+        ("eventsLate", report.late),
+        ("eventsInvalid", report.invalid),
+        ("offlineRows", summary.rows),
+        ("offlineFiles", summary.files),
+        ("offlinePartitions", summary.partitions),
+    ];
+    larder_ingest::lineage::RunStatistics {
+        offline_rows: Some(summary.rows),
+        online_rows: None,
+        counts: counts
+            .into_iter()
+            .map(|(name, count)| (name.to_string(), count))
+            .collect(),
+    }
+}

@@ -13,6 +13,8 @@
 //! message, so a developer without Redis can still run the rest of the suite.
 //! `scripts/test.sh` installs every server the tests need.
 
+pub mod browser;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -29,7 +29,9 @@ from ._errors import (
     LarderError,
     NotFound,
     PayloadTooLarge,
+    PermissionDenied,
     ServerError,
+    Unauthenticated,
     Unavailable,
 )
 from ._local import FeatureStore, find_binary
@@ -48,6 +50,8 @@ __all__ = [
     "InvalidArgument",
     "ConversionError",
     "NotFound",
+    "Unauthenticated",
+    "PermissionDenied",
     "PayloadTooLarge",
     "Conflict",
     "Unavailable",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import pyarrow as pa
 import urllib3
@@ -67,6 +68,8 @@ class Client:
         retries: How many times a retryable failure is retried (0: never).
         backoff: The first retry's delay in seconds; each next one doubles it.
         max_retry_after: The most seconds a retry waits, whatever ``Retry-After`` says.
+        token: The API token (``larder.<id>.<secret>``) of a server with access control on;
+            default: the ``LARDER_TOKEN`` environment variable. Sent as a bearer token.
     """
 
     def __init__(
@@ -76,9 +79,14 @@ class Client:
         retries: int = 3,
         backoff: float = 0.1,
         max_retry_after: float = 5.0,
+        token: Optional[str] = None,
     ) -> None:
         self.url: str = url.rstrip("/")
         """The server's base URL."""
+        token = token if token is not None else os.environ.get("LARDER_TOKEN")
+        self._auth_headers: Dict[str, str] = (
+            {"Authorization": f"Bearer {token.strip()}"} if token and token.strip() else {}
+        )
         self.timeout = timeout
         self.retries = max(0, int(retries))
         self.backoff = backoff
@@ -117,7 +125,7 @@ class Client:
                     method,
                     url,
                     body=body,
-                    headers=dict(headers or {}),
+                    headers={**self._auth_headers, **dict(headers or {})},
                     preload_content=False,
                     redirect=False,
                     retries=False,
@@ -189,6 +197,66 @@ class Client:
     def status(self) -> Dict[str, Any]:
         """``GET /status``: every online view's freshness against its SLA."""
         result: Dict[str, Any] = self._json(self._request("GET", "/status", idempotent=True))
+        return result
+
+    # -- discovery ------------------------------------------------------------------------
+
+    def _get_json(self, path: str, params: Optional[Mapping[str, Optional[str]]] = None) -> Any:
+        query = {key: value for key, value in (params or {}).items() if value}
+        if query:
+            path = f"{path}?{urlencode(query)}"
+        return self._json(self._request("GET", path, idempotent=True))
+
+    def _search(self, path: str, key: str, query: Optional[str], **filters: Optional[str]) -> Any:
+        return self._get_json(path, {"q": query, **filters})[key]
+
+    def search_features(
+        self,
+        query: Optional[str] = None,
+        *,
+        owner: Optional[str] = None,
+        tier: Optional[str] = None,
+        tag: Optional[str] = None,
+        entity: Optional[str] = None,
+        source: Optional[str] = None,
+    ) -> List[Dict[str, Any]]:
+        """Features whose name, description or view metadata contain every word of
+        ``query``, in views matching the filters (``tag`` is ``key`` or ``key=value``)."""
+        result: List[Dict[str, Any]] = self._search(
+            "/api/v1/features", "features", query,
+            owner=owner, tier=tier, tag=tag, entity=entity, source=source,
+        )
+        return result
+
+    def list_feature_views(
+        self,
+        query: Optional[str] = None,
+        *,
+        owner: Optional[str] = None,
+        tier: Optional[str] = None,
+        tag: Optional[str] = None,
+        entity: Optional[str] = None,
+        source: Optional[str] = None,
+    ) -> List[Dict[str, Any]]:
+        """Feature views matching ``query`` and the filters, best match first."""
+        result: List[Dict[str, Any]] = self._search(
+            "/api/v1/feature-views", "feature_views", query,
+            owner=owner, tier=tier, tag=tag, entity=entity, source=source,
+        )
+        return result
+
+    def describe(self, view: str) -> Dict[str, Any]:
+        """Everything about one feature view: definition (schema, SQL, TTL, checks,
+        schedule), every version with what changed, freshness, the last runs."""
+        result: Dict[str, Any] = self._get_json(f"/api/v1/feature-views/{quote(view, safe='')}")
+        return result
+
+    def lineage(self, name: Optional[str] = None) -> Dict[str, Any]:
+        """The lineage graph (``nodes``, ``edges``) of a source, view, ``view:feature`` or
+        feature service, with ``impacted_feature_services``; the whole project's without a
+        name."""
+        path = "/api/v1/lineage" + (f"/{quote(name, safe='')}" if name else "")
+        result: Dict[str, Any] = self._get_json(path)
         return result
 
     def get_online_features(

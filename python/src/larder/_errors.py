@@ -60,6 +60,15 @@ class ConversionError(InvalidArgument, TypeError):
     """Client-side: a column could not be converted to Arrow; nothing was sent."""
 
 
+class Unauthenticated(LarderError):
+    """The server requires an API token and got none, or an unknown one (HTTP 401)."""
+
+
+class PermissionDenied(LarderError):
+    """The token lacks the scope or the feature views the request needs (HTTP 403); the
+    message names what is missing."""
+
+
 class NotFound(LarderError):
     """A feature view, feature, feature service or push source does not exist (HTTP 404)."""
 
@@ -84,6 +93,8 @@ class ServerError(LarderError):
 _BY_CODE: Dict[str, Type[LarderError]] = {
     "INVALID_ARGUMENT": InvalidArgument,
     "NOT_FOUND": NotFound,
+    "UNAUTHENTICATED": Unauthenticated,
+    "PERMISSION_DENIED": PermissionDenied,
     "PAYLOAD_TOO_LARGE": PayloadTooLarge,
     "CONFLICT": Conflict,
     "UNAVAILABLE": Unavailable,
@@ -94,6 +105,8 @@ _BY_CODE: Dict[str, Type[LarderError]] = {
 
 _BY_STATUS: Dict[int, Type[LarderError]] = {
     400: InvalidArgument,
+    401: Unauthenticated,
+    403: PermissionDenied,
     404: NotFound,
     409: Conflict,
     413: PayloadTooLarge,

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::util::{DemoRepo, Server, larder_ok, with_grpc_client};
 
-fn int_values(values: &[i64]) -> RepeatedValue {
+pub(crate) fn int_values(values: &[i64]) -> RepeatedValue {
     RepeatedValue {
         val: values
             .iter()

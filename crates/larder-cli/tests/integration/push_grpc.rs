@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::util::{DemoRepo, Server, larder_ok, with_grpc_client};
 
-const RELEVANCE: &str = "\
+pub(crate) const RELEVANCE: &str = "\
 sources:
   - name: relevance_push
     type: push

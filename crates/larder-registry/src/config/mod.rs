@@ -16,10 +16,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod auth;
+mod lineage;
 mod offline;
 mod online;
 mod problem;
 
+pub use auth::{AuthConfig, Scope, TokenRecord, TokensFile, TokensFileError};
+pub use lineage::LineageConfig;
+use lineage::lineage_config_problems;
 pub use offline::OfflineStoreConfig;
 pub use online::{DynamoDbOnlineStoreConfig, OnlineStoreConfig, RedisOnlineStoreConfig};
 use online::{dynamodb_config_problems, redis_config_problems};
@@ -61,6 +66,12 @@ pub struct RepoConfig {
     /// How the batch lane runs (`larder materialize`, scheduled runs).
     #[serde(default, skip_serializing_if = "is_default_materialize")]
     pub materialize: MaterializeConfig,
+    /// API tokens with scopes for `larder serve`; absent: no access control.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// Where OpenLineage run events of batch runs and stream backfills go; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<LineageConfig>,
 }
 
 fn is_default_materialize(materialize: &MaterializeConfig) -> bool {
@@ -204,6 +215,8 @@ impl RepoConfig {
             online_cache: None,
             s3: larder_core::S3Config::default(),
             materialize: MaterializeConfig::default(),
+            auth: None,
+            lineage: None,
         }
     }
 
@@ -404,6 +417,17 @@ impl RepoConfig {
                     self.serving.min_event_time
                 ),
             });
+        }
+        if let Some(auth) = &self.auth {
+            for message in auth.problems() {
+                problems.push(ConfigProblem {
+                    keys: vec!["auth"],
+                    message,
+                });
+            }
+        }
+        if let Some(lineage) = &self.lineage {
+            problems.extend(lineage_config_problems(lineage));
         }
         problems
     }

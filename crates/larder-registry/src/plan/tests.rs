@@ -282,3 +282,104 @@ fn added_and_changed_objects_of_other_kinds_are_described() {
 1 to add, 2 to change, 0 to remove"
     );
 }
+
+/// A second views file: `purchase_stats` reads the same source as `user_activity`.
+fn purchase_stats_views(features: &[&str]) -> String {
+    let mut text = lines(&[
+        "feature_views:",
+        "  - name: purchase_stats",
+        "    version: 1",
+        "    entities: [user, merchant]",
+        "    source: activity",
+        "    transformation: purchase_stats.sql",
+        "    features:",
+    ]);
+    for feature in features {
+        text.push_str(&format!("      - {{name: {feature}, dtype: int64}}\n"));
+    }
+    text
+}
+
+const PURCHASE_STATS_SQL: &str = "SELECT a.user_id, a.merchant_id, a.ts,\n  COUNT( * ) AS orders,\n  sum(amount) AS purchase_7d,\n  max(age) AS age,\n  sum(amount) FILTER (WHERE ts > now() - INTERVAL '30 days') AS purchases_30d,\n  count(DISTINCT item_id) AS distinct_items\nFROM activity a\nGROUP BY 1, 2, 3\n";
+
+#[test]
+fn a_new_feature_like_an_existing_one_is_warned_about() {
+    let (directory, recorded) = applied_demo();
+    write_file(
+        directory.path(),
+        "features/purchase_stats.yaml",
+        &purchase_stats_views(&["orders", "purchase_7d", "age"]),
+    );
+    write_file(
+        directory.path(),
+        "features/purchase_stats.sql",
+        PURCHASE_STATS_SQL,
+    );
+    let plan = plan_apply(Some(&recorded), &load(directory.path()))
+        .unwrap_or_else(|diagnostics| panic!("{diagnostics}"));
+    assert_eq!(plan.counts(), (1, 0, 0));
+    assert_eq!(
+        plan.warnings,
+        vec![
+            "feature purchase_stats:orders computes the same expression as user_activity:purchases_7d (count(*), similarity 1.00); reuse it or rename",
+            "feature purchase_stats:purchase_7d looks like user_activity:purchases_7d (name similarity 0.90); reuse it or rename",
+            "feature purchase_stats:age looks like user_profile:age (name similarity 1.00); reuse it or rename",
+        ]
+    );
+    assert_eq!(
+        plan.to_string(),
+        "\
++ feature view purchase_stats (v1)
+
+1 to add, 0 to change, 0 to remove
+
+warning: feature purchase_stats:orders computes the same expression as user_activity:purchases_7d (count(*), similarity 1.00); reuse it or rename
+warning: feature purchase_stats:purchase_7d looks like user_activity:purchases_7d (name similarity 0.90); reuse it or rename
+warning: feature purchase_stats:age looks like user_profile:age (name similarity 1.00); reuse it or rename"
+    );
+}
+
+#[test]
+fn reapplying_an_unchanged_repo_warns_about_nothing() {
+    let mut files = demo_files(2, "int64", "365d", DEMO_SQL);
+    files.push((
+        "features/purchase_stats.yaml",
+        purchase_stats_views(&["orders", "purchase_7d"]),
+    ));
+    files.push((
+        "features/purchase_stats.sql",
+        PURCHASE_STATS_SQL.to_string(),
+    ));
+    let directory = write_repo(&files);
+    let first = plan_apply(None, &load(directory.path()))
+        .unwrap_or_else(|diagnostics| panic!("{diagnostics}"));
+    assert_eq!(first.warnings.len(), 2, "{first}");
+
+    let recorded = load(directory.path()).into_registry();
+    let again = plan_apply(Some(&recorded), &load(directory.path()))
+        .unwrap_or_else(|diagnostics| panic!("{diagnostics}"));
+    assert!(again.is_empty());
+    assert!(again.warnings.is_empty(), "{again}");
+    assert_eq!(again.to_string(), "no changes");
+}
+
+#[test]
+fn a_genuinely_different_feature_is_not_warned_about() {
+    let (directory, recorded) = applied_demo();
+    // Another window of the same aggregate, and another aggregate.
+    write_file(
+        directory.path(),
+        "features/purchase_stats.yaml",
+        &purchase_stats_views(&["purchases_30d", "distinct_items"]),
+    );
+    write_file(
+        directory.path(),
+        "features/purchase_stats.sql",
+        PURCHASE_STATS_SQL,
+    );
+    let plan = plan_apply(Some(&recorded), &load(directory.path()))
+        .unwrap_or_else(|diagnostics| panic!("{diagnostics}"));
+    assert_eq!(plan.counts(), (1, 0, 0));
+    assert!(plan.warnings.is_empty(), "{plan}");
+    assert!(!plan.to_string().contains("warning"), "{plan}");
+}

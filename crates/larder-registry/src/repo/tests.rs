@@ -185,6 +185,7 @@ fn expected_demo_registry() -> Registry {
             .collect(),
         feature_services: BTreeMap::from([("ranker_v1".into(), ranker)]),
         stream_views: BTreeMap::new(),
+        view_history: BTreeMap::new(),
     }
 }
 
