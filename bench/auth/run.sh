@@ -15,11 +15,10 @@ rm -rf "$WORK"; mkdir -p "$WORK"; : > "$OUT"
 REPO="$WORK/demo"
 "$LARDER" init "$REPO" --entities 100000 >/dev/null
 (cd "$REPO" && "$LARDER" apply >/dev/null && "$LARDER" materialize >/dev/null)
-printf 'serving: {host: 127.0.0.1, port: %s, grpc_port: 0}\n' "$PORT" >> "$REPO/larder.yaml"
 FULL=$(cd "$REPO" && "$LARDER" token create reader --scope read 2>/dev/null)
 LIMITED=$(cd "$REPO" && "$LARDER" token create ranker --scope read --views 'user_*,item_*' 2>/dev/null)
 export FEATURES_JSON
-FEATURES_JSON=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps([f"{v}:{f[\"name\"]}" for v in sorted(r["feature_views"]) for f in r["feature_views"][v]["features"]]))' "$REPO/data/registry.json")
+FEATURES_JSON=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps([v + ":" + f["name"] for v in sorted(r["feature_views"]) for f in r["feature_views"][v]["features"]]))' "$REPO/data/registry.json")
 BASE_CONFIG=$(cat "$REPO/larder.yaml")
 
 for round in $(seq 1 "$ROUNDS"); do
@@ -30,7 +29,7 @@ for round in $(seq 1 "$ROUNDS"); do
       limited) printf '%s\nauth: {tokens_file: data/tokens.yaml}\n' "$BASE_CONFIG" > "$REPO/larder.yaml"; TOKEN="$LIMITED" ;;
     esac
     export TOKEN
-    (cd "$REPO" && exec "$LARDER" serve > "$WORK/serve.log" 2>&1) &
+    (cd "$REPO" && exec "$LARDER" serve --port "$PORT" --grpc-port 0 > "$WORK/serve.log" 2>&1) &
     pid=$!
     until curl -s -o /dev/null "http://127.0.0.1:$PORT/health"; do sleep 0.1; done
     BATCH=100 wrk -t1 -c8 -d2s -s "$ROOT/bench/auth/wrk_post.lua" "http://127.0.0.1:$PORT" > /dev/null
