@@ -107,6 +107,7 @@ pub async fn run_with_store(
         auth: Arc::clone(&auth),
         write_audit: Some(Arc::new(write_audit)),
         runs: Some(context.run_history()),
+        apply: Some(Arc::new(crate::apply::ServeApplier::new(&context.root))),
         materialize: Some(materializer),
         forget: Some(Arc::new(ForgetService::new(Arc::clone(&handle), eraser))),
         training: Some(Arc::new(TrainingService::new(

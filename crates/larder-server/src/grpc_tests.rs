@@ -155,6 +155,7 @@ async fn services() -> Services {
         training: None,
         materialize: None,
         forget: None,
+        apply: None,
         auth: Arc::new(crate::auth::Authenticator::disabled()),
         write_audit: None,
         runs: None,

@@ -139,6 +139,7 @@ pub fn router(services: Services) -> Router {
         )
         .route("/materialize-incremental", post(materialize_incremental))
         .route("/forget", post(forget))
+        .route("/api/v1/apply", post(apply_repo))
         .merge(crate::discovery::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
@@ -158,9 +159,10 @@ pub fn scope_of_route(path: &str) -> Option<Scope> {
         "/health" | "/ui/login" => None,
         "/push" | "/write-to-online-store" => Some(Scope::Write),
         "/forget" => Some(Scope::Forget),
-        "/materialize" | "/materialize-incremental" | "/repair-future-event-times" => {
-            Some(Scope::Admin)
-        }
+        "/materialize"
+        | "/materialize-incremental"
+        | "/repair-future-event-times"
+        | "/api/v1/apply" => Some(Scope::Admin),
         _ => Some(Scope::Read),
     }
 }
@@ -453,6 +455,22 @@ async fn forget(
         )
         .await?;
     Ok(axum::Json(outcome).into_response())
+}
+
+/// `POST /api/v1/apply`: applies the repo on disk (see [`crate::apply`]).
+async fn apply_repo(
+    State(state): State<HttpState>,
+    request: Request,
+) -> Result<Response, ServingError> {
+    let applier = state.services.apply.as_ref().ok_or_else(|| {
+        ServingError::new(ErrorKind::NotFound, "apply is not enabled on this server")
+    })?;
+    // An apply may change any view: a token limited to some views may not.
+    let registry = state.server().registry().snapshot();
+    principal_of(&request)?.check_views(registry.feature_views.keys().map(String::as_str))?;
+    let bytes = read_body(&state, request.into_body()).await?;
+    let dry_run = crate::apply::parse_apply(&bytes)?;
+    Ok(axum::Json(applier.apply(dry_run).await?).into_response())
 }
 
 /// `POST /repair-future-event-times`: deletes online rows whose event time is beyond the

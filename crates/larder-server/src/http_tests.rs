@@ -109,6 +109,7 @@ async fn services_over(
         training: None,
         materialize: None,
         forget: None,
+        apply: None,
         auth: Arc::new(crate::auth::Authenticator::disabled()),
         write_audit: None,
         runs: None,

@@ -7,6 +7,7 @@
 //! bundles them, and [`http`] (HTTP/JSON, with Prometheus metrics and overload protection)
 //! and [`grpc`] put the same services on the wire.
 
+pub mod apply;
 pub mod arrow_http;
 pub mod audit;
 pub mod auth;
@@ -60,6 +61,8 @@ pub struct Services {
     pub materialize: Option<Arc<dyn materialize::Materializer>>,
     /// Erasure of entities (`/forget`).
     pub forget: Option<Arc<forget::ForgetService>>,
+    /// Apply over the API (`/api/v1/apply`).
+    pub apply: Option<Arc<dyn apply::Applier>>,
     /// Who may do what; [`auth::Authenticator::disabled`] lets everyone do everything.
     pub auth: Arc<auth::Authenticator>,
     /// The audit log of direct writes; `None`: metrics only.
@@ -77,6 +80,7 @@ impl Services {
             training: None,
             materialize: None,
             forget: None,
+            apply: None,
             auth: Arc::new(auth::Authenticator::disabled()),
             write_audit: None,
             runs: None,

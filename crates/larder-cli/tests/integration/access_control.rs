@@ -322,6 +322,59 @@ fn every_http_endpoint_checks_every_scope() {
         }
     }
 
+    // Apply over the API: a changed description is recorded and served; a refused change
+    // records nothing; a token limited to some views may not apply.
+    let definitions = secured.repo.path.join("features/users.yaml");
+    let text = std::fs::read_to_string(&definitions).unwrap();
+    std::fs::write(
+        &definitions,
+        text.replacen("Who the user is", "Who the user is, per signup", 1),
+    )
+    .unwrap();
+    let (status, text) = send(&server, "POST", "/api/v1/apply", "", secured.token("admin"));
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["recorded"], true, "{answer}");
+    assert!(
+        answer["plan"].as_str().unwrap().contains("user_profile"),
+        "{answer}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, text) = send(
+            &server,
+            "GET",
+            "/api/v1/feature-views/user_profile",
+            "",
+            secured.token("read"),
+        );
+        if text.contains("per signup") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the applied registry is not served: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let text = std::fs::read_to_string(&definitions).unwrap();
+    std::fs::write(
+        &definitions,
+        text.replacen("{name: age, dtype: int64}", "{name: age, dtype: string}", 1),
+    )
+    .unwrap();
+    let (status, text) = send(&server, "POST", "/api/v1/apply", "", secured.token("admin"));
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("users.yaml:"), "{text}");
+    let (status, text) = send(
+        &server,
+        "POST",
+        "/api/v1/apply",
+        r#"{"dry_run":true}"#,
+        limited,
+    );
+    assert_eq!(status, 403, "{text}");
+
     // Revoking takes effect on the running server.
     larder_ok(&secured.repo.path, &["token", "revoke", "read"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
