@@ -332,6 +332,30 @@ impl DataQualityCheck {
 }
 
 impl FeatureView {
+    /// The sources this view reads, among the source names `known`: its declared source
+    /// first, then every other one its SQL names as a whole word (case-insensitively, as
+    /// unquoted SQL identifiers are), in the order of `known`.
+    pub fn sources_read<'a>(&self, known: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+        let sql_words: std::collections::BTreeSet<String> = self
+            .transformation
+            .as_deref()
+            .unwrap_or_default()
+            .split(|character: char| !(character.is_alphanumeric() || character == '_'))
+            .filter(|word| !word.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        let mut declared = None;
+        let mut named = Vec::new();
+        for name in known {
+            if name == self.source {
+                declared = Some(name);
+            } else if sql_words.contains(&name.to_lowercase()) {
+                named.push(name);
+            }
+        }
+        declared.into_iter().chain(named).collect()
+    }
+
     /// The id of this view's tables.
     pub fn id(&self) -> FeatureViewId {
         FeatureViewId {
@@ -411,6 +435,22 @@ pub struct FeatureService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_view_reads_its_source_and_the_sources_its_sql_names() {
+        let view = FeatureView {
+            source: "clicks".into(),
+            transformation: Some("SELECT * FROM Clicks c JOIN impressions USING (id)".into()),
+            ..FeatureView::default()
+        };
+        let known = ["impressions", "clicks_daily", "clicks", "profiles"];
+        assert_eq!(view.sources_read(known), ["clicks", "impressions"]);
+        let plain = FeatureView {
+            source: "profiles".into(),
+            ..FeatureView::default()
+        };
+        assert_eq!(plain.sources_read(known), ["profiles"]);
+    }
 
     #[test]
     fn feature_refs_parse() {

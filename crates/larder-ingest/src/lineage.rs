@@ -556,16 +556,7 @@ impl LineageEmitter {
 
     /// The inputs of a view's batch run: its source, and the other sources its SQL names.
     fn view_inputs(&self, view: &FeatureView) -> Vec<EventDataset> {
-        let mut names = vec![view.source.as_str()];
-        if let Some(sql) = &view.transformation {
-            for token in
-                sql.split(|character: char| !(character.is_alphanumeric() || character == '_'))
-            {
-                if !names.contains(&token) && self.sources.contains_key(token) {
-                    names.push(token);
-                }
-            }
-        }
+        let names = view.sources_read(self.sources.keys().map(String::as_str));
         names
             .into_iter()
             .filter_map(|name| self.sources.get(name))

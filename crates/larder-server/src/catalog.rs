@@ -76,19 +76,8 @@ impl SearchFilters {
 
 /// The sources a view reads: its declared source and every source its SQL names.
 pub fn sources_of<'a>(registry: &'a Registry, view: &FeatureView) -> BTreeSet<&'a str> {
-    let sql_words: BTreeSet<String> = view
-        .transformation
-        .as_deref()
-        .unwrap_or_default()
-        .split(|character: char| !(character.is_alphanumeric() || character == '_'))
-        .filter(|word| !word.is_empty())
-        .map(str::to_lowercase)
-        .collect();
-    registry
-        .sources
-        .keys()
-        .filter(|name| **name == view.source || sql_words.contains(&name.to_lowercase()))
-        .map(String::as_str)
+    view.sources_read(registry.sources.keys().map(String::as_str))
+        .into_iter()
         .collect()
 }
 

@@ -116,7 +116,9 @@ impl Browser {
         );
     }
 
-    /// Clicks the element matching `selector`.
+    /// Clicks the element matching `selector` (a link or a submit button) and waits until the
+    /// page it leads to has replaced this one and finished loading, so what is read next is
+    /// never the old page.
     pub fn click(&self, selector: &str) {
         let element = self.find(selector);
         self.command(
@@ -124,6 +126,28 @@ impl Browser {
             &format!("/element/{element}/click"),
             Some(&json!({})),
         );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let probe = call_raw(
+                "GET",
+                &format!("{}/element/{element}/name", self.base),
+                None,
+            );
+            let replaced = probe["value"]["error"].as_str() == Some("stale element reference");
+            let state = call_raw(
+                "POST",
+                &format!("{}/execute/sync", self.base),
+                Some(&json!({"script": "return document.readyState", "args": []})),
+            );
+            if replaced && state["value"].as_str() == Some("complete") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "clicking '{selector}' led nowhere"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The rendered text of the element matching `selector`.
