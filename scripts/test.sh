@@ -12,6 +12,18 @@ fi
 source scripts/system-packages.sh
 larder_require_cargo
 
+# A one-shot build keeps nothing for a next compile: incremental state would add ~2 GB to
+# target/ and nothing else (a CI run once died of a full disk while writing it).
+if [ "${CI:-}" = "true" ]; then
+  export CARGO_INCREMENTAL=0
+fi
+# The whole run (debug builds of every test binary, tansu, Feast's venv) needs ~12 GB free;
+# say so up front instead of failing twenty minutes in with "No space left on device".
+free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ -n "$free_kb" ] && [ "$free_kb" -lt $((12 * 1024 * 1024)) ]; then
+  echo "warning: only $((free_kb / 1024)) MB free on $(df -P . | awk 'NR == 2 { print $6 }'); the tests need ~12 GB (target/, tansu, Feast's venv)" >&2
+fi
+
 # The build's own tools (build-essential; nothing else: see scripts/check-build-tools.sh),
 # and real servers for the backend tests (they spawn them on ephemeral loopback ports; in
 # CI, CI=true, a missing server fails the test). Installed only when missing.
