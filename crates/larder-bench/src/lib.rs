@@ -33,6 +33,7 @@ pub fn harness_views() -> Vec<FeatureView> {
         name,
         dtype,
         description: String::new(),
+        vector_index: None,
     };
     let mut profile: Vec<Feature> = (0..7)
         .map(|index| feature(format!("p_float_{index}"), ValueType::Float64))

@@ -280,7 +280,7 @@ impl RepoContext {
         let mut prepared = 0;
         for view in registry.feature_views.values().filter(|view| view.online) {
             store
-                .prepare_table(&view.id(), TableOptions::with_ttl(view.ttl))
+                .prepare_table(&view.id(), TableOptions::for_view(view))
                 .await
                 .with_context(|| format!("preparing the online table of {}", view.id()))?;
             prepared += 1;

@@ -22,7 +22,7 @@ pub mod value;
 pub use definitions::{
     CheckRule, CheckSeverity, DataQualityCheck, DataSource, DataSourceKind, Entity, Feature,
     FeatureRef, FeatureService, FeatureServiceItem, FeatureView, FeatureViewId, FileFormat,
-    JoinKey, OnMissing,
+    IndexedFeature, JoinKey, OnMissing, VectorIndexSpec, VectorMetric,
 };
 pub use entity_key::{EntityKey, EntityKeyList, PackedBytes};
 pub use error::CoreError;

@@ -871,6 +871,7 @@ mod tests {
                 name: "age".to_string(),
                 dtype: ValueType::Int64,
                 description: "years".to_string(),
+                vector_index: None,
             }],
             online: true,
             offline: true,

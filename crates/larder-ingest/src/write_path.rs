@@ -332,7 +332,7 @@ impl WritePath {
             });
         }
         let table = view.id();
-        self.prepare_table_once(&table, TableOptions::with_ttl(view.ttl))
+        self.prepare_table_once(&table, TableOptions::for_view(view))
             .await?;
         let event_times = event_times_of(&online_rows);
         let mut summary = self.store.write_rows(&table, online_rows).await?;
@@ -377,7 +377,7 @@ impl WritePath {
             return Ok(summary);
         }
         let table = view.id();
-        self.prepare_table_once(&table, TableOptions::with_ttl(view.ttl))
+        self.prepare_table_once(&table, TableOptions::for_view(view))
             .await?;
         // Waves of distinct keys: wave n holds the n-th row of every entity, so one entity's
         // rows apply in order and no swap call sees a key twice.
@@ -596,7 +596,7 @@ impl WritePath {
         if online_rows.is_empty() {
             return Ok(summary);
         }
-        self.prepare_table_once(&table, TableOptions::with_ttl(view.ttl))
+        self.prepare_table_once(&table, TableOptions::for_view(view))
             .await?;
         let event_times = event_times_of(&online_rows);
         summary.online = self.store.write_rows(&table, online_rows).await?;
@@ -683,11 +683,13 @@ mod tests {
                     name: "clicks".into(),
                     dtype: ValueType::Int64,
                     description: String::new(),
+                    vector_index: None,
                 },
                 Feature {
                     name: "country".into(),
                     dtype: ValueType::String,
                     description: String::new(),
+                    vector_index: None,
                 },
             ],
             ttl: None,

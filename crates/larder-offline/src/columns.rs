@@ -558,6 +558,7 @@ mod tests {
                     name: format!("f{index}"),
                     dtype: dtype.clone(),
                     description: String::new(),
+                    vector_index: None,
                 })
                 .collect(),
             ..FeatureView::default()

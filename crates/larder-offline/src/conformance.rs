@@ -252,6 +252,7 @@ pub fn check_view(check: &str) -> FeatureView {
             name: "score".to_string(),
             dtype: ValueType::Float64,
             description: String::new(),
+            vector_index: None,
         }],
         online: true,
         offline: true,

@@ -10,7 +10,7 @@ pub mod conformance;
 mod digest;
 mod embedded;
 mod memory;
-mod redb_file;
+pub mod redb_file;
 
 use std::sync::Arc;
 
@@ -113,6 +113,9 @@ pub struct TableOptions {
     /// [`TableOptions::expire_at`] has passed. `None` (or zero) keeps rows until they are
     /// replaced or deleted.
     pub ttl: Option<TtlDuration>,
+    /// The view's nearest-neighbour index, if it declares one. Stores ignore it; the
+    /// `larder-vector` decorator keeps the index in step with the table's writes.
+    pub vector_index: Option<larder_core::IndexedFeature>,
 }
 
 impl TableOptions {
@@ -120,6 +123,15 @@ impl TableOptions {
     pub fn with_ttl(ttl: Option<TtlDuration>) -> Self {
         Self {
             ttl: ttl.filter(|ttl| ttl.as_seconds() > 0),
+            vector_index: None,
+        }
+    }
+
+    /// The options of a feature view's table: its TTL and its vector index.
+    pub fn for_view(view: &larder_core::FeatureView) -> Self {
+        Self {
+            vector_index: view.vector_index(),
+            ..Self::with_ttl(view.ttl)
         }
     }
 

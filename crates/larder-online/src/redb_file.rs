@@ -1,5 +1,5 @@
-//! What the redb-backed stores (the embedded online store and the digest store) share:
-//! opening a file, mapping redb's errors, durable write transactions and running blocking
+//! What the redb-backed stores (the embedded online store, the digest store and
+//! larder-vector's embedded index) share: opening a file, mapping redb's errors, durable write transactions and running blocking
 //! work off the async workers. Each takes the backend name its errors carry.
 
 use std::path::Path;
@@ -9,7 +9,7 @@ use crate::OnlineStoreError;
 
 /// Opens (or creates) a redb file, creating its folder first. A file that another process
 /// (or this one) holds open is [`OnlineStoreError::Locked`]. Blocks on file I/O.
-pub(crate) fn open_database(
+pub fn open_database(
     path: &Path,
     backend: &'static str,
 ) -> Result<redb::Database, OnlineStoreError> {
@@ -36,7 +36,7 @@ pub(crate) fn open_database(
 
 /// Maps a redb error to the store error kind a caller can act on: corruption, a store that
 /// is closing or busy (unavailable), or anything else (internal).
-pub(crate) fn map_redb_error(
+pub fn map_redb_error(
     backend: &'static str,
     context: &str,
     error: impl Into<redb::Error>,
@@ -53,7 +53,7 @@ pub(crate) fn map_redb_error(
 }
 
 /// Starts a write transaction that commits with immediate durability.
-pub(crate) fn begin_durable_write(
+pub fn begin_durable_write(
     database: &redb::Database,
     backend: &'static str,
 ) -> Result<redb::WriteTransaction, OnlineStoreError> {
@@ -67,7 +67,7 @@ pub(crate) fn begin_durable_write(
 }
 
 /// Runs blocking redb work on tokio's blocking pool with a handle to the database.
-pub(crate) async fn run_blocking<Output, Work>(
+pub async fn run_blocking<Output, Work>(
     database: &Arc<redb::Database>,
     backend: &'static str,
     work: Work,

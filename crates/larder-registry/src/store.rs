@@ -231,11 +231,13 @@ mod tests {
                     name: "age".into(),
                     dtype: ValueType::Int64,
                     description: String::new(),
+                    vector_index: None,
                 },
                 Feature {
                     name: "embedding".into(),
                     dtype: ValueType::Vector(4),
                     description: "e".into(),
+                    vector_index: None,
                 },
             ],
             ttl: Some(TtlDuration::from_seconds(86_400)),

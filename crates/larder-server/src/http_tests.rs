@@ -37,11 +37,13 @@ fn scores_view() -> FeatureView {
                 name: "score".to_string(),
                 dtype: ValueType::Float64,
                 description: String::new(),
+                vector_index: None,
             },
             Feature {
                 name: "tags".to_string(),
                 dtype: ValueType::List(Box::new(ValueType::String)),
                 description: String::new(),
+                vector_index: None,
             },
         ],
         online: true,

@@ -28,6 +28,7 @@ pub fn view(
                 name: name.to_string(),
                 dtype: dtype.clone(),
                 description: String::new(),
+                vector_index: None,
             })
             .collect(),
         online: true,

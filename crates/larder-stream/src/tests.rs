@@ -60,6 +60,7 @@ fn test_view(allowed_lateness_seconds: u64) -> (FeatureView, StreamAggregations)
                 .output_type(aggregation.input_dtype.as_ref())
                 .unwrap(),
             description: String::new(),
+            vector_index: None,
         })
         .collect();
     let view = FeatureView {
@@ -592,11 +593,13 @@ async fn batch_stream_and_direct_writes_interleave_and_the_newest_survives() {
             name: "amount".into(),
             dtype: ValueType::Float64,
             description: String::new(),
+            vector_index: None,
         },
         Feature {
             name: "units".into(),
             dtype: ValueType::Int64,
             description: String::new(),
+            vector_index: None,
         },
     ];
     let source = test_source();

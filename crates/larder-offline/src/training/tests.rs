@@ -42,6 +42,7 @@ fn view(
                 name: name.to_string(),
                 dtype: dtype.clone(),
                 description: String::new(),
+                vector_index: None,
             })
             .collect(),
         ttl: ttl_seconds.map(TtlDuration::from_seconds),

@@ -21,6 +21,7 @@ mod lineage;
 mod offline;
 mod online;
 mod problem;
+mod vector;
 
 pub use auth::{AuthConfig, Scope, TokenRecord, TokensFile, TokensFileError};
 pub use lineage::LineageConfig;
@@ -29,6 +30,8 @@ pub use offline::OfflineStoreConfig;
 pub use online::{DynamoDbOnlineStoreConfig, OnlineStoreConfig, RedisOnlineStoreConfig};
 use online::{dynamodb_config_problems, redis_config_problems};
 use problem::ConfigProblem;
+pub use vector::VectorStoreConfig;
+use vector::vector_store_problems;
 
 use crate::diagnostics::{Diagnostic, Diagnostics, Location};
 use crate::yaml_tree::YamlTree;
@@ -72,6 +75,10 @@ pub struct RepoConfig {
     /// Where OpenLineage run events of batch runs and stream backfills go; absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage: Option<LineageConfig>,
+    /// Where the nearest-neighbour indexes of `vector<N>` features live. Default: embedded,
+    /// under `data/vectors`.
+    #[serde(default)]
+    pub vector_store: VectorStoreConfig,
 }
 
 fn is_default_materialize(materialize: &MaterializeConfig) -> bool {
@@ -157,6 +164,9 @@ pub struct ServingConfig {
     /// Direct writes with an event time before this (a date or RFC 3339 time) are refused.
     /// Default `2000-01-01`.
     pub min_event_time: String,
+    /// The largest `top_k` of a nearest-neighbour search (`/retrieve-online-documents`).
+    /// Default 1000.
+    pub max_top_k: usize,
 }
 
 impl Default for ServingConfig {
@@ -173,6 +183,7 @@ impl Default for ServingConfig {
             read_body_timeout: larder_core::TtlDuration::from_seconds(30),
             max_event_time_ahead: larder_core::TtlDuration::from_seconds(300),
             min_event_time: "2000-01-01".to_string(),
+            max_top_k: 1000,
         }
     }
 }
@@ -217,6 +228,7 @@ impl RepoConfig {
             materialize: MaterializeConfig::default(),
             auth: None,
             lineage: None,
+            vector_store: VectorStoreConfig::default(),
         }
     }
 
@@ -375,6 +387,13 @@ impl RepoConfig {
                 message: "must be at least 1".to_string(),
             });
         }
+        if self.serving.max_top_k == 0 {
+            problems.push(ConfigProblem {
+                keys: vec!["serving", "max_top_k"],
+                message: "must be at least 1".to_string(),
+            });
+        }
+        problems.extend(vector_store_problems(&self.vector_store));
         if self.serving.max_body_bytes == 0 {
             problems.push(ConfigProblem {
                 keys: vec!["serving", "max_body_bytes"],

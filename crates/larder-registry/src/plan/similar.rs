@@ -679,6 +679,7 @@ mod tests {
                         name: (*feature).to_string(),
                         dtype: larder_core::ValueType::Int64,
                         description: String::new(),
+                        vector_index: None,
                     })
                     .collect(),
                 ..Default::default()

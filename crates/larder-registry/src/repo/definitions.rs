@@ -277,6 +277,27 @@ pub(super) struct FeatureDefinition {
     /// Free text.
     #[serde(default)]
     pub(super) description: String,
+    /// A nearest-neighbour index over a `vector<N>` feature.
+    #[serde(default)]
+    pub(super) vector_index: Option<Spanned<VectorIndexDefinition>>,
+}
+
+/// `features[].vector_index`: every key is optional (`vector_index: {}` takes the defaults).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct VectorIndexDefinition {
+    /// `cosine` (default), `dot` or `l2`.
+    #[serde(default)]
+    pub(super) metric: Option<Spanned<String>>,
+    /// HNSW `M`.
+    #[serde(default)]
+    pub(super) connectivity: Option<Spanned<i64>>,
+    /// HNSW `ef_construction`.
+    #[serde(default)]
+    pub(super) expansion_add: Option<Spanned<i64>>,
+    /// HNSW `ef_search`.
+    #[serde(default)]
+    pub(super) expansion_search: Option<Spanned<i64>>,
 }
 
 /// `feature_services[]`.

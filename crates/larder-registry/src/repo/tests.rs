@@ -44,6 +44,7 @@ fn feature(name: &str, dtype: ValueType, description: &str) -> Feature {
         name: name.into(),
         dtype,
         description: description.into(),
+        vector_index: None,
     }
 }
 

@@ -249,6 +249,7 @@ impl Resolver<'_> {
                 name: feature_name.clone(),
                 dtype: output_dtype,
                 description: String::new(),
+                vector_index: None,
             });
             resolved.push(Aggregation {
                 feature: feature_name,

@@ -3,13 +3,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use larder_core::{Feature, FeatureView, JoinKey, StreamAggregations};
+use larder_core::{
+    Feature, FeatureView, JoinKey, StreamAggregations, ValueType, VectorIndexSpec, VectorMetric,
+};
 use serde_saphyr::Spanned;
 
 use super::{Resolver, is_valid_name, normalize_relative_path, portable_path};
 use crate::diagnostics::Location;
 use crate::object_kind::ObjectKind;
-use crate::repo::definitions::FeatureViewDefinition;
+use crate::repo::definitions::{FeatureViewDefinition, VectorIndexDefinition};
 use crate::repo::discovery::ParsedFile;
 use crate::repo::{FeatureLocations, FeatureViewLocations};
 
@@ -237,6 +239,7 @@ impl Resolver<'_> {
             }
             (_, Some(_)) => &[],
         };
+        let mut indexed_feature: Option<(String, Location)> = None;
         for feature in declared_features {
             let feature_name = feature.name.value.clone();
             let feature_prefix = format!("{key_prefix}.features.{feature_name}");
@@ -290,10 +293,21 @@ impl Resolver<'_> {
             ) else {
                 continue;
             };
+            let vector_index = feature.vector_index.as_ref().and_then(|definition| {
+                self.resolve_vector_index(
+                    &file.path,
+                    definition,
+                    &dtype,
+                    &feature_name,
+                    &feature_prefix,
+                    &mut indexed_feature,
+                )
+            });
             features.push(Feature {
                 name: feature_name,
                 dtype,
                 description: feature.description.clone(),
+                vector_index,
             });
         }
 
@@ -388,6 +402,102 @@ impl Resolver<'_> {
 
     /// Reads a transformation file named relative to the YAML file that declares it. Returns
     /// its text and its repo-relative path.
+    /// Checks a feature's `vector_index` (a `vector<N>` feature, a known metric, settings in
+    /// range, one index per view) and returns its settings.
+    fn resolve_vector_index(
+        &mut self,
+        path: &Path,
+        definition: &Spanned<VectorIndexDefinition>,
+        dtype: &ValueType,
+        feature_name: &str,
+        feature_prefix: &str,
+        indexed_feature: &mut Option<(String, Location)>,
+    ) -> Option<VectorIndexSpec> {
+        let located = |position: &serde_saphyr::Location| Location::from_yaml(path, position);
+        let location = located(&definition.referenced);
+        let key = format!("{feature_prefix}.vector_index");
+        if !matches!(dtype, ValueType::Vector(_)) {
+            self.report(
+                location,
+                key,
+                format!(
+                    "feature '{feature_name}' is {dtype}; a vector_index needs a vector<N> feature"
+                ),
+            );
+            return None;
+        }
+        if let Some((first, first_location)) = indexed_feature {
+            self.report(
+                location,
+                key,
+                format!(
+                    "feature view already indexes feature '{first}' (at {first_location}); a view has at most one vector_index"
+                ),
+            );
+            return None;
+        }
+        *indexed_feature = Some((feature_name.to_string(), location.clone()));
+        let mut spec = VectorIndexSpec::default();
+        let mut valid = true;
+        if let Some(metric) = &definition.value.metric {
+            match VectorMetric::parse(&metric.value) {
+                Some(parsed) => spec.metric = parsed,
+                None => {
+                    self.report(
+                        located(&metric.referenced),
+                        format!("{key}.metric"),
+                        format!(
+                            "unknown metric '{}' (one of: cosine, dot, l2)",
+                            metric.value
+                        ),
+                    );
+                    valid = false;
+                }
+            }
+        }
+        let settings = [
+            (
+                "connectivity",
+                &definition.value.connectivity,
+                2,
+                128,
+                &mut spec.connectivity,
+            ),
+            (
+                "expansion_add",
+                &definition.value.expansion_add,
+                1,
+                4096,
+                &mut spec.expansion_add,
+            ),
+            (
+                "expansion_search",
+                &definition.value.expansion_search,
+                1,
+                4096,
+                &mut spec.expansion_search,
+            ),
+        ];
+        for (name, value, min, max, target) in settings {
+            let Some(value) = value else { continue };
+            match u32::try_from(value.value) {
+                Ok(number) if (min..=max).contains(&number) => *target = number,
+                _ => {
+                    self.report(
+                        located(&value.referenced),
+                        format!("{key}.{name}"),
+                        format!(
+                            "{name} must be between {min} and {max}, got {}",
+                            value.value
+                        ),
+                    );
+                    valid = false;
+                }
+            }
+        }
+        valid.then_some(spec)
+    }
+
     fn read_transformation(
         &mut self,
         yaml_file: &Path,
