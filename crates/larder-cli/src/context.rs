@@ -14,8 +14,22 @@ use larder_online_dynamodb::{DynamoDbOnlineStore, DynamoDbOnlineStoreOptions};
 use larder_online_redis::{RedisOnlineStore, RedisOnlineStoreOptions};
 use larder_registry::{
     FileRegistryStore, LineageConfig, OfflineStoreConfig, OnlineStoreConfig, Registry,
-    RegistryStore, RepoConfig,
+    RegistryStore, RepoConfig, VectorStoreConfig,
 };
+use larder_vector::{EmbeddedVectorIndex, SharedVectorIndex, VectorIndexedStore};
+use larder_vector_pgvector::{PgvectorIndex, PgvectorOptions};
+
+/// The stores a process opens: the online store (decorated), the change detection's
+/// digests and the vector index the decorator feeds (which search reads).
+#[derive(Clone)]
+pub struct OnlineStores {
+    /// The online store, behind the cache (if configured) and the vector index decorator.
+    pub store: SharedOnlineStore,
+    /// The batch lane's digests.
+    pub digests: SharedDigestStore,
+    /// The nearest-neighbour indexes.
+    pub vectors: SharedVectorIndex,
+}
 
 /// The sink of a `lineage` section: its file (relative to the repo root) or its catalog.
 fn lineage_sink(root: &Path, config: &RepoConfig, lineage: &LineageConfig) -> LineageSink {
@@ -111,12 +125,62 @@ impl RepoContext {
         Ok(self.open_online_and_digest_stores().await?.0)
     }
 
-    /// Opens the configured online store (behind the write-through cache when
-    /// `online_cache` is set) with the digest store of the batch lane's change detection:
-    /// the embedded store keeps digests in its own file, the memory store in memory (both
-    /// forget digests exactly when they forget rows), and a remote store (Redis, DynamoDB) in a local
-    /// redb file beside the registry.
+    /// [`RepoContext::open_online_stores`] without the vector index handle.
     pub async fn open_online_and_digest_stores(
+        &self,
+    ) -> Result<(SharedOnlineStore, SharedDigestStore), OnlineStoreError> {
+        let stores = self.open_online_stores().await?;
+        Ok((stores.store, stores.digests))
+    }
+
+    /// Opens the configured online store (behind the write-through cache when
+    /// `online_cache` is set, and behind the vector index decorator, which keeps every
+    /// view's `vector_index` in step with its writes) with the digest store of the batch
+    /// lane's change detection: the embedded store keeps digests in its own file, the memory
+    /// store in memory (both forget digests exactly when they forget rows), and a remote
+    /// store (Redis, DynamoDB) in a local redb file beside the registry.
+    pub async fn open_online_stores(&self) -> Result<OnlineStores, OnlineStoreError> {
+        let (store, digests) = self.open_plain_online_and_digest_stores().await?;
+        let vectors = self.open_vector_index().await?;
+        let store: SharedOnlineStore =
+            Arc::new(VectorIndexedStore::new(store, Arc::clone(&vectors)));
+        Ok(OnlineStores {
+            store,
+            digests,
+            vectors,
+        })
+    }
+
+    /// Opens the configured vector index backend (`vector_store`).
+    async fn open_vector_index(&self) -> Result<SharedVectorIndex, OnlineStoreError> {
+        match &self.config.vector_store {
+            VectorStoreConfig::Embedded { path } => {
+                let folder = self.config.resolve_path(&self.root, path);
+                let index = tokio::task::spawn_blocking(move || EmbeddedVectorIndex::open(&folder))
+                    .await
+                    .map_err(|error| OnlineStoreError::Internal {
+                        backend: "vector-index",
+                        message: error.to_string(),
+                    })??;
+                Ok(Arc::new(index))
+            }
+            VectorStoreConfig::Pgvector {
+                url,
+                table_prefix,
+                pool_size,
+            } => {
+                let index = PgvectorIndex::connect(PgvectorOptions {
+                    url: url.clone(),
+                    table_prefix: table_prefix.clone(),
+                    pool_size: *pool_size,
+                })
+                .await?;
+                Ok(Arc::new(index))
+            }
+        }
+    }
+
+    async fn open_plain_online_and_digest_stores(
         &self,
     ) -> Result<(SharedOnlineStore, SharedDigestStore), OnlineStoreError> {
         let (store, digests): (SharedOnlineStore, SharedDigestStore) =

@@ -299,7 +299,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             apply::run(&path, false).await?;
             let context = context::RepoContext::load(&path)?;
-            let (store, digests) = context.open_online_and_digest_stores().await?;
+            let stores = context.open_online_stores().await?;
             let request = materialize::MaterializeRequest {
                 only_views: Vec::new(),
                 window: materialize::RunWindow::Fixed(larder_offline::TimeWindow::default()),
@@ -308,13 +308,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let reports = materialize::run_with_stores(
                 &context,
-                std::sync::Arc::clone(&store),
-                std::sync::Arc::clone(&digests),
+                std::sync::Arc::clone(&stores.store),
+                std::sync::Arc::clone(&stores.digests),
                 &request,
             )
             .await?;
             materialize::print_total(&reports);
-            serve::run_with_store(&context, store, digests, serve.listen_options()).await
+            serve::run_with_store(&context, stores, serve.listen_options()).await
         }
     }
 }

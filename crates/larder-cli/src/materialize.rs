@@ -61,8 +61,14 @@ pub fn parse_bound(flag: &str, text: Option<&str>) -> Result<Option<Timestamp>> 
 /// Opens the configured store and materializes.
 pub async fn run(root: &Path, request: &MaterializeRequest) -> Result<()> {
     let context = RepoContext::load(root)?;
-    let (store, digests) = context.open_online_and_digest_stores().await?;
-    let outcome = run_with_stores(&context, store, digests, request).await;
+    let stores = context.open_online_stores().await?;
+    let outcome = run_with_stores(&context, stores.store, stores.digests, request).await;
+    // Save the graphs the run grew, so the next process loads them instead of replaying.
+    if let Err(error) = stores.vectors.flush().await {
+        eprintln!(
+            "warning: saving the vector indexes failed ({error}); the next open replays their recent changes"
+        );
+    }
     // The process exits next: let the lineage events of the runs reach the catalog first.
     context.flush_lineage();
     print_total(&outcome?);

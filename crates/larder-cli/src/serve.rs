@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use larder_online::{SharedDigestStore, SharedOnlineStore};
+use larder_server::documents::DocumentSearch;
 use larder_server::forget::ForgetService;
 use larder_server::push::PushService;
 use larder_server::training::TrainingService;
 use larder_server::{FeatureServer, RegistryHandle, Services, ServingLimits};
 
-use crate::context::RepoContext;
+use crate::context::{OnlineStores, RepoContext};
 
 /// Where to listen; `None` falls back to larder.yaml's `serving` section.
 #[derive(Debug, Clone, Default)]
@@ -28,8 +28,8 @@ pub struct ListenOptions {
 /// Opens the configured store and serves until Ctrl-C or SIGTERM.
 pub async fn run(root: &Path, listen: ListenOptions) -> Result<()> {
     let context = RepoContext::load(root)?;
-    let (store, digests) = context.open_online_and_digest_stores().await?;
-    run_with_store(&context, store, digests, listen).await
+    let stores = context.open_online_stores().await?;
+    run_with_store(&context, stores, listen).await
 }
 
 /// Serves `store` over HTTP (and gRPC when a gRPC port is configured) until Ctrl-C or SIGTERM,
@@ -37,10 +37,14 @@ pub async fn run(root: &Path, listen: ListenOptions) -> Result<()> {
 /// change detection's store that was opened with `store`).
 pub async fn run_with_store(
     context: &RepoContext,
-    store: SharedOnlineStore,
-    digests: SharedDigestStore,
+    stores: OnlineStores,
     listen: ListenOptions,
 ) -> Result<()> {
+    let OnlineStores {
+        store,
+        digests,
+        vectors,
+    } = stores;
     let registry = context.applied_registry()?;
     let project = registry.project.clone();
     let example = example_request(&registry);
@@ -116,6 +120,12 @@ pub async fn run_with_store(
             serving.max_concurrent_historical_requests,
         ))),
         push: Some(Arc::new(push)),
+        documents: Some(Arc::new(DocumentSearch::new(
+            Arc::clone(&handle),
+            Arc::clone(&store),
+            Arc::clone(&vectors),
+            serving.max_top_k,
+        ))),
         features: Arc::new(FeatureServer::new(handle, store, limits)),
     };
     let host = listen.host.unwrap_or_else(|| serving.host.clone());
@@ -184,6 +194,13 @@ pub async fn run_with_store(
     refresher.abort();
     if let Some(reloader) = auth_reloader {
         reloader.abort();
+    }
+    // The next start loads the graphs instead of replaying the changes since the last
+    // snapshot.
+    if let Err(error) = vectors.flush().await {
+        eprintln!(
+            "warning: saving the vector indexes failed ({error}); the next start replays their recent changes"
+        );
     }
     let _ = std::fs::remove_file(&address_file);
     println!("Stopped.");

@@ -488,6 +488,64 @@ pub fn request_from_proto(
     })
 }
 
+/// Converts a gRPC search request.
+pub fn documents_request_from_proto(
+    request: proto::RetrieveOnlineDocumentsRequest,
+) -> Result<crate::documents::DocumentsRequest, ServingError> {
+    use crate::documents::{DocumentFilter, FilterCondition, FilterOp};
+    use proto::retrieve_online_documents_request::Kind;
+    let selection = match request.kind {
+        Some(Kind::Features(list)) => selection_from_proto(Some(list), None)?,
+        Some(Kind::FeatureService(name)) => selection_from_proto(None, Some(name))?,
+        None => selection_from_proto(None, None)?,
+    };
+    let mut filters = Vec::with_capacity(request.filters.len());
+    for filter in request.filters {
+        let op = proto::FilterOp::try_from(filter.op).map_err(|_| {
+            ServingError::invalid(format!(
+                "filter on '{}': unknown operator {}",
+                filter.feature, filter.op
+            ))
+        })?;
+        let mut values: Vec<Value> = filter.values.into_iter().map(value_from_proto).collect();
+        let condition = match op {
+            proto::FilterOp::In => FilterCondition::In(values),
+            compare => {
+                if values.len() != 1 {
+                    return Err(ServingError::invalid(format!(
+                        "filter on '{}' needs exactly one value, got {}",
+                        filter.feature,
+                        values.len()
+                    )));
+                }
+                let op = match compare {
+                    proto::FilterOp::Ne => FilterOp::Ne,
+                    proto::FilterOp::Gt => FilterOp::Gt,
+                    proto::FilterOp::Gte => FilterOp::Gte,
+                    proto::FilterOp::Lt => FilterOp::Lt,
+                    proto::FilterOp::Lte => FilterOp::Lte,
+                    proto::FilterOp::Eq | proto::FilterOp::In => FilterOp::Eq,
+                };
+                FilterCondition::Compare(op, values.remove(0))
+            }
+        };
+        filters.push(DocumentFilter {
+            feature: filter.feature,
+            condition,
+        });
+    }
+    Ok(crate::documents::DocumentsRequest {
+        selection,
+        query: request.query,
+        top_k: (request.top_k > 0).then_some(request.top_k as usize),
+        filters,
+        distance_metric: (!request.distance_metric.is_empty()).then_some(request.distance_metric),
+        ef_search: (request.ef_search > 0).then_some(request.ef_search as usize),
+        exact: request.exact,
+        full_feature_names: request.full_feature_names,
+    })
+}
+
 /// Encodes a result as a gRPC response.
 pub fn response_to_proto(result: &OnlineFeaturesResult) -> proto::GetOnlineFeaturesResponse {
     let count = result.entity_count;
@@ -544,6 +602,26 @@ impl FeatureServing for GrpcFeatureServing {
         }
         .await;
         record_call("GetOnlineFeatures", started, &outcome);
+        outcome.map(Response::new).map_err(status_of)
+    }
+
+    async fn retrieve_online_documents(
+        &self,
+        request: Request<proto::RetrieveOnlineDocumentsRequest>,
+    ) -> Result<Response<EncodedOnlineFeaturesResponse>, Status> {
+        let _permit = self.admit()?;
+        let started = std::time::Instant::now();
+        let outcome = async {
+            let principal = self.authenticate(&request, Scope::Read)?;
+            let parsed = documents_request_from_proto(request.into_inner())?;
+            let result = self
+                .services
+                .retrieve_documents_as(&principal, parsed)
+                .await?;
+            Ok::<_, ServingError>(encode_response(&result))
+        }
+        .await;
+        record_call("RetrieveOnlineDocuments", started, &outcome);
         outcome.map(Response::new).map_err(status_of)
     }
 

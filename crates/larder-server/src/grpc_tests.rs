@@ -159,6 +159,7 @@ async fn services() -> Services {
         auth: Arc::new(crate::auth::Authenticator::disabled()),
         write_audit: None,
         runs: None,
+        documents: None,
         features: Arc::new(FeatureServer::new(handle, store, ServingLimits::default())),
     }
 }

@@ -126,6 +126,10 @@ pub fn router(services: Services) -> Router {
     let _ = crate::metrics::prometheus_handle();
     Router::new()
         .route("/get-online-features", post(get_online_features))
+        .route(
+            "/retrieve-online-documents",
+            post(retrieve_online_documents),
+        )
         .route("/push", post(push_rows))
         .route("/write-to-online-store", post(write_to_online_store))
         .route("/health", get(health))
@@ -338,6 +342,30 @@ async fn get_online_features(
         )
             .into_response());
     }
+    let mut body = Vec::with_capacity(256 + result.entity_count * result.feature_names.len() * 40);
+    write_online_features_response(&result, &mut body);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+async fn retrieve_online_documents(
+    State(state): State<HttpState>,
+    request: Request,
+) -> Result<Response, ServingError> {
+    let principal = principal_of(&request)?;
+    let bytes = read_body(&state, request.into_body()).await?;
+    let _permit = state.admit()?;
+    let parsed = crate::documents::parse_documents_request(&bytes)?;
+    let result = state
+        .services
+        .retrieve_documents_as(&principal, parsed)
+        .await?;
     let mut body = Vec::with_capacity(256 + result.entity_count * result.feature_names.len() * 40);
     write_online_features_response(&result, &mut body);
     Ok((

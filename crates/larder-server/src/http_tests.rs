@@ -115,6 +115,7 @@ async fn services_over(
         auth: Arc::new(crate::auth::Authenticator::disabled()),
         write_audit: None,
         runs: None,
+        documents: None,
         features: Arc::new(FeatureServer::new(handle, Arc::clone(&store), limits)),
     };
     (services, store)

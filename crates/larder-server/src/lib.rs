@@ -13,6 +13,7 @@ pub mod audit;
 pub mod auth;
 pub mod catalog;
 mod discovery;
+pub mod documents;
 mod error;
 pub mod forget;
 pub mod grpc;
@@ -69,6 +70,9 @@ pub struct Services {
     pub write_audit: Option<Arc<audit::WriteAudit>>,
     /// The batch lane's run history, for the registry API and the UI; `None`: no runs shown.
     pub runs: Option<larder_ingest::RunHistory>,
+    /// Nearest-neighbour search (`/retrieve-online-documents`, gRPC
+    /// `RetrieveOnlineDocuments`).
+    pub documents: Option<Arc<documents::DocumentSearch>>,
 }
 
 impl Services {
@@ -84,6 +88,7 @@ impl Services {
             auth: Arc::new(auth::Authenticator::disabled()),
             write_audit: None,
             runs: None,
+            documents: None,
         }
     }
 
@@ -115,6 +120,27 @@ impl Services {
         let pushed = push_service.push(request).await?;
         audit::record_write(self.write_audit.as_deref(), principal, transport, &pushed);
         Ok(pushed)
+    }
+
+    /// The search service, or the error a transport answers without it.
+    pub fn document_search(&self) -> Result<&Arc<documents::DocumentSearch>, ServingError> {
+        self.documents.as_ref().ok_or_else(|| {
+            ServingError::new(
+                ErrorKind::NotFound,
+                "nearest-neighbour search is not enabled on this server",
+            )
+        })
+    }
+
+    /// A nearest-neighbour search by `principal`: checked against the token's views.
+    pub async fn retrieve_documents_as(
+        &self,
+        principal: &auth::Principal,
+        request: documents::DocumentsRequest,
+    ) -> Result<OnlineFeaturesResult, ServingError> {
+        let search = self.document_search()?;
+        principal.check_selection(&self.features.registry().snapshot(), &request.selection)?;
+        search.search(request).await
     }
 
     /// The erasure service, or the error a transport answers without it.

@@ -97,7 +97,7 @@ impl FieldStatus {
 
 /// The rows read for one feature view of a request, indexed for random access.
 #[derive(Debug)]
-struct ViewRows {
+pub(crate) struct ViewRows {
     name: String,
     rows: Vec<Option<OnlineRow>>,
     /// Per row, the status that applies to every feature of that row.
@@ -109,9 +109,16 @@ struct ViewRows {
 
 /// Where one output feature column comes from.
 #[derive(Debug, Clone, Copy)]
-struct ColumnSource {
-    view_slot: usize,
-    feature_index: usize,
+pub(crate) enum ColumnSource {
+    /// A feature of a stored row.
+    Stored {
+        /// The view's slot in `views`.
+        view_slot: usize,
+        /// The feature's index in the view.
+        feature_index: usize,
+    },
+    /// The distance of a nearest-neighbour hit (`distances`).
+    Distance,
 }
 
 /// The answer to a request, holding the stored bytes; protocols encode from it.
@@ -130,6 +137,8 @@ pub struct OnlineFeaturesResult {
     pub feature_view_metadata: Option<Vec<(String, u32)>>,
     views: Vec<ViewRows>,
     columns: Vec<ColumnSource>,
+    /// Per row, the distance to the query (nearest-neighbour searches only).
+    distances: Vec<f32>,
 }
 
 /// One served cell.
@@ -156,10 +165,30 @@ impl OnlineFeaturesResult {
             status,
             event_timestamp: Timestamp::EPOCH,
         };
-        let Some(source) = self.columns.get(column) else {
-            return missing(FieldStatus::NotFound);
+        let (view_slot, feature_index) = match self.columns.get(column) {
+            None => return missing(FieldStatus::NotFound),
+            Some(ColumnSource::Stored {
+                view_slot,
+                feature_index,
+            }) => (*view_slot, *feature_index),
+            Some(ColumnSource::Distance) => {
+                let event_timestamp = self
+                    .views
+                    .first()
+                    .and_then(|view| view.rows.get(row))
+                    .and_then(|stored| stored.as_ref())
+                    .map_or(Timestamp::EPOCH, |stored| stored.event_timestamp);
+                return match self.distances.get(row) {
+                    Some(distance) => Cell {
+                        value: ValueRef::Float32(*distance),
+                        status: FieldStatus::Present,
+                        event_timestamp,
+                    },
+                    None => missing(FieldStatus::NotFound),
+                };
+            }
         };
-        let view = &self.views[source.view_slot];
+        let view = &self.views[view_slot];
         let Some(Some(stored)) = view.rows.get(row) else {
             return missing(FieldStatus::NotFound);
         };
@@ -171,12 +200,42 @@ impl OnlineFeaturesResult {
                 event_timestamp: stored.event_timestamp,
             };
         }
-        let offset = view.offsets[row * view.feature_count + source.feature_index];
+        let offset = view.offsets[row * view.feature_count + feature_index];
         let value = codec::value_at(&stored.values, offset).unwrap_or(ValueRef::Null);
         Cell {
             value,
             status,
             event_timestamp: stored.event_timestamp,
+        }
+    }
+
+    /// The answer of a nearest-neighbour search: one row per hit of one view, its
+    /// `features` (indices into the view) as columns, then the distance column.
+    pub(crate) fn nearest_neighbours(
+        feature_names: Vec<String>,
+        column_types: Vec<ValueType>,
+        entity_columns: Vec<Vec<Value>>,
+        rows: ViewRows,
+        features: &[usize],
+        distances: Vec<f32>,
+    ) -> Self {
+        let mut columns: Vec<ColumnSource> = features
+            .iter()
+            .map(|feature_index| ColumnSource::Stored {
+                view_slot: 0,
+                feature_index: *feature_index,
+            })
+            .collect();
+        columns.push(ColumnSource::Distance);
+        Self {
+            feature_names,
+            column_types,
+            entity_count: distances.len(),
+            entity_columns,
+            feature_view_metadata: None,
+            views: vec![rows],
+            columns,
+            distances,
         }
     }
 
@@ -328,7 +387,7 @@ impl FeatureServer {
             view_requests[view_slot]
                 .features
                 .push((feature.feature_index, position));
-            columns.push(ColumnSource {
+            columns.push(ColumnSource::Stored {
                 view_slot,
                 feature_index: feature.feature_index,
             });
@@ -419,6 +478,7 @@ impl FeatureServer {
             feature_view_metadata,
             views,
             columns,
+            distances: Vec::new(),
         })
     }
 
@@ -532,7 +592,7 @@ fn build_entity_keys(
     Ok(keys)
 }
 
-fn index_view_rows(
+pub(crate) fn index_view_rows(
     view: &FeatureView,
     rows: Vec<Option<OnlineRow>>,
     now: Timestamp,

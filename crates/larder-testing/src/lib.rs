@@ -14,6 +14,8 @@
 //! `scripts/test.sh` installs every server the tests need.
 
 pub mod browser;
+mod pgvector;
+pub use pgvector::PgvectorServer;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

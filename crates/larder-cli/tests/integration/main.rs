@@ -8,6 +8,7 @@ mod change_detection;
 mod delta_sources;
 mod direct_writes;
 mod dynamodb_store;
+mod embeddings;
 mod end_to_end;
 mod feast_client;
 mod forget;
