@@ -259,7 +259,7 @@ impl VectorIndexSpec {
     /// Default insertion breadth.
     pub const DEFAULT_EXPANSION_ADD: u32 = 128;
     /// Default search breadth.
-    pub const DEFAULT_EXPANSION_SEARCH: u32 = 64;
+    pub const DEFAULT_EXPANSION_SEARCH: u32 = 128;
 
     fn default_connectivity() -> u32 {
         Self::DEFAULT_CONNECTIVITY

@@ -209,7 +209,9 @@ fn new_graph(feature: &IndexedFeature) -> Result<Index, VectorIndexError> {
         quantization: ScalarKind::F32,
         connectivity: feature.spec.connectivity as usize,
         expansion_add: feature.spec.expansion_add as usize,
-        expansion_search: feature.spec.expansion_search as usize,
+        // The breadth of each search is its result count (`search_table` asks for
+        // max(k, ef) results), so that a request can ask for less than the default too.
+        expansion_search: 1,
         multi: false,
     };
     let graph =
@@ -802,8 +804,34 @@ impl Inner {
         if request.k == 0 || live == 0 {
             return Ok(Vec::new());
         }
+        if request.exact && request.not_before.is_none() {
+            // The graph's own brute-force scan (SIMD distances over every live vector).
+            let matches = table
+                .graph
+                .exact_search(request.query, request.k.min(live))
+                .map_err(|error| graph_failure("exact search failed", error))?;
+            let mut neighbours: Vec<Neighbour> = matches
+                .keys
+                .iter()
+                .zip(&matches.distances)
+                .filter_map(|(id, distance)| {
+                    state.by_id.get(id).map(|(key, event_timestamp)| Neighbour {
+                        key: key.clone(),
+                        distance: *distance,
+                        event_timestamp: *event_timestamp,
+                    })
+                })
+                .collect();
+            neighbours.sort_by(|left, right| {
+                left.distance
+                    .total_cmp(&right.distance)
+                    .then_with(|| left.key.as_bytes().cmp(right.key.as_bytes()))
+            });
+            return Ok(neighbours);
+        }
         if request.exact {
-            // Scan every vector the graph holds; the graph keeps them in full precision.
+            // With a time filter: scan every vector the graph holds (full precision) and
+            // keep the fresh ones.
             let dimension = options.dimension();
             let mut buffer = vec![0.0f32; dimension];
             let mut vectors: Vec<(&EntityKey, Timestamp, Vec<f32>)> = Vec::with_capacity(live);
@@ -824,7 +852,10 @@ impl Inner {
                 }),
             ));
         }
-        let count = request.k.max(request.expansion.unwrap_or(0)).min(live);
+        let expansion = request
+            .expansion
+            .unwrap_or(options.feature.spec.expansion_search as usize);
+        let count = request.k.max(expansion).min(live);
         let matches = match request.not_before {
             None => table.graph.search(request.query, count),
             Some(not_before) => table
