@@ -5,7 +5,7 @@
 # 1. The set-up's detection (scripts/system-packages.sh) names build-essential when one of
 #    its tools is missing from PATH, and nothing when all are there.
 # 2. Every dependency of `larder` that builds native code (the packages with a `links` key:
-#    librdkafka, zlib, zstd, liblzma, aws-lc, ring) builds with a PATH that holds only the
+#    librdkafka, zlib, zstd, liblzma, aws-lc, ring; and usearch's C++) builds with a PATH that holds only the
 #    commands of Debian's required packages (what a minimal Debian has), of build-essential
 #    and of the Rust toolchain: no cmake, no pkg-config, no python, no -dev package's tools.
 #    Run by scripts/test.sh; ~2 CPU-minutes, in a temporary target folder.
@@ -93,8 +93,11 @@ import json, sys
 metadata = json.load(sys.stdin)
 resolved = {node["id"] for node in metadata["resolve"]["nodes"]}
 for package in metadata["packages"]:
-    native = package["name"].endswith("-sys") or package["name"] == "ring"
-    if package["id"] in resolved and package.get("links") and package["source"] and native:
+    linked = package.get("links") and (package["name"].endswith("-sys") or package["name"] == "ring")
+    # C++ compiled by build scripts without a links key: usearch (the vector index) and
+    # its SIMD kernels.
+    native = linked or package["name"] in ("usearch", "numkong")
+    if package["id"] in resolved and package["source"] and native:
         print(package["name"] + "@" + package["version"])
 ')
 if [ "${#native_packages[@]}" -eq 0 ]; then
