@@ -40,9 +40,11 @@ command -v chromedriver >/dev/null 2>&1 || apt_packages+=(chromium-driver)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || apt_packages+=(python3-venv)
 larder_apt_install "${apt_packages[@]}"
 
-if ! command -v moto_server >/dev/null 2>&1; then
+# moto 5.2.5 or later: the tests' serial server uses its MotoRequestHandler (5.2.1 lacks it).
+if ! command -v moto_server >/dev/null 2>&1 \
+  || ! python3 -c 'from moto.moto_server.werkzeug_app import MotoRequestHandler' >/dev/null 2>&1; then
   echo "== installing moto (DynamoDB- and S3-compatible test server)"
-  python3 -m pip install -q 'moto[server]'
+  python3 -m pip install -q 'moto[server]==5.2.5'
   command -v pyenv >/dev/null 2>&1 && pyenv rehash
 fi
 

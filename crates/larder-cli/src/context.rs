@@ -153,7 +153,19 @@ impl RepoContext {
 
     /// Opens the configured vector index backend (`vector_store`).
     async fn open_vector_index(&self) -> Result<SharedVectorIndex, OnlineStoreError> {
+        let any_index = self.applied_registry().is_ok_and(|registry| {
+            registry
+                .feature_views
+                .values()
+                .any(|view| view.vector_index().is_some())
+        });
         match &self.config.vector_store {
+            // The embedded folder admits one process: without an indexed view, leave it to
+            // others (a `larder materialize` beside a `larder serve` on a remote store).
+            // A first indexed view applied while serving is indexed once `serve` restarts.
+            VectorStoreConfig::Embedded { .. } if !any_index => {
+                Ok(Arc::new(larder_vector::MemoryVectorIndex::new()))
+            }
             VectorStoreConfig::Embedded { path } => {
                 let folder = self.config.resolve_path(&self.root, path);
                 let index = tokio::task::spawn_blocking(move || EmbeddedVectorIndex::open(&folder))
