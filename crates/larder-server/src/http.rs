@@ -342,16 +342,21 @@ async fn get_online_features(
         )
             .into_response());
     }
+    Ok(online_features_json(&result))
+}
+
+/// The JSON answer of a read or a search (Feast's `/get-online-features` shape).
+fn online_features_json(result: &crate::OnlineFeaturesResult) -> Response {
     let mut body = Vec::with_capacity(256 + result.entity_count * result.feature_names.len() * 40);
-    write_online_features_response(&result, &mut body);
-    Ok((
+    write_online_features_response(result, &mut body);
+    (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
         body,
     )
-        .into_response())
+        .into_response()
 }
 
 async fn retrieve_online_documents(
@@ -366,16 +371,7 @@ async fn retrieve_online_documents(
         .services
         .retrieve_documents_as(&principal, parsed)
         .await?;
-    let mut body = Vec::with_capacity(256 + result.entity_count * result.feature_names.len() * 40);
-    write_online_features_response(&result, &mut body);
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response())
+    Ok(online_features_json(&result))
 }
 
 /// The parsers of one direct-write route: its JSON body, or an Arrow IPC body with the

@@ -57,7 +57,7 @@ use larder_core::{
 };
 use larder_vector::{
     Neighbour, SearchRequest, UpsertSummary, VectorEntry, VectorIndex, VectorIndexError,
-    VectorIndexOptions,
+    VectorIndexOptions, check_entries,
 };
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_postgres::config::Host;
@@ -1004,20 +1004,6 @@ fn collapse(entries: &[VectorEntry]) -> (HashMap<&EntityKey, Chain<'_>>, UpsertS
         }
     }
     (chains, summary)
-}
-
-/// Validates every entry's vector (the whole call fails on one bad one), with
-/// `larder_vector`'s messages.
-fn check_entries(
-    options: &VectorIndexOptions,
-    entries: &[VectorEntry],
-) -> Result<(), VectorIndexError> {
-    for (position, entry) in entries.iter().enumerate() {
-        if let Some(vector) = &entry.vector {
-            options.check_vector(vector, &format!("vector {position} (entity {})", entry.key))?;
-        }
-    }
-    Ok(())
 }
 
 /// The feature's settings from a meta table row.

@@ -284,8 +284,9 @@ pub(crate) fn newest_per_key(
     (winners.into_values().collect(), summary)
 }
 
-/// Validates every entry's vector against the options (the whole call fails on one bad one).
-pub(crate) fn check_entries(
+/// Validates every entry's vector against the options (the whole call fails on one bad one);
+/// every backend's upsert starts with it.
+pub fn check_entries(
     options: &VectorIndexOptions,
     entries: &[VectorEntry],
 ) -> Result<(), VectorIndexError> {
