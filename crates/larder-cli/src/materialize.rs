@@ -13,7 +13,7 @@ pub use larder_ingest::RunWindow;
 use larder_ingest::{
     BatchRunner, MaterializeProgress, RunObserver, RunReport, RunRequest, ScheduledRuns, WritePath,
 };
-use larder_offline::{DataFusionEngine, TimeWindow};
+use larder_offline::TimeWindow;
 use larder_online::{SharedDigestStore, SharedOnlineStore};
 use larder_server::materialize::{MaterializeCall, MaterializeWindow, Materializer};
 use larder_server::{ErrorKind, RegistryHandle, ServingError};
@@ -209,15 +209,14 @@ pub async fn run_with_stores(
 ) -> Result<Vec<RunReport>> {
     let registry = context.applied_registry()?;
     let views = registry.batch_views(&request.only_views)?;
-    let engine = DataFusionEngine::new(
+    let engine = crate::context::open_offline_engine(
         &context.root,
-        &context.config.s3,
-        context.config.materialize.batch_rows,
+        &context.config,
         registry.sources.values(),
     )
     .await?;
     let runner = BatchRunner {
-        engine: &engine,
+        engine: engine.as_ref(),
         offline_store: context.offline_store(),
         write_path: WritePath::new(store),
         digests: digests.as_ref(),

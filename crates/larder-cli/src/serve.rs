@@ -96,6 +96,12 @@ pub async fn run_with_store(
         println!("{}", crate::forget::summary(&report));
     }
     let offline_store = context.offline_store();
+    // Training sets join on the configured engine (Spark is connected to now, so a wrong
+    // remote stops the server here rather than failing its first training set).
+    let training_engine =
+        crate::context::open_offline_engine(&context.root, &context.config, std::iter::empty())
+            .await
+            .context("opening the offline engine for training sets")?;
     let push = PushService::new(
         Arc::clone(&handle),
         write_path,
@@ -114,11 +120,14 @@ pub async fn run_with_store(
         apply: Some(Arc::new(crate::apply::ServeApplier::new(&context.root))),
         materialize: Some(materializer),
         forget: Some(Arc::new(ForgetService::new(Arc::clone(&handle), eraser))),
-        training: Some(Arc::new(TrainingService::new(
-            Arc::clone(&handle),
-            offline_store,
-            serving.max_concurrent_historical_requests,
-        ))),
+        training: Some(Arc::new(
+            TrainingService::new(
+                Arc::clone(&handle),
+                offline_store,
+                serving.max_concurrent_historical_requests,
+            )
+            .with_engine(training_engine),
+        )),
         push: Some(Arc::new(push)),
         documents: Some(Arc::new(DocumentSearch::new(
             Arc::clone(&handle),

@@ -13,10 +13,10 @@ use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use larder_core::Timestamp;
+use larder_offline::OfflineStore;
 use larder_offline::training::{
     DEFAULT_ENTITY_TIMESTAMP_COLUMN, EntityFile, EntityFileFormat, TrainingSetRequest, ViewRequest,
 };
-use larder_offline::{DataFusionEngine, OfflineEngine, OfflineStore};
 use larder_registry::{Registry, ResolvedFeature};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -201,7 +201,9 @@ pub async fn run(root: &Path, args: &TrainingSetArgs) -> Result<()> {
         views,
         full_feature_names: args.full_feature_names,
     };
-    let engine = DataFusionEngine::without_sources();
+    let engine =
+        crate::context::open_offline_engine(&context.root, &context.config, std::iter::empty())
+            .await?;
     let mut stream = engine
         .training_set(&request, args.memory_mb.saturating_mul(1 << 20))
         .await?;

@@ -71,6 +71,7 @@ pub async fn run_all(folder: &Path, make: impl Fn(PathBuf, Vec<DataSource>) -> E
     check_transformations_plan_and_run_in_windows(&engine).await;
     check_queries_over_a_view_output(&engine).await;
     check_training_sets_join_point_in_time(&engine).await;
+    check_training_set_ties_nulls_and_ttl_boundaries(&engine).await;
 }
 
 /// The engine a factory of [`run_all`] builds.
@@ -339,4 +340,120 @@ pub async fn check_training_sets_join_point_in_time(engine: &SharedOfflineEngine
     }
     let expected: Vec<(i64, Option<f64>)> = cases.iter().map(|case| (case.0, case.2)).collect();
     assert_eq!(got, expected, "{name}: the training set, in entity order");
+}
+
+/// Runs a one-view training set of `total` over `rows` (user, time, total) for `entities`
+/// (user, entity time; either may be null) and returns each output row's total.
+async fn training_totals(
+    engine: &SharedOfflineEngine,
+    rows: &[(i64, i64, Option<f64>)],
+    entities: &[(Option<i64>, Option<i64>)],
+    ties: TieBreak,
+) -> Vec<Option<f64>> {
+    let name = engine.engine_name();
+    let mut view = payments_view();
+    view.ttl = Some(TtlDuration::from_seconds(2 * 3_600));
+    let values: Vec<(Vec<larder_core::Value>, Timestamp, Vec<larder_core::Value>)> = rows
+        .iter()
+        .map(|(user, time, total)| {
+            (
+                vec![larder_core::Value::Int64(*user)],
+                Timestamp(*time),
+                vec![total.map_or(larder_core::Value::Null, larder_core::Value::Float64)],
+            )
+        })
+        .collect();
+    let view_rows = ViewBatch::from_rows(
+        &view,
+        values
+            .iter()
+            .map(|(keys, time, features)| (keys.as_slice(), *time, features.as_slice())),
+    )
+    .unwrap_or_else(|error| panic!("view rows: {error}"));
+    let entity_batch = RecordBatch::try_from_iter([
+        (
+            "user_id",
+            Arc::new(Int64Array::from(
+                entities.iter().map(|entity| entity.0).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+        (
+            "event_timestamp",
+            Arc::new(
+                TimestampMicrosecondArray::from(
+                    entities.iter().map(|entity| entity.1).collect::<Vec<_>>(),
+                )
+                .with_timezone("UTC"),
+            ),
+        ),
+    ])
+    .unwrap_or_else(|error| panic!("entity batch: {error}"));
+    let request = TrainingSetRequest {
+        entities: Arc::new(MemoryRows::new(entity_batch.schema(), vec![entity_batch])),
+        entity_timestamp_column: "event_timestamp".to_string(),
+        views: vec![ViewRequest {
+            features: vec!["total".to_string()],
+            rows: Arc::new(MemoryRows::new(
+                ViewBatch::schema_of(&view),
+                vec![view_rows.record_batch().clone()],
+            )),
+            view,
+            ties,
+        }],
+        full_feature_names: false,
+    };
+    let mut stream = engine
+        .training_set(&request, 64 << 20)
+        .await
+        .unwrap_or_else(|error| panic!("{name}: training_set: {error}"));
+    let mut totals = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.unwrap_or_else(|error| panic!("{name}: a batch failed: {error}"));
+        let column = batch
+            .column_by_name("total")
+            .unwrap_or_else(|| panic!("{name}: no column total"))
+            .as_primitive::<Float64Type>();
+        totals.extend(
+            (0..batch.num_rows()).map(|row| (!column.is_null(row)).then(|| column.value(row))),
+        );
+    }
+    totals
+}
+
+/// Ties at one key and time go to the larger content hash (or the later row), the TTL's
+/// lower bound is exclusive, and null entity keys or times (and null feature values) come
+/// out as nulls, row for row.
+pub async fn check_training_set_ties_nulls_and_ttl_boundaries(engine: &SharedOfflineEngine) {
+    let name = engine.engine_name();
+    let hash = |total: f64| {
+        larder_core::codec::content_hash(&larder_core::codec::encode_row_to_vec(&[
+            larder_core::Value::Float64(total),
+        ]))
+    };
+    let by_hash = if hash(7.0) > hash(8.0) { 7.0 } else { 8.0 };
+    let rows = [
+        (5, START + HOUR, Some(7.0)),
+        (5, START + HOUR, Some(8.0)),
+        (2, START + 2 * HOUR, Some(5.0)),
+        (3, START + 4 * HOUR, None),
+    ];
+    let entities = [
+        (Some(5), Some(START + HOUR)),         // a tie
+        (Some(2), Some(START + 4 * HOUR - 1)), // just inside the 2 h TTL
+        (Some(2), Some(START + 4 * HOUR)),     // exactly at its bound: excluded
+        (Some(2), None),                       // no entity time
+        (None, Some(START + 3 * HOUR)),        // no entity key
+        (Some(3), Some(START + 4 * HOUR)),     // a null feature value
+        (Some(5), Some(START + HOUR - 1)),     // just before the tie
+    ];
+    assert_eq!(
+        training_totals(engine, &rows, &entities, TieBreak::ContentHash).await,
+        vec![Some(by_hash), Some(5.0), None, None, None, None, None],
+        "{name}: content-hash ties, TTL bounds and nulls"
+    );
+    assert_eq!(
+        training_totals(engine, &rows, &entities, TieBreak::LaterWrite).await,
+        vec![Some(8.0), Some(5.0), None, None, None, None, None],
+        "{name}: later-write ties, TTL bounds and nulls"
+    );
 }

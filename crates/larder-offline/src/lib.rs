@@ -49,6 +49,14 @@ pub enum OfflineError {
     /// replaces).
     #[error("{0}")]
     Unsupported(String),
+    /// An external engine (Spark) that refused a query or could not be reached.
+    #[error("{context}: {message}")]
+    Engine {
+        /// What was being done, e.g. `feature view 'user_activity' (user_activity.sql)`.
+        context: String,
+        /// The engine's message.
+        message: String,
+    },
     /// A file that could not be read or written.
     #[error("{context}: {source}")]
     Io {

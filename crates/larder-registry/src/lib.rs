@@ -26,9 +26,9 @@ use larder_core::{
 use serde::{Deserialize, Serialize};
 
 pub use config::{
-    AuthConfig, DynamoDbOnlineStoreConfig, LineageConfig, MaterializeConfig, OfflineStoreConfig,
-    OnlineCacheConfig, OnlineStoreConfig, RedisOnlineStoreConfig, RepoConfig, Scope, ServingConfig,
-    TokenRecord, TokensFile, TokensFileError, VectorStoreConfig,
+    AuthConfig, DynamoDbOnlineStoreConfig, LineageConfig, MaterializeConfig, OfflineEngineConfig,
+    OfflineStoreConfig, OnlineCacheConfig, OnlineStoreConfig, RedisOnlineStoreConfig, RepoConfig,
+    Scope, ServingConfig, TokenRecord, TokensFile, TokensFileError, VectorStoreConfig,
 };
 pub use diagnostics::{Diagnostic, Diagnostics, Location};
 pub use larder_core::secret::redact_url_password;

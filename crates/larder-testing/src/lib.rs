@@ -15,7 +15,9 @@
 
 pub mod browser;
 mod pgvector;
+mod spark;
 pub use pgvector::PgvectorServer;
+pub use spark::SparkConnectServer;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -95,6 +97,26 @@ impl ServerProcess {
             name,
             child: Some(child),
         }
+    }
+
+    /// Spawns `command` with the output it was given (a log file, say).
+    pub fn spawn_with_output(name: impl Into<String>, command: &mut Command) -> Self {
+        let name = name.into();
+        let child = command
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {name}: {error}"));
+        Self {
+            name,
+            child: Some(child),
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// The process id, while it runs.

@@ -19,6 +19,7 @@ mod push_grpc;
 mod redis_store;
 mod s3_sources;
 mod scheduled_runs;
+mod spark_engine;
 mod stream_kafka;
 mod stream_nats;
 mod stream_util;

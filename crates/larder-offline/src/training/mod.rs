@@ -436,6 +436,7 @@ async fn join_view(
     session: &SessionContext,
     request: &TrainingSetRequest,
     view_request: &ViewRequest,
+    remote_join: Option<&dyn RemoteAsOfJoin>,
 ) -> Result<(Option<RecordBatch>, SendableRecordBatchStream), OfflineError> {
     let view = &view_request.view;
     let key_names: Vec<String> = view.join_keys.iter().map(|key| key.name.clone()).collect();
@@ -445,7 +446,9 @@ async fn join_view(
         .ttl
         .filter(|ttl| ttl.as_seconds() > 0)
         .map(|ttl| ttl.as_micros());
-    let mut with_ties = false;
+    // A remote join cannot ask for the tie column after the fact: it gets it from the start
+    // whenever ties are broken by content.
+    let mut with_ties = remote_join.is_some() && view_request.ties == TieBreak::ContentHash;
     loop {
         let entities = narrow_stream(
             request.entities.open(&entity_columns).await?,
@@ -473,6 +476,12 @@ async fn join_view(
                 true,
             )
         };
+        if let Some(remote_join) = remote_join {
+            let matched = remote_join
+                .join(entities, features, view.join_keys.len(), ttl_micros)
+                .await?;
+            return first_and_rest(matched).await;
+        }
         let matches = asof::asof_match(
             session,
             entities,
@@ -492,6 +501,43 @@ async fn join_view(
         }
         with_ties = true;
     }
+}
+
+/// An as-of join that runs outside this process (on Spark): the rest of a training set (the
+/// reads of entity and feature rows, the gather of feature values and the final zip) stays
+/// shared with the in-process join, so both give the same rows.
+#[async_trait::async_trait]
+pub trait RemoteAsOfJoin: Send + Sync {
+    /// Joins narrow entity rows (`[keys..., _larder_ts, _larder_row]`; keys or time may be
+    /// null) with narrow feature rows (`[keys..., _larder_ts, _larder_tie?, _larder_ordinal]`,
+    /// no nulls; the tie column is present when ties are broken by content hash, the larger
+    /// hash winning, otherwise the larger ordinal wins). For each entity row it finds the
+    /// feature row with equal keys and the greatest `(_larder_ts, _larder_tie, _larder_ordinal)`
+    /// with `_larder_ts <= entity time` and, with a TTL, `_larder_ts > entity time - ttl`.
+    /// Streams `[_larder_row, _larder_ordinal]` (both `UInt64`) of the matched entity rows,
+    /// sorted by ordinal, then row.
+    async fn join(
+        &self,
+        entities: SendableRecordBatchStream,
+        features: SendableRecordBatchStream,
+        key_count: usize,
+        ttl_micros: Option<i64>,
+    ) -> Result<SendableRecordBatchStream, OfflineError>;
+}
+
+/// A sorted match stream as the gather takes it: its first batch read (`None`: no match).
+async fn first_and_rest(
+    mut matched: SendableRecordBatchStream,
+) -> Result<(Option<RecordBatch>, SendableRecordBatchStream), OfflineError> {
+    let first = matched
+        .next()
+        .await
+        .transpose()
+        .map_err(|source| OfflineError::Query {
+            context: "joining feature rows".to_string(),
+            source,
+        })?;
+    Ok((first, matched))
 }
 
 /// Fetches the matched feature rows by ordinal in one sequential pass over the view's rows;
@@ -681,10 +727,20 @@ pub async fn build_training_set(
     session: &SessionContext,
     request: &TrainingSetRequest,
 ) -> Result<SendableRecordBatchStream, OfflineError> {
+    build_training_set_joined_by(session, request, None).await
+}
+
+/// Builds a training set as [`build_training_set`] does, with each view's as-of join run by
+/// `remote_join` when one is given (the gather and zip still run in `session`).
+pub async fn build_training_set_joined_by(
+    session: &SessionContext,
+    request: &TrainingSetRequest,
+    remote_join: Option<&dyn RemoteAsOfJoin>,
+) -> Result<SendableRecordBatchStream, OfflineError> {
     let output_schema = validate(request)?;
     let mut joined_views = Vec::with_capacity(request.views.len());
     for view_request in &request.views {
-        let matches = join_view(session, request, view_request).await?;
+        let matches = join_view(session, request, view_request, remote_join).await?;
         let gathered = gather_features(session, matches, view_request).await?;
         joined_views.push(JoinedView {
             stream: gathered,

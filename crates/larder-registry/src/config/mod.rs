@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod auth;
+mod engine;
 mod lineage;
 mod offline;
 mod online;
@@ -24,6 +25,8 @@ mod problem;
 mod vector;
 
 pub use auth::{AuthConfig, Scope, TokenRecord, TokensFile, TokensFileError};
+pub use engine::OfflineEngineConfig;
+use engine::offline_engine_problems;
 pub use lineage::LineageConfig;
 use lineage::lineage_config_problems;
 pub use offline::OfflineStoreConfig;
@@ -79,6 +82,10 @@ pub struct RepoConfig {
     /// under `data/vectors`.
     #[serde(default)]
     pub vector_store: VectorStoreConfig,
+    /// Where view transformations and training-set joins run. Default: in process
+    /// (DataFusion); `{type: spark, remote: "sc://host:15002"}` hands them to Spark.
+    #[serde(default, skip_serializing_if = "OfflineEngineConfig::is_default")]
+    pub offline_engine: OfflineEngineConfig,
 }
 
 fn is_default_materialize(materialize: &MaterializeConfig) -> bool {
@@ -229,6 +236,7 @@ impl RepoConfig {
             auth: None,
             lineage: None,
             vector_store: VectorStoreConfig::default(),
+            offline_engine: OfflineEngineConfig::default(),
         }
     }
 
@@ -394,6 +402,7 @@ impl RepoConfig {
             });
         }
         problems.extend(vector_store_problems(&self.vector_store));
+        problems.extend(offline_engine_problems(&self.offline_engine));
         if self.serving.max_body_bytes == 0 {
             problems.push(ConfigProblem {
                 keys: vec!["serving", "max_body_bytes"],

@@ -1,0 +1,180 @@
+//! The Spark offline engine end to end: the same demo repo materialized and joined once in
+//! process (DataFusion) and once on a real local Spark Connect server must give the same
+//! online rows, the same offline rows and the same training set, byte for byte.
+
+use std::path::Path;
+
+use arrow::array::RecordBatch;
+use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use larder_testing::SparkConnectServer;
+
+use crate::util::{DemoRepo, Server, larder, larder_ok, read_parquet};
+
+const DAY: i64 = 86_400_000_000;
+/// 2026-01-01T00:00:00Z in microseconds.
+const ANCHOR: i64 = 1_767_225_600_000_000;
+const USERS: i64 = 400;
+
+fn use_spark(repo: &DemoRepo, remote: &str) {
+    let path = repo.path.join("larder.yaml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!(
+        "offline_engine:\n  type: spark\n  remote: \"{remote}\"\n"
+    ));
+    std::fs::write(&path, text).unwrap();
+}
+
+/// Every row of the given Parquet files (of one view), in one batch sorted by all of its
+/// columns (the offline store's file layout may differ; its rows may not).
+fn sorted_rows(files: &[std::path::PathBuf]) -> RecordBatch {
+    let batches: Vec<RecordBatch> = files.iter().flat_map(|file| read_parquet(file)).collect();
+    let schema = batches[0].schema();
+    let all = concat_batches(&schema, &batches).unwrap();
+    let columns: Vec<SortColumn> = all
+        .columns()
+        .iter()
+        .filter(|column| !matches!(column.data_type(), arrow::datatypes::DataType::List(_)))
+        .map(|column| SortColumn {
+            values: column.clone(),
+            options: None,
+        })
+        .collect();
+    let indices = lexsort_to_indices(&columns, None).unwrap();
+    take_record_batch(&all, &indices).unwrap()
+}
+
+fn parquet_files(folder: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![folder.to_path_buf()];
+    while let Some(directory) = pending.pop() {
+        for entry in std::fs::read_dir(&directory).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path
+                .extension()
+                .is_some_and(|extension| extension == "parquet")
+            {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn online_rows(repo: &Path) -> serde_json::Value {
+    let server = Server::start(repo);
+    let users: Vec<i64> = (0..USERS + 2).collect();
+    let body = serde_json::json!({
+        "feature_service": "ranking_model",
+        "entities": {"user_id": users},
+    });
+    let (status, answer) = server.post("/get-online-features", &body.to_string());
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+#[test]
+fn spark_engine_gives_the_same_online_rows_offline_rows_and_training_set_as_datafusion() {
+    let Some(spark) = SparkConnectServer::start() else {
+        return;
+    };
+    let in_process = DemoRepo::init_with(USERS as u64, &["--anchor", "2026-01-01"]);
+    let on_spark = DemoRepo::init_with(USERS as u64, &["--anchor", "2026-01-01"]);
+    use_spark(&on_spark, &spark.remote());
+    // SQL that Spark rejects fails `apply`, naming the view; fixed, it applies.
+    let sql_path = on_spark.path.join("features/user_activity.sql");
+    let sql = std::fs::read_to_string(&sql_path).unwrap();
+    std::fs::write(
+        &sql_path,
+        sql.replace(
+            "FROM activity_events",
+            "FROM activity_events WHERE no_such_column > 0",
+        ),
+    )
+    .unwrap();
+    let output = larder(&on_spark.path, &["apply"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "apply accepted SQL Spark rejects");
+    assert!(
+        stderr.contains("user_activity") && stderr.contains("Spark"),
+        "{stderr}"
+    );
+    std::fs::write(&sql_path, sql).unwrap();
+
+    for repo in [&in_process, &on_spark] {
+        larder_ok(&repo.path, &["apply"]);
+        let stdout = larder_ok(&repo.path, &["materialize"]);
+        assert!(stdout.contains("user_activity"), "{stdout}");
+    }
+
+    assert_eq!(
+        online_rows(&in_process.path),
+        online_rows(&on_spark.path),
+        "online rows"
+    );
+    for view in ["user_activity", "user_profile"] {
+        let offline_a = parquet_files(&in_process.path.join("data/offline").join(view));
+        let offline_b = parquet_files(&on_spark.path.join("data/offline").join(view));
+        assert!(!offline_a.is_empty(), "{view} has offline rows");
+        assert_eq!(
+            sorted_rows(&offline_a),
+            sorted_rows(&offline_b),
+            "offline rows of {view}"
+        );
+    }
+
+    // A training set over both views: every user at instants before, inside and past each
+    // TTL, an unknown user, and a row with no time.
+    let mut csv = String::from("user_id,event_timestamp,label\n");
+    let mut label = 0;
+    for user in 0..USERS + 2 {
+        for offset in [0, -DAY / 2, -3 * DAY, -8 * DAY, 30 * DAY] {
+            let time = chrono::DateTime::from_timestamp_micros(ANCHOR + offset).unwrap();
+            csv.push_str(&format!("{user},{},{label}\n", time.to_rfc3339()));
+            label += 1;
+        }
+    }
+    csv.push_str(&format!("7,,{label}\n"));
+    let features = "user_activity:clicks_7d,user_activity:ctr_7d,user_activity:last_category,user_activity:recent_item_ids,user_profile:age,user_profile:churn_risk";
+    let mut outputs = Vec::new();
+    for repo in [&in_process, &on_spark] {
+        std::fs::write(repo.path.join("entities.csv"), &csv).unwrap();
+        larder_ok(
+            &repo.path,
+            &[
+                "training-set",
+                "--entities",
+                "entities.csv",
+                "--features",
+                features,
+                "--output",
+                "training.parquet",
+            ],
+        );
+        let batches = read_parquet(&repo.path.join("training.parquet"));
+        outputs.push(concat_batches(&batches[0].schema(), &batches).unwrap());
+    }
+    assert_eq!(outputs[0].num_rows(), label as usize + 1);
+    assert_eq!(outputs[0], outputs[1], "training sets");
+    assert!(
+        outputs[0].column_by_name("clicks_7d").unwrap().null_count() < outputs[0].num_rows(),
+        "the training set found features"
+    );
+
+    // Spark gone: materialize fails, names the server, and writes nothing.
+    let remote = spark.remote();
+    drop(spark);
+    let activity = on_spark.path.join("data/offline/user_activity");
+    let before = sorted_rows(&parquet_files(&activity));
+    let output = larder(&on_spark.path, &["materialize"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains(&remote), "{stderr}");
+    assert_eq!(
+        sorted_rows(&parquet_files(&activity)),
+        before,
+        "a failed run keeps the offline rows"
+    );
+}
