@@ -102,6 +102,24 @@ fn spark_engine_gives_the_same_online_rows_offline_rows_and_training_set_as_data
         "{stderr}"
     );
     std::fs::write(&sql_path, sql).unwrap();
+    // A declared type that Spark's plan contradicts points at the feature's line.
+    let yaml_path = on_spark.path.join("features/users.yaml");
+    let yaml = std::fs::read_to_string(&yaml_path).unwrap();
+    let wrong = "{name: clicks_7d, dtype: string}";
+    std::fs::write(&yaml_path, yaml.replace("{name: clicks_7d, dtype: int64}", wrong)).unwrap();
+    let line = yaml
+        .lines()
+        .position(|line| line.contains("{name: clicks_7d, dtype: int64}"))
+        .unwrap()
+        + 1;
+    let output = larder(&on_spark.path, &["apply"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "apply accepted a wrong dtype");
+    assert!(
+        stderr.contains(&format!("users.yaml:{line}")) && stderr.contains("clicks_7d"),
+        "{stderr}"
+    );
+    std::fs::write(&yaml_path, yaml).unwrap();
 
     for repo in [&in_process, &on_spark] {
         larder_ok(&repo.path, &["apply"]);
