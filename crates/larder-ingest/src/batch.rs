@@ -229,11 +229,28 @@ pub async fn materialize_view(
         });
     }
     report.warnings = warnings.iter().map(ToString::to_string).collect();
-    let mut stream = engine.execute_view(view, options.window).await?;
     let offline_writer: Option<Box<dyn OfflineWriter>> = if view.offline {
         Some(offline_store.begin_window_write(view, options.window)?)
     } else {
         None
+    };
+    // An engine that writes the offline files itself (Spark, from its executors) streams back
+    // the rows it wrote; otherwise the rows stream here and the offline stage writes them.
+    let engine_written = match offline_writer
+        .as_ref()
+        .and_then(|writer| writer.engine_folder())
+    {
+        Some(folder) => {
+            engine
+                .write_view_files(view, options.window, &folder)
+                .await?
+        }
+        None => None,
+    };
+    let offline_by_engine = engine_written.is_some();
+    let mut stream = match engine_written {
+        Some(stream) => stream,
+        None => engine.execute_view(view, options.window).await?,
     };
     let mut rows_scanned = 0u64;
     let mut changes = ChangeSummary::default();
@@ -263,7 +280,8 @@ pub async fn materialize_view(
                 tokio::task::spawn_blocking(move || convert_batch(&view_for_task, &record_batch))
                     .await
                     .map_err(|error| MaterializeError::Task(error.to_string()))??;
-            if view.offline && offline_sender.send(view_batch).await.is_err() {
+            if view.offline && !offline_by_engine && offline_sender.send(view_batch).await.is_err()
+            {
                 break;
             }
             if converted_sender.send(rows).await.is_err() {

@@ -22,7 +22,8 @@ mod proto {
 use proto::spark_connect_service_client::SparkConnectServiceClient;
 use proto::{
     Command, CreateDataFrameViewCommand, ExecutePlanRequest, LocalRelation, Plan, Read, Relation,
-    ReleaseSessionRequest, Sql, UserContext, command, execute_plan_response, plan, read, relation,
+    ReleaseSessionRequest, Sql, UserContext, WriteOperation, command, execute_plan_response, plan,
+    read, relation, write_operation,
 };
 
 /// The largest gRPC message either side sends: Spark's Arrow result batches are ~4 MiB by
@@ -130,6 +131,8 @@ impl SparkSession {
             "SET spark.sql.session.timeZone=UTC",
             "SET spark.sql.ansi.enabled=true",
             "SET spark.sql.ansi.doubleQuotedIdentifiers=true",
+            // Parquet timestamps as Larder writes them (not Spark's legacy INT96).
+            "SET spark.sql.parquet.outputTimestampType=TIMESTAMP_MICROS",
         ] {
             session.collect_sql(setting).await?;
         }
@@ -320,6 +323,26 @@ impl SparkSession {
                 rel_type: Some(relation::RelType::Read(read)),
             },
         )
+        .await
+    }
+
+    /// Writes the rows of a SQL query as Parquet files under `path` (replacing what is
+    /// there), in `partition_by` folders (`column=value/`), from Spark's executors.
+    pub async fn write_parquet(
+        &self,
+        sql: &str,
+        path: &str,
+        partition_by: &[String],
+        options: HashMap<String, String>,
+    ) -> Result<(), SparkError> {
+        self.run_command(command::CommandType::WriteOperation(WriteOperation {
+            input: Some(Self::sql_relation(sql)),
+            source: Some("parquet".to_string()),
+            save_type: Some(write_operation::SaveType::Path(path.to_string())),
+            mode: write_operation::SaveMode::Overwrite as i32,
+            partitioning_columns: partition_by.to_vec(),
+            options,
+        }))
         .await
     }
 

@@ -42,7 +42,9 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
-use larder_core::{DataSource, DataSourceKind, FeatureView, FileFormat, is_object_store_path};
+use larder_core::{
+    DataSource, DataSourceKind, FeatureView, FileFormat, ValueType, is_object_store_path,
+};
 use larder_offline::training::{RemoteAsOfJoin, TrainingSetRequest};
 use larder_offline::{DataFusionEngine, OfflineEngine, OfflineError, TimeWindow, ViewOutputTable};
 
@@ -262,6 +264,44 @@ impl SparkEngine {
     }
 }
 
+/// Spark SQL's name of a Larder type, as Spark writes it to Parquet and Larder reads it back
+/// without loss; `None` for vectors (Spark has no fixed-size list).
+fn spark_type(value_type: &ValueType) -> Option<String> {
+    Some(match value_type {
+        ValueType::Bool => "BOOLEAN".to_string(),
+        ValueType::Int32 => "INT".to_string(),
+        ValueType::Int64 => "BIGINT".to_string(),
+        ValueType::Float32 => "FLOAT".to_string(),
+        ValueType::Float64 => "DOUBLE".to_string(),
+        ValueType::String => "STRING".to_string(),
+        ValueType::Bytes => "BINARY".to_string(),
+        ValueType::Timestamp => "TIMESTAMP".to_string(),
+        ValueType::List(element) => format!("ARRAY<{}>", spark_type(element)?),
+        ValueType::Vector(_) => return None,
+    })
+}
+
+/// A view's canonical columns (join keys, event time, features) with their Spark types;
+/// `None` when Spark cannot write one as Larder reads it, or a column is named `date` (the
+/// partition column), in which case the rows go through Larder's own writer.
+fn canonical_spark_columns(view: &FeatureView) -> Option<Vec<(String, String)>> {
+    let mut columns = Vec::new();
+    for join_key in &view.join_keys {
+        columns.push((join_key.name.clone(), spark_type(&join_key.dtype)?));
+    }
+    columns.push((view.timestamp_field.clone(), "TIMESTAMP".to_string()));
+    for feature in &view.features {
+        columns.push((feature.name.clone(), spark_type(&feature.dtype)?));
+    }
+    if columns
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("date"))
+    {
+        return None;
+    }
+    Some(columns)
+}
+
 /// The Parquet files of a Delta table's current version (Spark reads them as Parquet, so a
 /// Spark without the delta-spark package still reads Delta sources).
 async fn delta_files(location: &str, context: &str) -> Result<Vec<String>, OfflineError> {
@@ -340,6 +380,73 @@ impl OfflineEngine for SparkEngine {
             name,
             context,
         }))
+    }
+
+    async fn write_view_files(
+        &self,
+        view: &FeatureView,
+        window: TimeWindow,
+        folder: &Path,
+    ) -> Result<Option<SendableRecordBatchStream>, OfflineError> {
+        let Some(columns) = canonical_spark_columns(view) else {
+            return Ok(None);
+        };
+        let context = Self::view_context(view);
+        let folder_text = std::path::absolute(folder)
+            .map_err(|source| OfflineError::Io {
+                context: format!("resolving {}", folder.display()),
+                source,
+            })?
+            .to_string_lossy()
+            .to_string();
+        let projection: Vec<String> = columns
+            .iter()
+            .map(|(name, spark_type)| format!("CAST({0} AS {spark_type}) AS {0}", quoted(name)))
+            .collect();
+        let sql = format!(
+            "SELECT {}, date_format({}, 'yyyy-MM-dd') AS `date` FROM ({}) AS __larder_rows",
+            projection.join(", "),
+            quoted(&view.timestamp_field),
+            Self::windowed_sql(view, window)
+        );
+        let mut options = HashMap::new();
+        for join_key in &view.join_keys {
+            options.insert(
+                format!("parquet.bloom.filter.enabled#{}", join_key.name),
+                "true".to_string(),
+            );
+            options.insert(
+                format!("parquet.bloom.filter.expected.ndv#{}", join_key.name),
+                "262144".to_string(),
+            );
+        }
+        self.session
+            .write_parquet(&sql, &folder_text, &["date".to_string()], options)
+            .await
+            .map_err(|error| error.in_context(format!("{context}: writing offline files")))?;
+        let written = folder.is_dir()
+            && std::fs::read_dir(folder)
+                .map_err(|source| OfflineError::Io {
+                    context: format!("listing {}", folder.display()),
+                    source,
+                })?
+                .filter_map(Result::ok)
+                .any(|entry| entry.file_name().to_string_lossy().starts_with("date="));
+        if !written {
+            // No rows: Spark wrote no partition, and there is nothing to read back.
+            let schema = larder_offline::ViewBatch::schema_of(view);
+            return Ok(Some(Box::pin(RecordBatchStreamAdapter::new(
+                schema,
+                futures::stream::empty(),
+            ))));
+        }
+        let names: Vec<String> = columns.iter().map(|(name, _)| quoted(name)).collect();
+        let read_back = format!(
+            "SELECT {} FROM parquet.{}",
+            names.join(", "),
+            quoted(&folder_text)
+        );
+        self.stream(&read_back, context).await.map(Some)
     }
 
     async fn training_set(

@@ -115,6 +115,21 @@ pub trait OfflineEngine: Send + Sync + std::fmt::Debug {
         window: TimeWindow,
     ) -> Result<Box<dyn ViewOutputTable>, OfflineError>;
 
+    /// Writes a view's rows in `window` itself, as the Parquet files an offline writer's
+    /// [`crate::OfflineWriter::engine_folder`] takes, and streams the rows it wrote (read
+    /// back, not computed again) for the online store. `None` (the default): this engine
+    /// does not write files, so the rows go through [`OfflineEngine::execute_view`] and the
+    /// writer. An engine on a cluster writes from where the rows are computed.
+    async fn write_view_files(
+        &self,
+        view: &FeatureView,
+        window: TimeWindow,
+        folder: &Path,
+    ) -> Result<Option<SendableRecordBatchStream>, OfflineError> {
+        let _ = (view, window, folder);
+        Ok(None)
+    }
+
     /// Builds a point-in-time correct training set (see the trait docs).
     async fn training_set(
         &self,

@@ -286,12 +286,22 @@ impl OfflineWriter for ParquetViewWriter {
         Ok(())
     }
 
+    fn engine_folder(&self) -> Option<PathBuf> {
+        self.window.is_none().then(|| self.staging_path.clone())
+    }
+
     fn commit(mut self: Box<Self>) -> Result<OfflineWriteSummary, OfflineError> {
         if let Some(window) = self.window {
             return self.commit_window(window);
         }
         let writers = std::mem::take(&mut self.writers);
-        let partitions = writers.len() as u64;
+        let mut partitions = writers.len() as u64;
+        if writers.is_empty() {
+            // Rows an engine wrote into the staging folder itself (`engine_folder`).
+            let (rows, days) = staged_files_summary(&self.staging_path)?;
+            self.rows = rows;
+            partitions = days;
+        }
         for (_, (path, writer)) in writers {
             let file = writer
                 .into_inner()
@@ -324,6 +334,60 @@ impl OfflineWriter for ParquetViewWriter {
             partitions,
         })
     }
+}
+
+/// The rows (from the Parquet footers) and date partitions of the files an engine wrote into
+/// a staging folder.
+fn staged_files_summary(staging: &Path) -> Result<(u64, u64), OfflineError> {
+    if !staging.is_dir() {
+        return Ok((0, 0));
+    }
+    let files = view_files(staging)?;
+    let mut rows = 0u64;
+    let mut days = std::collections::BTreeSet::new();
+    for path in &files {
+        let file = File::open(path).map_err(io_error(format!("opening {}", path.display())))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| {
+            OfflineError::Parquet {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+        rows += u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or_default();
+        if let Some(parent) = path.parent() {
+            days.insert(parent.to_path_buf());
+        }
+    }
+    Ok((rows, days.len() as u64))
+}
+
+/// A batch read from an offline file in the canonical (projected) schema: columns another
+/// writer typed differently but compatibly (Spark names a list's item `element`, say) are
+/// cast; the batch then carries the canonical field names and types.
+fn conform_to(
+    batch: RecordBatch,
+    schema: &arrow::datatypes::SchemaRef,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                Ok(Arc::clone(column))
+            } else {
+                arrow::compute::cast(column, field.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
 }
 
 /// Writes `batches` to a new Parquet file at `path` and syncs it.
@@ -606,8 +670,10 @@ impl OfflineRows for ParquetFileRows {
         let files = self.files.clone();
         let columns = columns.to_vec();
         let view = self.view.clone();
+        let reader_schema = Arc::clone(&projected_schema);
         tokio::task::spawn_blocking(move || {
-            if let Err(error) = read_parquet_files(&view, &files, &columns, &sender) {
+            if let Err(error) = read_parquet_files(&view, &files, &columns, &reader_schema, &sender)
+            {
                 let _ = sender.blocking_send(Err(datafusion::error::DataFusionError::External(
                     Box::new(error),
                 )));
@@ -629,6 +695,7 @@ fn read_parquet_files(
     view: &str,
     files: &[(PathBuf, FileIdentity)],
     columns: &[String],
+    schema: &arrow::datatypes::SchemaRef,
     sender: &tokio::sync::mpsc::Sender<Result<RecordBatch, datafusion::error::DataFusionError>>,
 ) -> Result<(), OfflineError> {
     for (path, identity) in files {
@@ -680,6 +747,7 @@ fn read_parquet_files(
         for batch in reader {
             let batch = batch
                 .and_then(|batch| batch.project(&reorder))
+                .and_then(|batch| conform_to(batch, schema))
                 .map_err(|source| OfflineError::Arrow {
                     context: format!("reading {}", path.display()),
                     source,

@@ -32,6 +32,15 @@ pub trait OfflineWriter: Send {
     fn write(&mut self, batch: &ViewBatch) -> Result<(), OfflineError>;
     /// Makes the written rows visible, replacing the view version's previous rows.
     fn commit(self: Box<Self>) -> Result<OfflineWriteSummary, OfflineError>;
+    /// A folder where an offline engine may write this write's rows itself, instead of
+    /// handing them to [`OfflineWriter::write`]: Parquet files under `date=YYYY-MM-DD/`
+    /// folders (the UTC day of each row's event time) with the view's canonical columns
+    /// (types may differ where a cast is lossless, e.g. a list's item name). `commit`
+    /// publishes them like rows written through `write`; dropping the writer discards them.
+    /// `None` (the default, and for windowed writes): rows come through `write` only.
+    fn engine_folder(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 /// What one deletion of entities removed.

@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use arrow::array::RecordBatch;
-use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::compute::{SortColumn, cast, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::datatypes::SchemaRef;
 use larder_testing::SparkConnectServer;
 
 use crate::util::{DemoRepo, Server, larder, larder_ok, read_parquet};
@@ -26,9 +27,23 @@ fn use_spark(repo: &DemoRepo, remote: &str) {
 
 /// Every row of the given Parquet files (of one view), in one batch sorted by all of its
 /// columns (the offline store's file layout may differ; its rows may not).
-fn sorted_rows(files: &[std::path::PathBuf]) -> RecordBatch {
+fn sorted_rows(files: &[std::path::PathBuf], schema: Option<SchemaRef>) -> RecordBatch {
     let batches: Vec<RecordBatch> = files.iter().flat_map(|file| read_parquet(file)).collect();
-    let schema = batches[0].schema();
+    // Files another writer wrote (Spark) are compared in the first writer's types: Larder
+    // reads them so (a list's item may be named `element` rather than `item`, say).
+    let schema = schema.unwrap_or_else(|| batches[0].schema());
+    let batches: Vec<RecordBatch> = batches
+        .iter()
+        .map(|batch| {
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(column, field)| cast(column, field.data_type()).unwrap())
+                .collect();
+            RecordBatch::try_new(schema.clone(), columns).unwrap()
+        })
+        .collect();
     let all = concat_batches(&schema, &batches).unwrap();
     let columns: Vec<SortColumn> = all
         .columns()
@@ -106,7 +121,11 @@ fn spark_engine_gives_the_same_online_rows_offline_rows_and_training_set_as_data
     let yaml_path = on_spark.path.join("features/users.yaml");
     let yaml = std::fs::read_to_string(&yaml_path).unwrap();
     let wrong = "{name: clicks_7d, dtype: string}";
-    std::fs::write(&yaml_path, yaml.replace("{name: clicks_7d, dtype: int64}", wrong)).unwrap();
+    std::fs::write(
+        &yaml_path,
+        yaml.replace("{name: clicks_7d, dtype: int64}", wrong),
+    )
+    .unwrap();
     let line = yaml
         .lines()
         .position(|line| line.contains("{name: clicks_7d, dtype: int64}"))
@@ -136,10 +155,17 @@ fn spark_engine_gives_the_same_online_rows_offline_rows_and_training_set_as_data
         let offline_a = parquet_files(&in_process.path.join("data/offline").join(view));
         let offline_b = parquet_files(&on_spark.path.join("data/offline").join(view));
         assert!(!offline_a.is_empty(), "{view} has offline rows");
+        let expected = sorted_rows(&offline_a, None);
         assert_eq!(
-            sorted_rows(&offline_a),
-            sorted_rows(&offline_b),
+            expected,
+            sorted_rows(&offline_b, Some(expected.schema())),
             "offline rows of {view}"
+        );
+        assert!(
+            offline_b.iter().all(|file| file
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().contains(".snappy.parquet"))),
+            "Spark wrote {view}'s offline files: {offline_b:?}"
         );
     }
 
@@ -185,13 +211,13 @@ fn spark_engine_gives_the_same_online_rows_offline_rows_and_training_set_as_data
     let remote = spark.remote();
     drop(spark);
     let activity = on_spark.path.join("data/offline/user_activity");
-    let before = sorted_rows(&parquet_files(&activity));
+    let before = sorted_rows(&parquet_files(&activity), None);
     let output = larder(&on_spark.path, &["materialize"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains(&remote), "{stderr}");
     assert_eq!(
-        sorted_rows(&parquet_files(&activity)),
+        sorted_rows(&parquet_files(&activity), None),
         before,
         "a failed run keeps the offline rows"
     );
