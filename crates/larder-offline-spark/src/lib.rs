@@ -218,6 +218,31 @@ impl SparkEngine {
         }
     }
 
+    /// Where in the view's SQL file Spark's `line L pos P` points (Spark counts in the query
+    /// Larder sent: the view's SQL, trimmed, after [`PLAN_PREFIX`] on its first line).
+    fn plan_error_context(view: &FeatureView, error: &SparkError) -> String {
+        let (Some(path), Some(original), SparkError::Rejected(message)) =
+            (&view.transformation_path, &view.transformation, error)
+        else {
+            return Self::view_context(view);
+        };
+        let Some((line, position)) = spark_error_position(message) else {
+            return Self::view_context(view);
+        };
+        let leading_lines = original.len() - original.trim_start().len();
+        let skipped_newlines = original[..leading_lines].matches('\n').count();
+        let column = if line == 1 {
+            position.saturating_sub(PLAN_PREFIX.len()) + 1
+        } else {
+            position + 1
+        };
+        format!(
+            "feature view '{}' ({path}:{}:{column})",
+            view.name,
+            line + skipped_newlines
+        )
+    }
+
     /// A view's SQL restricted to an event-time window.
     fn windowed_sql(view: &FeatureView, window: TimeWindow) -> String {
         let mut conditions = Vec::new();
@@ -262,6 +287,17 @@ impl SparkEngine {
             batches,
         )))
     }
+}
+
+/// What `output_columns` sends before a view's SQL.
+const PLAN_PREFIX: &str = "SELECT * FROM (";
+
+/// The `line L pos P` (1-based line, 0-based position) of a Spark parse or analysis error.
+fn spark_error_position(message: &str) -> Option<(usize, usize)> {
+    let rest = &message[message.find("line ")? + "line ".len()..];
+    let (line, rest) = rest.split_once(" pos ")?;
+    let position: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((line.trim().parse().ok()?, position.parse().ok()?))
 }
 
 /// Spark SQL's name of a Larder type, as Spark writes it to Parquet and Larder reads it back
@@ -340,14 +376,13 @@ impl OfflineEngine for SparkEngine {
         view: &FeatureView,
     ) -> Result<Vec<(String, DataType)>, OfflineError> {
         let sql = format!(
-            "SELECT * FROM ({}) AS __larder_view LIMIT 0",
+            "{PLAN_PREFIX}{}) AS __larder_view LIMIT 0",
             DataFusionEngine::view_sql(view)
         );
-        let (schema, _) = self
-            .session
-            .collect_sql(&sql)
-            .await
-            .map_err(|error| error.in_context(Self::view_context(view)))?;
+        let (schema, _) = self.session.collect_sql(&sql).await.map_err(|error| {
+            let context = Self::plan_error_context(view, &error);
+            error.in_context(context)
+        })?;
         Ok(schema
             .fields()
             .iter()
@@ -698,7 +733,20 @@ mod tests {
             .err()
             .unwrap_or_else(|| panic!("Spark accepted broken SQL"))
             .to_string();
-        assert!(error.contains("(views/broken.sql): Spark: "), "{error}");
+        assert!(error.contains("(views/broken.sql:"), "{error}");
+        // A mistake on the third line of a file that starts with a blank line.
+        view.transformation = Some(
+            "\nSELECT id AS user_id,\n  id AS ts,\n  no_such_column\nFROM range(3)".to_string(),
+        );
+        let error = SparkEngine::connect(&remote, folder.path(), 1024, &[])
+            .await
+            .unwrap_or_else(|error| panic!("connecting: {error}"))
+            .output_columns(&view)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("Spark accepted an unknown column"))
+            .to_string();
+        assert!(error.contains("(views/broken.sql:4:3): Spark: "), "{error}");
         engine
             .close()
             .await
