@@ -1,6 +1,6 @@
 //! The offline engine: where a feature view's SQL runs over its sources (the batch lane) and
 //! where training sets are joined. [`OfflineEngine`] is the seam; [`DataFusionEngine`] runs
-//! everything in-process with DataFusion (the default, and the only engine today).
+//! everything in-process with DataFusion (the default); `larder-offline-spark` runs it on Spark.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The conformance suite of [`OfflineEngine`]: one set of checks that every engine runs
-//! unchanged (DataFusion today; Spark next), on the same source file and the same requests,
-//! so engines must agree row for row.
+//! unchanged (DataFusion, and Spark in `larder-offline-spark`), on the same source file and
+//! the same requests, so engines must agree row for row.
 //!
 //! ```no_run
 //! # async fn example() {
