@@ -159,9 +159,12 @@ impl larder_server::apply::Applier for ServeApplier {
 /// against the declared features.
 async fn check_view_schemas(repo: &FeatureRepo) -> Result<()> {
     let registry = repo.registry();
-    let engine =
-        crate::context::open_offline_engine(repo.root(), repo.config(), registry.sources.values())
-            .await?;
+    let engine = crate::context::open_offline_engine(
+        repo.root(),
+        repo.config(),
+        registry.sources.values().cloned().collect(),
+    )
+    .await?;
     let mut all = Vec::new();
     for view in registry.feature_views.values() {
         let is_batch = registry

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use larder_ingest::{LineageEmitter, LineageSink};
-use larder_offline::{DataFusionEngine, SharedOfflineEngine};
+use larder_offline::{DataFusionEngine, RoutedEngine, SharedOfflineEngine};
 use larder_offline_spark::SparkEngine;
 use larder_online::{
     CacheConfig, CachedOnlineStore, EmbeddedOnlineStore, MemoryDigestStore, MemoryOnlineStore,
@@ -46,18 +46,26 @@ fn lineage_sink(root: &Path, config: &RepoConfig, lineage: &LineageConfig) -> Li
 
 /// The offline engine `offline_engine` selects, with the batch `sources` registered (local
 /// paths relative to `root`): DataFusion in process, or a Spark Connect session.
-pub async fn open_offline_engine<'a>(
+pub async fn open_offline_engine(
     root: &Path,
     config: &RepoConfig,
-    sources: impl IntoIterator<Item = &'a larder_core::DataSource>,
+    sources: Vec<larder_core::DataSource>,
 ) -> Result<SharedOfflineEngine> {
     let batch_rows = config.materialize.batch_rows;
     Ok(match &config.offline_engine {
         OfflineEngineConfig::Datafusion => {
-            Arc::new(DataFusionEngine::new(root, &config.s3, batch_rows, sources).await?)
+            Arc::new(DataFusionEngine::new(root, &config.s3, batch_rows, &sources).await?)
         }
-        OfflineEngineConfig::Spark { remote } => {
-            Arc::new(SparkEngine::connect(remote, root, batch_rows, sources).await?)
+        OfflineEngineConfig::Spark { remote, views } => {
+            let spark: SharedOfflineEngine =
+                Arc::new(SparkEngine::connect(remote, root, batch_rows, &sources).await?);
+            if views.is_empty() {
+                spark
+            } else {
+                let in_process: SharedOfflineEngine =
+                    Arc::new(DataFusionEngine::new(root, &config.s3, batch_rows, &sources).await?);
+                Arc::new(RoutedEngine::new(in_process, spark, views.iter().cloned()))
+            }
         }
     })
 }

@@ -212,7 +212,7 @@ pub async fn run_with_stores(
     let engine = crate::context::open_offline_engine(
         &context.root,
         &context.config,
-        registry.sources.values(),
+        registry.sources.values().cloned().collect(),
     )
     .await?;
     let runner = BatchRunner {

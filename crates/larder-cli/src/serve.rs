@@ -99,7 +99,7 @@ pub async fn run_with_store(
     // Training sets join on the configured engine (Spark is connected to now, so a wrong
     // remote stops the server here rather than failing its first training set).
     let training_engine =
-        crate::context::open_offline_engine(&context.root, &context.config, std::iter::empty())
+        crate::context::open_offline_engine(&context.root, &context.config, Vec::new())
             .await
             .context("opening the offline engine for training sets")?;
     let push = PushService::new(

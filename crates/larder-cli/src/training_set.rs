@@ -202,8 +202,7 @@ pub async fn run(root: &Path, args: &TrainingSetArgs) -> Result<()> {
         full_feature_names: args.full_feature_names,
     };
     let engine =
-        crate::context::open_offline_engine(&context.root, &context.config, std::iter::empty())
-            .await?;
+        crate::context::open_offline_engine(&context.root, &context.config, Vec::new()).await?;
     let mut stream = engine
         .training_set(&request, args.memory_mb.saturating_mul(1 << 20))
         .await?;

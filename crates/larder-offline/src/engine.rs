@@ -515,6 +515,93 @@ impl OfflineEngine for DataFusionEngine {
     }
 }
 
+/// Runs some feature views on one engine and the rest on another (`offline_engine.views`:
+/// the large views on Spark, the small ones in process). A training set runs on the routed
+/// engine when any of its views is routed there.
+#[derive(Debug)]
+pub struct RoutedEngine {
+    default: SharedOfflineEngine,
+    routed: SharedOfflineEngine,
+    routed_views: std::collections::HashSet<String>,
+}
+
+impl RoutedEngine {
+    /// Views named in `routed_views` run on `routed`, every other view on `default`.
+    pub fn new(
+        default: SharedOfflineEngine,
+        routed: SharedOfflineEngine,
+        routed_views: impl IntoIterator<Item = String>,
+    ) -> Self {
+        Self {
+            default,
+            routed,
+            routed_views: routed_views.into_iter().collect(),
+        }
+    }
+
+    fn engine_of(&self, view: &FeatureView) -> &SharedOfflineEngine {
+        if self.routed_views.contains(&view.name) {
+            &self.routed
+        } else {
+            &self.default
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl OfflineEngine for RoutedEngine {
+    fn engine_name(&self) -> &'static str {
+        "routed"
+    }
+
+    async fn output_columns(
+        &self,
+        view: &FeatureView,
+    ) -> Result<Vec<(String, DataType)>, OfflineError> {
+        self.engine_of(view).output_columns(view).await
+    }
+
+    async fn execute_view(
+        &self,
+        view: &FeatureView,
+        window: TimeWindow,
+    ) -> Result<SendableRecordBatchStream, OfflineError> {
+        self.engine_of(view).execute_view(view, window).await
+    }
+
+    async fn view_output_table(
+        &self,
+        view: &FeatureView,
+        window: TimeWindow,
+    ) -> Result<Box<dyn ViewOutputTable>, OfflineError> {
+        self.engine_of(view).view_output_table(view, window).await
+    }
+
+    async fn write_view_files(
+        &self,
+        view: &FeatureView,
+        window: TimeWindow,
+        folder: &Path,
+    ) -> Result<Option<SendableRecordBatchStream>, OfflineError> {
+        self.engine_of(view)
+            .write_view_files(view, window, folder)
+            .await
+    }
+
+    async fn training_set(
+        &self,
+        request: &TrainingSetRequest,
+        memory_limit_bytes: usize,
+    ) -> Result<SendableRecordBatchStream, OfflineError> {
+        let routed = request
+            .views
+            .iter()
+            .any(|view_request| self.routed_views.contains(&view_request.view.name));
+        let engine = if routed { &self.routed } else { &self.default };
+        engine.training_set(request, memory_limit_bytes).await
+    }
+}
+
 /// A view's output registered with the engine's session; deregistered when dropped.
 struct DataFusionViewTable {
     session: SessionContext,

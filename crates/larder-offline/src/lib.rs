@@ -15,7 +15,7 @@ pub mod training;
 pub use arrow_types::{arrow_type_of, value_type_of};
 pub use columns::{CanonicalColumn, ViewBatch, array_of_values};
 pub use engine::{
-    DataFusionEngine, OfflineEngine, SharedOfflineEngine, TimeWindow, ViewOutputTable,
+    DataFusionEngine, OfflineEngine, RoutedEngine, SharedOfflineEngine, TimeWindow, ViewOutputTable,
 };
 pub use parquet_store::ParquetOfflineStore;
 pub use store::{

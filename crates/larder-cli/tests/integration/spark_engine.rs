@@ -207,6 +207,23 @@ fn spark_engine_gives_the_same_online_rows_offline_rows_and_training_set_as_data
         "the training set found features"
     );
 
+    // Per view: only user_activity on Spark, user_profile in process.
+    let config_path = on_spark.path.join("larder.yaml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(&config_path, format!("{config}  views: [user_activity]\n")).unwrap();
+    std::fs::remove_dir_all(on_spark.path.join("data/offline")).unwrap();
+    larder_ok(&on_spark.path, &["materialize", "--full-refresh"]);
+    let written_by_spark = |view: &str| {
+        let files = parquet_files(&on_spark.path.join("data/offline").join(view));
+        assert!(!files.is_empty(), "{view} has offline files");
+        files.iter().all(|file| {
+            file.file_name()
+                .is_some_and(|name| name.to_string_lossy().contains(".snappy.parquet"))
+        })
+    };
+    assert!(written_by_spark("user_activity"));
+    assert!(!written_by_spark("user_profile"));
+
     // Spark gone: materialize fails, names the server, and writes nothing.
     let remote = spark.remote();
     drop(spark);

@@ -17,6 +17,10 @@ pub enum OfflineEngineConfig {
     Spark {
         /// The Spark Connect server, `sc://host:port` (port 15002 when left out).
         remote: String,
+        /// The feature views that run on Spark; empty (the default): all of them. The others
+        /// run in process, and a training set runs on Spark when one of its views does.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        views: Vec<String>,
     },
 }
 
@@ -30,7 +34,13 @@ impl OfflineEngineConfig {
 /// What is wrong with an `offline_engine` section.
 pub(super) fn offline_engine_problems(config: &OfflineEngineConfig) -> Vec<ConfigProblem> {
     let mut problems = Vec::new();
-    if let OfflineEngineConfig::Spark { remote } = config {
+    if let OfflineEngineConfig::Spark { remote, views } = config {
+        if views.iter().any(|view| view.trim().is_empty()) {
+            problems.push(ConfigProblem {
+                keys: vec!["offline_engine", "views"],
+                message: "a view name is empty".to_string(),
+            });
+        }
         let host = remote
             .strip_prefix("sc://")
             .map(|rest| rest.split(['/', ';', ':']).next().unwrap_or_default());
