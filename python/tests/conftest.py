@@ -26,6 +26,8 @@ sources:
     type: push
   - name: scores_push
     type: push
+  - name: documents_push
+    type: push
 feature_views:
   - name: all_types
     version: 1
@@ -56,6 +58,15 @@ feature_views:
       - {name: s5, dtype: int64}
       - {name: s6, dtype: int64}
       - {name: s7, dtype: int64}
+  - name: documents
+    version: 1
+    entities: [user]
+    source: documents_push
+    features:
+      - name: embedding
+        dtype: vector<4>
+        vector_index: {metric: cosine}
+      - {name: category, dtype: string}
 """
 
 

@@ -299,6 +299,64 @@ class Client:
             )
         return OnlineResponse.from_json(self._json(response), len(columns))
 
+    def retrieve_online_documents(
+        self,
+        query: Sequence[float],
+        *,
+        top_k: int,
+        features: Sequence[str],
+        filters: Optional[Sequence[Mapping[str, Any]]] = None,
+        ef_search: Optional[int] = None,
+        exact: bool = False,
+    ) -> OnlineResponse:
+        """Finds the entities whose indexed ``vector<N>`` feature is nearest to ``query``.
+
+        The view is the one of ``features`` (all from one view, which has a ``vector_index``).
+        Hits are checked against the online store: missing, expired or filtered rows are
+        dropped, and the search widens until it has ``top_k`` hits or none are left.
+
+        Args:
+            query: The query vector (the indexed feature's dimension, finite numbers).
+            top_k: How many hits at most (1 to the server's ``serving.max_top_k``).
+            features: Feature references ``view:feature`` to return with each hit.
+            filters: Conditions on the view's features, e.g.
+                ``[{"feature": "category", "eq": "shoes"}, {"feature": "price", "gte": 10}]``
+                (``eq``, ``ne``, ``gt``, ``gte``, ``lt``, ``lte``; several in one item all
+                apply).
+            ef_search: The approximate search's breadth for this request (more: better recall,
+                slower).
+            exact: Compare with every vector instead of searching the graph.
+
+        Returns:
+            An :class:`OnlineResponse` with one row per hit, nearest first: the join keys,
+            the features, then ``distance``.
+        """
+        if not features:
+            raise InvalidArgument("features are required, e.g. ['documents:category']")
+        payload: Dict[str, Any] = {
+            "features": list(features),
+            "query": [float(component) for component in query],
+            "top_k": int(top_k),
+        }
+        if filters:
+            payload["filters"] = [dict(item) for item in filters]
+        if ef_search is not None:
+            payload["ef_search"] = int(ef_search)
+        if exact:
+            payload["exact"] = True
+        response = self._request(
+            "POST",
+            "/retrieve-online-documents",
+            body=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"},
+            idempotent=True,
+        )
+        body = self._json(response)
+        names = body.get("metadata", {}).get("feature_names", []) if isinstance(body, dict) else []
+        # The answer's columns: the view's join keys, the features, then the distance.
+        key_count = max(len(names) - len(features) - 1, 0)
+        return OnlineResponse.from_json(body, key_count)
+
     def get_historical_features(
         self,
         entity_df: TableLike,
