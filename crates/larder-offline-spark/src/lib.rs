@@ -21,7 +21,8 @@
 //!   DataFusion engine.
 //!
 //! Why a client of our own rather than a crate: `spark-connect-rs` 0.0.2 has had no release
-//! since 2025-02 and calls itself highly experimental; `apache-spark-connect` 4.2.0 builds on
+//! since 2025-02 and calls itself highly experimental; `spark-connect` 0.3.0 (2026-09) is a
+//! few months old with one maintainer; `apache-spark-connect` 4.2.0 builds on
 //! arrow 58, which would put a second Arrow into Larder's build (DataFusion 55 uses arrow 59)
 //! and hand every batch over as IPC bytes anyway. The protocol subset Larder needs (SQL and
 //! read relations, local relations, temporary views, Arrow results) is ~100 lines of proto
@@ -196,7 +197,12 @@ impl SparkEngine {
                 options.insert("inferSchema".to_string(), "true".to_string());
                 ("csv", vec![location])
             }
-            FileFormat::Delta => ("parquet", delta_files(&location, &context).await?),
+            FileFormat::Delta => {
+                // Partition columns live in the files' folder names (`region=eu/`): Spark
+                // discovers them below the table's root.
+                options.insert("basePath".to_string(), location.clone());
+                ("parquet", delta_files(&location, &context).await?)
+            }
         };
         let mut names = vec![source.name.clone()];
         if source.name.to_lowercase() != source.name {

@@ -49,7 +49,7 @@ fn merchants(rows: &[(i64, &str, f64, &str)]) -> RecordBatch {
 /// Writes a Delta table partitioned by region in four versions and a checkpoint; its
 /// latest version holds merchants 1 (eu, 4.5), 2 (us, 3.0) and 4 (us, 2.0). Merchant 3 and
 /// the first row of merchant 1 are in files the log removed.
-fn write_delta_table(folder: &Path) {
+pub fn write_delta_table(folder: &Path) {
     std::fs::create_dir_all(folder).unwrap();
     let url = url::Url::from_directory_path(folder).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -87,7 +87,7 @@ fn write_delta_table(folder: &Path) {
 }
 
 /// A feature repo with one view over a Delta source at `path` (`format` line optional).
-fn merchant_repo(
+pub fn merchant_repo(
     parent: &Path,
     path: &str,
     format_line: &str,
@@ -112,7 +112,7 @@ fn merchant_repo(
     repo
 }
 
-fn assert_serves_latest_version(repo: &Path) {
+pub fn assert_serves_latest_version(repo: &Path) {
     let materialized = larder_ok(repo, &["materialize"]);
     assert!(materialized.contains("3 rows scanned"), "{materialized}");
     let server = Server::start(repo);

@@ -95,6 +95,23 @@ fn spark_engine_gives_the_same_online_rows_offline_rows_and_training_set_as_data
     let Some(spark) = SparkConnectServer::start() else {
         return;
     };
+    // A partitioned Delta table, read at its latest version (files the log removed stay
+    // unread, the partition column is a feature).
+    let lake = tempfile::tempdir().unwrap();
+    let table = lake.path().join("merchants");
+    crate::delta_sources::write_delta_table(&table);
+    let repo = crate::delta_sources::merchant_repo(
+        lake.path(),
+        &table.display().to_string(),
+        "",
+        &format!(
+            "offline_engine: {{type: spark, remote: \"{}\"}}\n",
+            spark.remote()
+        ),
+    );
+    larder_ok(&repo, &["apply"]);
+    crate::delta_sources::assert_serves_latest_version(&repo);
+
     let in_process = DemoRepo::init_with(USERS as u64, &["--anchor", "2026-01-01"]);
     let on_spark = DemoRepo::init_with(USERS as u64, &["--anchor", "2026-01-01"]);
     use_spark(&on_spark, &spark.remote());
