@@ -707,6 +707,44 @@ mod tests {
     use larder_offline::SharedOfflineEngine;
     use larder_testing::SparkConnectServer;
 
+    #[test]
+    fn spark_error_positions_are_read_from_its_messages() {
+        assert_eq!(
+            spark_error_position(
+                "[UNRESOLVED_COLUMN] ... SQLSTATE: 42703; line 3 pos 2;\n'Project"
+            ),
+            Some((3, 2))
+        );
+        assert_eq!(
+            spark_error_position("[PARSE_SYNTAX_ERROR] no position"),
+            None
+        );
+        assert_eq!(spark_error_position("line x pos 2"), None);
+    }
+
+    #[test]
+    fn views_spark_cannot_write_as_larder_reads_them_use_larder_s_writer() {
+        let mut view = larder_offline::conformance::check_view("spark_types");
+        let columns = canonical_spark_columns(&view)
+            .unwrap_or_else(|| panic!("a scalar view must be writable by Spark"));
+        assert_eq!(
+            columns.len(),
+            view.join_keys.len() + 1 + view.features.len()
+        );
+        assert_eq!(
+            spark_type(&ValueType::List(Box::new(ValueType::Int32))).as_deref(),
+            Some("ARRAY<INT>")
+        );
+        view.features[0].dtype = ValueType::Vector(8);
+        assert!(canonical_spark_columns(&view).is_none(), "vectors");
+        let mut view = larder_offline::conformance::check_view("spark_types");
+        view.features[0].name = "Date".to_string();
+        assert!(
+            canonical_spark_columns(&view).is_none(),
+            "a column named like the partition"
+        );
+    }
+
     /// One Spark server for every check (a JVM takes ~20 s to start): the engine
     /// conformance suite, then the errors a user meets.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
