@@ -89,6 +89,7 @@ impl SparkError {
 #[derive(Debug, Clone)]
 pub struct SparkEngine {
     session: SparkSession,
+    batch_rows: usize,
 }
 
 /// Numbers the engine's temporary views, which share one Spark session.
@@ -138,7 +139,10 @@ impl SparkEngine {
             ))
             .await
             .map_err(|error| error.in_context("configuring the Spark session"))?;
-        let engine = Self { session };
+        let engine = Self {
+            session,
+            batch_rows,
+        };
         // Spark resolves paths in its own working folder: hand it absolute ones.
         let repo_root = std::path::absolute(repo_root).map_err(|source| OfflineError::Io {
             context: format!("resolving {}", repo_root.display()),
@@ -495,8 +499,13 @@ impl OfflineEngine for SparkEngine {
         request: &TrainingSetRequest,
         memory_limit_bytes: usize,
     ) -> Result<SendableRecordBatchStream, OfflineError> {
+        // A session of its own: a long-lived server (`larder serve`) would otherwise keep one
+        // session past Spark's idle timeout, after which Spark refuses it.
+        let joiner =
+            Self::connect(self.session.remote(), Path::new("."), self.batch_rows, []).await?;
         let session = larder_offline::training::training_session(memory_limit_bytes)?;
-        larder_offline::training::build_training_set_joined_by(&session, request, Some(self)).await
+        larder_offline::training::build_training_set_joined_by(&session, request, Some(&joiner))
+            .await
     }
 }
 
