@@ -262,24 +262,6 @@ pub async fn check_queries_over_a_view_output(engine: &SharedOfflineEngine) {
 /// view's TTL; no such row gives nulls, and the output keeps the entity table's order.
 pub async fn check_training_sets_join_point_in_time(engine: &SharedOfflineEngine) {
     let name = engine.engine_name();
-    let mut view = payments_view();
-    view.ttl = Some(TtlDuration::from_seconds(2 * 3_600));
-    let rows: Vec<(Vec<larder_core::Value>, Timestamp, Vec<larder_core::Value>)> = source_rows()
-        .into_iter()
-        .map(|(user, time, amount)| {
-            (
-                vec![larder_core::Value::Int64(user)],
-                Timestamp(time),
-                vec![amount.map_or(larder_core::Value::Null, larder_core::Value::Float64)],
-            )
-        })
-        .collect();
-    let view_rows = ViewBatch::from_rows(
-        &view,
-        rows.iter()
-            .map(|(keys, time, values)| (keys.as_slice(), *time, values.as_slice())),
-    )
-    .unwrap_or_else(|error| panic!("view rows: {error}"));
     // (user, entity time, expected amount)
     let cases: [(i64, i64, Option<f64>); 6] = [
         (1, START + 2 * HOUR, Some(2.0)), // latest at or before
@@ -289,57 +271,16 @@ pub async fn check_training_sets_join_point_in_time(engine: &SharedOfflineEngine
         (9, START + 5 * HOUR, None),      // an unknown user
         (1, START - 1, None),             // before everything
     ];
-    let entities = RecordBatch::try_from_iter([
-        (
-            "user_id",
-            Arc::new(Int64Array::from_iter_values(
-                cases.iter().map(|case| case.0),
-            )) as ArrayRef,
-        ),
-        (
-            "event_timestamp",
-            Arc::new(
-                TimestampMicrosecondArray::from_iter_values(cases.iter().map(|case| case.1))
-                    .with_timezone("UTC"),
-            ),
-        ),
-    ])
-    .unwrap_or_else(|error| panic!("entity batch: {error}"));
-    let request = TrainingSetRequest {
-        entities: Arc::new(MemoryRows::new(entities.schema(), vec![entities])),
-        entity_timestamp_column: "event_timestamp".to_string(),
-        views: vec![ViewRequest {
-            features: vec!["total".to_string()],
-            rows: Arc::new(MemoryRows::new(
-                ViewBatch::schema_of(&view),
-                vec![view_rows.record_batch().clone()],
-            )),
-            view,
-            ties: TieBreak::ContentHash,
-        }],
-        full_feature_names: false,
-    };
-    let mut stream = engine
-        .training_set(&request, 64 << 20)
-        .await
-        .unwrap_or_else(|error| panic!("{name}: training_set: {error}"));
-    let mut got = Vec::new();
-    while let Some(batch) = stream.next().await {
-        let batch = batch.unwrap_or_else(|error| panic!("{name}: a batch failed: {error}"));
-        let users = batch.column(0).as_primitive::<Int64Type>();
-        let totals = batch
-            .column_by_name("total")
-            .unwrap_or_else(|| panic!("{name}: no column total"))
-            .as_primitive::<Float64Type>();
-        for row in 0..batch.num_rows() {
-            got.push((
-                users.value(row),
-                (!totals.is_null(row)).then(|| totals.value(row)),
-            ));
-        }
-    }
-    let expected: Vec<(i64, Option<f64>)> = cases.iter().map(|case| (case.0, case.2)).collect();
-    assert_eq!(got, expected, "{name}: the training set, in entity order");
+    let entities: Vec<(Option<i64>, Option<i64>)> = cases
+        .iter()
+        .map(|case| (Some(case.0), Some(case.1)))
+        .collect();
+    let expected: Vec<Option<f64>> = cases.iter().map(|case| case.2).collect();
+    assert_eq!(
+        training_totals(engine, &source_rows(), &entities, TieBreak::ContentHash).await,
+        expected,
+        "{name}: the training set, in entity order"
+    );
 }
 
 /// Runs a one-view training set of `total` over `rows` (user, time, total) for `entities`

@@ -412,16 +412,8 @@ async fn sorted_matches(
     });
     let matched: SendableRecordBatchStream =
         Box::pin(RecordBatchStreamAdapter::new(asof::match_schema(), matched));
-    let mut sorted = asof::sort_stream(session, matched, &[ORDINAL_COLUMN, ROW_COLUMN]).await?;
-    let first = sorted
-        .next()
-        .await
-        .transpose()
-        .map_err(|source| OfflineError::Query {
-            context: "joining feature rows".to_string(),
-            source,
-        })?;
-    Ok((first, sorted))
+    let sorted = asof::sort_stream(session, matched, &[ORDINAL_COLUMN, ROW_COLUMN]).await?;
+    first_and_rest(sorted).await
 }
 
 /// Runs the as-of join of one view: each entity row's matching feature ordinal, sorted by
