@@ -9,6 +9,9 @@
 //!   `feast materialize` sends to a remote feature server), when the server is given a
 //!   [`Materializer`](crate::materialize::Materializer).
 //! * `GET /metrics`: Prometheus text format.
+//! * `GET /openapi.json`: the OpenAPI document of every route here and of the registry API
+//!   and UI ([`crate::discovery`]), kept in `crates/larder-server/openapi.json`; open to anyone,
+//!   like `/health`. A test checks that it lists every route of [`router`].
 //!
 //! Every error is Feast's error detail ([`ServingError::feast_error_detail`]: a JSON string
 //! holding `{"module", "class", "message", "code"}`, so Feast's client raises the matching
@@ -133,6 +136,7 @@ pub fn router(services: Services) -> Router {
         .route("/push", post(push_rows))
         .route("/write-to-online-store", post(write_to_online_store))
         .route("/health", get(health))
+        .route("/openapi.json", get(openapi_document))
         .route("/status", get(status))
         .route("/metrics", get(render_metrics))
         .route("/get-historical-features", post(get_historical_features))
@@ -157,10 +161,11 @@ pub fn router(services: Services) -> Router {
         })
 }
 
-/// The scope a route needs; `None`: open to anyone (liveness, the UI's login page).
+/// The scope a route needs; `None`: open to anyone (liveness, the API's description, the UI's
+/// login page).
 pub fn scope_of_route(path: &str) -> Option<Scope> {
     match path {
-        "/health" | "/ui/login" => None,
+        "/health" | "/openapi.json" | "/ui/login" => None,
         "/push" | "/write-to-online-store" => Some(Scope::Write),
         "/forget" => Some(Scope::Forget),
         "/materialize"
@@ -271,6 +276,21 @@ async fn health(State(state): State<HttpState>) -> Response {
         "feature_views": registry.feature_views.len(),
     });
     axum::Json(body).into_response()
+}
+
+/// The OpenAPI document of the HTTP API, compiled in.
+pub const OPENAPI_DOCUMENT: &str = include_str!("../openapi.json");
+
+/// `GET /openapi.json`.
+async fn openapi_document() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI_DOCUMENT,
+    )
+        .into_response()
 }
 
 async fn render_metrics() -> Response {

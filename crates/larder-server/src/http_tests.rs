@@ -419,3 +419,192 @@ async fn historical_features_keep_the_entity_columns_in_request_order() {
         "user 2 has no offline row"
     );
 }
+
+/// The routes the router's source declares, as `(path, method)`: every `.route("PATH", ...)`
+/// of `http.rs` and `discovery.rs`, with the methods of its method router (`get(..).post(..)`).
+fn declared_routes() -> std::collections::BTreeSet<(String, String)> {
+    let mut routes = std::collections::BTreeSet::new();
+    for source in [include_str!("http.rs"), include_str!("discovery.rs")] {
+        let mut rest = source;
+        while let Some(start) = rest.find(".route(") {
+            let call = &rest[start + ".route(".len()..];
+            // The call's arguments: up to the parenthesis that closes `.route(`.
+            let mut depth = 1;
+            let end = call
+                .char_indices()
+                .find(|&(_, character)| {
+                    match character {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => {}
+                    }
+                    depth == 0
+                })
+                .map(|(index, _)| index)
+                .unwrap_or_else(|| panic!("unclosed .route( in the source"));
+            let arguments = &call[..end];
+            rest = &call[end..];
+            let Some(opening) = arguments.find('"') else {
+                continue; // not a route declaration (e.g. this function's own text)
+            };
+            let path = &arguments[opening + 1..];
+            let path = &path[..path.find('"').unwrap_or_else(|| panic!("unclosed path"))];
+            let handlers = &arguments[opening + path.len() + 2..];
+            let mut methods = 0;
+            for method in ["get", "post", "put", "patch", "delete"] {
+                let spelled = format!("{method}(");
+                let found = handlers.match_indices(&spelled).any(|(index, _)| {
+                    index == 0
+                        || !handlers.as_bytes()[index - 1].is_ascii_alphanumeric()
+                            && handlers.as_bytes()[index - 1] != b'_'
+                });
+                if found {
+                    routes.insert((path.to_string(), method.to_string()));
+                    methods += 1;
+                }
+            }
+            assert!(methods > 0, "no method found for route {path}: {handlers}");
+        }
+    }
+    routes
+}
+
+/// The node at a JSON pointer such as `#/components/schemas/Health`.
+fn resolve_pointer<'a>(document: &'a serde_json::Value, reference: &str) -> &'a serde_json::Value {
+    let pointer = reference
+        .strip_prefix('#')
+        .unwrap_or_else(|| panic!("only local references are used: {reference}"));
+    document
+        .pointer(pointer)
+        .unwrap_or_else(|| panic!("the reference {reference} resolves to nothing"))
+}
+
+/// Every `$ref` under `node`.
+fn references(node: &serde_json::Value, found: &mut Vec<String>) {
+    match node {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("$ref", serde_json::Value::String(reference)) => found.push(reference.clone()),
+                    _ => references(value, found),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|item| references(item, found)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_of_the_router() {
+    let services = services(ServingLimits::default()).await;
+    let request = Request::get("/openapi.json")
+        .body(Body::empty())
+        .unwrap_or_else(|error| panic!("{error}"));
+    let response = crate::http::router(services.clone())
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|error| match error {});
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[axum::http::header::CONTENT_TYPE],
+        "application/json"
+    );
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"))
+        .to_bytes();
+    let document = json(&bytes);
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|version| version.starts_with("3.")),
+        "{}",
+        document["openapi"]
+    );
+
+    // Every route of the router is documented, with its methods, and nothing else is.
+    let paths = document["paths"]
+        .as_object()
+        .unwrap_or_else(|| panic!("the document has no paths"));
+    let documented: std::collections::BTreeSet<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, operations)| {
+            operations
+                .as_object()
+                .into_iter()
+                .flat_map(|operations| operations.keys())
+                .filter(|key| ["get", "post", "put", "patch", "delete"].contains(&key.as_str()))
+                .map(move |method| (path.clone(), method.clone()))
+        })
+        .collect();
+    let declared = declared_routes();
+    assert!(
+        declared.len() >= 27,
+        "the route scan found too few routes: {declared:?}"
+    );
+    let undocumented: Vec<_> = declared.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "routes missing from openapi.json: {undocumented:?}"
+    );
+    let unserved: Vec<_> = documented.difference(&declared).collect();
+    assert!(
+        unserved.is_empty(),
+        "openapi.json documents routes the router does not declare: {unserved:?}"
+    );
+
+    // And the router really serves each documented operation (its fallback answers "no route").
+    for (path, method) in &documented {
+        let concrete = path.replace("{name}", "user_profile");
+        let request = Request::builder()
+            .method(method.to_uppercase().as_str())
+            .uri(&concrete)
+            .body(Body::from("{}"))
+            .unwrap_or_else(|error| panic!("{error}"));
+        let response = crate::http::router(services.clone())
+            .oneshot(request)
+            .await
+            .unwrap_or_else(|error| match error {});
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"))
+            .to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            status != StatusCode::METHOD_NOT_ALLOWED && !body.contains("no route"),
+            "{method} {concrete}: {status} {body}"
+        );
+    }
+
+    // Every reference resolves, and every operation says how it answers.
+    let mut found = Vec::new();
+    references(&document, &mut found);
+    assert!(!found.is_empty());
+    for reference in &found {
+        resolve_pointer(&document, reference);
+    }
+    for (path, method) in &documented {
+        let responses = &document["paths"][path][method]["responses"];
+        assert!(
+            responses.as_object().is_some_and(|map| !map.is_empty()),
+            "{method} {path} documents no response"
+        );
+    }
+    // The open routes are the ones the document marks open.
+    for (path, method) in &documented {
+        let open = document["paths"][path][method]["security"]
+            .as_array()
+            .is_some_and(Vec::is_empty);
+        assert_eq!(
+            open,
+            crate::http::scope_of_route(path).is_none(),
+            "{method} {path}: the document and scope_of_route disagree on whether it is open"
+        );
+    }
+}
