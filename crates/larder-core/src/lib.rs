@@ -12,6 +12,7 @@ mod codec_props;
 pub mod definitions;
 pub mod entity_key;
 pub mod error;
+pub mod fault;
 pub mod schedule;
 pub mod secret;
 pub mod storage;

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use larder_core::fault::crash_point;
 use larder_core::{FeatureView, Timestamp, WriteLane};
 use larder_offline::{
     OfflineEngine, OfflineError, OfflineStore, OfflineWriteSummary, OfflineWriter, TimeWindow,
@@ -229,6 +230,7 @@ pub async fn materialize_view(
         });
     }
     report.warnings = warnings.iter().map(ToString::to_string).collect();
+    crash_point("materialize.after_checks");
     let offline_writer: Option<Box<dyn OfflineWriter>> = if view.offline {
         Some(offline_store.begin_window_write(view, options.window)?)
     } else {
@@ -298,7 +300,9 @@ pub async fn materialize_view(
             };
             writer = Some(
                 tokio::task::spawn_blocking(move || {
-                    writer_for_task.write(&view_batch).map(|()| writer_for_task)
+                    let written = writer_for_task.write(&view_batch);
+                    crash_point("materialize.after_offline_batch");
+                    written.map(|()| writer_for_task)
                 })
                 .await
                 .map_err(|error| MaterializeError::Task(error.to_string()))??,
@@ -324,12 +328,14 @@ pub async fn materialize_view(
                         )
                         .await?,
                 );
+                crash_point("materialize.after_online_batch");
             }
             progress.rows_processed(scanned);
         }
         Ok::<_, MaterializeError>(())
     };
     let ((), offline_writer, ()) = tokio::try_join!(producer, offline_stage, consumer)?;
+    crash_point("materialize.before_digest_sync");
     if view.online {
         // One fsync for the run's digests instead of one per batch.
         digests.sync().await.map_err(WriteError::Store)?;
@@ -347,12 +353,14 @@ pub async fn materialize_view(
             ));
         }
     }
+    crash_point("materialize.before_offline_commit");
     let offline = match offline_writer {
         Some(writer) => tokio::task::spawn_blocking(move || writer.commit())
             .await
             .map_err(|error| MaterializeError::Task(error.to_string()))??,
         None => OfflineWriteSummary::default(),
     };
+    crash_point("materialize.after_offline_commit");
     report.status = "succeeded".to_string();
     report.rows_scanned = rows_scanned;
     report.rows_changed = changes.new + changes.changed;

@@ -982,16 +982,11 @@ async fn offline_keys(
     Ok(keys.into_iter().collect())
 }
 
-/// `LARDER_ERASURE_CRASH_AFTER=N` aborts the process after the N-th step of a job (counting
-/// steps done, resumed ones included): how the tests stop an erasure at each point as
-/// `kill -9` would.
+/// The crash point after the N-th step of a job (counting steps done, resumed ones
+/// included), `erasure.after_step.N`: how the tests stop an erasure at each point as
+/// `kill -9` would ([`larder_core::fault`]).
 fn crash_point(job: &ErasureJob) {
-    let Ok(text) = std::env::var("LARDER_ERASURE_CRASH_AFTER") else {
-        return;
-    };
-    if text.trim().parse::<usize>().ok() == Some(job.done.len()) {
-        std::process::abort();
-    }
+    larder_core::fault::crash_point(&format!("erasure.after_step.{}", job.done.len()));
 }
 
 /// SHA-256 of the repo's salt and an entity key's bytes: how the audit log names a key.

@@ -11,6 +11,7 @@ use arrow::compute::take_record_batch;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use larder_core::fault::crash_point;
 use larder_core::{EntityKey, FeatureView};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
@@ -44,6 +45,67 @@ impl ParquetOfflineStore {
             .join(&view.name)
             .join(format!("v{}", view.version))
     }
+
+    /// The folder readers read: the view version's folder, or, when a commit was killed
+    /// between moving the previous rows aside and publishing the new ones, the rows moved
+    /// aside (the last committed ones) until the next write puts them back.
+    fn committed_view_path(&self, view: &FeatureView) -> PathBuf {
+        let final_path = self.view_path(view);
+        let aside = aside_path(&final_path, view.version);
+        if !final_path.exists() && aside.is_dir() {
+            aside
+        } else {
+            final_path
+        }
+    }
+}
+
+/// Where a commit moves a view version's previous rows while it publishes the new ones.
+fn aside_path(final_path: &Path, version: u32) -> PathBuf {
+    final_path.with_file_name(format!(".v{version}.old"))
+}
+
+/// Finishes what a writer killed mid-commit left (`kill -9`, a power cut): previous rows
+/// moved aside but nothing published go back into place; previous rows left aside after a
+/// publish are removed; the staging folders of writer processes that are gone are removed.
+fn recover_interrupted_writes(final_path: &Path, version: u32) -> Result<(), OfflineError> {
+    let aside = aside_path(final_path, version);
+    if aside.is_dir() {
+        if final_path.exists() {
+            std::fs::remove_dir_all(&aside)
+                .map_err(io_error(format!("removing {}", aside.display())))?;
+        } else {
+            std::fs::rename(&aside, final_path).map_err(io_error(format!(
+                "restoring {} from {}",
+                final_path.display(),
+                aside.display()
+            )))?;
+        }
+    }
+    let Some(parent) = final_path.parent() else {
+        return Ok(());
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Ok(());
+    };
+    let prefix = format!(".v{version}.staging-");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(writer_pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(&prefix))
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        // Linux: a writer whose /proc entry is gone died without cleaning up.
+        if Path::new("/proc/self").exists() && !Path::new("/proc").join(writer_pid).exists() {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path)
+                .map_err(io_error(format!("removing {}", path.display())))?;
+        }
+    }
+    Ok(())
 }
 
 fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> OfflineError {
@@ -58,7 +120,7 @@ impl OfflineStore for ParquetOfflineStore {
     }
 
     fn rows(&self, view: &FeatureView) -> Result<Option<Arc<dyn OfflineRows>>, OfflineError> {
-        let folder = self.view_path(view);
+        let folder = self.committed_view_path(view);
         if !folder.is_dir() {
             return Ok(None);
         }
@@ -87,7 +149,7 @@ impl OfflineStore for ParquetOfflineStore {
         view: &FeatureView,
         keys: &[EntityKey],
     ) -> Result<OfflineDeleteSummary, OfflineError> {
-        let folder = self.view_path(view);
+        let folder = self.committed_view_path(view);
         let mut summary = OfflineDeleteSummary::default();
         if !folder.is_dir() || keys.is_empty() {
             return Ok(summary);
@@ -146,6 +208,7 @@ impl OfflineStore for ParquetOfflineStore {
             .unwrap_or_else(|| self.root.clone());
         std::fs::create_dir_all(&parent)
             .map_err(io_error(format!("creating {}", parent.display())))?;
+        recover_interrupted_writes(&final_path, view.version)?;
         let unique = format!(
             "{}-{}",
             std::process::id(),
@@ -206,7 +269,7 @@ impl OfflineStore for ParquetOfflineStore {
         view: &FeatureView,
         table_name: &str,
     ) -> Result<bool, OfflineError> {
-        let path = self.view_path(view);
+        let path = self.committed_view_path(view);
         if !path.exists() {
             return Ok(false);
         }
@@ -312,18 +375,20 @@ impl OfflineWriter for ParquetViewWriter {
             file.sync_all()
                 .map_err(io_error(format!("syncing {}", path.display())))?;
         }
-        let old_path = self.staging_path.with_extension("old");
+        let old_path = aside_path(&self.final_path, self.view.version);
         if self.final_path.exists() {
             std::fs::rename(&self.final_path, &old_path).map_err(io_error(format!(
                 "moving {} aside",
                 self.final_path.display()
             )))?;
         }
+        crash_point("offline.commit.after_move_aside");
         std::fs::rename(&self.staging_path, &self.final_path).map_err(io_error(format!(
             "publishing {}",
             self.final_path.display()
         )))?;
         self.committed = true;
+        crash_point("offline.commit.after_publish");
         if old_path.exists() {
             std::fs::remove_dir_all(&old_path)
                 .map_err(io_error(format!("removing {}", old_path.display())))?;

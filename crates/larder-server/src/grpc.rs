@@ -278,6 +278,16 @@ fn decoding_errors_are_invalid_arguments(
     response
 }
 
+/// A response mapper of the gRPC service.
+pub type ResponseMapper =
+    fn(axum::http::Response<tonic::body::Body>) -> axum::http::Response<tonic::body::Body>;
+
+/// The layer [`serve`] puts around [`GrpcFeatureServing::service`]: requests tonic could not
+/// decode are answered `INVALID_ARGUMENT` (see `decoding_errors_are_invalid_arguments`).
+pub fn undecodable_requests_layer() -> tower::util::MapResponseLayer<ResponseMapper> {
+    tower::util::MapResponseLayer::new(decoding_errors_are_invalid_arguments as ResponseMapper)
+}
+
 /// The gRPC service over the feature services.
 #[derive(Debug, Clone)]
 pub struct GrpcFeatureServing {
@@ -776,12 +786,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(
-            decoding_errors_are_invalid_arguments
-                as fn(
-                    axum::http::Response<tonic::body::Body>,
-                ) -> axum::http::Response<tonic::body::Body>,
-        ))
+        .layer(undecodable_requests_layer())
         .add_service(GrpcFeatureServing::service(services))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY a small response waits for the client's delayed ACK

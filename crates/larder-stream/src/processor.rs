@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use larder_core::fault::crash_point;
 use larder_core::{DataSource, EntityKey, FeatureView, StreamAggregations, WriteLane};
 use larder_ingest::{FeatureRow, WritePath};
 
@@ -337,10 +338,12 @@ impl PreparedBatch {
             let summary = write_path.write(&view, WriteLane::Stream, rows).await?;
             report.rows_written = summary.written;
         }
+        crash_point("stream.after_online_write");
         let view_id = view.id();
         tokio::task::spawn_blocking(move || state.commit(&view_id, &partition, &states, &position))
             .await
             .map_err(|error| StreamError::State(format!("commit task failed: {error}")))??;
+        crash_point("stream.after_state_commit");
         record_metrics(&view.name, &report);
         Ok(report)
     }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::util::{DemoRepo, larder_ok};
+use crate::util::{DemoRepo, copy_tree, larder_ok};
 
 /// The `N written online` figure of a view's summary line.
 fn written_online(stdout: &str, view: &str) -> u64 {
@@ -339,20 +339,6 @@ fn entities_gone_from_the_source_are_kept_by_default_and_deleted_with_on_missing
     );
     let runs = larder_ok(&repo.path, &["runs", "user_profile"]);
     assert!(runs.contains("deleted"), "{runs}");
-}
-
-/// Copies a folder tree.
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// `kill -9` in the middle of a run that writes changed rows, then another run: the online

@@ -273,13 +273,17 @@ fn forget_finishes_after_a_crash_at_every_step() {
         let entity = format!("user_id={user}");
         let output = std::process::Command::new(crate::util::larder_binary())
             .current_dir(&repo.path)
-            .env("LARDER_ERASURE_CRASH_AFTER", crash_after.to_string())
+            .env(
+                "LARDER_CRASH_AT",
+                format!("erasure.after_step.{crash_after}"),
+            )
             .args(["forget", "--entity", &entity])
             .output()
             .unwrap();
-        assert!(
-            !output.status.success(),
-            "the erasure did not stop after step {crash_after}"
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&output.status),
+            Some(9),
+            "the erasure was not killed after step {crash_after}"
         );
         let pending = std::fs::read_dir(repo.path.join("data/erasure/pending"))
             .unwrap()

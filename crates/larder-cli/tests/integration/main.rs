@@ -10,6 +10,7 @@ mod direct_writes;
 mod dynamodb_store;
 mod embeddings;
 mod end_to_end;
+mod faults;
 mod feast_client;
 mod forget;
 mod grpc;

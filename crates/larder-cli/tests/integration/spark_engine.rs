@@ -4,12 +4,9 @@
 
 use std::path::Path;
 
-use arrow::array::RecordBatch;
-use arrow::compute::{SortColumn, cast, concat_batches, lexsort_to_indices, take_record_batch};
-use arrow::datatypes::SchemaRef;
 use larder_testing::SparkConnectServer;
 
-use crate::util::{DemoRepo, Server, larder, larder_ok, read_parquet};
+use crate::util::{DemoRepo, Server, larder, larder_ok, parquet_files, read_parquet, sorted_rows};
 
 const DAY: i64 = 86_400_000_000;
 /// 2026-01-01T00:00:00Z in microseconds.
@@ -23,59 +20,6 @@ fn use_spark(repo: &DemoRepo, remote: &str) {
         "offline_engine:\n  type: spark\n  remote: \"{remote}\"\n"
     ));
     std::fs::write(&path, text).unwrap();
-}
-
-/// Every row of the given Parquet files (of one view), in one batch sorted by all of its
-/// columns (the offline store's file layout may differ; its rows may not).
-fn sorted_rows(files: &[std::path::PathBuf], schema: Option<SchemaRef>) -> RecordBatch {
-    let batches: Vec<RecordBatch> = files.iter().flat_map(|file| read_parquet(file)).collect();
-    // Files another writer wrote (Spark) are compared in the first writer's types: Larder
-    // reads them so (a list's item may be named `element` rather than `item`, say).
-    let schema = schema.unwrap_or_else(|| batches[0].schema());
-    let batches: Vec<RecordBatch> = batches
-        .iter()
-        .map(|batch| {
-            let columns = batch
-                .columns()
-                .iter()
-                .zip(schema.fields())
-                .map(|(column, field)| cast(column, field.data_type()).unwrap())
-                .collect();
-            RecordBatch::try_new(schema.clone(), columns).unwrap()
-        })
-        .collect();
-    let all = concat_batches(&schema, &batches).unwrap();
-    let columns: Vec<SortColumn> = all
-        .columns()
-        .iter()
-        .filter(|column| !matches!(column.data_type(), arrow::datatypes::DataType::List(_)))
-        .map(|column| SortColumn {
-            values: column.clone(),
-            options: None,
-        })
-        .collect();
-    let indices = lexsort_to_indices(&columns, None).unwrap();
-    take_record_batch(&all, &indices).unwrap()
-}
-
-fn parquet_files(folder: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    let mut pending = vec![folder.to_path_buf()];
-    while let Some(directory) = pending.pop() {
-        for entry in std::fs::read_dir(&directory).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path
-                .extension()
-                .is_some_and(|extension| extension == "parquet")
-            {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
 }
 
 fn online_rows(repo: &Path) -> serde_json::Value {
@@ -215,7 +159,7 @@ fn spark_engine_gives_the_same_online_rows_offline_rows_and_training_set_as_data
             ],
         );
         let batches = read_parquet(&repo.path.join("training.parquet"));
-        outputs.push(concat_batches(&batches[0].schema(), &batches).unwrap());
+        outputs.push(arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap());
     }
     assert_eq!(outputs[0].num_rows(), label as usize + 1);
     assert_eq!(outputs[0], outputs[1], "training sets");

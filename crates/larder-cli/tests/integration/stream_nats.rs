@@ -98,6 +98,52 @@ fn publish(nats_url: &str, range: std::ops::Range<i64>) {
     });
 }
 
+/// `kill -9` at the stream lane's crash points: after a batch's rows are written online but
+/// before its state and position are committed, and after the commit but before the broker
+/// has the acks. The restarted consumer converges to exactly the totals: a double count
+/// would exceed them and never match.
+#[test]
+fn a_stream_consumer_killed_between_write_commit_and_ack_counts_nothing_twice() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let temp = tempfile::tempdir().unwrap();
+    let repo = temp.path();
+    write_stream_repo(repo, &nats.url());
+    larder_ok(repo, &["apply"]);
+    let mut total = 0;
+    for point in ["stream.after_online_write", "stream.after_state_commit"] {
+        publish(&nats.url(), total..total + 5_000);
+        total += 5_000;
+        let mut killed = Command::new(crate::util::larder_binary())
+            .args(["serve", "--port", "0", "--grpc-port", "0"])
+            .current_dir(repo)
+            .env("LARDER_CRASH_AT", point)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = killed.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                killed.kill().unwrap();
+                panic!("{point}: the consumer never reached it");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.signal(), Some(9), "{point}: {status:?}");
+        let server = Server::start(repo);
+        let took = wait_for(&server, &expected(total, USERS), Duration::from_secs(60));
+        eprintln!("{point}: killed, restarted, exact totals after {took:?}");
+    }
+}
+
 #[test]
 fn nats_events_are_aggregated_servable_within_seconds_and_survive_kill_9() {
     let Some(nats) = NatsServer::start() else {

@@ -16,6 +16,78 @@ pub fn read_parquet(path: &Path) -> Vec<arrow::array::RecordBatch> {
         .collect()
 }
 
+/// Every row of the given Parquet files (of one view), in one batch sorted by all of its
+/// columns (the offline store's file layout may differ; its rows may not).
+pub fn sorted_rows(
+    files: &[std::path::PathBuf],
+    schema: Option<arrow::datatypes::SchemaRef>,
+) -> arrow::array::RecordBatch {
+    let batches: Vec<arrow::array::RecordBatch> =
+        files.iter().flat_map(|file| read_parquet(file)).collect();
+    // Files another writer wrote (Spark) are compared in the first writer's types: Larder
+    // reads them so (a list's item may be named `element` rather than `item`, say).
+    let schema = schema.unwrap_or_else(|| batches[0].schema());
+    let batches: Vec<arrow::array::RecordBatch> = batches
+        .iter()
+        .map(|batch| {
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(column, field)| arrow::compute::cast(column, field.data_type()).unwrap())
+                .collect();
+            arrow::array::RecordBatch::try_new(schema.clone(), columns).unwrap()
+        })
+        .collect();
+    let all = arrow::compute::concat_batches(&schema, &batches).unwrap();
+    let columns: Vec<arrow::compute::SortColumn> = all
+        .columns()
+        .iter()
+        .filter(|column| !matches!(column.data_type(), arrow::datatypes::DataType::List(_)))
+        .map(|column| arrow::compute::SortColumn {
+            values: column.clone(),
+            options: None,
+        })
+        .collect();
+    let indices = arrow::compute::lexsort_to_indices(&columns, None).unwrap();
+    arrow::compute::take_record_batch(&all, &indices).unwrap()
+}
+
+/// The Parquet files under `folder` (recursively), sorted by path.
+pub fn parquet_files(folder: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![folder.to_path_buf()];
+    while let Some(directory) = pending.pop() {
+        for entry in std::fs::read_dir(&directory).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path
+                .extension()
+                .is_some_and(|extension| extension == "parquet")
+            {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Copies a folder tree.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 /// The path of the `larder` binary under test.
 pub fn larder_binary() -> &'static str {
     env!("CARGO_BIN_EXE_larder")

@@ -1,0 +1,5 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(init: larder_fuzz::under_libfuzzer(), |data: &[u8]| {
+    larder_fuzz::entity_key(data)
+});
