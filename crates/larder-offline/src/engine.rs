@@ -11,11 +11,14 @@ use url::Url;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
+use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{
     CsvReadOptions, DataFrame, ParquetReadOptions, SessionConfig, SessionContext, col, lit,
 };
 use datafusion::scalar::ScalarValue;
+use futures::StreamExt;
 use larder_core::{
     DataSource, DataSourceKind, FeatureView, FileFormat, S3Config, Timestamp, is_object_store_path,
 };
@@ -160,6 +163,8 @@ pub struct DataFusionEngine {
     s3: S3Config,
     /// Buckets whose object store is registered with the session.
     registered_buckets: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Each registered source's path, to name the files behind a failed read.
+    source_paths: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for DataFusionEngine {
@@ -192,6 +197,7 @@ impl DataFusionEngine {
             repo_root: repo_root.to_path_buf(),
             s3: s3.clone(),
             registered_buckets: std::sync::Mutex::default(),
+            source_paths: std::sync::Mutex::default(),
         };
         for source in sources {
             engine.register_source(source).await?;
@@ -207,6 +213,7 @@ impl DataFusionEngine {
             repo_root: PathBuf::new(),
             s3: S3Config::default(),
             registered_buckets: std::sync::Mutex::default(),
+            source_paths: std::sync::Mutex::default(),
         }
     }
 
@@ -224,6 +231,10 @@ impl DataFusionEngine {
             // Unquoted identifiers in SQL are lower-cased by DataFusion.
             names.push(source.name.to_lowercase());
         }
+        self.source_paths
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(source.name.clone(), path.clone());
         let query_error = |source_error| OfflineError::Query {
             context: format!("source '{}' ({})", source.name, path),
             source: source_error,
@@ -377,6 +388,25 @@ impl DataFusionEngine {
         }
     }
 
+    /// The sources a view reads (its source and those its SQL names), with their paths.
+    fn inputs_of(&self, view: &FeatureView) -> String {
+        let sql = Self::view_sql(view).to_lowercase();
+        let paths = self
+            .source_paths
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let read: Vec<String> = paths
+            .iter()
+            .filter(|(name, _)| *name == &view.source || sql.contains(&name.to_lowercase()))
+            .map(|(name, path)| format!("source '{name}' ({path})"))
+            .collect();
+        if read.is_empty() {
+            format!("the sources of feature view '{}'", view.name)
+        } else {
+            read.join(", ")
+        }
+    }
+
     fn view_context(view: &FeatureView) -> String {
         match &view.transformation_path {
             Some(path) => format!("feature view '{}' ({path})", view.name),
@@ -413,13 +443,23 @@ impl DataFusionEngine {
         window: TimeWindow,
     ) -> Result<SendableRecordBatchStream, OfflineError> {
         let frame = self.view_frame_in_window(view, window).await?;
-        frame
+        let stream = frame
             .execute_stream()
             .await
             .map_err(|source| OfflineError::Query {
                 context: Self::view_context(view),
                 source,
+            })?;
+        // A file that fails mid-read (corrupt pages) is reported by DataFusion without its
+        // path: name the files the view reads.
+        let inputs = self.inputs_of(view);
+        let schema = stream.schema();
+        let named = stream.map(move |batch| {
+            batch.map_err(|error| {
+                DataFusionError::Context(format!("reading {inputs}"), Box::new(error))
             })
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, named)))
     }
 
     /// A view's transformation restricted to an event-time window, as a DataFrame (planned,

@@ -24,7 +24,18 @@ pub fn open_database(
             ),
         })?;
     }
-    redb::Database::create(path).map_err(|error| match error {
+    // redb asserts on some corrupt pages while it opens a file (a page of an unknown type)
+    // instead of returning an error: that is a corrupt file to name, not a crash.
+    let opened = std::panic::catch_unwind(|| redb::Database::create(path)).map_err(|_| {
+        OnlineStoreError::Corrupt {
+            backend,
+            message: format!(
+                "cannot open {}: the file is corrupt (redb failed reading its pages); restore it from a backup or delete it and materialize again",
+                path.display()
+            ),
+        }
+    })?;
+    opened.map_err(|error| match error {
         redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch => {
             OnlineStoreError::Locked {
                 path: path.display().to_string(),
