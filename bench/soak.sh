@@ -11,7 +11,7 @@
 #
 # Writes OUT/soak.jsonl (one line a second, see larder-soak), OUT/soak.png (latency
 # percentiles, RSS and shed requests over time) and prints a summary; fails on any error.
-# PY: a Python with matplotlib (for the plot). PROFILE=debug uses a debug build.
+# PY: a Python with matplotlib (for the plot; PLOT=- skips it). PROFILE=debug uses a debug build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=${CARGO_TARGET_DIR:-target}/${PROFILE:-release}
@@ -26,6 +26,7 @@ OVERLOAD_CONNECTIONS=${OVERLOAD_CONNECTIONS:-160}
 OVERLOAD_SECONDS=${OVERLOAD_SECONDS:-30}
 OUT=${OUT:-$PWD/target/soak}
 PY=${PY:-python3}
+PLOT=${PLOT:-$OUT/soak.png}   # -: no plot (no matplotlib needed)
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/larder-soak.XXXXXX)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -93,4 +94,4 @@ echo "== soak: ${SECONDS_TOTAL}s, $READ_RATE reads/s, $WRITE_RATE writes/s, $STR
 kill -0 "$SERVE_PID" || { echo "larder serve died:"; tail -20 "$WORK/serve.log"; exit 1; }
 (cd "$REPO" && "$LARDER" runs user_profile | tail -5) > "$OUT/runs.txt" || true
 grep -c "succeeded" "$OUT/runs.txt" >/dev/null || echo "warning: no scheduled run recorded"
-"$PY" bench/soak_report.py "$OUT/soak.jsonl" "$OUT/soak.png" "$((SECONDS_TOTAL * 6 / 10))" "$OVERLOAD_SECONDS"
+"$PY" bench/soak_report.py "$OUT/soak.jsonl" "$PLOT" "$((SECONDS_TOTAL * 6 / 10))" "$OVERLOAD_SECONDS"

@@ -1,7 +1,7 @@
 """Summary and plot of a `larder-soak` run (bench/soak.sh): latency percentiles, RSS and
 shed requests over time, the overload phase's shedding and the time to recover after it.
 
-usage: soak_report.py SOAK.jsonl OUT.png OVERLOAD_AT OVERLOAD_SECONDS
+usage: soak_report.py SOAK.jsonl OUT.png|- OVERLOAD_AT OVERLOAD_SECONDS  (-: no plot)
 Exits 1 when any request failed (other than 503 during and right after the overload) or a
 stream event was not acknowledged."""
 
@@ -70,7 +70,15 @@ def main() -> int:
         "recovery_seconds": recovery,
     }
     print(json.dumps(summary, indent=2))
+    failed = errors or publish_errors or shed_outside or overload_errors or recovery is None
+    if png != "-":
+        plot(lines, png, overload_at, overload_end)
+    return 1 if failed else 0
 
+
+def plot(lines: list, png: str, overload_at: int, overload_end: int) -> None:
+    """Latency percentiles, RSS and answered/shed requests per second, to a PNG."""
+    t = [line["t"] for line in lines]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,8 +107,6 @@ def main() -> int:
     load.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
     figure.savefig(png, dpi=110)
-    failed = errors or publish_errors or shed_outside or overload_errors or recovery is None
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -257,3 +257,68 @@ fn partial_updates_keep_other_features_follow_event_time_and_lose_nothing_under_
         assert_eq!(profile_of(&server, *user, &names), expected, "user {user}");
     }
 }
+
+/// `kill -9` of the server while four clients write: every write the server acknowledged
+/// (200) is served after the restart, with its value. A write cut off by the kill may or may
+/// not have landed; an acknowledged one may not be lost.
+#[test]
+fn acknowledged_direct_writes_survive_a_kill_9_under_load() {
+    let repo = DemoRepo::init(20);
+    larder_ok(&repo.path, &["apply"]);
+    larder_ok(&repo.path, &["materialize"]);
+    let server = Server::start(&repo.path);
+    let now = chrono::Utc::now().to_rfc3339();
+    let acknowledged: Vec<(i64, i64)> = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..4i64)
+            .map(|writer| {
+                let (server, now) = (&server, &now);
+                scope.spawn(move || {
+                    let mut acknowledged = Vec::new();
+                    for index in 0.. {
+                        let user = 1_000_000 + writer * 1_000_000 + index;
+                        let age = index % 90;
+                        let body = json!({"feature_view_name": "user_profile", "df": profile_columns(&[user], now, json!([age]))});
+                        match server.try_post("/write-to-online-store", &body.to_string()) {
+                            Some(200) => acknowledged.push((user, age)),
+                            Some(status) => panic!("write answered {status}"),
+                            None => break,
+                        }
+                    }
+                    acknowledged
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(1_500));
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &server.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        writers
+            .into_iter()
+            .flat_map(|writer| writer.join().unwrap())
+            .collect()
+    });
+    drop(server);
+    assert!(
+        acknowledged.len() > 100,
+        "only {} writes",
+        acknowledged.len()
+    );
+    let server = Server::start(&repo.path);
+    for chunk in acknowledged.chunks(5_000) {
+        let users: Vec<i64> = chunk.iter().map(|(user, _)| *user).collect();
+        let served = ages(&server, &users);
+        for ((user, age), value) in chunk.iter().zip(served) {
+            assert_eq!(
+                value,
+                json!(age),
+                "user {user}: an acknowledged write was lost"
+            );
+        }
+    }
+    eprintln!(
+        "{} acknowledged writes, all served after kill -9 and a restart",
+        acknowledged.len()
+    );
+}

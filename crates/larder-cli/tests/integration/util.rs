@@ -260,6 +260,18 @@ impl Server {
         (status, json)
     }
 
+    /// POSTs a JSON `body`; the status, or `None` when the request or its answer did not
+    /// get through (the server is gone).
+    pub fn try_post(&self, path: &str, body: &str) -> Option<u16> {
+        let agent = agent();
+        agent
+            .post(&format!("{}{path}", self.base_url))
+            .content_type("application/json")
+            .send(body)
+            .ok()
+            .map(|response| response.status().as_u16())
+    }
+
     /// POSTs `body` with the given content type and `Accept` header; returns status, the
     /// response's content type and its raw bytes.
     pub fn post_bytes(
