@@ -194,7 +194,7 @@ impl DigestStore for MemoryDigestStore {
 /// batch, committed durably.
 #[derive(Clone)]
 pub struct RedbDigestStore {
-    database: Arc<redb::Database>,
+    file: Arc<crate::redb_file::RedbFile>,
 }
 
 impl fmt::Debug for RedbDigestStore {
@@ -209,13 +209,15 @@ impl RedbDigestStore {
     /// Opens (or creates) a redb file of its own, for online backends that live elsewhere
     /// (Redis, DynamoDB). Blocks on file I/O.
     pub fn open(path: &Path) -> Result<Self, OnlineStoreError> {
-        let database = crate::redb_file::open_database(path, DIGEST_BACKEND_NAME)?;
-        Ok(Self::from_database(Arc::new(database)))
+        Ok(Self::from_file(crate::redb_file::RedbFile::open(
+            path,
+            DIGEST_BACKEND_NAME,
+        )?))
     }
 
-    /// Keeps digests in an already open database (the embedded online store's file).
-    pub fn from_database(database: Arc<redb::Database>) -> Self {
-        Self { database }
+    /// Keeps digests in an already open file (the embedded online store's).
+    pub fn from_file(file: Arc<crate::redb_file::RedbFile>) -> Self {
+        Self { file }
     }
 
     async fn run_blocking<Output, Work>(&self, work: Work) -> Result<Output, OnlineStoreError>
@@ -223,7 +225,7 @@ impl RedbDigestStore {
         Output: Send + 'static,
         Work: FnOnce(&redb::Database) -> Result<Output, OnlineStoreError> + Send + 'static,
     {
-        crate::redb_file::run_blocking(&self.database, DIGEST_BACKEND_NAME, work).await
+        crate::redb_file::run_blocking(&self.file, work).await
     }
 }
 

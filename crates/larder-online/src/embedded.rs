@@ -1,7 +1,7 @@
 //! The embedded online store: a single redb file, for one-machine deployments and the demo.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use larder_core::{EntityKey, FeatureViewId, Timestamp, WriteLane};
@@ -37,15 +37,14 @@ type RowTableDefinition<'name> = TableDefinition<'name, &'static [u8], &'static 
 /// instead of opening the file twice: a second open of an already open file fails as well.
 #[derive(Clone)]
 pub struct EmbeddedOnlineStore {
-    database: Arc<redb::Database>,
-    path: PathBuf,
+    file: Arc<crate::redb_file::RedbFile>,
 }
 
 impl fmt::Debug for EmbeddedOnlineStore {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter
             .debug_struct("EmbeddedOnlineStore")
-            .field("path", &self.path)
+            .field("path", &self.file.path())
             .finish_non_exhaustive()
     }
 }
@@ -59,22 +58,20 @@ impl EmbeddedOnlineStore {
     /// Returns [`OnlineStoreError::Locked`] if the file is open in another process (or
     /// already open in this one).
     pub fn open(path: &Path) -> Result<Self, OnlineStoreError> {
-        let database = crate::redb_file::open_database(path, BACKEND_NAME)?;
         Ok(Self {
-            database: Arc::new(database),
-            path: path.to_path_buf(),
+            file: crate::redb_file::RedbFile::open(path, BACKEND_NAME)?,
         })
     }
 
     /// A digest store kept in this store's own database file (tables `digest/{view}/v{N}`),
     /// so the batch lane's change detection lives and dies with the online rows.
     pub fn digest_store(&self) -> crate::RedbDigestStore {
-        crate::RedbDigestStore::from_database(Arc::clone(&self.database))
+        crate::RedbDigestStore::from_file(Arc::clone(&self.file))
     }
 
     /// The path of the database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// Runs blocking redb work on tokio's blocking pool with a handle to the database.
@@ -83,7 +80,7 @@ impl EmbeddedOnlineStore {
         Output: Send + 'static,
         Work: FnOnce(&redb::Database) -> Result<Output, OnlineStoreError> + Send + 'static,
     {
-        crate::redb_file::run_blocking(&self.database, BACKEND_NAME, work).await
+        crate::redb_file::run_blocking(&self.file, work).await
     }
 }
 
@@ -138,7 +135,9 @@ impl OnlineStore for EmbeddedOnlineStore {
         if keys.len() <= INLINE_READ_MAX_KEYS {
             // A small read of cached pages takes tens of microseconds: less than the two
             // thread hand-offs of the blocking pool (measured under serving load).
-            return read_rows_in_one_transaction(&self.database, &table_name, keys.to_vec());
+            return self.file.run(|database| {
+                read_rows_in_one_transaction(database, &table_name, keys.to_vec())
+            });
         }
         let keys = keys.to_vec();
         self.run_blocking(move |database| read_rows_in_one_transaction(database, &table_name, keys))
@@ -524,7 +523,7 @@ mod tests {
         encode_stored_row(&row_with_marker(2, 10, 2), &mut unknown_lane_row);
         unknown_lane_row[16] = 9;
         {
-            let transaction = store.database.begin_write().unwrap();
+            let transaction = store.file.database().unwrap().begin_write().unwrap();
             {
                 let mut redb_table = transaction
                     .open_table(RowTableDefinition::new(&redb_table_name(&table)))
@@ -702,7 +701,7 @@ mod tests {
             database.check_integrity().unwrap();
         }
         let store = EmbeddedOnlineStore::open(&path).unwrap();
-        let transaction = store.database.begin_read().unwrap();
+        let transaction = store.file.database().unwrap().begin_read().unwrap();
         let table = transaction
             .open_table(RowTableDefinition::new(&redb_table_name(
                 &crash_test_table(),

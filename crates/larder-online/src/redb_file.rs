@@ -56,9 +56,12 @@ pub fn map_redb_error(
     let message = format!("{context}: {error}");
     match error {
         redb::Error::Corrupted(_) => OnlineStoreError::Corrupt { backend, message },
-        redb::Error::DatabaseClosed | redb::Error::WouldBlock => {
-            OnlineStoreError::Unavailable { backend, message }
-        }
+        // An I/O error (a full disk, say) closes the instance ([`RedbFile`] reopens it): the
+        // store is unavailable until then, not broken.
+        redb::Error::DatabaseClosed
+        | redb::Error::WouldBlock
+        | redb::Error::Io(_)
+        | redb::Error::PreviousIo => OnlineStoreError::Unavailable { backend, message },
         _ => OnlineStoreError::Internal { backend, message },
     }
 }
@@ -77,18 +80,97 @@ pub fn begin_durable_write(
     Ok(transaction)
 }
 
-/// Runs blocking redb work on tokio's blocking pool with a handle to the database.
-pub async fn run_blocking<Output, Work>(
-    database: &Arc<redb::Database>,
+/// A redb file that survives I/O errors. After one (a full disk, say) redb refuses every
+/// later transaction of that instance ("Previous I/O error occurred. Please close and
+/// re-open the database"): the instance is then dropped, and the next use opens the file
+/// again (redb repairs it from its last commit) once the last transaction of the failed
+/// instance has let go. Until it reopens, callers get [`OnlineStoreError::Unavailable`].
+#[derive(Debug)]
+pub struct RedbFile {
+    path: std::path::PathBuf,
     backend: &'static str,
+    current: std::sync::Mutex<Option<Arc<redb::Database>>>,
+}
+
+impl RedbFile {
+    /// Opens (or creates) the file ([`open_database`]).
+    pub fn open(path: &Path, backend: &'static str) -> Result<Arc<Self>, OnlineStoreError> {
+        let database = open_database(path, backend)?;
+        Ok(Arc::new(Self {
+            path: path.to_path_buf(),
+            backend,
+            current: std::sync::Mutex::new(Some(Arc::new(database))),
+        }))
+    }
+
+    /// The path of the file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open database, opened again first when an I/O error closed it.
+    pub fn database(&self) -> Result<Arc<redb::Database>, OnlineStoreError> {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(database) = current.as_ref() {
+            return Ok(Arc::clone(database));
+        }
+        let database = Arc::new(open_database(&self.path, self.backend).map_err(|error| {
+            OnlineStoreError::Unavailable {
+                backend: self.backend,
+                message: format!(
+                    "reopening {} after an I/O error: {error}",
+                    self.path.display()
+                ),
+            }
+        })?);
+        *current = Some(Arc::clone(&database));
+        Ok(database)
+    }
+
+    /// Drops `failed` after an I/O error, so that the next [`RedbFile::database`] opens the
+    /// file again.
+    pub fn close_after_io_error(&self, failed: &Arc<redb::Database>) {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current
+            .as_ref()
+            .is_some_and(|database| Arc::ptr_eq(database, failed))
+        {
+            *current = None;
+        }
+    }
+
+    /// Runs `work` with the database on the calling thread, closing it after an I/O error.
+    pub fn run<Output>(
+        &self,
+        work: impl FnOnce(&redb::Database) -> Result<Output, OnlineStoreError>,
+    ) -> Result<Output, OnlineStoreError> {
+        let database = self.database()?;
+        let result = work(&database);
+        if matches!(result, Err(OnlineStoreError::Unavailable { .. })) {
+            self.close_after_io_error(&database);
+        }
+        result
+    }
+}
+
+/// Runs blocking redb work on tokio's blocking pool ([`RedbFile::run`]).
+pub async fn run_blocking<Output, Work>(
+    file: &Arc<RedbFile>,
     work: Work,
 ) -> Result<Output, OnlineStoreError>
 where
     Output: Send + 'static,
     Work: FnOnce(&redb::Database) -> Result<Output, OnlineStoreError> + Send + 'static,
 {
-    let database = Arc::clone(database);
-    tokio::task::spawn_blocking(move || work(&database))
+    let file = Arc::clone(file);
+    let backend = file.backend;
+    tokio::task::spawn_blocking(move || file.run(work))
         .await
         .map_err(|join_error| OnlineStoreError::Internal {
             backend,

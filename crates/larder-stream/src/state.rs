@@ -83,7 +83,7 @@ pub struct LoadedState {
 /// `spawn_blocking`.
 #[derive(Debug, Clone)]
 pub struct StreamStateStore {
-    database: Arc<redb::Database>,
+    file: Arc<larder_online::redb_file::RedbFile>,
     erasures: Arc<ErasureBoard>,
     instance_id: Arc<str>,
     /// When the last durable commit happened (µs since the epoch).
@@ -107,15 +107,15 @@ impl StreamStateStore {
                 StreamError::State(format!("creating {}: {error}", parent.display()))
             })?;
         }
-        let database = redb::Database::create(path).map_err(|error| {
+        let file = larder_online::redb_file::RedbFile::open(path, "stream state").map_err(|error| {
             StreamError::State(format!(
                 "cannot open {} (is another larder process consuming streams from this repo?): {error}",
                 path.display()
             ))
         })?;
-        let instance_id = Self::instance_id_of(&database)?;
+        let instance_id = Self::instance_id_of(Self::database_of(&file)?.as_ref())?;
         Ok(Self {
-            database: Arc::new(database),
+            file,
             erasures: Arc::default(),
             instance_id: instance_id.into(),
             last_durable_micros: Arc::new(std::sync::atomic::AtomicI64::new(0)),
@@ -127,6 +127,30 @@ impl StreamStateStore {
     /// as their static group membership, so a restarted process takes its own place back.
     pub fn instance_id(&self) -> &str {
         &self.instance_id
+    }
+
+    fn database_of(
+        file: &larder_online::redb_file::RedbFile,
+    ) -> Result<Arc<redb::Database>, StreamError> {
+        file.database()
+            .map_err(|error| StreamError::State(error.to_string()))
+    }
+
+    /// Runs `work` with the database; after an I/O error (a full disk, say) redb refuses the
+    /// instance's later transactions, so it is closed and the next call opens the file again.
+    fn with_database<Output>(
+        &self,
+        work: impl FnOnce(&redb::Database) -> Result<Output, StreamError>,
+    ) -> Result<Output, StreamError> {
+        let database = Self::database_of(&self.file)?;
+        let result = work(&database);
+        // redb's I/O errors read "I/O error: …" and "Previous I/O error occurred. …".
+        if let Err(StreamError::State(message)) = &result
+            && message.contains("I/O error")
+        {
+            self.file.close_after_io_error(&database);
+        }
+        result
     }
 
     fn instance_id_of(database: &redb::Database) -> Result<String, StreamError> {
@@ -163,49 +187,50 @@ impl StreamStateStore {
 
     /// Loads a view's state in a partition (empty when it never ran there).
     pub fn load(&self, view: &FeatureViewId, partition: &str) -> Result<LoadedState, StreamError> {
-        let transaction = self
-            .database
-            .begin_read()
-            .map_err(|error| StreamError::State(format!("cannot begin a read: {error}")))?;
-        let mut state = LoadedState::default();
-        match transaction.open_table(POSITIONS) {
-            Ok(positions) => {
-                if let Some(bytes) = positions
-                    .get(position_key(view, partition).as_str())
-                    .map_err(|error| state_error("reading a position")(error.into()))?
-                {
-                    state.position =
-                        PartitionPosition::from_bytes(bytes.value()).ok_or_else(|| {
-                            StreamError::State(format!(
-                                "corrupt stream position of {view} in partition {partition}"
-                            ))
-                        })?;
+        self.with_database(|database| {
+            let transaction = database
+                .begin_read()
+                .map_err(|error| StreamError::State(format!("cannot begin a read: {error}")))?;
+            let mut state = LoadedState::default();
+            match transaction.open_table(POSITIONS) {
+                Ok(positions) => {
+                    if let Some(bytes) = positions
+                        .get(position_key(view, partition).as_str())
+                        .map_err(|error| state_error("reading a position")(error.into()))?
+                    {
+                        state.position =
+                            PartitionPosition::from_bytes(bytes.value()).ok_or_else(|| {
+                                StreamError::State(format!(
+                                    "corrupt stream position of {view} in partition {partition}"
+                                ))
+                            })?;
+                    }
                 }
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(state),
+                Err(error) => return Err(state_error("opening positions")(error.into())),
             }
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(state),
-            Err(error) => return Err(state_error("opening positions")(error.into())),
-        }
-        let name = entity_table_name(view, partition);
-        let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
-            TableDefinition::new(&name);
-        match transaction.open_table(definition) {
-            Ok(entities) => {
-                for entry in entities
-                    .iter()
-                    .map_err(|error| state_error("listing entity states")(error.into()))?
-                {
-                    let (key, value) = entry
-                        .map_err(|error| state_error("reading entity states")(error.into()))?;
-                    state.entities.push((
-                        EntityKey::from_bytes(key.value().to_vec()),
-                        value.value().to_vec(),
-                    ));
+            let name = entity_table_name(view, partition);
+            let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
+                TableDefinition::new(&name);
+            match transaction.open_table(definition) {
+                Ok(entities) => {
+                    for entry in entities
+                        .iter()
+                        .map_err(|error| state_error("listing entity states")(error.into()))?
+                    {
+                        let (key, value) = entry
+                            .map_err(|error| state_error("reading entity states")(error.into()))?;
+                        state.entities.push((
+                            EntityKey::from_bytes(key.value().to_vec()),
+                            value.value().to_vec(),
+                        ));
+                    }
                 }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(error) => return Err(state_error("opening entity states")(error.into())),
             }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(error) => return Err(state_error("opening entity states")(error.into())),
-        }
-        Ok(state)
+            Ok(state)
+        })
     }
 
     /// Commits changed entity states and the new position in one transaction, durable at
@@ -217,54 +242,55 @@ impl StreamStateStore {
         entities: &[(EntityKey, Vec<u8>)],
         position: &PartitionPosition,
     ) -> Result<(), StreamError> {
-        let mut transaction = self
-            .database
-            .begin_write()
-            .map_err(|error| state_error("beginning a write")(error.into()))?;
-        let now = larder_core::Timestamp::now().as_micros();
-        let durable = now
-            - self
-                .last_durable_micros
-                .load(std::sync::atomic::Ordering::Relaxed)
-            >= DURABLE_COMMIT_INTERVAL_MICROS;
-        let durability = if durable {
-            redb::Durability::Immediate
-        } else {
-            redb::Durability::None
-        };
-        transaction
-            .set_durability(durability)
-            .map_err(|error| state_error("setting durability")(error.into()))?;
-        {
-            let name = entity_table_name(view, partition);
-            let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
-                TableDefinition::new(&name);
-            let mut table = transaction
-                .open_table(definition)
-                .map_err(|error| state_error("opening entity states")(error.into()))?;
-            for (key, state) in entities {
-                table
-                    .insert(key.as_bytes(), state.as_slice())
-                    .map_err(|error| state_error("writing an entity state")(error.into()))?;
+        self.with_database(|database| {
+            let mut transaction = database
+                .begin_write()
+                .map_err(|error| state_error("beginning a write")(error.into()))?;
+            let now = larder_core::Timestamp::now().as_micros();
+            let durable = now
+                - self
+                    .last_durable_micros
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                >= DURABLE_COMMIT_INTERVAL_MICROS;
+            let durability = if durable {
+                redb::Durability::Immediate
+            } else {
+                redb::Durability::None
+            };
+            transaction
+                .set_durability(durability)
+                .map_err(|error| state_error("setting durability")(error.into()))?;
+            {
+                let name = entity_table_name(view, partition);
+                let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
+                    TableDefinition::new(&name);
+                let mut table = transaction
+                    .open_table(definition)
+                    .map_err(|error| state_error("opening entity states")(error.into()))?;
+                for (key, state) in entities {
+                    table
+                        .insert(key.as_bytes(), state.as_slice())
+                        .map_err(|error| state_error("writing an entity state")(error.into()))?;
+                }
+                let mut positions = transaction
+                    .open_table(POSITIONS)
+                    .map_err(|error| state_error("opening positions")(error.into()))?;
+                positions
+                    .insert(
+                        position_key(view, partition).as_str(),
+                        position.to_bytes().as_slice(),
+                    )
+                    .map_err(|error| state_error("writing a position")(error.into()))?;
             }
-            let mut positions = transaction
-                .open_table(POSITIONS)
-                .map_err(|error| state_error("opening positions")(error.into()))?;
-            positions
-                .insert(
-                    position_key(view, partition).as_str(),
-                    position.to_bytes().as_slice(),
-                )
-                .map_err(|error| state_error("writing a position")(error.into()))?;
-        }
-        transaction
-            .commit()
-            .map_err(|error| state_error("committing")(error.into()))?;
-        if durable {
-            self.last_durable_micros
-                .store(now, std::sync::atomic::Ordering::Relaxed);
-        }
-        Ok(())
+            transaction
+                .commit()
+                .map_err(|error| state_error("committing")(error.into()))?;
+            if durable {
+                self.last_durable_micros
+                    .store(now, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(())
+        })
     }
 }
 
@@ -395,56 +421,58 @@ impl StreamStateStore {
             &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
         ) -> Result<(), StreamError>,
     ) -> Result<(), StreamError> {
-        let transaction = self
-            .database
-            .begin_read()
-            .map_err(|error| StreamError::State(format!("cannot begin a read: {error}")))?;
-        let names = transaction
-            .list_tables()
-            .map_err(|error| state_error("listing tables")(error.into()))?
-            .map(|handle| handle.name().to_string());
-        for name in entity_tables_of(names, view) {
-            let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
-                TableDefinition::new(&name);
-            let table = transaction
-                .open_table(definition)
-                .map_err(|error| state_error("opening entity states")(error.into()))?;
-            visit(&table)?;
-        }
-        Ok(())
+        self.with_database(|database| {
+            let transaction = database
+                .begin_read()
+                .map_err(|error| StreamError::State(format!("cannot begin a read: {error}")))?;
+            let names = transaction
+                .list_tables()
+                .map_err(|error| state_error("listing tables")(error.into()))?
+                .map(|handle| handle.name().to_string());
+            for name in entity_tables_of(names, view) {
+                let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
+                    TableDefinition::new(&name);
+                let table = transaction
+                    .open_table(definition)
+                    .map_err(|error| state_error("opening entity states")(error.into()))?;
+                visit(&table)?;
+            }
+            Ok(())
+        })
     }
 
     fn delete_entity_states(&self, view: &str, keys: &[EntityKey]) -> Result<u64, StreamError> {
-        let transaction = self
-            .database
-            .begin_write()
-            .map_err(|error| state_error("beginning a write")(error.into()))?;
-        let mut removed = 0;
-        let names = transaction
-            .list_tables()
-            .map_err(|error| state_error("listing tables")(error.into()))?
-            .map(|handle| handle.name().to_string());
-        let names: Vec<String> = entity_tables_of(names, view).collect();
-        for name in names {
-            let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
-                TableDefinition::new(&name);
-            let mut table = transaction
-                .open_table(definition)
-                .map_err(|error| state_error("opening entity states")(error.into()))?;
-            for key in keys {
-                if table
-                    .remove(key.as_bytes())
-                    .map_err(|error| state_error("erasing an entity state")(error.into()))?
-                    .is_some()
-                {
-                    removed += 1;
+        self.with_database(|database| {
+            let transaction = database
+                .begin_write()
+                .map_err(|error| state_error("beginning a write")(error.into()))?;
+            let mut removed = 0;
+            let names = transaction
+                .list_tables()
+                .map_err(|error| state_error("listing tables")(error.into()))?
+                .map(|handle| handle.name().to_string());
+            let names: Vec<String> = entity_tables_of(names, view).collect();
+            for name in names {
+                let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
+                    TableDefinition::new(&name);
+                let mut table = transaction
+                    .open_table(definition)
+                    .map_err(|error| state_error("opening entity states")(error.into()))?;
+                for key in keys {
+                    if table
+                        .remove(key.as_bytes())
+                        .map_err(|error| state_error("erasing an entity state")(error.into()))?
+                        .is_some()
+                    {
+                        removed += 1;
+                    }
                 }
             }
-        }
-        transaction
-            .commit()
-            .map_err(|error| state_error("committing")(error.into()))?;
-        Ok(removed)
+            transaction
+                .commit()
+                .map_err(|error| state_error("committing")(error.into()))?;
+            Ok(removed)
+        })
     }
 }
 

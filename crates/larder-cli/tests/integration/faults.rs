@@ -120,12 +120,12 @@ fn materialize_killed_at_every_stage_converges_to_an_uninterrupted_run() {
 
 /// A small tmpfs, unmounted on drop: a disk that fills up. Mounting needs root (as CI runs);
 /// elsewhere the full-disk test says why it cannot run, and in CI that fails it.
-struct SmallDisk {
+pub struct SmallDisk {
     folder: tempfile::TempDir,
 }
 
 impl SmallDisk {
-    fn mount(megabytes: u32) -> Option<Self> {
+    pub fn mount(megabytes: u32) -> Option<Self> {
         let folder = tempfile::tempdir().unwrap();
         let mounted = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
@@ -143,7 +143,7 @@ impl SmallDisk {
         }
     }
 
-    fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         self.folder.path()
     }
 
@@ -162,12 +162,12 @@ impl SmallDisk {
     }
 
     /// Fills the disk until `left` bytes are free (a file `filler`, removed by `empty`).
-    fn fill_leaving(&self, left: u64) {
+    pub fn fill_leaving(&self, left: u64) {
         let size = self.free().saturating_sub(left);
         std::fs::write(self.path().join("filler"), vec![0u8; size as usize]).unwrap();
     }
 
-    fn empty(&self) {
+    pub fn empty(&self) {
         std::fs::remove_file(self.path().join("filler")).unwrap();
     }
 }

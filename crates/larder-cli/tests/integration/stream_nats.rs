@@ -168,6 +168,38 @@ fn a_nats_broker_killed_mid_stream_loses_and_doubles_nothing() {
     eprintln!("exact totals {took:?} after the broker came back");
 }
 
+/// The disk under the repo (online store, stream state, registry) fills up while events keep
+/// coming: `larder serve` keeps serving what it has and retries the batch it cannot commit;
+/// once space is freed it converges to exactly the totals.
+#[test]
+fn a_full_disk_during_stream_commits_loses_and_doubles_nothing() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let Some(disk) = crate::faults::SmallDisk::mount(48) else {
+        return;
+    };
+    let repo = disk.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    write_stream_repo(&repo, &nats.url());
+    larder_ok(&repo, &["apply"]);
+    publish(&nats.url(), 0..2_000);
+    let server = Server::start(&repo);
+    wait_for(&server, &expected(2_000, USERS), Duration::from_secs(30));
+    disk.fill_leaving(0);
+    publish(&nats.url(), 2_000..6_000);
+    std::thread::sleep(Duration::from_secs(3));
+    // Still serving, and nothing half-counted shows: the values are the last committed ones
+    // or the totals, never more.
+    let during = served(&server, USERS);
+    for (got, total) in during.iter().zip(expected(6_000, USERS)) {
+        assert!(got.0 <= total.0, "counted twice on a full disk: {during:?}");
+    }
+    disk.empty();
+    let took = wait_for(&server, &expected(6_000, USERS), Duration::from_secs(60));
+    eprintln!("exact totals {took:?} after space was freed");
+}
+
 #[test]
 fn nats_events_are_aggregated_servable_within_seconds_and_survive_kill_9() {
     let Some(nats) = NatsServer::start() else {
