@@ -151,16 +151,26 @@ impl Connection {
         }
     }
 
-    /// POSTs `body` to `path`; the status (the body is read whole and dropped).
+    /// POSTs `body` to `path`; the status (the body is read whole and dropped). Like any
+    /// HTTP client, a request on a kept-alive connection that the server had already closed
+    /// (it closes idle ones) is sent again once on a new connection.
     async fn post(&mut self, path: &str, body: &str) -> Result<u16> {
-        let result = self.exchange(path, body).await;
+        let reused = self.stream.is_some();
+        let mut result = self.exchange(path, body).await;
         if result.is_err() {
             self.stream = None;
+            if reused && self.buffer.is_empty() {
+                result = self.exchange(path, body).await;
+                if result.is_err() {
+                    self.stream = None;
+                }
+            }
         }
         result
     }
 
     async fn exchange(&mut self, path: &str, body: &str) -> Result<u16> {
+        self.buffer.clear();
         if self.stream.is_none() {
             let stream = TcpStream::connect(&self.address).await?;
             stream.set_nodelay(true)?;
@@ -175,7 +185,6 @@ impl Connection {
             body.len()
         );
         stream.write_all(request.as_bytes()).await?;
-        self.buffer.clear();
         let header_end = loop {
             if let Some(end) = find(&self.buffer, b"\r\n\r\n") {
                 break end + 4;
