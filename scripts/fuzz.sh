@@ -3,12 +3,14 @@
 # the stable toolchain: no sanitizer, so it finds panics, hangs, 5xx answers and round-trip
 # failures, not memory errors, which safe Rust rules out anyway).
 #   RUNS=1000000 bash scripts/fuzz.sh [target...]     (default: every target, 1M cases each)
+#   MAX_SECONDS=180 stops each target after that long instead (0, the default: no limit).
 # The corpus grows in fuzz/corpus/<target>; a failing input is saved in fuzz/artifacts/ and
 # the script fails. Per-target figures go to target/fuzz-<target>.log (libFuzzer's stats).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 runs=${RUNS:-1000000}
+max_seconds=${MAX_SECONDS:-0}
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --version 0.13.2 --locked
@@ -33,7 +35,7 @@ for target in "${targets[@]}"; do
   echo "== $target: $runs cases"
   started=$(date +%s)
   (cd fuzz && cargo fuzz run "${flags[@]}" "$target" "$corpus" -- \
-    -runs="$runs" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1) \
+    -runs="$runs" -max_total_time="$max_seconds" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1) \
     > "target/fuzz-$target.log" 2>&1 || { tail -40 "target/fuzz-$target.log"; exit 1; }
   executed=$(sed -n 's/^stat::number_of_executed_units: *//p' "target/fuzz-$target.log" | tail -1)
   echo "$target: ${executed:-?} cases in $(( $(date +%s) - started )) s, 0 crashes, 0 timeouts"
