@@ -103,7 +103,14 @@ pub fn repo_yaml(data: &[u8]) {
         // Every diagnostic renders, and none points past the end of the file it names.
         let rendered = diagnostics.to_string();
         assert!(!rendered.is_empty(), "an empty diagnostic for {data:?}");
-        let lines = data.split(|byte| *byte == b'\n').count();
+        // YAML's line breaks: `\n`, `\r\n` and a lone `\r`.
+        let lines = 1 + data
+            .iter()
+            .enumerate()
+            .filter(|(index, byte)| {
+                **byte == b'\n' || (**byte == b'\r' && data.get(index + 1) != Some(&b'\n'))
+            })
+            .count();
         for diagnostic in diagnostics.iter() {
             if let Some(location) = &diagnostic.location
                 && location.file.ends_with("fuzzed.yaml")
