@@ -40,19 +40,7 @@ fn served(repo: &Path) -> serde_json::Value {
 
 /// Each view's committed offline rows, sorted; and no folder a run left behind.
 fn offline_rows(repo: &Path) -> Vec<arrow::array::RecordBatch> {
-    VIEWS
-        .iter()
-        .map(|view| {
-            let folder = repo.join("data/offline").join(view);
-            let leftovers: Vec<String> = std::fs::read_dir(&folder)
-                .unwrap()
-                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|name| name.starts_with('.'))
-                .collect();
-            assert!(leftovers.is_empty(), "{view}: left behind: {leftovers:?}");
-            sorted_rows(&parquet_files(&folder.join("v1")), None)
-        })
-        .collect()
+    offline_rows_at(&repo.join("data/offline"))
 }
 
 #[test]
