@@ -268,6 +268,42 @@ where
     }
 }
 
+/// `rate` POSTs a second to `path` until `deadline`, the body of the n-th from `body_of(n)`,
+/// each on a free connection of a shared pool (or a new one), each answer recorded in the
+/// second's `kind_of`.
+async fn paced_posts(
+    rate: u64,
+    deadline: Instant,
+    address: &str,
+    path: &'static str,
+    shared: Shared,
+    body_of: impl Fn(u64) -> String + Send + Sync + 'static,
+    kind_of: fn(&mut Second) -> &mut Kind,
+) {
+    let pool: Arc<Mutex<Vec<Connection>>> = Arc::default();
+    let body_of = Arc::new(body_of);
+    let address = address.to_string();
+    paced(rate, deadline, move |number| {
+        let (pool, shared, body_of) =
+            (Arc::clone(&pool), Arc::clone(&shared), Arc::clone(&body_of));
+        let mut connection = pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+            .unwrap_or_else(|| Connection::new(&address));
+        async move {
+            let body = body_of(number);
+            let sent = Instant::now();
+            let status = connection.post(path, &body).await;
+            with(&shared, |second| kind_of(second).record(sent, status));
+            pool.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(connection);
+        }
+    })
+    .await;
+}
+
 fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
@@ -284,69 +320,42 @@ async fn main() -> Result<()> {
     let shared: Shared = Arc::default();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(arguments.seconds);
-    // Connection pools: a paced request takes a free connection or opens one.
-    let read_pool: Arc<Mutex<Vec<Connection>>> = Arc::default();
-    let write_pool: Arc<Mutex<Vec<Connection>>> = Arc::default();
-    let take = |pool: &Arc<Mutex<Vec<Connection>>>, address: &str| {
-        pool.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop()
-            .unwrap_or_else(|| Connection::new(address))
-    };
-    let give = |pool: &Arc<Mutex<Vec<Connection>>>, connection: Connection| {
-        pool.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(connection);
-    };
-
     let reads = {
-        let (arguments, shared, pool) = (
-            Arc::clone(&arguments),
+        let body_arguments = Arc::clone(&arguments);
+        paced_posts(
+            arguments.read_rate,
+            deadline,
+            &arguments.http,
+            "/get-online-features",
             Arc::clone(&shared),
-            Arc::clone(&read_pool),
-        );
-        paced(arguments.read_rate, deadline, move |number| {
-            let (arguments, shared, pool) = (
-                Arc::clone(&arguments),
-                Arc::clone(&shared),
-                Arc::clone(&pool),
-            );
-            let mut connection = take(&pool, &arguments.http);
-            async move {
-                let body = read_body(&arguments, &mut Random(number * 2 + 1), arguments.entities);
-                let sent = Instant::now();
-                let status = connection.post("/get-online-features", &body).await;
-                with(&shared, |second| second.reads.record(sent, status));
-                give(&pool, connection);
-            }
-        })
+            move |number| {
+                read_body(
+                    &body_arguments,
+                    &mut Random(number * 2 + 1),
+                    body_arguments.entities,
+                )
+            },
+            |second| &mut second.reads,
+        )
     };
     let writes = {
-        let (arguments, shared, pool) = (
-            Arc::clone(&arguments),
+        let body_arguments = Arc::clone(&arguments);
+        paced_posts(
+            arguments.write_rate,
+            deadline,
+            &arguments.http,
+            "/write-to-online-store",
             Arc::clone(&shared),
-            Arc::clone(&write_pool),
-        );
-        paced(arguments.write_rate, deadline, move |number| {
-            let (arguments, shared, pool) = (
-                Arc::clone(&arguments),
-                Arc::clone(&shared),
-                Arc::clone(&pool),
-            );
-            let mut connection = take(&pool, &arguments.http);
-            async move {
-                let user = Random(number * 2 + 3).below(arguments.users);
-                let body = serde_json::json!({
-                    "feature_view_name": arguments.write_view,
+            move |number| {
+                let user = Random(number * 2 + 3).below(body_arguments.users);
+                serde_json::json!({
+                    "feature_view_name": body_arguments.write_view,
                     "df": {"user_id": [user], "event_timestamp": [chrono::Utc::now().to_rfc3339()], "score": [number]},
                 })
-                .to_string();
-                let sent = Instant::now();
-                let status = connection.post("/write-to-online-store", &body).await;
-                with(&shared, |second| second.writes.record(sent, status));
-                give(&pool, connection);
-            }
-        })
+                .to_string()
+            },
+            |second| &mut second.writes,
+        )
     };
     let stream = {
         let (arguments, shared) = (Arc::clone(&arguments), Arc::clone(&shared));
