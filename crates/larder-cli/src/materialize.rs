@@ -11,7 +11,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use larder_core::{FeatureView, Timestamp};
 pub use larder_ingest::RunWindow;
 use larder_ingest::{
-    BatchRunner, MaterializeProgress, RunObserver, RunReport, RunRequest, ScheduledRuns, WritePath,
+    BatchRunner, MaterializeProgress, RunError, RunObserver, RunReport, RunRequest, ScheduledRuns,
+    WritePath,
 };
 use larder_offline::TimeWindow;
 use larder_online::{SharedDigestStore, SharedOnlineStore};
@@ -154,7 +155,17 @@ impl Materializer for ServeMaterializer {
         // caller must see: its message goes back, as `larder materialize` prints it.
         self.run(&request)
             .await
-            .map_err(|error| ServingError::new(ErrorKind::RunFailed, format!("{error:#}")))
+            .map_err(|error| ServingError::new(run_error_kind(&error), format!("{error:#}")))
+    }
+}
+
+/// How a failed batch run is answered: a view claimed by another run (one that started
+/// between the check above and this run's claim) is a conflict like the checked case, not a
+/// failed run.
+fn run_error_kind(error: &anyhow::Error) -> ErrorKind {
+    match error.downcast_ref::<RunError>() {
+        Some(RunError::InProgress { .. }) => ErrorKind::Conflict,
+        _ => ErrorKind::RunFailed,
     }
 }
 

@@ -61,3 +61,49 @@ fn bad_requests_get_clear_4xx_answers() {
     assert_eq!(status, 200, "{response}");
     assert_eq!(response["results"][1]["statuses"][0], "PRESENT");
 }
+
+/// Synchronous `POST /materialize` calls of one view sent at once: one run claims the view,
+/// the others are answered 409 (never 500, which schemathesis once got when a call's claim
+/// lost the race after its in-progress check had passed), and every run that answered 200
+/// wrote the view's rows.
+#[test]
+fn concurrent_materialize_calls_of_one_view_conflict() {
+    let repo = DemoRepo::init(2000);
+    larder_ok(&repo.path, &["apply"]);
+    let server = Server::start(&repo.path);
+    let body = json!({
+        "start_ts": "2020-01-01T00:00:00Z",
+        "end_ts": "2100-01-01T00:00:00Z",
+        "feature_views": ["user_profile"],
+    })
+    .to_string();
+    for round in 0..3 {
+        let answers: Vec<(u16, serde_json::Value)> = std::thread::scope(|scope| {
+            let calls: Vec<_> = (0..6)
+                .map(|_| scope.spawn(|| server.post("/materialize?async=false", &body)))
+                .collect();
+            calls
+                .into_iter()
+                .map(|call| call.join().expect("the call thread ends"))
+                .collect()
+        });
+        let mut succeeded = 0;
+        for (status, response) in &answers {
+            match status {
+                200 => succeeded += 1,
+                409 => assert!(
+                    error_message(response).contains("is in progress"),
+                    "round {round}: {response}"
+                ),
+                _ => panic!("round {round}: status {status}: {response}"),
+            }
+        }
+        assert!(succeeded >= 1, "round {round}: no call ran: {answers:?}");
+    }
+    let (status, response) = server.post(
+        "/get-online-features",
+        &json!({"features": ["user_profile:age"], "entities": {"user_id": [1]}}).to_string(),
+    );
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["results"][1]["statuses"][0], "PRESENT");
+}
