@@ -11,12 +11,13 @@
 #
 # Writes OUT/soak.jsonl (one line a second, see larder-soak), OUT/soak.png (latency
 # percentiles, RSS and shed requests over time) and prints a summary; fails on any error.
-# PY: a Python with matplotlib (for the plot; PLOT=- skips it). PROFILE=debug uses a debug build.
+# PY: a Python with matplotlib (for the plot; PLOT=- skips it). PROFILE=debug uses a debug build;
+# LARDER and SOAK name the two binaries directly (larder-bench's soak test does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=${CARGO_TARGET_DIR:-target}/${PROFILE:-release}
-LARDER=$(realpath "$TARGET/larder")
-SOAK=$(realpath "$TARGET/larder-soak")
+LARDER=$(realpath "${LARDER:-$TARGET/larder}")
+SOAK=$(realpath "${SOAK:-$TARGET/larder-soak}")
 SECONDS_TOTAL=${SECONDS_TOTAL:-1800}
 USERS=${USERS:-100000}
 READ_RATE=${READ_RATE:-200}

@@ -102,7 +102,3 @@ echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast
 echo "== Python SDK tests (pytest against a real larder serve)"
 bash scripts/python-tests.sh
-echo "== soak, short: mixed load and a 10x overload for 60 s (bench/soak.sh; the full one is 30 min)"
-cargo build -q --locked -p larder-bench --bin larder-soak
-PROFILE=debug SECONDS_TOTAL=60 USERS=5000 READ_RATE=50 WRITE_RATE=20 STREAM_RATE=200 \
-  OVERLOAD_SECONDS=10 OUT="$PWD/target/soak-ci" PLOT=- bash bench/soak.sh
