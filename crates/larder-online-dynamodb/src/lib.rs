@@ -280,6 +280,15 @@ impl DynamoDbOnlineStore {
         self.options.max_concurrency.max(1)
     }
 
+    /// Forgets that a table was seen active, so the next [`Self::ensure_table`] asks the
+    /// server again (the table was dropped, or the server lost it).
+    fn forget_table(&self, name: &str) {
+        self.ready_tables
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+    }
+
     /// Creates the table if it does not exist and waits until it is active.
     async fn ensure_table(&self, name: &str) -> Result<(), OnlineStoreError> {
         let ready = self
@@ -470,6 +479,15 @@ impl DynamoDbOnlineStore {
             {
                 Ok(false)
             }
+            Err(error) if is_missing_table(&error) => {
+                // Seen active before, gone now (deleted, or a DynamoDB-compatible server
+                // restarted empty): the next write creates it again.
+                self.forget_table(name);
+                Err(unavailable(format!(
+                    "writing to {name}: the table no longer exists; it is created again on \
+                     the next write"
+                )))
+            }
             Err(error) => Err(map_error(&format!("writing to {name}"), &error)),
         }
     }
@@ -547,6 +565,9 @@ impl OnlineStore for DynamoDbOnlineStore {
         options: TableOptions,
     ) -> Result<(), OnlineStoreError> {
         let name = self.table_name(table);
+        // Declaring a table asks the server, whatever this store saw before: the table may
+        // have been deleted, or the server restarted empty, since.
+        self.forget_table(&name);
         self.ensure_table(&name).await?;
         if options.ttl.is_some() {
             let enabled = self
@@ -719,10 +740,7 @@ impl OnlineStore for DynamoDbOnlineStore {
 
     async fn drop_table(&self, table: &FeatureViewId) -> Result<(), OnlineStoreError> {
         let name = self.table_name(table);
-        self.ready_tables
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&name);
+        self.forget_table(&name);
         match self.client.delete_table().table_name(&name).send().await {
             Ok(_) => Ok(()),
             Err(error) if is_missing_table(&error) => Ok(()),

@@ -26,18 +26,20 @@
 //!   read and the write.
 //! * **Server-side expiry.** A table prepared with a TTL writes each row with `SET … PXAT`
 //!   at [`TableOptions::expire_at`]; without a TTL, rows never expire.
-//! * **Reads** are one `MGET` per request (standalone); on a cluster, the client splits the
-//!   `MGET` by slot and sends the parts to their nodes concurrently over one multiplexed
-//!   connection per node, so a request costs about one round trip per node.
+//! * **Reads** are one `MGET` per request (standalone); on a cluster, one `MGET` per slot, all
+//!   in flight at once over one multiplexed connection per node, so a request costs about one
+//!   round trip per node.
 //! * **Failures.** Connection errors and timeouts are [`OnlineStoreError::Unavailable`] naming
 //!   the `redis` backend (serving answers 503); the connections reconnect by themselves when the
-//!   server returns. A write returns `Ok` only after every key's script has returned.
+//!   server returns, and after such errors a cluster connection is replaced by a fresh one
+//!   (`ReplaceableCluster`), so the store follows a failover. A write returns `Ok` only after
+//!   every key's script has returned.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{PoisonError, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use larder_core::{EntityKey, FeatureViewId, Timestamp, WriteLane};
@@ -45,8 +47,9 @@ use larder_online::{
     OnlineRow, OnlineStore, OnlineStoreError, RowSwap, TableOptions, WriteSummary,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
 use redis::{Cmd, RedisError, RedisFuture, Value};
 
 /// The backend name in errors and metrics.
@@ -60,6 +63,9 @@ const MAX_SCRIPTS_IN_FLIGHT: usize = 512;
 
 /// Keys deleted per `UNLINK` when dropping a table.
 const KEYS_PER_UNLINK: usize = 500;
+
+/// Least time between two replacements of a cluster connection.
+const CLUSTER_REPLACEMENT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The compare-and-write script. `KEYS[1]` is the row's key; `ARGV` holds pairs of (expiry
 /// instant in Unix milliseconds, or `0` for none; stored value). It applies the pairs in order,
@@ -212,9 +218,79 @@ impl ConnectionLike for RedisConnection {
     }
 }
 
+/// Where a store's connections come from.
+enum Connections {
+    /// Self-reconnecting connections to one server, used round-robin (at least one).
+    Standalone(Vec<ConnectionManager>),
+    /// The cluster connection, replaced after failures.
+    Cluster(Arc<ReplaceableCluster>),
+}
+
+/// A cluster connection that the store replaces with a fresh one after `Unavailable` errors.
+///
+/// redis-rs 1.8 can wedge a cluster connection for good when a node dies under concurrent
+/// requests: its topology recovery waits forever for a lock whose permits went to requests it
+/// no longer polls, so every later command times out, even once a replica has taken over (seen
+/// in `tests/failures.rs`). After an `Unavailable` error the store therefore connects again
+/// from the seed URLs, in the background and at most once per
+/// [`CLUSTER_REPLACEMENT_INTERVAL`], and swaps the new connection in (reading the topology
+/// afresh). The old connection's task stops when its last in-flight request ends.
+struct ReplaceableCluster {
+    client: ClusterClient,
+    current: RwLock<ClusterConnection>,
+    /// When the last replacement started.
+    last_replacement: Mutex<Option<Instant>>,
+    /// How long connecting again may take.
+    replacement_timeout: Duration,
+}
+
+impl ReplaceableCluster {
+    fn connection(&self) -> ClusterConnection {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Starts connecting again in the background, unless a replacement started less than
+    /// [`CLUSTER_REPLACEMENT_INTERVAL`] ago (or no Tokio runtime is running).
+    fn replace_soon(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        {
+            let mut last_replacement = self
+                .last_replacement
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last_replacement
+                .is_some_and(|started| started.elapsed() < CLUSTER_REPLACEMENT_INTERVAL)
+            {
+                return;
+            }
+            *last_replacement = Some(Instant::now());
+        }
+        let cluster = Arc::clone(self);
+        runtime.spawn(async move {
+            let connected = tokio::time::timeout(
+                cluster.replacement_timeout,
+                cluster.client.get_async_connection(),
+            )
+            .await;
+            // On failure the old connection stays; the next error tries again.
+            if let Ok(Ok(connection)) = connected {
+                *cluster
+                    .current
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = connection;
+            }
+        });
+    }
+}
+
 /// An online store on Redis or Valkey (standalone or Cluster); see the crate docs.
 pub struct RedisOnlineStore {
-    connections: Vec<RedisConnection>,
+    connections: Connections,
     next_connection: AtomicUsize,
     options: RedisOnlineStoreOptions,
     script: redis::Script,
@@ -242,15 +318,19 @@ impl RedisOnlineStore {
             return Err(internal("no redis URL configured".to_string()));
         }
         let connections = if options.cluster {
-            vec![RedisConnection::Cluster(connect_cluster(&options).await?)]
+            let (client, connection) = connect_cluster(&options).await?;
+            Connections::Cluster(Arc::new(ReplaceableCluster {
+                client,
+                current: RwLock::new(connection),
+                last_replacement: Mutex::new(None),
+                replacement_timeout: (options.connection_timeout + options.response_timeout) * 3,
+            }))
         } else {
             let mut pool = Vec::with_capacity(options.pool_size.max(1));
             for _ in 0..options.pool_size.max(1) {
-                pool.push(RedisConnection::Standalone(
-                    connect_standalone(&options).await?,
-                ));
+                pool.push(connect_standalone(&options).await?);
             }
-            pool
+            Connections::Standalone(pool)
         };
         let store = Self {
             connections,
@@ -288,10 +368,15 @@ impl RedisOnlineStore {
         .into_bytes()
     }
 
-    /// The next connection of the pool.
+    /// The next connection of the pool, or the current cluster connection.
     fn connection(&self) -> RedisConnection {
-        let index = self.next_connection.fetch_add(1, Ordering::Relaxed) % self.connections.len();
-        self.connections[index].clone()
+        match &self.connections {
+            Connections::Standalone(pool) => {
+                let index = self.next_connection.fetch_add(1, Ordering::Relaxed) % pool.len();
+                RedisConnection::Standalone(pool[index].clone())
+            }
+            Connections::Cluster(cluster) => RedisConnection::Cluster(cluster.connection()),
+        }
     }
 
     fn options_of(&self, table: &FeatureViewId) -> TableOptions {
@@ -304,7 +389,66 @@ impl RedisOnlineStore {
     }
 
     fn map_error(&self, operation: &str, error: &RedisError) -> OnlineStoreError {
-        map_redis_error(operation, error)
+        let mapped = map_redis_error(operation, error);
+        self.note_failure(&mapped);
+        mapped
+    }
+
+    /// After an `Unavailable` error on a cluster, gets a fresh cluster connection going.
+    fn note_failure(&self, error: &OnlineStoreError) {
+        if let (Connections::Cluster(cluster), OnlineStoreError::Unavailable { .. }) =
+            (&self.connections, error)
+        {
+            cluster.replace_soon();
+        }
+    }
+
+    /// The stored values of `row_keys` on a cluster: one `MGET` per slot, all in flight at once.
+    /// (The client's own split of a multi-slot `MGET` fails with a client-side "mismatch"
+    /// error when a node is missing, which does not say the cluster is unavailable.)
+    async fn read_cluster(
+        &self,
+        connection: ClusterConnection,
+        row_keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, OnlineStoreError> {
+        let mut positions_by_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
+        for (position, key) in row_keys.iter().enumerate() {
+            positions_by_slot
+                .entry(Slot::for_key(key))
+                .or_default()
+                .push(position);
+        }
+        let mut parts = futures::stream::iter(positions_by_slot.into_values())
+            .map(|positions| {
+                let mut connection = connection.clone();
+                let mut command = redis::cmd("MGET");
+                for position in &positions {
+                    command.arg(&row_keys[*position]);
+                }
+                async move {
+                    let values: Vec<Option<Vec<u8>>> =
+                        command
+                            .query_async(&mut connection)
+                            .await
+                            .map_err(|error| self.map_error("read", &error))?;
+                    Ok::<_, OnlineStoreError>((positions, values))
+                }
+            })
+            .buffer_unordered(MAX_SCRIPTS_IN_FLIGHT);
+        let mut stored_values = vec![None; row_keys.len()];
+        while let Some((positions, values)) = parts.try_next().await? {
+            if values.len() != positions.len() {
+                return Err(internal(format!(
+                    "MGET of {} keys returned {} values",
+                    positions.len(),
+                    values.len()
+                )));
+            }
+            for (position, value) in positions.into_iter().zip(values) {
+                stored_values[position] = value;
+            }
+        }
+        Ok(stored_values)
     }
 
     /// Runs one `EVALSHA` of the compare-and-write script (see [`Self::run_script`]).
@@ -376,13 +520,17 @@ impl RedisOnlineStore {
                 .arg("COUNT")
                 .arg(1_000);
             let (next_cursor, keys): (u64, Vec<Vec<u8>>) =
-                query_on_node(&mut connection, scan, node.as_ref()).await?;
+                query_on_node(&mut connection, scan, node.as_ref())
+                    .await
+                    .inspect_err(|error| self.note_failure(error))?;
             for chunk in keys.chunks(KEYS_PER_UNLINK) {
                 for key in chunk {
                     // One key per UNLINK keeps every command within one slot on a cluster.
                     let mut unlink = redis::cmd("UNLINK");
                     unlink.arg(key);
-                    let _: i64 = query_on_node(&mut connection, unlink, None).await?;
+                    let _: i64 = query_on_node(&mut connection, unlink, None)
+                        .await
+                        .inspect_err(|error| self.note_failure(error))?;
                 }
             }
             if next_cursor == 0 {
@@ -471,7 +619,7 @@ async fn connect_standalone(
 
 async fn connect_cluster(
     options: &RedisOnlineStoreOptions,
-) -> Result<ClusterConnection, OnlineStoreError> {
+) -> Result<(ClusterClient, ClusterConnection), OnlineStoreError> {
     let mut builder = redis::cluster::ClusterClientBuilder::new(options.urls.clone())
         .connection_timeout(options.connection_timeout)
         .response_timeout(options.response_timeout)
@@ -485,10 +633,11 @@ async fn connect_cluster(
     let client = builder
         .build()
         .map_err(|error| internal(format!("invalid redis cluster configuration: {error}")))?;
-    client
+    let connection = client
         .get_async_connection()
         .await
-        .map_err(|error| map_redis_error("connect to the cluster", &error))
+        .map_err(|error| map_redis_error("connect to the cluster", &error))?;
+    Ok((client, connection))
 }
 
 fn apply_credentials(
@@ -731,14 +880,23 @@ impl OnlineStore for RedisOnlineStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut command = redis::cmd("MGET");
-        for key in keys {
-            command.arg(self.row_key(table, key));
-        }
-        let stored_values: Vec<Option<Vec<u8>>> = command
-            .query_async(&mut self.connection())
-            .await
-            .map_err(|error| self.map_error("read", &error))?;
+        let stored_values: Vec<Option<Vec<u8>>> = match self.connection() {
+            RedisConnection::Cluster(connection) => {
+                let row_keys: Vec<Vec<u8>> =
+                    keys.iter().map(|key| self.row_key(table, key)).collect();
+                self.read_cluster(connection, &row_keys).await?
+            }
+            mut connection => {
+                let mut command = redis::cmd("MGET");
+                for key in keys {
+                    command.arg(self.row_key(table, key));
+                }
+                command
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(|error| self.map_error("read", &error))?
+            }
+        };
         if stored_values.len() != keys.len() {
             return Err(internal(format!(
                 "MGET of {} keys returned {} values",

@@ -11,6 +11,11 @@
 //! * after a batch the rows are written, the state and offset committed locally, and only
 //!   then the offset committed to the group;
 //! * a (re)start skips messages at or below the local offset (they were counted already);
+//! * when a partition arrives whose first fetched offset is at or below the local offset, the
+//!   group has no committed offset for it and its log ends at or below the local offset, the
+//!   log was re-created (a broker that lost its data, a deleted and re-created topic): its
+//!   offsets start again, and its messages are new events, applied on top of the kept state
+//!   rather than skipped as already counted;
 //! * when a partition arrives whose first fetched offset is past the local offset + 1
 //!   (another process consumed the gap), the gap is replayed from the broker into the state,
 //!   which is then again the state of a single consumer that read everything; the next batch
@@ -255,7 +260,8 @@ async fn consume(
 }
 
 /// Brings a freshly opened processor up to the message before `first`, the first offset the
-/// group fetched for the partition, by replaying the gap it did not see.
+/// group fetched for the partition, by replaying the gap it did not see; or, when the
+/// partition's log was re-created below what it applied, restarts its offsets at `first`.
 async fn catch_up(
     consumer: &Arc<GroupConsumer>,
     job: &StreamViewJob,
@@ -264,6 +270,47 @@ async fn catch_up(
     first: u64,
     processor: &mut StreamProcessor,
 ) -> Result<(), StreamError> {
+    if let Some(last) = processor.position().last_sequence
+        && first <= last
+    {
+        // Normally a replay of messages already applied (the group's commit lags the local
+        // state after a crash): they are skipped. But when the group has no offset for the
+        // partition (its broker lost it, or the topic was deleted) and the log now ends at or
+        // below `last`, the log was re-created and its offsets count from 0 again: its
+        // messages are new, and skipping them as "already applied" would drop them silently
+        // until the new log outgrew the old one. Keep the state (its events are gone from
+        // the broker) and apply the new log from `first`.
+        if committed_offset(consumer, topic, partition)
+            .await?
+            .is_none()
+        {
+            let group_consumer = Arc::clone(consumer);
+            let topic_name = topic.to_string();
+            let (_, end) = tokio::task::spawn_blocking(move || {
+                group_consumer.fetch_watermarks(
+                    &topic_name,
+                    partition,
+                    Timeout::After(REQUEST_TIMEOUT),
+                )
+            })
+            .await
+            .map_err(|error| StreamError::Broker(format!("watermark task failed: {error}")))?
+            .map_err(broker_error("reading watermarks"))?;
+            let end = u64::try_from(end).unwrap_or(0);
+            if end <= last {
+                tracing::warn!(
+                    view = %job.view.name,
+                    partition,
+                    applied_through = last,
+                    log_end = end,
+                    restart_at = first,
+                    "Kafka partition restarted below the offsets already applied (the broker lost its data, or the topic was re-created): keeping the aggregation state and applying its messages from offset {first} as new events"
+                );
+                processor.restart_sequence_at(first);
+            }
+        }
+        return Ok(());
+    }
     if !processor.keeps_state() {
         return Ok(());
     }
@@ -272,20 +319,10 @@ async fn catch_up(
         None => {
             // Never held here: if the group has consumed the partition before, its history
             // must be replayed; a new group starts where the broker put it.
-            let group_consumer = Arc::clone(consumer);
-            let topic_name = topic.to_string();
-            let committed = tokio::task::spawn_blocking(move || {
-                let mut wanted = TopicPartitionList::new();
-                wanted.add_partition(&topic_name, partition);
-                group_consumer.committed_offsets(wanted, Timeout::After(REQUEST_TIMEOUT))
-            })
-            .await
-            .map_err(|error| StreamError::Broker(format!("offset task failed: {error}")))?
-            .map_err(broker_error("reading committed offsets"))?;
-            let committed = committed
-                .find_partition(topic, partition)
-                .map(|element| element.offset());
-            if !matches!(committed, Some(Offset::Offset(_))) {
+            if committed_offset(consumer, topic, partition)
+                .await?
+                .is_none()
+            {
                 return Ok(());
             }
             0
@@ -325,6 +362,31 @@ async fn catch_up(
     }
     tracing::info!(view = %job.view.name, partition, applied = replayed.applied, "replayed");
     Ok(())
+}
+
+/// The group's committed offset for a partition, `None` when it has none.
+async fn committed_offset(
+    consumer: &Arc<GroupConsumer>,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<i64>, StreamError> {
+    let group_consumer = Arc::clone(consumer);
+    let topic_name = topic.to_string();
+    let committed = tokio::task::spawn_blocking(move || {
+        let mut wanted = TopicPartitionList::new();
+        wanted.add_partition(&topic_name, partition);
+        group_consumer.committed_offsets(wanted, Timeout::After(REQUEST_TIMEOUT))
+    })
+    .await
+    .map_err(|error| StreamError::Broker(format!("offset task failed: {error}")))?
+    .map_err(broker_error("reading committed offsets"))?;
+    let offset = committed
+        .find_partition(topic, partition)
+        .map(|element| element.offset());
+    Ok(match offset {
+        Some(Offset::Offset(offset)) => Some(offset),
+        _ => None,
+    })
 }
 
 /// Reads offsets `[from, until)` of one partition (those still retained) and sends them in

@@ -166,6 +166,13 @@ impl StreamProcessor {
         &self.position
     }
 
+    /// Makes `first` the next sequence to apply, keeping the aggregation state: for a
+    /// partition whose log was re-created, so that sequences start again below the last
+    /// applied one. Persisted with the next batch.
+    pub fn restart_sequence_at(&mut self, first: u64) {
+        self.position.last_sequence = first.checked_sub(1);
+    }
+
     /// Whether the view keeps aggregation state (which a takeover must rebuild).
     pub fn keeps_state(&self) -> bool {
         matches!(self.mode, ViewMode::Aggregating(_))

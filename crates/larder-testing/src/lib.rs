@@ -1,6 +1,6 @@
 //! Test support shared by Larder's crates: real servers spawned on ephemeral loopback ports.
 //!
-//! Backends are tested against the real thing (redis-server, a 3-node Redis Cluster, a
+//! Backends are tested against the real thing (redis-server, a Redis Cluster of 3 masters, a
 //! DynamoDB-compatible moto server, nats-server with JetStream), never against mocks. Each
 //! server here:
 //!
@@ -194,12 +194,32 @@ impl RedisServer {
     }
 }
 
-/// A Redis Cluster of three masters (no replicas), each on an ephemeral loopback port.
+/// A Redis Cluster of three masters, each on an ephemeral loopback port, optionally with one
+/// replica per master (see [`RedisCluster::start_with_replicas`]).
 #[derive(Debug)]
 pub struct RedisCluster {
     ports: Vec<u16>,
     processes: Vec<ServerProcess>,
     _directory: tempfile::TempDir,
+}
+
+/// One line of `CLUSTER NODES`: a node's port, flags and the slot ranges it serves.
+struct ClusterNode {
+    port: u16,
+    flags: Vec<String>,
+    slots: Vec<(u16, u16)>,
+}
+
+impl ClusterNode {
+    fn has_flag(&self, flag: &str) -> bool {
+        self.flags.iter().any(|candidate| candidate == flag)
+    }
+
+    fn serves(&self, slot: u16) -> bool {
+        self.slots
+            .iter()
+            .any(|(first, last)| (*first..=*last).contains(&slot))
+    }
 }
 
 impl RedisCluster {
@@ -210,12 +230,23 @@ impl RedisCluster {
     /// and waits for `cluster_state:ok` on every node; `None` outside CI when `redis-server`
     /// is not installed.
     pub fn start() -> Option<Self> {
+        Self::start_nodes(0)
+    }
+
+    /// Like [`RedisCluster::start`], with six nodes: each master has one replica
+    /// (`--cluster-replicas 1`). Also waits until every replica is in sync with its master.
+    pub fn start_with_replicas() -> Option<Self> {
+        Self::start_nodes(1)
+    }
+
+    fn start_nodes(replicas_per_master: usize) -> Option<Self> {
         let binary = find_server_binary("redis-server", "apt-get install redis-server")?;
         find_server_binary("redis-cli", "apt-get install redis-tools")?;
         let directory = temporary_directory("redis-cluster");
-        let mut ports = Vec::with_capacity(Self::NODE_COUNT);
-        let mut processes = Vec::with_capacity(Self::NODE_COUNT);
-        for _ in 0..Self::NODE_COUNT {
+        let node_count = Self::NODE_COUNT * (1 + replicas_per_master);
+        let mut ports = Vec::with_capacity(node_count);
+        let mut processes = Vec::with_capacity(node_count);
+        for _ in 0..node_count {
             let port = free_loopback_port();
             let bus_port = free_loopback_port();
             let node_directory = directory.path().join(port.to_string());
@@ -247,31 +278,31 @@ impl RedisCluster {
             .iter()
             .map(|port| format!("127.0.0.1:{port}"))
             .collect();
+        let replicas_text = replicas_per_master.to_string();
         let mut create_arguments = vec!["--cluster", "create"];
         create_arguments.extend(addresses.iter().map(String::as_str));
-        create_arguments.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        create_arguments.extend(["--cluster-replicas", &replicas_text, "--cluster-yes"]);
         redis_cli(ports[0], &create_arguments);
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            let every_node_ok = ports
-                .iter()
-                .all(|port| redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok"));
-            if every_node_ok {
-                break;
-            }
-            if Instant::now() > deadline {
-                panic!("the redis cluster on ports {ports:?} did not reach cluster_state:ok");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(Self {
+        let cluster = Self {
             ports,
             processes,
             _directory: directory,
-        })
+        };
+        cluster.wait_until_serving(STARTUP_TIMEOUT);
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while !cluster.replicas_in_sync(replicas_per_master) {
+            if Instant::now() > deadline {
+                panic!(
+                    "the replicas of the redis cluster on ports {:?} did not sync",
+                    cluster.ports
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(cluster)
     }
 
-    /// The URL of every node.
+    /// The URL of every node, killed ones included (a seed list).
     pub fn urls(&self) -> Vec<String> {
         self.ports
             .iter()
@@ -279,9 +310,19 @@ impl RedisCluster {
             .collect()
     }
 
-    /// The port of every node.
+    /// The port of every node, killed ones included.
     pub fn ports(&self) -> &[u16] {
         &self.ports
+    }
+
+    /// The ports of the nodes that have not been killed.
+    pub fn running_ports(&self) -> Vec<u16> {
+        self.ports
+            .iter()
+            .zip(&self.processes)
+            .filter(|(_, process)| process.id().is_some())
+            .map(|(port, _)| *port)
+            .collect()
     }
 
     /// Kills every node.
@@ -290,6 +331,152 @@ impl RedisCluster {
             process.kill();
         }
     }
+
+    /// Kills (SIGKILL) the master serving the slot of `key`, as a crash would, and returns
+    /// its port. Its replica, if any, takes over once the others mark it failed.
+    pub fn kill_master_of(&mut self, key: &str) -> u16 {
+        let seed = self.any_running_port();
+        let reply = redis_cli(seed, &["cluster", "keyslot", key]);
+        let slot: u16 = reply
+            .trim()
+            .parse()
+            .unwrap_or_else(|error| panic!("CLUSTER KEYSLOT answered {reply:?}: {error}"));
+        let master = cluster_nodes(seed)
+            .into_iter()
+            .find(|node| node.has_flag("master") && node.serves(slot))
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"));
+        let index = self
+            .ports
+            .iter()
+            .position(|port| *port == master.port)
+            .unwrap_or_else(|| panic!("slot {slot} is served by unknown port {}", master.port));
+        self.processes[index].kill();
+        master.port
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` and sees every slot served
+    /// by a running master (after [`RedisCluster::kill_master_of`]: until a replica has been
+    /// promoted). Returns how long it waited; panics after `timeout`.
+    pub fn wait_until_serving(&self, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            if self.serving() {
+                return started.elapsed();
+            }
+            if started.elapsed() > timeout {
+                panic!(
+                    "the redis cluster on ports {:?} (running: {:?}) did not serve every slot within {timeout:?}",
+                    self.ports,
+                    self.running_ports()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every running master has a replica and its replicas have acknowledged all of
+    /// its writes (so that a failover loses none); panics after a while. For a cluster from
+    /// [`RedisCluster::start_with_replicas`], before any failover.
+    pub fn wait_for_replication(&self) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while !self.replicas_in_sync(1) {
+            if Instant::now() > deadline {
+                panic!("the replicas of the redis cluster did not catch up with their masters");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn any_running_port(&self) -> u16 {
+        self.running_ports()
+            .first()
+            .copied()
+            .unwrap_or_else(|| panic!("every node of the redis cluster was killed"))
+    }
+
+    /// Whether every running node is `cluster_state:ok` and sees each slot of
+    /// `0..=16383` on a running master that is not flagged failed.
+    fn serving(&self) -> bool {
+        let running = self.running_ports();
+        running.iter().all(|port| {
+            if !redis_cli(*port, &["cluster", "info"]).contains("cluster_state:ok") {
+                return false;
+            }
+            let masters: Vec<ClusterNode> = cluster_nodes(*port)
+                .into_iter()
+                .filter(|node| {
+                    node.has_flag("master")
+                        && !node.has_flag("fail")
+                        && !node.has_flag("fail?")
+                        && running.contains(&node.port)
+                })
+                .collect();
+            (0..=16383).all(|slot| masters.iter().any(|master| master.serves(slot)))
+        })
+    }
+
+    /// Whether each running master has `replicas_per_master` online replicas that have
+    /// acknowledged its whole replication stream.
+    fn replicas_in_sync(&self, replicas_per_master: usize) -> bool {
+        for port in self.running_ports() {
+            let info = redis_cli(port, &["info", "replication"]);
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|line| line.trim().strip_prefix(name)?.strip_prefix(':'))
+                    .map(str::to_string)
+            };
+            if field("role").as_deref() != Some("master") {
+                continue;
+            }
+            let master_offset: Option<u64> =
+                field("master_repl_offset").and_then(|offset| offset.parse().ok());
+            let replica_offsets: Vec<u64> = info
+                .lines()
+                .filter(|line| line.starts_with("slave") && line.contains("state=online"))
+                .filter_map(|line| {
+                    line.split(',')
+                        .find_map(|part| part.strip_prefix("offset="))
+                        .and_then(|offset| offset.trim().parse().ok())
+                })
+                .collect();
+            let Some(master_offset) = master_offset else {
+                return false;
+            };
+            if replica_offsets.len() < replicas_per_master
+                || replica_offsets.iter().any(|offset| *offset < master_offset)
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The nodes as the node on `port` sees them (`CLUSTER NODES`).
+fn cluster_nodes(port: u16) -> Vec<ClusterNode> {
+    redis_cli(port, &["cluster", "nodes"])
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let address = fields.get(1)?.split('@').next()?;
+            let port = address.rsplit_once(':')?.1.parse().ok()?;
+            let flags = fields.get(2)?.split(',').map(str::to_string).collect();
+            // Slot fields are `first-last` or one slot; `[slot->-id]` marks a migration.
+            let slots = fields
+                .iter()
+                .skip(8)
+                .filter(|field| !field.starts_with('['))
+                .filter_map(|field| match field.split_once('-') {
+                    Some((first, last)) => Some((first.parse().ok()?, last.parse().ok()?)),
+                    None => {
+                        let slot = field.parse().ok()?;
+                        Some((slot, slot))
+                    }
+                })
+                .collect();
+            Some(ClusterNode { port, flags, slots })
+        })
+        .collect()
 }
 
 /// Runs moto's server app like `moto_server` does, but answering one request at a time:
@@ -321,15 +508,7 @@ impl MotoServer {
         // The command's presence says moto is installed for the `python3` beside it.
         find_server_binary("moto_server", "pip install 'moto[server]'")?;
         let port = free_loopback_port();
-        let process = ServerProcess::spawn(
-            "moto_server",
-            Command::new("python3")
-                .arg("-c")
-                .arg(MOTO_SERIAL_SERVER)
-                .arg(port.to_string()),
-        );
-        wait_for_port(port, "moto_server");
-        wait_for_http_ok(port, "/moto-api/", "moto_server");
+        let process = spawn_moto_server(port);
         Some(Self { port, process })
     }
 
@@ -342,6 +521,27 @@ impl MotoServer {
     pub fn kill(&mut self) {
         self.process.kill();
     }
+
+    /// Starts the server again on the same port (after [`MotoServer::kill`], or killing it
+    /// first) and waits until it answers; it is empty: every table is gone.
+    pub fn restart(&mut self) {
+        self.process.kill();
+        self.process = spawn_moto_server(self.port);
+    }
+}
+
+/// Starts moto's server app (`MOTO_SERIAL_SERVER`) on `port` and waits until it answers HTTP.
+fn spawn_moto_server(port: u16) -> ServerProcess {
+    let process = ServerProcess::spawn(
+        "moto_server",
+        Command::new("python3")
+            .arg("-c")
+            .arg(MOTO_SERIAL_SERVER)
+            .arg(port.to_string()),
+    );
+    wait_for_port(port, "moto_server");
+    wait_for_http_ok(port, "/moto-api/", "moto_server");
+    process
 }
 
 /// A `nats-server` with JetStream on an ephemeral loopback port, its storage in a temporary
@@ -393,10 +593,14 @@ impl NatsServer {
 
 /// A Kafka-protocol broker (tansu, in-memory storage) on an ephemeral loopback port.
 /// Topics are not created automatically: create them with the client's admin API.
+///
+/// tansu 0.6 (built with `dynostore`) stores in memory or in S3 only (no local files), so a
+/// [`KafkaBroker::restart`] brings back an empty broker: no topics, messages or group offsets.
 #[derive(Debug)]
 pub struct KafkaBroker {
     port: u16,
-    _process: ServerProcess,
+    process: ServerProcess,
+    binary: PathBuf,
 }
 
 impl KafkaBroker {
@@ -407,22 +611,11 @@ impl KafkaBroker {
             "cargo install tansu --version 0.6.0 --locked --features dynostore",
         )?;
         let port = free_loopback_port();
-        let address = format!("tcp://127.0.0.1:{port}");
-        let process = ServerProcess::spawn(
-            "tansu",
-            Command::new(binary)
-                .arg("broker")
-                .arg("--listener-url")
-                .arg(&address)
-                .arg("--advertised-listener-url")
-                .arg(&address)
-                .arg("--storage-engine")
-                .arg("memory://tansu/"),
-        );
-        wait_for_port(port, "tansu");
+        let process = spawn_tansu(&binary, port);
         Some(Self {
             port,
-            _process: process,
+            process,
+            binary,
         })
     }
 
@@ -430,6 +623,37 @@ impl KafkaBroker {
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// Kills the broker (SIGKILL), as a crash would; everything it held is lost.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts the broker again on the same port (after [`KafkaBroker::kill`], or killing it
+    /// first), empty: topics must be created again.
+    pub fn restart(&mut self) {
+        self.process.kill();
+        self.process = spawn_tansu(&self.binary, self.port);
+    }
+}
+
+/// Starts `tansu broker` on `port` with in-memory storage and waits until it accepts
+/// connections.
+fn spawn_tansu(binary: &Path, port: u16) -> ServerProcess {
+    let address = format!("tcp://127.0.0.1:{port}");
+    let process = ServerProcess::spawn(
+        "tansu",
+        Command::new(binary)
+            .arg("broker")
+            .arg("--listener-url")
+            .arg(&address)
+            .arg("--advertised-listener-url")
+            .arg(&address)
+            .arg("--storage-engine")
+            .arg("memory://tansu/"),
+    );
+    wait_for_port(port, "tansu");
+    process
 }
 
 fn spawn_nats_server(binary: &Path, port: u16, directory: &Path) -> ServerProcess {

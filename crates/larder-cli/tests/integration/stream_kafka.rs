@@ -3,6 +3,9 @@
 //! the second to join takes partitions the first consumed (replaying their history into its
 //! aggregation state); the first is killed with SIGKILL while events keep coming and comes
 //! back in its own place (static membership); every event is counted exactly once throughout.
+//! A broker that crashes and comes back empty (tansu keeps everything in memory): serving
+//! goes on with the last values meanwhile, and afterwards the events of the re-created topic
+//! (whose offsets start again at 0) are all counted, once, on top of the state from before.
 //!
 //! Not tested here: a member that dies for good. Its partitions move once the broker expires
 //! its session, which tansu 0.6 does not do reliably for a member that held partitions.
@@ -17,7 +20,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
-use crate::stream_util::{expected, wait_for};
+use crate::stream_util::{expected, served, wait_for};
 use crate::util::{Server, larder_ok};
 
 const USERS: i64 = 40;
@@ -176,4 +179,71 @@ fn stream_rows_written(repo: &Path) -> u64 {
     let status: serde_json::Value =
         serde_json::from_str(&larder_ok(repo, &["status", "--json"])).unwrap();
     status["views"][0]["lag_samples"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn a_broker_that_restarts_empty_keeps_serving_and_counts_the_new_topic_once() {
+    let Some(mut broker) = KafkaBroker::start() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap);
+    let temp = tempfile::tempdir().unwrap();
+    let repo = temp.path().join("repo");
+    write_repo(&repo, &bootstrap, &redis.url());
+    let applied = larder_ok(&repo, &["apply"]);
+    assert!(applied.contains("user_clicks"), "{applied}");
+
+    produce(&bootstrap, 0..1_000);
+    let server = Server::start(&repo);
+    let took = wait_for(&server, &expected(1_000, USERS), Duration::from_secs(60));
+    eprintln!("1000 events servable after {took:?}");
+
+    // The broker dies: reads go on answering 200 with the last values, and the process stays.
+    broker.kill();
+    let down_since = Instant::now();
+    while down_since.elapsed() < Duration::from_secs(8) {
+        assert_eq!(served(&server, USERS), expected(1_000, USERS));
+        assert_running(&server);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!(
+        "served the last values for {:?} with the broker down",
+        down_since.elapsed()
+    );
+
+    // It comes back empty: the topic is created again and its offsets start at 0, below the
+    // offsets the state already applied. Every new event counts once, on top of the old ones.
+    let restarted = Instant::now();
+    broker.restart();
+    create_topic(&bootstrap);
+    produce(&bootstrap, 1_000..1_400);
+    let took = wait_for(&server, &expected(1_400, USERS), Duration::from_secs(90));
+    eprintln!(
+        "the events produced after the restart were served {took:?} after producing them, {:?} after the restart",
+        restarted.elapsed()
+    );
+    produce(&bootstrap, 1_400..1_800);
+    let took = wait_for(&server, &expected(1_800, USERS), Duration::from_secs(60));
+    eprintln!("then 400 more served after {took:?}");
+    // Nothing is counted again later (a late replay would push the totals past the events).
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(served(&server, USERS), expected(1_800, USERS));
+    assert_running(&server);
+}
+
+/// Fails if the server process has exited (an unreaped child shows as a zombie).
+fn assert_running(server: &Server) {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid()))
+        .expect("the server process exists");
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    assert!(
+        matches!(state, Some(state) if state != 'Z' && state != 'X'),
+        "larder serve exited: {stat}"
+    );
 }
