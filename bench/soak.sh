@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Soak (issue 21): `larder serve` on the demo repo (USERS users) under mixed load for SECONDS:
 # paced HTTP reads (READ_RATE/s, 20 users each, the demo's 26-feature service), direct writes
-# (WRITE_RATE/s), stream events to NATS JetStream (STREAM_RATE/s, 1h/24h count and sum) and a
+# (WRITE_RATE/s), stream events to NATS JetStream (STREAM_RATE/s, count and sum over
+# SHORT_WINDOW and LONG_WINDOW, 1h and 24h by default) and a
 # scheduled batch run of `user_profile` every minute; at 60% of the run, an overload phase of
 # OVERLOAD_CONNECTIONS closed-loop clients asking for 1,000 users each (the server admits
 # serving.max_concurrent_requests = 16 at once) for OVERLOAD_SECONDS.
@@ -25,6 +26,10 @@ WRITE_RATE=${WRITE_RATE:-50}
 STREAM_RATE=${STREAM_RATE:-1000}
 OVERLOAD_CONNECTIONS=${OVERLOAD_CONNECTIONS:-160}
 OVERLOAD_SECONDS=${OVERLOAD_SECONDS:-30}
+# The stream view's two windows. The stream state holds each active user's tiles of the
+# longest window, so it (and RSS) levels off once the run is longer than LONG_WINDOW.
+SHORT_WINDOW=${SHORT_WINDOW:-1h}
+LONG_WINDOW=${LONG_WINDOW:-24h}
 OUT=${OUT:-$PWD/target/soak}
 PY=${PY:-python3}
 PLOT=${PLOT:-$OUT/soak.png}   # -: no plot (no matplotlib needed)
@@ -73,10 +78,10 @@ feature_views:
     source: soak_clicks
     allowed_lateness: 10m
     aggregations:
-      - {function: count, window: 1h}
-      - {function: sum, column: amount, window: 1h}
-      - {function: count, window: 24h}
-      - {function: sum, column: amount, window: 24h}
+      - {function: count, window: $SHORT_WINDOW}
+      - {function: sum, column: amount, window: $SHORT_WINDOW}
+      - {function: count, window: $LONG_WINDOW}
+      - {function: sum, column: amount, window: $LONG_WINDOW}
 YAML
 (cd "$REPO" && "$LARDER" apply >/dev/null && "$LARDER" materialize >/dev/null)
 (cd "$REPO" && exec "$LARDER" serve --grpc-port 0 >"$WORK/serve.log" 2>&1) &

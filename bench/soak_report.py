@@ -69,6 +69,16 @@ def main() -> int:
         "overload_requests_per_second": overload_total / max(1, overload_seconds),
         "recovery_seconds": recovery,
     }
+    # RSS against the stream state it must hold (every active entity's tiles): growth that
+    # tracks the state is bounded as the state is; growth beyond it is not explained.
+    with_state = [line for line in lines if line.get("stream_state_tiles") and line["rss_mib"]]
+    if with_state:
+        first, last = with_state[tenth], with_state[-1]
+        summary["stream_state_entities_last"] = last["stream_state_entities"]
+        summary["stream_state_tiles_last"] = last["stream_state_tiles"]
+        grown_tiles = last["stream_state_tiles"] - first["stream_state_tiles"]
+        if grown_tiles > 0:
+            summary["rss_bytes_per_tile_grown"] = (last["rss_mib"] - first["rss_mib"]) * 1024 * 1024 / grown_tiles
     print(json.dumps(summary, indent=2))
     failed = errors or publish_errors or shed_outside or overload_errors or recovery is None
     if png != "-":
@@ -99,6 +109,12 @@ def plot(lines: list, png: str, overload_at: int, overload_end: int) -> None:
     memory.set_ylabel("RSS (MiB)")
     memory.set_ylim(bottom=0)
     memory.legend(loc="upper left", fontsize=8)
+    if any(line.get("stream_state_tiles") for line in lines):
+        tiles = memory.twinx()
+        tiles.plot(t, [line.get("stream_state_tiles") for line in lines], color="tab:green", lw=0.9, label="stream state tiles")
+        tiles.set_ylabel("tiles held")
+        tiles.set_ylim(bottom=0)
+        tiles.legend(loc="lower right", fontsize=8)
     load.plot(t, [line["reads"]["ok"] + line["writes"]["ok"] + line["overload"]["ok"] for line in lines], label="answered 200 /s", lw=0.8)
     load.plot(t, [line["reads"]["shed_503"] + line["writes"]["shed_503"] + line["overload"]["shed_503"] for line in lines], label="shed 503 /s", lw=0.8)
     load.plot(t, [line["published"] for line in lines], label="stream events /s", lw=0.8)

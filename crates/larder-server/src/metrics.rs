@@ -6,7 +6,9 @@
 //! `larder_online_rows_read_total{feature_view}`, the online store decorators'
 //! `larder_online_cache_{hits,misses}_total`, the write path's
 //! `larder_event_to_servable_duration_seconds{view,lane}` (histogram, stream and direct lanes)
-//! and the stream consumers' `larder_stream_events_total{view,outcome}`.
+//! and the stream consumers' `larder_stream_events_total{view,outcome}` and the size of their
+//! in-memory state, `larder_stream_state_entities` and `larder_stream_state_tiles`
+//! `{view,partition}` (gauges).
 
 use std::sync::OnceLock;
 

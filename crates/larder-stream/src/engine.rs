@@ -20,7 +20,7 @@
 //!   the offline backfill agreeing with serving). Float sums add in event order within a
 //!   tile and in tile order across tiles.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use larder_core::stream::tile_size_seconds;
 use larder_core::{
@@ -209,10 +209,13 @@ enum Number {
 }
 
 /// The partial aggregate of one aggregation over one tile (and, when combining, over several).
+///
+/// 24 bytes: the state holds one per aggregation per tile per entity, so the rare kinds that
+/// carry values are boxed and the wide integer sum is kept in two words (8-byte aligned).
 #[derive(Debug, Clone, PartialEq)]
 enum Partial {
     Count(i64),
-    SumInt(i128),
+    SumInt(WideInt),
     SumFloat(f64),
     Mean {
         sum: f64,
@@ -221,9 +224,38 @@ enum Partial {
     Min(Option<Number>),
     Max(Option<Number>),
     /// Event time and value of the newest event.
-    Last(Option<(i64, Value)>),
+    Last(Option<Box<(i64, Value)>>),
     /// The newest `n` (event time, value), oldest first.
-    LastN(u32, Vec<(i64, Value)>),
+    LastN(Box<NewestValues>),
+}
+
+/// An `i128` in two 8-byte words (an `i128` field would make every [`Partial`] 16-byte aligned
+/// and 32 bytes long).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct WideInt {
+    low: u64,
+    high: i64,
+}
+
+impl WideInt {
+    fn new(value: i128) -> Self {
+        Self {
+            low: value as u64,
+            high: (value >> 64) as i64,
+        }
+    }
+
+    fn get(self) -> i128 {
+        (i128::from(self.high) << 64) | i128::from(self.low)
+    }
+}
+
+/// The newest values kept by `last_n`.
+#[derive(Debug, Clone, PartialEq)]
+struct NewestValues {
+    n: u32,
+    /// (event time, value), oldest first.
+    values: Vec<(i64, Value)>,
 }
 
 fn number_of(value: &Value) -> Option<Number> {
@@ -255,12 +287,15 @@ impl Partial {
         match aggregation.function {
             AggregationFunction::Count => Self::Count(0),
             AggregationFunction::Sum if aggregation.float_input => Self::SumFloat(0.0),
-            AggregationFunction::Sum => Self::SumInt(0),
+            AggregationFunction::Sum => Self::SumInt(WideInt::default()),
             AggregationFunction::Mean => Self::Mean { sum: 0.0, count: 0 },
             AggregationFunction::Min => Self::Min(None),
             AggregationFunction::Max => Self::Max(None),
             AggregationFunction::Last => Self::Last(None),
-            AggregationFunction::LastN { n } => Self::LastN(n, Vec::new()),
+            AggregationFunction::LastN { n } => Self::LastN(Box::new(NewestValues {
+                n,
+                values: Vec::new(),
+            })),
         }
     }
 
@@ -279,10 +314,13 @@ impl Partial {
             Self::Count(_) => {}
             Self::SumInt(sum) => {
                 if let Some(number) = number_of(value) {
-                    *sum += i128::from(match number {
-                        Number::Int(number) => number,
-                        Number::Float(number) => number as i64,
-                    });
+                    *sum = WideInt::new(
+                        sum.get()
+                            + i128::from(match number {
+                                Number::Int(number) => number,
+                                Number::Float(number) => number as i64,
+                            }),
+                    );
                 }
             }
             Self::SumFloat(sum) => {
@@ -312,16 +350,17 @@ impl Partial {
             }
             Self::Last(current) => {
                 if current
-                    .as_ref()
+                    .as_deref()
                     .is_none_or(|(newest, _)| timestamp >= *newest)
                 {
-                    *current = Some((timestamp, value.clone()));
+                    *current = Some(Box::new((timestamp, value.clone())));
                 }
             }
-            Self::LastN(n, values) => {
+            Self::LastN(newest) => {
+                let values = &mut newest.values;
                 let position = values.partition_point(|(time, _)| *time <= timestamp);
                 values.insert(position, (timestamp, value.clone()));
-                if values.len() > *n as usize {
+                if values.len() > newest.n as usize {
                     values.remove(0);
                 }
             }
@@ -332,7 +371,9 @@ impl Partial {
     fn merge(&mut self, later: &Partial) {
         match (self, later) {
             (Self::Count(count), Self::Count(other)) => *count += other,
-            (Self::SumInt(sum), Self::SumInt(other)) => *sum += other,
+            (Self::SumInt(sum), Self::SumInt(other)) => {
+                *sum = WideInt::new(sum.get() + other.get());
+            }
             (Self::SumFloat(sum), Self::SumFloat(other)) => *sum += other,
             (
                 Self::Mean { sum, count },
@@ -357,10 +398,10 @@ impl Partial {
             (Self::Last(current), Self::Last(Some(other))) => {
                 *current = Some(other.clone());
             }
-            (Self::LastN(n, values), Self::LastN(_, other)) => {
-                values.extend(other.iter().cloned());
-                let excess = values.len().saturating_sub(*n as usize);
-                values.drain(..excess);
+            (Self::LastN(newest), Self::LastN(other)) => {
+                newest.values.extend(other.values.iter().cloned());
+                let excess = newest.values.len().saturating_sub(newest.n as usize);
+                newest.values.drain(..excess);
             }
             _ => {}
         }
@@ -369,11 +410,14 @@ impl Partial {
     fn finish(self) -> Value {
         match self {
             Self::Count(count) => Value::Int64(count),
-            Self::SumInt(sum) => Value::Int64(i64::try_from(sum).unwrap_or(if sum < 0 {
-                i64::MIN
-            } else {
-                i64::MAX
-            })),
+            Self::SumInt(sum) => {
+                let sum = sum.get();
+                Value::Int64(i64::try_from(sum).unwrap_or(if sum < 0 {
+                    i64::MIN
+                } else {
+                    i64::MAX
+                }))
+            }
             Self::SumFloat(sum) => Value::Float64(sum),
             Self::Mean { count: 0, .. } => Value::Null,
             Self::Mean { sum, count } => Value::Float64(sum / count as f64),
@@ -382,10 +426,15 @@ impl Partial {
                 Some(Number::Int(number)) => Value::Int64(number),
                 Some(Number::Float(number)) => Value::Float64(number),
             },
-            Self::Last(newest) => newest.map_or(Value::Null, |(_, value)| value),
-            Self::LastN(_, values) => {
-                Value::List(values.into_iter().rev().map(|(_, value)| value).collect())
-            }
+            Self::Last(newest) => newest.map_or(Value::Null, |newest| newest.1),
+            Self::LastN(newest) => Value::List(
+                newest
+                    .values
+                    .into_iter()
+                    .rev()
+                    .map(|(_, value)| value)
+                    .collect(),
+            ),
         }
     }
 }
@@ -395,8 +444,74 @@ impl Partial {
 pub struct EntityTiles {
     /// The entity's newest event time (µs).
     newest: i64,
-    /// Per resolution: tile start (µs) → one partial per aggregation of the resolution.
-    tiles: Vec<BTreeMap<i64, Vec<Partial>>>,
+    /// Per resolution, the tiles.
+    tiles: Box<[TileRow]>,
+}
+
+/// The tiles of one entity at one resolution: their starts (µs) in increasing order and,
+/// flat, their partials (`width` per tile: one per aggregation of the resolution). A tile
+/// costs its start and its partials, with no allocation or tree node of its own: the state
+/// holds every active entity's tiles in memory.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct TileRow {
+    starts: Vec<i64>,
+    partials: Vec<Partial>,
+}
+
+impl TileRow {
+    fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// The partials of the tile that starts at `start`, made from `empty` when it is new.
+    fn tile_mut(
+        &mut self,
+        start: i64,
+        width: usize,
+        empty: impl FnOnce() -> Vec<Partial>,
+    ) -> &mut [Partial] {
+        let position = match self.starts.binary_search(&start) {
+            Ok(position) => position,
+            Err(position) => {
+                if self.starts.len() == self.starts.capacity() {
+                    // Grow by a quarter, not double: most entities hold a few dozen tiles.
+                    let extra = (self.starts.len() / 4).max(2);
+                    self.starts.reserve_exact(extra);
+                    self.partials.reserve_exact(extra * width);
+                }
+                self.starts.insert(position, start);
+                let at = position * width;
+                self.partials.splice(at..at, empty());
+                position
+            }
+        };
+        &mut self.partials[position * width..(position + 1) * width]
+    }
+
+    /// Drops the tiles that start at or before `oldest_kept`.
+    fn drop_through(&mut self, oldest_kept: i64, width: usize) {
+        let count = self.starts.partition_point(|start| *start <= oldest_kept);
+        if count > 0 {
+            self.starts.drain(..count);
+            self.partials.drain(..count * width);
+        }
+    }
+
+    /// The tiles, oldest first, that start after `after` and at or before `through`.
+    fn between(&self, after: i64, through: i64, width: usize) -> impl Iterator<Item = &[Partial]> {
+        let first = self.starts.partition_point(|start| *start <= after);
+        let end = self.starts.partition_point(|start| *start <= through);
+        let end = end.max(first);
+        self.partials[first * width..end * width].chunks_exact(width.max(1))
+    }
+
+    /// Every tile, oldest first, with its start.
+    fn iter(&self, width: usize) -> impl Iterator<Item = (i64, &[Partial])> {
+        self.starts
+            .iter()
+            .copied()
+            .zip(self.partials.chunks_exact(width.max(1)))
+    }
 }
 
 /// What happened to one event.
@@ -414,6 +529,8 @@ pub enum EventOutcome {
 pub struct ViewAggregator {
     plan: AggregationPlan,
     entities: HashMap<EntityKey, EntityTiles>,
+    /// The number of tiles of all entities (the state's size in memory, with the entities).
+    tile_count: usize,
     max_seen: Option<i64>,
     changed: HashSet<EntityKey>,
 }
@@ -433,6 +550,7 @@ impl ViewAggregator {
         Self {
             plan,
             entities: HashMap::new(),
+            tile_count: 0,
             max_seen: None,
             changed: HashSet::new(),
         }
@@ -458,9 +576,22 @@ impl ViewAggregator {
         self.entities.len()
     }
 
+    /// Number of tiles of all entities with state.
+    pub fn tile_count(&self) -> usize {
+        self.tile_count
+    }
+
     /// Drops the state of erased entities (and their pending changes).
     pub fn forget(&mut self, keys: &std::collections::HashSet<EntityKey>) {
-        self.entities.retain(|key, _| !keys.contains(key));
+        let mut dropped = 0;
+        self.entities.retain(|key, entity| {
+            let keep = !keys.contains(key);
+            if !keep {
+                dropped += entity.tiles.iter().map(TileRow::len).sum::<usize>();
+            }
+            keep
+        });
+        self.tile_count -= dropped;
         self.changed.retain(|key| !keys.contains(key));
     }
 
@@ -472,7 +603,10 @@ impl ViewAggregator {
                 self.plan.view_name
             ))
         })?;
-        self.entities.insert(key, tiles);
+        self.tile_count += tiles.tiles.iter().map(TileRow::len).sum::<usize>();
+        if let Some(replaced) = self.entities.insert(key, tiles) {
+            self.tile_count -= replaced.tiles.iter().map(TileRow::len).sum::<usize>();
+        }
         Ok(())
     }
 
@@ -491,16 +625,18 @@ impl ViewAggregator {
             .entry(event.entity_key.clone())
             .or_insert_with(|| EntityTiles {
                 newest: timestamp,
-                tiles: vec![BTreeMap::new(); plan.resolutions.len()],
+                tiles: vec![TileRow::default(); plan.resolutions.len()].into_boxed_slice(),
             });
         entity.newest = entity.newest.max(timestamp);
         for (index, resolution) in plan.resolutions.iter().enumerate() {
             let start = tile_start(timestamp, resolution.tile_micros);
             let oldest_kept = tile_start(entity.newest, resolution.tile_micros)
                 .saturating_sub(resolution.max_window_micros);
+            let width = resolution.aggregations.len();
             let tiles = &mut entity.tiles[index];
+            let before = tiles.len();
             if start > oldest_kept {
-                let tile = tiles.entry(start).or_insert_with(|| plan.empty_tile(index));
+                let tile = tiles.tile_mut(start, width, || plan.empty_tile(index));
                 for (slot, &aggregation_index) in resolution.aggregations.iter().enumerate() {
                     let aggregation = &plan.aggregations[aggregation_index];
                     let input = aggregation.input.map(|input| &event.inputs[input]);
@@ -508,12 +644,9 @@ impl ViewAggregator {
                 }
             }
             // Drop the tiles no window of this entity can read any more.
-            while let Some((&first, _)) = tiles.first_key_value() {
-                if first > oldest_kept {
-                    break;
-                }
-                tiles.remove(&first);
-            }
+            tiles.drop_through(oldest_kept, width);
+            // `before` is part of the count: this never goes below zero.
+            self.tile_count = self.tile_count - before + tiles.len();
         }
         self.changed.insert(event.entity_key.clone());
         EventOutcome::Applied
@@ -535,10 +668,11 @@ impl ViewAggregator {
                 let current = tile_start(entity.newest, resolution.tile_micros);
                 let first = current.saturating_sub(aggregation.window_micros);
                 let mut total = Partial::empty(aggregation);
-                for (_, tile) in entity.tiles[aggregation.resolution].range((
-                    std::ops::Bound::Excluded(first),
-                    std::ops::Bound::Included(current),
-                )) {
+                for tile in entity.tiles[aggregation.resolution].between(
+                    first,
+                    current,
+                    resolution.aggregations.len(),
+                ) {
                     total.merge(&tile[aggregation.slot]);
                 }
                 total.finish()
@@ -561,7 +695,9 @@ impl ViewAggregator {
                 event_timestamp: Timestamp(entity.newest),
                 values: self.compute(entity),
             });
-            changes.states.push((key, encode_entity(entity)));
+            changes
+                .states
+                .push((key, encode_entity(&self.plan, entity)));
         }
         changes
     }
@@ -607,13 +743,13 @@ fn put_timed_values(values: &[(i64, Value)], out: &mut Vec<u8>) {
 }
 
 /// Encodes an entity's tiles.
-fn encode_entity(entity: &EntityTiles) -> Vec<u8> {
+fn encode_entity(plan: &AggregationPlan, entity: &EntityTiles) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     put_i64(entity.newest, &mut out);
-    for tiles in &entity.tiles {
+    for (tiles, resolution) in entity.tiles.iter().zip(&plan.resolutions) {
         codec::write_varint(tiles.len() as u64, &mut out);
-        for (start, partials) in tiles {
-            put_i64(*start, &mut out);
+        for (start, partials) in tiles.iter(resolution.aggregations.len()) {
+            put_i64(start, &mut out);
             for partial in partials {
                 match partial {
                     Partial::Count(count) => {
@@ -622,7 +758,7 @@ fn encode_entity(entity: &EntityTiles) -> Vec<u8> {
                     }
                     Partial::SumInt(sum) => {
                         out.push(PARTIAL_SUM_INT);
-                        out.extend_from_slice(&sum.to_le_bytes());
+                        out.extend_from_slice(&sum.get().to_le_bytes());
                     }
                     Partial::SumFloat(sum) => {
                         out.push(PARTIAL_SUM_FLOAT);
@@ -643,11 +779,17 @@ fn encode_entity(entity: &EntityTiles) -> Vec<u8> {
                     }
                     Partial::Last(newest) => {
                         out.push(PARTIAL_LAST);
-                        put_timed_values(newest.as_slice(), &mut out);
+                        put_timed_values(
+                            newest
+                                .as_deref()
+                                .map(std::slice::from_ref)
+                                .unwrap_or_default(),
+                            &mut out,
+                        );
                     }
-                    Partial::LastN(_, values) => {
+                    Partial::LastN(newest) => {
                         out.push(PARTIAL_LAST_N);
-                        put_timed_values(values, &mut out);
+                        put_timed_values(&newest.values, &mut out);
                     }
                 }
             }
@@ -731,15 +873,24 @@ fn decode_entity(plan: &AggregationPlan, bytes: &[u8]) -> Option<EntityTiles> {
     let mut all_tiles = Vec::with_capacity(plan.resolutions.len());
     for resolution in &plan.resolutions {
         let count = usize::try_from(reader.varint()?).ok()?;
-        let mut tiles = BTreeMap::new();
+        let width = resolution.aggregations.len();
+        // Each tile takes at least 9 bytes: a corrupt count must not allocate for it.
+        let capacity = count.min(bytes.len() / 9);
+        let mut tiles = TileRow {
+            starts: Vec::with_capacity(capacity),
+            partials: Vec::with_capacity(capacity * width),
+        };
         for _ in 0..count {
             let start = reader.i64()?;
-            let mut partials = Vec::with_capacity(resolution.aggregations.len());
+            if tiles.starts.last().is_some_and(|last| *last >= start) {
+                return None;
+            }
+            tiles.starts.push(start);
             for &aggregation_index in &resolution.aggregations {
                 let aggregation = &plan.aggregations[aggregation_index];
                 let partial = match (reader.byte()?, aggregation.function) {
                     (PARTIAL_COUNT, _) => Partial::Count(reader.i64()?),
-                    (PARTIAL_SUM_INT, _) => Partial::SumInt(reader.i128()?),
+                    (PARTIAL_SUM_INT, _) => Partial::SumInt(WideInt::new(reader.i128()?)),
                     (PARTIAL_SUM_FLOAT, _) => Partial::SumFloat(reader.f64()?),
                     (PARTIAL_MEAN, _) => Partial::Mean {
                         sum: reader.f64()?,
@@ -747,9 +898,12 @@ fn decode_entity(plan: &AggregationPlan, bytes: &[u8]) -> Option<EntityTiles> {
                     },
                     (PARTIAL_MIN, _) => Partial::Min(reader.number()?),
                     (PARTIAL_MAX, _) => Partial::Max(reader.number()?),
-                    (PARTIAL_LAST, _) => Partial::Last(reader.timed_values()?.pop()),
+                    (PARTIAL_LAST, _) => Partial::Last(reader.timed_values()?.pop().map(Box::new)),
                     (PARTIAL_LAST_N, AggregationFunction::LastN { n }) => {
-                        Partial::LastN(n, reader.timed_values()?)
+                        Partial::LastN(Box::new(NewestValues {
+                            n,
+                            values: reader.timed_values()?,
+                        }))
                     }
                     _ => return None,
                 };
@@ -758,14 +912,77 @@ fn decode_entity(plan: &AggregationPlan, bytes: &[u8]) -> Option<EntityTiles> {
                 {
                     return None;
                 }
-                partials.push(partial);
+                tiles.partials.push(partial);
             }
-            tiles.insert(start, partials);
         }
         all_tiles.push(tiles);
     }
     (reader.position == bytes.len()).then_some(EntityTiles {
         newest,
-        tiles: all_tiles,
+        tiles: all_tiles.into_boxed_slice(),
     })
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_takes_24_bytes() {
+        // One per aggregation per tile per entity, all in memory: growing it grows the state.
+        assert_eq!(std::mem::size_of::<Partial>(), 24);
+    }
+
+    #[test]
+    fn wide_sums_keep_every_i128() {
+        for value in [
+            0,
+            1,
+            -1,
+            i128::from(i64::MAX) + 7,
+            i128::from(i64::MIN) * 3,
+            i128::MAX,
+            i128::MIN,
+        ] {
+            assert_eq!(WideInt::new(value).get(), value);
+        }
+    }
+
+    #[test]
+    fn tile_rows_keep_starts_ordered_and_partials_aligned() {
+        let mut row = TileRow::default();
+        for start in [30, 10, 20, 40, 10] {
+            let tile = row.tile_mut(start, 2, || vec![Partial::Count(0), Partial::SumFloat(0.0)]);
+            if let Partial::Count(count) = &mut tile[0] {
+                *count += start;
+            }
+        }
+        let tiles: Vec<(i64, Vec<Partial>)> = row
+            .iter(2)
+            .map(|(start, tile)| (start, tile.to_vec()))
+            .collect();
+        assert_eq!(
+            tiles,
+            [10, 20, 30, 40]
+                .map(|start| (
+                    start,
+                    vec![
+                        Partial::Count(if start == 10 { 20 } else { start }),
+                        Partial::SumFloat(0.0)
+                    ]
+                ))
+                .to_vec()
+        );
+        let between: Vec<i64> = row
+            .between(10, 30, 2)
+            .map(|tile| match tile[0] {
+                Partial::Count(count) => count,
+                _ => -1,
+            })
+            .collect();
+        assert_eq!(between, vec![20, 30]);
+        row.drop_through(20, 2);
+        assert_eq!(row.starts, vec![30, 40]);
+        assert_eq!(row.partials.len(), 4);
+    }
 }

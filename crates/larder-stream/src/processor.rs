@@ -255,6 +255,14 @@ impl StreamProcessor {
         let (rows, states) = match &mut self.mode {
             ViewMode::Aggregating(aggregator) => {
                 let changes = aggregator.take_changes();
+                let labels = [
+                    ("view", self.view.name.clone()),
+                    ("partition", self.partition.clone()),
+                ];
+                metrics::gauge!("larder_stream_state_entities", &labels)
+                    .set(aggregator.entity_count() as f64);
+                metrics::gauge!("larder_stream_state_tiles", &labels)
+                    .set(aggregator.tile_count() as f64);
                 (changes.rows, changes.states)
             }
             ViewMode::Passthrough => (std::mem::take(&mut self.pending_rows), Vec::new()),

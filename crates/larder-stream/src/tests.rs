@@ -302,6 +302,8 @@ proptest! {
             let key = EntityKey::from_int(user);
             prop_assert_eq!(original.values_of(&key), restored.values_of(&key));
         }
+        // The tile count kept while applying equals the one rebuilt from the encoding.
+        prop_assert_eq!(original.tile_count(), restored.tile_count());
     }
 }
 
@@ -313,8 +315,11 @@ fn tiles_outside_every_window_are_dropped() {
     for second in (0..100_000).step_by(7) {
         aggregator.apply(&to_event(&plan, &(1, second, 2, Some(1))));
     }
+    // One entity: at most 60 + 60 + 60 tiles (and at least the newest of each resolution).
+    let tiles = aggregator.tile_count();
+    assert!((3..=180).contains(&tiles), "{tiles} tiles");
     let changes = aggregator.take_changes();
-    // 60 + 60 + 60 tiles at most, a few dozen bytes each.
+    // A few dozen bytes each.
     assert!(
         changes.states[0].1.len() < 20_000,
         "{}",

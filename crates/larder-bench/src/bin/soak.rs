@@ -304,6 +304,27 @@ async fn paced_posts(
     .await;
 }
 
+/// The sums of the server's stream-state gauges (`larder_stream_state_entities` and
+/// `larder_stream_state_tiles` over every view and partition), read from `/metrics`.
+async fn stream_state(address: &str) -> Option<(f64, f64)> {
+    let mut stream = TcpStream::connect(address).await.ok()?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let sum = |name: &str| -> f64 {
+        response
+            .lines()
+            .filter(|line| line.starts_with(name) && line[name.len()..].starts_with('{'))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    Some((
+        sum("larder_stream_state_entities"),
+        sum("larder_stream_state_tiles"),
+    ))
+}
+
 fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
@@ -448,6 +469,7 @@ async fn main() -> Result<()> {
             while Instant::now() < deadline + Duration::from_secs(1) {
                 ticker.tick().await;
                 let mut second = with(&shared, std::mem::take);
+                let state = stream_state(&arguments.http).await;
                 let line = serde_json::json!({
                     "t": started.elapsed().as_secs(),
                     "reads": second.reads.summary(),
@@ -456,6 +478,8 @@ async fn main() -> Result<()> {
                     "published": second.published,
                     "publish_errors": second.publish_errors,
                     "rss_mib": rss_mib(arguments.pid),
+                    "stream_state_entities": state.map(|(entities, _)| entities),
+                    "stream_state_tiles": state.map(|(_, tiles)| tiles),
                 });
                 println!("{line}");
             }
