@@ -225,9 +225,13 @@ impl RepoContext {
     ) -> Result<(SharedOnlineStore, SharedDigestStore), OnlineStoreError> {
         let (store, digests): (SharedOnlineStore, SharedDigestStore) =
             match &self.config.online_store {
-                OnlineStoreConfig::Embedded { path } => {
-                    let store =
-                        EmbeddedOnlineStore::open(&self.config.resolve_path(&self.root, path))?;
+                OnlineStoreConfig::Embedded { path, cache_mib } => {
+                    let cache_bytes =
+                        usize::try_from(cache_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+                    let store = EmbeddedOnlineStore::open_with_cache(
+                        &self.config.resolve_path(&self.root, path),
+                        cache_bytes,
+                    )?;
                     let digests: SharedDigestStore = Arc::new(store.digest_store());
                     (Arc::new(store), digests)
                 }

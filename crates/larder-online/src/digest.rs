@@ -212,6 +212,7 @@ impl RedbDigestStore {
         Ok(Self::from_file(crate::redb_file::RedbFile::open(
             path,
             DIGEST_BACKEND_NAME,
+            crate::redb_file::DEFAULT_CACHE_BYTES,
         )?))
     }
 

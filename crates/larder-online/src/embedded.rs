@@ -58,8 +58,14 @@ impl EmbeddedOnlineStore {
     /// Returns [`OnlineStoreError::Locked`] if the file is open in another process (or
     /// already open in this one).
     pub fn open(path: &Path) -> Result<Self, OnlineStoreError> {
+        Self::open_with_cache(path, crate::redb_file::DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`EmbeddedOnlineStore::open`] with a page cache of at most `cache_bytes` (its share of
+    /// the process's memory; reads past it go to the operating system's file cache).
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, OnlineStoreError> {
         Ok(Self {
-            file: crate::redb_file::RedbFile::open(path, BACKEND_NAME)?,
+            file: crate::redb_file::RedbFile::open(path, BACKEND_NAME, cache_bytes)?,
         })
     }
 

@@ -7,11 +7,17 @@ use std::sync::Arc;
 
 use crate::OnlineStoreError;
 
-/// Opens (or creates) a redb file, creating its folder first. A file that another process
-/// (or this one) holds open is [`OnlineStoreError::Locked`]. Blocks on file I/O.
+/// redb's own default page cache per open file: 1 GiB.
+pub const DEFAULT_CACHE_BYTES: usize = 1 << 30;
+
+/// Opens (or creates) a redb file, creating its folder first, with a page cache of at most
+/// `cache_bytes` (it fills as pages are read or written, up to the file's size). A file that
+/// another process (or this one) holds open is [`OnlineStoreError::Locked`]. Blocks on file
+/// I/O.
 pub fn open_database(
     path: &Path,
     backend: &'static str,
+    cache_bytes: usize,
 ) -> Result<redb::Database, OnlineStoreError> {
     if let Some(parent_directory) = path.parent()
         && !parent_directory.as_os_str().is_empty()
@@ -26,7 +32,12 @@ pub fn open_database(
     }
     // redb asserts on some corrupt pages while it opens a file (a page of an unknown type)
     // instead of returning an error: that is a corrupt file to name, not a crash.
-    let opened = std::panic::catch_unwind(|| redb::Database::create(path)).map_err(|_| {
+    let opened = std::panic::catch_unwind(|| {
+        redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)
+    })
+    .map_err(|_| {
         OnlineStoreError::Corrupt {
             backend,
             message: format!(
@@ -89,16 +100,23 @@ pub fn begin_durable_write(
 pub struct RedbFile {
     path: std::path::PathBuf,
     backend: &'static str,
+    cache_bytes: usize,
     current: std::sync::Mutex<Option<Arc<redb::Database>>>,
 }
 
 impl RedbFile {
-    /// Opens (or creates) the file ([`open_database`]).
-    pub fn open(path: &Path, backend: &'static str) -> Result<Arc<Self>, OnlineStoreError> {
-        let database = open_database(path, backend)?;
+    /// Opens (or creates) the file with a page cache of at most `cache_bytes`
+    /// ([`open_database`]).
+    pub fn open(
+        path: &Path,
+        backend: &'static str,
+        cache_bytes: usize,
+    ) -> Result<Arc<Self>, OnlineStoreError> {
+        let database = open_database(path, backend, cache_bytes)?;
         Ok(Arc::new(Self {
             path: path.to_path_buf(),
             backend,
+            cache_bytes,
             current: std::sync::Mutex::new(Some(Arc::new(database))),
         }))
     }
@@ -117,15 +135,17 @@ impl RedbFile {
         if let Some(database) = current.as_ref() {
             return Ok(Arc::clone(database));
         }
-        let database = Arc::new(open_database(&self.path, self.backend).map_err(|error| {
-            OnlineStoreError::Unavailable {
-                backend: self.backend,
-                message: format!(
-                    "reopening {} after an I/O error: {error}",
-                    self.path.display()
-                ),
-            }
-        })?);
+        let database = Arc::new(
+            open_database(&self.path, self.backend, self.cache_bytes).map_err(|error| {
+                OnlineStoreError::Unavailable {
+                    backend: self.backend,
+                    message: format!(
+                        "reopening {} after an I/O error: {error}",
+                        self.path.display()
+                    ),
+                }
+            })?,
+        );
         *current = Some(Arc::clone(&database));
         Ok(database)
     }

@@ -96,6 +96,11 @@ pub struct StreamStateStore {
 /// counted twice because the state rolled back with the position.
 const DURABLE_COMMIT_INTERVAL_MICROS: i64 = 1_000_000;
 
+/// The stream state file's page cache. The tiles live in memory and the file is their durable
+/// copy, read whole only when a processor opens: redb's 1 GiB default would hold the pages
+/// each commit writes for nothing.
+const STATE_CACHE_BYTES: usize = 32 << 20;
+
 const METADATA: TableDefinition<'static, &'static str, &'static str> =
     TableDefinition::new("stream_metadata");
 
@@ -107,7 +112,12 @@ impl StreamStateStore {
                 StreamError::State(format!("creating {}: {error}", parent.display()))
             })?;
         }
-        let file = larder_online::redb_file::RedbFile::open(path, "stream state").map_err(|error| {
+        let file = larder_online::redb_file::RedbFile::open(
+            path,
+            "stream state",
+            STATE_CACHE_BYTES,
+        )
+        .map_err(|error| {
             StreamError::State(format!(
                 "cannot open {} (is another larder process consuming streams from this repo?): {error}",
                 path.display()

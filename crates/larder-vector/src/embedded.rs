@@ -325,7 +325,11 @@ impl EmbeddedVectorIndex {
     /// Opens (or creates) the index folder. Tables are loaded when first used. Blocks on
     /// file I/O.
     pub fn open(folder: &Path) -> Result<Self, VectorIndexError> {
-        let database = open_database(&folder.join("index.redb"), BACKEND)?;
+        let database = open_database(
+            &folder.join("index.redb"),
+            BACKEND,
+            larder_online::redb_file::DEFAULT_CACHE_BYTES,
+        )?;
         Ok(Self {
             inner: Arc::new(Inner {
                 folder: folder.to_path_buf(),

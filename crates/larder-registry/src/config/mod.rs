@@ -347,13 +347,19 @@ impl RepoConfig {
                 message: "the registry path is empty".to_string(),
             });
         }
-        if let OnlineStoreConfig::Embedded { path } = &self.online_store
-            && path.as_os_str().is_empty()
-        {
-            problems.push(ConfigProblem {
-                keys: vec!["online_store", "path"],
-                message: "the online store path is empty".to_string(),
-            });
+        if let OnlineStoreConfig::Embedded { path, cache_mib } = &self.online_store {
+            if path.as_os_str().is_empty() {
+                problems.push(ConfigProblem {
+                    keys: vec!["online_store", "path"],
+                    message: "the online store path is empty".to_string(),
+                });
+            }
+            if *cache_mib == 0 {
+                problems.push(ConfigProblem {
+                    keys: vec!["online_store", "cache_mib"],
+                    message: "the page cache must be at least 1 MiB".to_string(),
+                });
+            }
         }
         if let OnlineStoreConfig::Redis(redis) = &self.online_store {
             problems.extend(redis_config_problems(redis));
@@ -506,7 +512,7 @@ impl RepoConfig {
                     "online_store.path",
                     "is empty (expected a path)".to_string(),
                 ),
-                OnlineStoreConfig::Embedded { path } => *path = PathBuf::from(value),
+                OnlineStoreConfig::Embedded { path, .. } => *path = PathBuf::from(value),
                 OnlineStoreConfig::Memory
                 | OnlineStoreConfig::Redis(_)
                 | OnlineStoreConfig::DynamoDb(_) => report(
@@ -605,7 +611,8 @@ mod tests {
         assert_eq!(
             config.online_store,
             OnlineStoreConfig::Embedded {
-                path: PathBuf::from("data/online.redb")
+                path: PathBuf::from("data/online.redb"),
+                cache_mib: 1024,
             }
         );
         assert_eq!(
@@ -702,6 +709,35 @@ serving: {host: 0.0.0.0, port: 8080, max_entities_per_request: 5, max_body_bytes
             "{diagnostic}"
         );
         assert!(diagnostic.message.contains("between 1 and"), "{diagnostic}");
+    }
+
+    #[test]
+    fn embedded_cache_defaults_to_1_gib_and_zero_is_refused_at_its_line() {
+        let config = RepoConfig::parse(
+            "project: demo\nonline_store: {type: embedded, path: x.redb, cache_mib: 64}\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.online_store,
+            OnlineStoreConfig::Embedded {
+                path: PathBuf::from("x.redb"),
+                cache_mib: 64
+            }
+        );
+        let diagnostics = RepoConfig::parse(
+            "project: demo\nonline_store:\n  type: embedded\n  path: x.redb\n  cache_mib: 0\n",
+        )
+        .expect_err("invalid");
+        let diagnostic = &diagnostics.0[0];
+        assert_eq!(diagnostic.key.as_deref(), Some("online_store.cache_mib"));
+        assert_eq!(
+            diagnostic.location.as_ref().map(|location| location.line),
+            Some(5)
+        );
+        assert!(
+            diagnostic.message.contains("at least 1 MiB"),
+            "{diagnostic}"
+        );
     }
 
     #[test]
@@ -851,7 +887,8 @@ serving: {host: 0.0.0.0, port: 8080, max_entities_per_request: 5, max_body_bytes
         assert_eq!(
             config.online_store,
             OnlineStoreConfig::Embedded {
-                path: PathBuf::from("/tmp/online.redb")
+                path: PathBuf::from("/tmp/online.redb"),
+                cache_mib: 1024,
             }
         );
         assert_eq!(

@@ -15,6 +15,14 @@ pub enum OnlineStoreConfig {
     Embedded {
         /// The database file. Relative paths are relative to the repo root.
         path: PathBuf,
+        /// The most memory, in MiB, that the store's page cache may take (it fills as pages
+        /// are read and written, up to the file's size; reads past it go to the operating
+        /// system's file cache). At least 1. Default 1024.
+        #[serde(
+            default = "default_embedded_cache_mib",
+            skip_serializing_if = "is_default_embedded_cache_mib"
+        )]
+        cache_mib: u64,
     },
     /// In process memory: lost on exit; for tests and demos.
     Memory,
@@ -209,6 +217,17 @@ fn default_redis_key_prefix() -> String {
     "larder:".to_string()
 }
 
+/// The embedded store's default page cache, in MiB (redb's own default).
+pub const DEFAULT_EMBEDDED_CACHE_MIB: u64 = 1024;
+
+fn default_embedded_cache_mib() -> u64 {
+    DEFAULT_EMBEDDED_CACHE_MIB
+}
+
+fn is_default_embedded_cache_mib(cache_mib: &u64) -> bool {
+    *cache_mib == DEFAULT_EMBEDDED_CACHE_MIB
+}
+
 fn default_redis_timeout_ms() -> u64 {
     2_000
 }
@@ -229,6 +248,7 @@ impl Default for OnlineStoreConfig {
     fn default() -> Self {
         Self::Embedded {
             path: PathBuf::from("data/online.redb"),
+            cache_mib: DEFAULT_EMBEDDED_CACHE_MIB,
         }
     }
 }

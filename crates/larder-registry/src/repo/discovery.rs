@@ -23,7 +23,7 @@ pub(super) fn find_definition_files(
             .parent()
             .map(Path::to_path_buf),
     ];
-    if let OnlineStoreConfig::Embedded { path } = &config.online_store {
+    if let OnlineStoreConfig::Embedded { path, .. } = &config.online_store {
         storage_directories.push(
             config
                 .resolve_path(root, path)
