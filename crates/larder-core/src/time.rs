@@ -31,6 +31,13 @@ impl Timestamp {
         Self(seconds.saturating_mul(1_000_000))
     }
 
+    /// The instant `seconds` after the Unix epoch, or `None` when it is not a calendar date
+    /// (beyond about ±262,000 years): input to refuse, not to clamp.
+    pub fn checked_from_seconds(seconds: i64) -> Option<Self> {
+        let micros = seconds.checked_mul(1_000_000)?;
+        chrono::DateTime::from_timestamp_micros(micros).map(|_| Self(micros))
+    }
+
     /// This instant minus a duration, saturating at the smallest representable instant.
     pub fn saturating_sub(self, duration: TtlDuration) -> Self {
         Self(self.0.saturating_sub(duration.as_micros()))

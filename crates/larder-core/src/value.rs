@@ -327,9 +327,15 @@ impl Value {
                 serde_json::Value::String(text) => {
                     Self::Timestamp(Timestamp::parse(text).ok_or_else(mismatch)?)
                 }
-                serde_json::Value::Number(number) => Self::Timestamp(Timestamp::from_seconds(
-                    number.as_i64().ok_or_else(mismatch)?,
-                )),
+                serde_json::Value::Number(number) => Self::Timestamp(
+                    number
+                        .as_i64()
+                        .and_then(Timestamp::checked_from_seconds)
+                        .ok_or_else(|| CoreError::TypeMismatch {
+                            expected: "timestamp (RFC 3339 text, or whole seconds since the Unix epoch within ±262,000 years)".to_string(),
+                            got: format!("{number} (not a calendar date)"),
+                        })?,
+                ),
                 _ => return Err(mismatch()),
             },
             ValueType::List(element_type) => {
@@ -546,6 +552,18 @@ mod tests {
             Ok(Value::Float64(2.0))
         );
         assert!(Value::from_json(&serde_json::json!([1.0, 2.0]), &ValueType::Vector(3)).is_err());
+        // Seconds since the epoch become a timestamp; seconds beyond any calendar date are
+        // refused, not clamped (schemathesis once read one back as the smallest instant).
+        assert_eq!(
+            Value::from_json(&serde_json::json!(1_700_000_000), &ValueType::Timestamp),
+            Ok(Value::Timestamp(Timestamp(1_700_000_000_000_000)))
+        );
+        for huge in [i64::MAX, i64::MIN, 9_300_000_000_000] {
+            match Value::from_json(&serde_json::json!(huge), &ValueType::Timestamp) {
+                Err(error) => assert!(error.to_string().contains("not a calendar date"), "{error}"),
+                Ok(value) => panic!("{huge} seconds became {value:?}"),
+            }
+        }
     }
 
     #[test]

@@ -492,7 +492,7 @@ fn filter_value(value: &Value, dtype: &ValueType) -> Option<Value> {
         | (ValueType::Bool, Value::Bool(_)) => Some(value.clone()),
         (ValueType::Timestamp, Value::String(text)) => Timestamp::parse(text).map(Value::Timestamp),
         (ValueType::Timestamp, Value::Int64(seconds)) => {
-            Some(Value::Timestamp(Timestamp::from_seconds(*seconds)))
+            Timestamp::checked_from_seconds(*seconds).map(Value::Timestamp)
         }
         _ => None,
     }
