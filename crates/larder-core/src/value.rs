@@ -332,8 +332,8 @@ impl Value {
                         .as_i64()
                         .and_then(Timestamp::checked_from_seconds)
                         .ok_or_else(|| CoreError::TypeMismatch {
-                            expected: "timestamp (RFC 3339 text, or whole seconds since the Unix epoch within ±262,000 years)".to_string(),
-                            got: format!("{number} (not a calendar date)"),
+                            expected: value_type.to_string(),
+                            got: format!("{number} seconds since the epoch (not a calendar date)"),
                         })?,
                 ),
                 _ => return Err(mismatch()),
