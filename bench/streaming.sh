@@ -115,6 +115,24 @@ print(f"backlog ingest: {consumed} events in {seconds:.2f} s = {consumed/seconds
       f"(server CPU {int(cpu)} s so far, RSS {int(rss)/1024:.0f} MiB)")
 PY
 
+# Where a batch's time goes: the mean of each pipeline stage (prepare runs beside the previous
+# batch's online write and state commit, which run one after the other).
+curl -s "$BASE/metrics" | python3 -c '
+import re, sys
+stages = {}
+for line in sys.stdin:
+    m = re.match(r"larder_stream_batch_stage_duration_seconds_(sum|count)\{(.*)\} (\S+)", line)
+    if m:
+        stage = re.search(r"stage=\"([^\"]+)\"", m.group(2)).group(1)
+        stages.setdefault(stage, {})[m.group(1)] = float(m.group(3))
+parts = []
+for stage, v in sorted(stages.items()):
+    total, count = v.get("sum", 0.0), v.get("count", 0.0)
+    if count:
+        parts.append("%s %.0f ms x %d (total %.1f s)" % (stage, total / count * 1000, count, total))
+print("backlog stages (mean per batch): " + ", ".join(parts))
+'
+
 echo "== paced: $RATE events/s for ${PACED_SECONDS}s"
 curl -s "$BASE/metrics" >"$WORK/before.txt"
 "$LOAD" --nats "$NATS" --events $((RATE * PACED_SECONDS)) --keys "$KEYS" --rate "$RATE" --offset "$EVENTS"

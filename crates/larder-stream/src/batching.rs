@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crate::StreamError;
 
 /// Most messages in one batch.
-pub(crate) const MAX_BATCH: usize = 50_000;
+pub(crate) const MAX_BATCH: usize = 200_000;
 /// How long a batch waits for more messages once it has one.
 pub(crate) const BATCH_LINGER: Duration = Duration::from_millis(20);
 /// How often a batch that waits for the previous one's persist checks whether it is done.

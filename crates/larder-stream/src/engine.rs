@@ -528,12 +528,16 @@ pub enum EventOutcome {
 #[derive(Debug, Clone)]
 pub struct ViewAggregator {
     plan: AggregationPlan,
-    entities: HashMap<EntityKey, EntityTiles>,
+    entities: HashMap<EntityKey, EntityTiles, FastHash>,
     /// The number of tiles of all entities (the state's size in memory, with the entities).
     tile_count: usize,
     max_seen: Option<i64>,
-    changed: HashSet<EntityKey>,
+    changed: HashSet<EntityKey, FastHash>,
 }
+
+/// The hasher of the per-event maps: foldhash, seeded per process (SipHash cost a tenth of
+/// the stream lane's CPU).
+type FastHash = foldhash::fast::RandomState;
 
 /// The rows and states of the entities changed since the last take.
 #[derive(Debug, Default)]
@@ -549,10 +553,10 @@ impl ViewAggregator {
     pub fn new(plan: AggregationPlan) -> Self {
         Self {
             plan,
-            entities: HashMap::new(),
+            entities: HashMap::default(),
             tile_count: 0,
             max_seen: None,
-            changed: HashSet::new(),
+            changed: HashSet::default(),
         }
     }
 
@@ -620,13 +624,17 @@ impl ViewAggregator {
         }
         self.max_seen = Some(self.max_seen.map_or(timestamp, |seen| seen.max(timestamp)));
         let plan = &self.plan;
-        let entity = self
-            .entities
-            .entry(event.entity_key.clone())
-            .or_insert_with(|| EntityTiles {
-                newest: timestamp,
-                tiles: vec![TileRow::default(); plan.resolutions.len()].into_boxed_slice(),
-            });
+        // Looked up first: the key is copied only for a new entity.
+        let entity = match self.entities.get_mut(&event.entity_key) {
+            Some(entity) => entity,
+            None => self
+                .entities
+                .entry(event.entity_key.clone())
+                .or_insert_with(|| EntityTiles {
+                    newest: timestamp,
+                    tiles: vec![TileRow::default(); plan.resolutions.len()].into_boxed_slice(),
+                }),
+        };
         entity.newest = entity.newest.max(timestamp);
         for (index, resolution) in plan.resolutions.iter().enumerate() {
             let start = tile_start(timestamp, resolution.tile_micros);
@@ -648,7 +656,9 @@ impl ViewAggregator {
             // `before` is part of the count: this never goes below zero.
             self.tile_count = self.tile_count - before + tiles.len();
         }
-        self.changed.insert(event.entity_key.clone());
+        if !self.changed.contains(&event.entity_key) {
+            self.changed.insert(event.entity_key.clone());
+        }
         EventOutcome::Applied
     }
 

@@ -49,6 +49,10 @@ pub enum StreamError {
     /// The broker failed or refused a request.
     #[error("stream broker: {0}")]
     Broker(String),
+    /// The broker stopped delivering to a consumer that has messages to read (missed
+    /// heartbeats); the consumer is re-created at the committed position.
+    #[error("stream broker stalled: {0}")]
+    BrokerStalled(String),
     /// The write path refused or failed the rows.
     #[error(transparent)]
     Write(#[from] larder_ingest::WriteError),

@@ -86,10 +86,6 @@ async fn consume(
         state,
     )
     .await?;
-    let start_sequence = processor
-        .position()
-        .last_sequence
-        .map_or(1, |last| last + 1);
     let client = async_nats::connect(url.as_str())
         .await
         .map_err(|error| broker_error("connecting")(format!("{url}: {error}")))?;
@@ -99,72 +95,112 @@ async fn consume(
         .await
         .map_err(|error| broker_error("opening the stream")(format!("'{stream}': {error}")))?;
     let durable = job.consumer_name();
-    // The consumer must deliver from our committed position, which only a new consumer can.
-    let _ = nats_stream.delete_consumer(&durable).await;
-    let consumer: jetstream::consumer::PullConsumer = nats_stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            durable_name: Some(durable.clone()),
-            filter_subject: subject.clone(),
-            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence },
-            ack_policy: AckPolicy::All,
-            max_ack_pending: (MAX_BATCH * 4) as i64,
-            ..Default::default()
-        })
-        .await
-        .map_err(|error| broker_error("creating the consumer")(format!("'{durable}': {error}")))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|error| broker_error("pulling messages")(error.to_string()))?
-        .filter_map(|message| async move {
-            match message {
-                // The pull stream reports a missed heartbeat when this consumer spent a while
-                // persisting instead of polling; it goes on pulling by itself.
-                Err(error)
-                    if error.kind()
-                        == jetstream::consumer::pull::MessagesErrorKind::MissingHeartbeat =>
-                {
-                    tracing::debug!("missed a NATS idle heartbeat while persisting");
-                    None
-                }
-                other => Some(other.map_err(broker_error("receiving"))),
-            }
-        })
-        .boxed();
-    tracing::info!(view = %job.view.name, %durable, start_sequence, "consuming NATS stream '{stream}'");
     // One batch is persisted (written, committed, acknowledged) while the next one is
     // decoded and aggregated; persists run one after the other.
     let mut in_flight = InFlight::default();
     loop {
-        let Some(mut batch) = next_batch(&mut messages, shutdown, &in_flight).await? else {
-            return in_flight.finish().await;
-        };
-        let mut stream_messages = Vec::with_capacity(batch.len());
-        for message in &batch {
-            let info = message
-                .info()
-                .map_err(|error| broker_error("reading message metadata")(error.to_string()))?;
-            stream_messages.push(StreamMessage {
-                sequence: info.stream_sequence,
-                payload: message.payload.to_vec(),
-            });
-        }
-        let prepared = processor.prepare(&stream_messages);
-        let last = batch.pop();
-        in_flight
-            .replace(async move {
-                prepared.persist().await?;
-                if let Some(last) = last {
-                    // Only now are the batch's effects durable; a lost ack just redelivers
-                    // messages that the processor will skip.
-                    last.ack()
-                        .await
-                        .map_err(|error| broker_error("acknowledging")(error.to_string()))?;
+        // Every prepared batch is persisted (or being persisted) here, so the position is the
+        // one of record once `in_flight` finishes.
+        let start_sequence = processor
+            .position()
+            .last_sequence
+            .map_or(1, |last| last + 1);
+        let mut messages = pull_from(&nats_stream, &durable, subject, start_sequence).await?;
+        tracing::info!(view = %job.view.name, %durable, start_sequence, "consuming NATS stream '{stream}'");
+        loop {
+            let mut batch = match next_batch(&mut messages, shutdown, &in_flight).await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => return in_flight.finish().await,
+                Err(StreamError::BrokerStalled(reason)) => {
+                    // A pull consumer can stop asking the server for messages (its count of
+                    // outstanding ones drifts when a pull request expires unseen): it would
+                    // wait forever. Start a new consumer after the last persisted batch; the
+                    // messages it had buffered are delivered again.
+                    in_flight.finish().await?;
+                    tracing::warn!(view = %job.view.name, %durable, %reason, "NATS stopped delivering; re-creating the consumer");
+                    metrics::counter!("larder_stream_consumer_restarts_total", "view" => job.view.name.clone())
+                        .increment(1);
+                    break;
                 }
-                Ok(())
-            })
-            .await?;
+                Err(error) => return Err(error),
+            };
+            let mut stream_messages = Vec::with_capacity(batch.len());
+            for message in &batch {
+                let info = message
+                    .info()
+                    .map_err(|error| broker_error("reading message metadata")(error.to_string()))?;
+                stream_messages.push(StreamMessage {
+                    sequence: info.stream_sequence,
+                    payload: message.payload.to_vec(),
+                });
+            }
+            let prepared = processor.prepare(&stream_messages);
+            let last = batch.pop();
+            in_flight
+                .replace(async move {
+                    prepared.persist().await?;
+                    if let Some(last) = last {
+                        // Only now are the batch's effects durable; a lost ack just
+                        // redelivers messages that the processor will skip.
+                        last.ack()
+                            .await
+                            .map_err(|error| broker_error("acknowledging")(error.to_string()))?;
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
     }
+}
+
+/// How often an idle NATS server confirms a pull consumer is alive; two missed in a row
+/// mean the consumer stalled.
+pub const PULL_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Messages asked for per pull request (the client keeps about one request ahead).
+pub const PULL_BATCH: usize = 5_000;
+/// Messages delivered but not yet acknowledged, at most: room for the batch being prepared,
+/// the one being persisted and the pulls ahead of them.
+pub const MAX_ACK_PENDING: i64 = (MAX_BATCH * 4) as i64;
+
+/// (Re)creates the view's durable consumer to deliver from `start_sequence` in order (only a
+/// new consumer can start at our committed position) and pulls from it.
+async fn pull_from(
+    nats_stream: &jetstream::stream::Stream,
+    durable: &str,
+    subject: &str,
+    start_sequence: u64,
+) -> Result<futures::stream::BoxStream<'static, Result<jetstream::Message, StreamError>>, StreamError>
+{
+    let _ = nats_stream.delete_consumer(durable).await;
+    let consumer: jetstream::consumer::PullConsumer = nats_stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(durable.to_string()),
+            filter_subject: subject.to_string(),
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence },
+            ack_policy: AckPolicy::All,
+            max_ack_pending: MAX_ACK_PENDING,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| broker_error("creating the consumer")(format!("'{durable}': {error}")))?;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(PULL_BATCH)
+        .heartbeat(PULL_HEARTBEAT)
+        .messages()
+        .await
+        .map_err(|error| broker_error("pulling messages")(error.to_string()))?
+        .map(|message| {
+            message.map_err(|error| {
+                if error.kind() == jetstream::consumer::pull::MessagesErrorKind::MissingHeartbeat {
+                    StreamError::BrokerStalled(error.to_string())
+                } else {
+                    broker_error("receiving")(error)
+                }
+            })
+        })
+        .boxed();
+    Ok(messages)
 }
 
 /// Every retained message of `stream` on `subject`, in stream order.

@@ -250,6 +250,7 @@ impl StreamProcessor {
     /// If a persist fails, the in-memory state is ahead of the persisted one: drop this
     /// processor and [`StreamProcessor::open`] a new one, which resumes from the file.
     pub fn prepare(&mut self, messages: &[StreamMessage]) -> PreparedBatch {
+        let started = std::time::Instant::now();
         self.drop_erased_entities();
         let report = self.apply_messages(messages);
         let (rows, states) = match &mut self.mode {
@@ -267,6 +268,7 @@ impl StreamProcessor {
             }
             ViewMode::Passthrough => (std::mem::take(&mut self.pending_rows), Vec::new()),
         };
+        record_stage(&self.view.name, "prepare", started);
         PreparedBatch {
             view: Arc::clone(&self.view),
             partition: self.partition.clone(),
@@ -349,19 +351,60 @@ impl PreparedBatch {
             rows.retain(|row| !erased.contains(&row.entity_key));
             states.retain(|(key, _)| !erased.contains(key));
         }
-        if !rows.is_empty() {
-            let summary = write_path.write(&view, WriteLane::Stream, rows).await?;
-            report.rows_written = summary.written;
+        // The states are written into the state file's transaction while the rows go online,
+        // and committed only once the online write succeeded: a crash in between leaves the
+        // position before this batch, which is then replayed.
+        let view_id = view.id();
+        let (go, go_signal) = std::sync::mpsc::sync_channel::<bool>(1);
+        let view_name = view.name.clone();
+        let state_commit = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let mut commit_started = started;
+            let committed = state.commit_when(&view_id, &partition, &states, &position, || {
+                record_stage(&view_name, "state_write", started);
+                let go = go_signal.recv().unwrap_or(false);
+                commit_started = std::time::Instant::now();
+                go
+            });
+            record_stage(&view_name, "state_commit", commit_started);
+            committed
+        });
+        let written = if rows.is_empty() {
+            Ok(())
+        } else {
+            let started = std::time::Instant::now();
+            let written = write_path.write(&view, WriteLane::Stream, rows).await;
+            record_stage(&view.name, "online_write", started);
+            written.map(|summary| report.rows_written = summary.written)
+        };
+        if let Err(error) = written {
+            // Dropped: the transaction is not committed.
+            let _ = go.send(false);
+            let _ = state_commit.await;
+            return Err(error.into());
         }
         crash_point("stream.after_online_write");
-        let view_id = view.id();
-        tokio::task::spawn_blocking(move || state.commit(&view_id, &partition, &states, &position))
+        let _ = go.send(true);
+        let committed = state_commit
             .await
             .map_err(|error| StreamError::State(format!("commit task failed: {error}")))??;
+        if !committed {
+            return Err(StreamError::State(
+                "the state commit was called off".to_string(),
+            ));
+        }
         crash_point("stream.after_state_commit");
         record_metrics(&view.name, &report);
         Ok(report)
     }
+}
+
+/// Records how long a stage of a batch took, so that the slowest stage of the pipeline shows:
+/// `prepare` (decode and aggregate), `online_write`, `state_write` (the states into the
+/// state file's transaction, beside the online write) and `state_commit` (after it).
+fn record_stage(view: &str, stage: &'static str, started: std::time::Instant) {
+    metrics::histogram!("larder_stream_batch_stage_duration_seconds", "view" => view.to_string(), "stage" => stage)
+        .record(started.elapsed().as_secs_f64());
 }
 
 fn record_metrics(view: &str, report: &BatchReport) {

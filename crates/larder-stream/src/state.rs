@@ -252,24 +252,26 @@ impl StreamStateStore {
         entities: &[(EntityKey, Vec<u8>)],
         position: &PartitionPosition,
     ) -> Result<(), StreamError> {
+        self.commit_when(view, partition, entities, position, || true)
+            .map(|_| ())
+    }
+
+    /// Like [`StreamStateStore::commit`], but the transaction is only committed if `go`,
+    /// called once everything is written into it, returns true; otherwise it is dropped
+    /// (nothing changes) and this returns `Ok(false)`. This lets the costly part, writing
+    /// the states into the tree, overlap with the online write that must succeed first.
+    pub fn commit_when(
+        &self,
+        view: &FeatureViewId,
+        partition: &str,
+        entities: &[(EntityKey, Vec<u8>)],
+        position: &PartitionPosition,
+        go: impl FnOnce() -> bool,
+    ) -> Result<bool, StreamError> {
         self.with_database(|database| {
             let mut transaction = database
                 .begin_write()
                 .map_err(|error| state_error("beginning a write")(error.into()))?;
-            let now = larder_core::Timestamp::now().as_micros();
-            let durable = now
-                - self
-                    .last_durable_micros
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                >= DURABLE_COMMIT_INTERVAL_MICROS;
-            let durability = if durable {
-                redb::Durability::Immediate
-            } else {
-                redb::Durability::None
-            };
-            transaction
-                .set_durability(durability)
-                .map_err(|error| state_error("setting durability")(error.into()))?;
             {
                 let name = entity_table_name(view, partition);
                 let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
@@ -277,7 +279,10 @@ impl StreamStateStore {
                 let mut table = transaction
                     .open_table(definition)
                     .map_err(|error| state_error("opening entity states")(error.into()))?;
-                for (key, state) in entities {
+                // In key order, so that each leaf is copied once (see the online store).
+                let mut in_key_order: Vec<&(EntityKey, Vec<u8>)> = entities.iter().collect();
+                in_key_order.sort_unstable_by(|left, right| left.0.cmp(&right.0));
+                for (key, state) in in_key_order {
                     table
                         .insert(key.as_bytes(), state.as_slice())
                         .map_err(|error| state_error("writing an entity state")(error.into()))?;
@@ -292,6 +297,23 @@ impl StreamStateStore {
                     )
                     .map_err(|error| state_error("writing a position")(error.into()))?;
             }
+            if !go() {
+                return Ok(false);
+            }
+            let now = larder_core::Timestamp::now().as_micros();
+            let durable = now
+                - self
+                    .last_durable_micros
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                >= DURABLE_COMMIT_INTERVAL_MICROS;
+            let durability = if durable {
+                redb::Durability::Immediate
+            } else {
+                redb::Durability::None
+            };
+            transaction
+                .set_durability(durability)
+                .map_err(|error| state_error("setting durability")(error.into()))?;
             transaction
                 .commit()
                 .map_err(|error| state_error("committing")(error.into()))?;
@@ -299,7 +321,7 @@ impl StreamStateStore {
                 self.last_durable_micros
                     .store(now, std::sync::atomic::Ordering::Relaxed);
             }
-            Ok(())
+            Ok(true)
         })
     }
 }

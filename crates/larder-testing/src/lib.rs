@@ -124,6 +124,19 @@ impl ServerProcess {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Sends a signal (`STOP`, `CONT`, `TERM`, ...) with `kill(1)`; panics if it cannot.
+    pub fn signal(&self, signal: &str) {
+        let Some(pid) = self.id() else {
+            panic!("{} is not running", self.name);
+        };
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap_or_else(|error| panic!("cannot run kill: {error}"));
+        assert!(status.success(), "kill -{signal} {} failed", self.name);
+    }
+
     /// Kills the process (SIGKILL) and waits for it; does nothing if it already stopped.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -588,6 +601,17 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.process.kill();
         self.process = spawn_nats_server(&self.binary, self.port, self.directory.path());
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and nothing is answered, as with
+    /// a hung broker, until [`NatsServer::resume`].
+    pub fn pause(&self) {
+        self.process.signal("STOP");
+    }
+
+    /// Lets a [`NatsServer::pause`]d server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.process.signal("CONT");
     }
 }
 

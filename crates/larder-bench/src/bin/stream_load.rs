@@ -101,33 +101,58 @@ async fn main() -> Result<()> {
 
 async fn consume(jetstream: &async_nats::jetstream::Context, args: &Args) -> Result<()> {
     use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    use larder_stream::nats::{MAX_ACK_PENDING, PULL_BATCH, PULL_HEARTBEAT};
     let stream = jetstream
         .get_stream(args.stream.as_str())
         .await
         .context("opening the stream")?;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::All,
-            max_ack_pending: 20_000,
-            ..Default::default()
-        })
-        .await
-        .context("creating a consumer")?;
-    let mut messages = consumer.messages().await.context("pulling")?;
     let started = Instant::now();
     let mut received = 0u64;
-    while received < args.events {
-        let Some(message) = messages.next().await else {
-            bail!("the message stream ended after {received} messages");
-        };
-        let message = message.map_err(|error| anyhow::anyhow!("receiving: {error}"))?;
-        received += 1;
-        if received.is_multiple_of(5_000) || received == args.events {
-            message
-                .ack()
-                .await
-                .map_err(|error| anyhow::anyhow!("acknowledging: {error}"))?;
+    let mut last_sequence = 0u64;
+    // Pulled as `larder serve` pulls; like it, a consumer that stops being fed (missed
+    // heartbeats) is replaced by one that starts after the last message received.
+    'consumers: while received < args.events {
+        let consumer = stream
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: last_sequence + 1,
+                },
+                ack_policy: AckPolicy::All,
+                max_ack_pending: MAX_ACK_PENDING,
+                ..Default::default()
+            })
+            .await
+            .context("creating a consumer")?;
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(PULL_BATCH)
+            .heartbeat(PULL_HEARTBEAT)
+            .messages()
+            .await
+            .context("pulling")?;
+        while received < args.events {
+            let Some(message) = messages.next().await else {
+                bail!("the message stream ended after {received} messages");
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(error) if error.kind() == pull::MessagesErrorKind::MissingHeartbeat => {
+                    eprintln!("missed heartbeats after {received} messages: a new consumer");
+                    continue 'consumers;
+                }
+                Err(error) => bail!("receiving: {error}"),
+            };
+            last_sequence = message
+                .info()
+                .map_err(|error| anyhow::anyhow!("reading message metadata: {error}"))?
+                .stream_sequence;
+            received += 1;
+            if received.is_multiple_of(5_000) || received == args.events {
+                message
+                    .ack()
+                    .await
+                    .map_err(|error| anyhow::anyhow!("acknowledging: {error}"))?;
+            }
         }
     }
     let seconds = started.elapsed().as_secs_f64();

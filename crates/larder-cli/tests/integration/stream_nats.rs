@@ -168,6 +168,41 @@ fn a_nats_broker_killed_mid_stream_loses_and_doubles_nothing() {
     eprintln!("exact totals {took:?} after the broker came back");
 }
 
+/// The broker hangs (SIGSTOP) for longer than two pull heartbeats while events wait: the
+/// consumer notices it is no longer fed, re-creates itself at its committed position once the
+/// broker answers again, and converges to exactly the totals. Before, a pull consumer whose
+/// count of outstanding messages had drifted waited forever (seen under load in the
+/// streaming benchmark: the server had no pull request of it, with 1.1M messages pending).
+#[test]
+fn a_hung_nats_broker_is_noticed_and_the_consumer_re_created_losing_and_doubling_nothing() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let temp = tempfile::tempdir().unwrap();
+    let repo = temp.path();
+    write_stream_repo(repo, &nats.url());
+    larder_ok(repo, &["apply"]);
+    publish(&nats.url(), 0..2_000);
+    let server = Server::start(repo);
+    wait_for(&server, &expected(2_000, USERS), Duration::from_secs(30));
+    publish(&nats.url(), 2_000..6_000);
+    nats.pause();
+    std::thread::sleep(Duration::from_secs(12));
+    nats.resume();
+    publish(&nats.url(), 6_000..8_000);
+    let took = wait_for(&server, &expected(8_000, USERS), Duration::from_secs(60));
+    let restarts = server
+        .metrics()
+        .lines()
+        .find(|line| {
+            line.starts_with("larder_stream_consumer_restarts_total{view=\"user_clicks\"}")
+        })
+        .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(restarts >= 1.0, "the hung broker went unnoticed");
+    eprintln!("exact totals {took:?} after the broker resumed; {restarts} consumer restarts");
+}
+
 /// The disk under the repo (online store, stream state, registry) fills up while events keep
 /// coming: `larder serve` keeps serving what it has and retries the batch it cannot commit;
 /// once space is freed it converges to exactly the totals.
