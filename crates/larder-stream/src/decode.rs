@@ -13,6 +13,54 @@ struct ColumnReader {
     name: String,
     path: Vec<String>,
     dtype: ValueType,
+    /// Its index among the decoder's top-level fields, when every column is top-level.
+    slot: usize,
+}
+
+/// A message's fields as the decoder read them: the whole JSON tree, or only the wanted
+/// top-level fields, in [`MessageDecoder::top_level`] order.
+enum Fields<'a> {
+    Tree(&'a serde_json::Value),
+    TopLevel(&'a [Option<serde_json::Value>]),
+}
+
+/// Reads the wanted top-level fields of a JSON object, skipping the others without building
+/// them (a message's map and its keys are never allocated).
+struct TopLevelFields<'a> {
+    names: &'a [String],
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for TopLevelFields<'_> {
+    type Value = Vec<Option<serde_json::Value>>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for TopLevelFields<'_> {
+    type Value = Vec<Option<serde_json::Value>>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = vec![None; self.names.len()];
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match self.names.iter().position(|name| *name == key) {
+                // The last of repeated keys wins, as when reading the whole tree.
+                Some(slot) => found[slot] = Some(map.next_value()?),
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
 }
 
 impl ColumnReader {
@@ -24,16 +72,21 @@ impl ColumnReader {
             name: name.to_string(),
             path,
             dtype: dtype.clone(),
+            slot: 0,
         }
     }
 
-    fn find<'a>(&self, message: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
-        self.path
-            .iter()
-            .try_fold(message, |node, key| node.as_object()?.get(key))
+    fn find<'a>(&self, message: &Fields<'a>) -> Option<&'a serde_json::Value> {
+        match message {
+            Fields::Tree(tree) => self
+                .path
+                .iter()
+                .try_fold(*tree, |node, key| node.as_object()?.get(key)),
+            Fields::TopLevel(fields) => fields.get(self.slot)?.as_ref(),
+        }
     }
 
-    fn read(&self, message: &serde_json::Value) -> Result<Value, StreamError> {
+    fn read(&self, message: &Fields<'_>) -> Result<Value, StreamError> {
         let Some(json) = self.find(message) else {
             return Ok(Value::Null);
         };
@@ -68,6 +121,8 @@ pub struct MessageDecoder {
     timestamp: ColumnReader,
     timestamp_unit: TimestampUnit,
     columns: Vec<ColumnReader>,
+    /// For JSON whose columns are all top-level fields: their names, in slot order.
+    top_level: Option<Vec<String>>,
 }
 
 impl MessageDecoder {
@@ -107,7 +162,7 @@ impl MessageDecoder {
                 )));
             }
         };
-        Ok(Self {
+        let mut decoder = Self {
             protobuf,
             join_keys: view
                 .join_keys
@@ -120,12 +175,52 @@ impl MessageDecoder {
                 .iter()
                 .map(|(name, dtype)| ColumnReader::new(payload, name, dtype))
                 .collect(),
-        })
+            top_level: None,
+        };
+        decoder.plan_top_level();
+        Ok(decoder)
+    }
+
+    /// For JSON whose every column is a top-level field, gives each reader its slot, so that
+    /// messages are decoded field by field instead of into a whole tree.
+    fn plan_top_level(&mut self) {
+        if self.protobuf.is_some() {
+            return;
+        }
+        let readers = self
+            .join_keys
+            .iter_mut()
+            .chain(std::iter::once(&mut self.timestamp))
+            .chain(self.columns.iter_mut());
+        let mut names: Vec<String> = Vec::new();
+        for reader in readers {
+            let [field] = reader.path.as_slice() else {
+                return;
+            };
+            reader.slot = match names.iter().position(|name| name == field) {
+                Some(slot) => slot,
+                None => {
+                    names.push(field.clone());
+                    names.len() - 1
+                }
+            };
+        }
+        self.top_level = Some(names);
     }
 
     /// Decodes one message (JSON, or Protobuf read through its JSON mapping with the
     /// `.proto` field names and 64-bit integers as numbers, so paths and types work alike).
     pub fn decode(&self, bytes: &[u8]) -> Result<DecodedMessage, StreamError> {
+        if let (None, Some(names)) = (&self.protobuf, &self.top_level) {
+            let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+            let fields = serde::de::DeserializeSeed::deserialize(
+                TopLevelFields { names },
+                &mut deserializer,
+            )
+            .and_then(|fields| deserializer.end().map(|()| fields))
+            .map_err(|error| StreamError::Decode(format!("not a JSON object: {error}")))?;
+            return self.read_fields(&Fields::TopLevel(&fields));
+        }
         let message: serde_json::Value = match &self.protobuf {
             None => serde_json::from_slice(bytes)
                 .map_err(|error| StreamError::Decode(format!("not a JSON message: {error}")))?,
@@ -156,9 +251,14 @@ impl MessageDecoder {
                 "the message is not a JSON object".to_string(),
             ));
         }
+        self.read_fields(&Fields::Tree(&message))
+    }
+
+    /// Reads the join keys, the event time and the columns out of a message's fields.
+    fn read_fields(&self, message: &Fields<'_>) -> Result<DecodedMessage, StreamError> {
         let mut key_values = Vec::with_capacity(self.join_keys.len());
         for join_key in &self.join_keys {
-            let value = join_key.read(&message)?;
+            let value = join_key.read(message)?;
             if value.is_null() {
                 return Err(StreamError::Decode(format!(
                     "join key '{}' ({}) is missing",
@@ -170,11 +270,11 @@ impl MessageDecoder {
         }
         let entity_key = EntityKey::from_values(&key_values)
             .map_err(|error| StreamError::Decode(error.to_string()))?;
-        let event_timestamp = self.read_timestamp(&message)?;
+        let event_timestamp = self.read_timestamp(message)?;
         let values = self
             .columns
             .iter()
-            .map(|column| column.read(&message))
+            .map(|column| column.read(message))
             .collect::<Result<_, _>>()?;
         Ok(DecodedMessage {
             entity_key,
@@ -183,7 +283,7 @@ impl MessageDecoder {
         })
     }
 
-    fn read_timestamp(&self, message: &serde_json::Value) -> Result<Timestamp, StreamError> {
+    fn read_timestamp(&self, message: &Fields<'_>) -> Result<Timestamp, StreamError> {
         let reader = &self.timestamp;
         let missing = || {
             StreamError::Decode(format!(

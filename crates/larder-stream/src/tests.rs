@@ -754,3 +754,57 @@ fn fractional_event_times_round_toward_the_past() {
         assert_eq!(decoded.event_timestamp.as_micros(), micros, "{millis} ms");
     }
 }
+
+/// A view whose fields are all top-level reads messages field by field; it decodes exactly
+/// what reading the whole tree gives (the source with a nested `user.id`), and refuses the
+/// same messages.
+#[test]
+fn top_level_fields_decode_like_the_whole_tree() {
+    let (view, _) = test_view(0);
+    let nested = test_source();
+    let mut flat = test_source();
+    if let DataSourceKind::Nats { payload, .. } = &mut flat.kind {
+        payload.fields[0].path = vec!["user_id".into()];
+    }
+    let columns = [
+        ("amount".to_string(), ValueType::Float64),
+        ("units".to_string(), ValueType::Int64),
+    ];
+    let tree = crate::decode::MessageDecoder::new(&view, &nested, &columns)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let fields = crate::decode::MessageDecoder::new(&view, &flat, &columns)
+        .unwrap_or_else(|error| panic!("{error}"));
+    let cases = [
+        (r#"{"id":7,"ts":1000,"amount":2.5,"units":3}"#, true),
+        // Unwanted fields of every shape, a repeated key (the last wins), escapes, nulls.
+        (
+            r#"{"x":{"y":[1,{"z":null}]},"id":7,"ts":1000,"amount":1,"amount":2.5,"units":null}"#,
+            true,
+        ),
+        (
+            r#"{"\u0069d":7,"ts":"1970-01-01T00:00:01Z","amount":2.5}"#,
+            true,
+        ),
+        (r#"{"id":7,"ts":1000,"amount":"a lot"}"#, false),
+        (r#"{"ts":1000,"amount":2.5}"#, false),
+        (r#"{"id":7,"amount":2.5}"#, false),
+        (r#"[{"id":7,"ts":1000}]"#, false),
+        (r#"7"#, false),
+        (r#"{"id":7,"ts":1000} trailing"#, false),
+        (r#"{"id":7,"ts":1000"#, false),
+    ];
+    for (case, valid) in cases {
+        let as_tree = tree.decode(
+            case.replace(r#""id""#, r#""user":{"id":7},"_id""#)
+                .as_bytes(),
+        );
+        let flat_message = case
+            .replace(r#""id""#, r#""user_id""#)
+            .replace(r#""\u0069d""#, r#""user_\u0069d""#);
+        let as_fields = fields.decode(flat_message.as_bytes());
+        assert_eq!(as_fields.is_ok(), valid, "{flat_message}: {as_fields:?}");
+        if let (Ok(as_tree), Ok(as_fields)) = (&as_tree, &as_fields) {
+            assert_eq!(as_tree, as_fields, "{case}");
+        }
+    }
+}
