@@ -181,6 +181,12 @@ impl MessageDecoder {
         Ok(decoder)
     }
 
+    /// Whether messages are read field by field (JSON whose columns are all top-level).
+    #[cfg(test)]
+    pub(crate) fn reads_field_by_field(&self) -> bool {
+        self.top_level.is_some()
+    }
+
     /// For JSON whose every column is a top-level field, gives each reader its slot, so that
     /// messages are decoded field by field instead of into a whole tree.
     fn plan_top_level(&mut self) {

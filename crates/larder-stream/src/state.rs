@@ -243,23 +243,12 @@ impl StreamStateStore {
         })
     }
 
-    /// Commits changed entity states and the new position in one transaction, durable at
-    /// most once a second (see `DURABLE_COMMIT_INTERVAL_MICROS`).
-    pub fn commit(
-        &self,
-        view: &FeatureViewId,
-        partition: &str,
-        entities: &[(EntityKey, Vec<u8>)],
-        position: &PartitionPosition,
-    ) -> Result<(), StreamError> {
-        self.commit_when(view, partition, entities, position, || true)
-            .map(|_| ())
-    }
-
-    /// Like [`StreamStateStore::commit`], but the transaction is only committed if `go`,
-    /// called once everything is written into it, returns true; otherwise it is dropped
-    /// (nothing changes) and this returns `Ok(false)`. This lets the costly part, writing
-    /// the states into the tree, overlap with the online write that must succeed first.
+    /// Writes changed entity states and the new position into one transaction and commits
+    /// it, durable at most once a second (see `DURABLE_COMMIT_INTERVAL_MICROS`), if `go`,
+    /// called once everything is written into it, returns true; otherwise the transaction is
+    /// dropped (nothing changes) and this returns `Ok(false)`. This lets the costly part,
+    /// writing the states into the tree, overlap with the online write that must succeed
+    /// first.
     pub fn commit_when(
         &self,
         view: &FeatureViewId,

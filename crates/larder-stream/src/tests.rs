@@ -774,6 +774,7 @@ fn top_level_fields_decode_like_the_whole_tree() {
         .unwrap_or_else(|error| panic!("{error}"));
     let fields = crate::decode::MessageDecoder::new(&view, &flat, &columns)
         .unwrap_or_else(|error| panic!("{error}"));
+    assert!(fields.reads_field_by_field() && !tree.reads_field_by_field());
     let cases = [
         (r#"{"id":7,"ts":1000,"amount":2.5,"units":3}"#, true),
         // Unwanted fields of every shape, a repeated key (the last wins), escapes, nulls.

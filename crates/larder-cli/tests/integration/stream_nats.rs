@@ -98,6 +98,17 @@ fn publish(nats_url: &str, range: std::ops::Range<i64>) {
     });
 }
 
+/// A stream repo in `repo` applied, 2,000 events published, and `larder serve` started and
+/// serving exactly their totals.
+fn serving_the_first_events(repo: &Path, nats_url: &str) -> Server {
+    write_stream_repo(repo, nats_url);
+    larder_ok(repo, &["apply"]);
+    publish(nats_url, 0..2_000);
+    let server = Server::start(repo);
+    wait_for(&server, &expected(2_000, USERS), Duration::from_secs(30));
+    server
+}
+
 /// `kill -9` at the stream lane's crash points: after a batch's rows are written online but
 /// before its state and position are committed, and after the commit but before the broker
 /// has the acks. The restarted consumer converges to exactly the totals: a double count
@@ -153,12 +164,7 @@ fn a_nats_broker_killed_mid_stream_loses_and_doubles_nothing() {
         return;
     };
     let temp = tempfile::tempdir().unwrap();
-    let repo = temp.path();
-    write_stream_repo(repo, &nats.url());
-    larder_ok(repo, &["apply"]);
-    publish(&nats.url(), 0..2_000);
-    let server = Server::start(repo);
-    wait_for(&server, &expected(2_000, USERS), Duration::from_secs(30));
+    let server = serving_the_first_events(temp.path(), &nats.url());
     publish(&nats.url(), 2_000..20_000);
     nats.kill();
     std::thread::sleep(Duration::from_secs(2));
@@ -179,12 +185,7 @@ fn a_hung_nats_broker_is_noticed_and_the_consumer_re_created_losing_and_doubling
         return;
     };
     let temp = tempfile::tempdir().unwrap();
-    let repo = temp.path();
-    write_stream_repo(repo, &nats.url());
-    larder_ok(repo, &["apply"]);
-    publish(&nats.url(), 0..2_000);
-    let server = Server::start(repo);
-    wait_for(&server, &expected(2_000, USERS), Duration::from_secs(30));
+    let server = serving_the_first_events(temp.path(), &nats.url());
     publish(&nats.url(), 2_000..6_000);
     nats.pause();
     std::thread::sleep(Duration::from_secs(12));
@@ -216,11 +217,7 @@ fn a_full_disk_during_stream_commits_loses_and_doubles_nothing() {
     };
     let repo = disk.path().join("repo");
     std::fs::create_dir_all(&repo).unwrap();
-    write_stream_repo(&repo, &nats.url());
-    larder_ok(&repo, &["apply"]);
-    publish(&nats.url(), 0..2_000);
-    let server = Server::start(&repo);
-    wait_for(&server, &expected(2_000, USERS), Duration::from_secs(30));
+    let server = serving_the_first_events(&repo, &nats.url());
     disk.fill_leaving(0);
     publish(&nats.url(), 2_000..6_000);
     std::thread::sleep(Duration::from_secs(3));
