@@ -13,6 +13,7 @@ pub mod definitions;
 pub mod entity_key;
 pub mod error;
 pub mod fault;
+pub mod key_ids;
 pub mod schedule;
 pub mod secret;
 pub mod storage;
@@ -27,6 +28,7 @@ pub use definitions::{
 };
 pub use entity_key::{EntityKey, EntityKeyList, PackedBytes};
 pub use error::CoreError;
+pub use key_ids::KeyIds;
 pub use schedule::CronSchedule;
 pub use storage::{S3Config, is_object_store_path};
 pub use stream::{

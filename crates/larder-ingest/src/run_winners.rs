@@ -1,6 +1,6 @@
 //! The winning row of each entity within one batch run.
 
-use hashbrown::HashTable;
+use larder_core::KeyIds;
 use larder_online::RowDigest;
 
 /// The best row seen so far for each entity in one batch run, ranked as
@@ -10,33 +10,15 @@ use larder_online::RowDigest;
 /// and in any order (parallel scans interleave files). Within one batch the write path keeps
 /// the best; this map carries the decision across the run's batches, so that the row that
 /// ends up online is the same on every run over the same sources, and the same row a
-/// training set picks. It holds one entry per entity of the run (about 41 bytes and the
+/// training set picks. It holds one entry per entity of the run (about 56 bytes and the
 /// key's bytes, kept back to back in one buffer), which is also the set of entities a full run saw
 /// (for `on_missing: delete`).
 #[derive(Debug, Default)]
 pub struct RunWinners {
-    table: HashTable<Winner>,
-    /// Every entity key of the run, back to back.
-    keys: Vec<u8>,
-}
-
-/// One entity's best row so far, and where its key is in [`RunWinners::keys`].
-#[derive(Debug)]
-struct Winner {
-    key_hash: u64,
-    key_start: usize,
-    key_length: usize,
-    digest: RowDigest,
-}
-
-impl Winner {
-    fn key<'keys>(&self, keys: &'keys [u8]) -> &'keys [u8] {
-        &keys[self.key_start..self.key_start + self.key_length]
-    }
-}
-
-fn key_hash(key: &[u8]) -> u64 {
-    twox_hash::XxHash3_64::oneshot(key)
+    /// Each entity key of the run, numbered.
+    keys: KeyIds,
+    /// The best row of each entity, by key id.
+    digests: Vec<RowDigest>,
 }
 
 impl RunWinners {
@@ -48,50 +30,38 @@ impl RunWinners {
     /// Offers the row `digest` of entity `key`: `true` when no earlier row of the entity in
     /// this run outranks it (it is then the entity's best), `false` when one does.
     pub fn offer(&mut self, key: &[u8], digest: RowDigest) -> bool {
-        let hash = key_hash(key);
-        let Self { table, keys } = self;
-        if let Some(winner) = table.find_mut(hash, |winner| winner.key(keys) == key) {
-            if winner.digest > digest {
-                return false;
-            }
-            winner.digest = digest;
+        let (id, new) = self.keys.insert(key);
+        if new {
+            self.digests.push(digest);
             return true;
         }
-        let key_start = keys.len();
-        keys.extend_from_slice(key);
-        table.insert_unique(
-            hash,
-            Winner {
-                key_hash: hash,
-                key_start,
-                key_length: key.len(),
-                digest,
-            },
-            |winner| winner.key_hash,
-        );
+        // Ids are dense and each new one pushed its digest, so `id` is in range.
+        let best = &mut self.digests[id];
+        if *best > digest {
+            return false;
+        }
+        *best = digest;
         true
     }
 
     /// Whether the run saw entity `key`.
     pub fn contains(&self, key: &[u8]) -> bool {
-        self.table
-            .find(key_hash(key), |winner| winner.key(&self.keys) == key)
-            .is_some()
+        self.keys.get(key).is_some()
     }
 
     /// The entity keys the run saw, in no particular order.
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.table.iter().map(|winner| winner.key(&self.keys))
+        self.keys.keys()
     }
 
     /// How many entities the run saw.
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.keys.len()
     }
 
     /// Whether the run saw no entity.
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.keys.is_empty()
     }
 }
 

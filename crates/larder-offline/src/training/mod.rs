@@ -18,11 +18,14 @@
 //!
 //! # Engine
 //!
-//! Per view: (1) the entity side (join keys, timestamp, row number) and the feature side
-//! (join keys, event time, ordinal) are projected to narrow rows and sorted by
-//! `(keys, time, id)` with DataFusion's external sort, which spills to disk under the
-//! session's memory pool; (2) one forward merge finds each entity row's matching ordinal
-//! ([`asof::asof_match`]); if an entity row matched one of several rows of its key at one
+//! Per view: (1)–(2) the entity side (join keys, timestamp, row number) and the feature side
+//! (join keys, event time, ordinal) are projected to narrow rows, and each entity row's
+//! matching feature ordinal is found. When the narrow entity rows fit a quarter of the
+//! session's memory pool (1M entity rows take about 160 MB), they are indexed by key in
+//! memory and the feature rows stream past once, unsorted (`hash_asof`). Otherwise both
+//! sides are sorted by `(keys, time, id)` with DataFusion's external sort, which spills to
+//! disk under the pool, and merged in one forward pass ([`asof::asof_match`]); both give the
+//! same matches. If an entity row matched one of several rows of its key at one
 //! event time, (1)–(2) run again with each feature row's content hash read as a tie-break
 //! column, so only views whose offline rows hold such ties pay for reading all features;
 //! (3) the matches are sorted by ordinal and the wide feature values
@@ -31,6 +34,7 @@
 //! every view's columns. Memory is bounded by the pool plus a few batches per stream.
 
 pub mod asof;
+mod hash_asof;
 mod sources;
 
 #[cfg(test)]
@@ -45,7 +49,7 @@ use arrow::compute::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryLimit};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -64,6 +68,9 @@ pub type SendableBatches = SendableRecordBatchStream;
 
 /// The most rows in one batch of gathered feature values.
 const GATHER_BATCH_ROWS: usize = 4096;
+
+/// The in-memory as-of join budget when the session's memory pool has no limit.
+const DEFAULT_IN_MEMORY_JOIN_BYTES: usize = 256 << 20;
 
 /// The default entity timestamp column (Feast's name).
 pub const DEFAULT_ENTITY_TIMESTAMP_COLUMN: &str = "event_timestamp";
@@ -429,6 +436,7 @@ async fn join_view(
     request: &TrainingSetRequest,
     view_request: &ViewRequest,
     remote_join: Option<&dyn RemoteAsOfJoin>,
+    in_memory_budget: usize,
 ) -> Result<(Option<RecordBatch>, SendableRecordBatchStream), OfflineError> {
     let view = &view_request.view;
     let key_names: Vec<String> = view.join_keys.iter().map(|key| key.name.clone()).collect();
@@ -474,21 +482,31 @@ async fn join_view(
                 .await?;
             return first_and_rest(matched).await;
         }
-        let matches = asof::asof_match(
-            session,
+        let key_count = view.join_keys.len();
+        let (sorted, ties_matched) = match hash_asof::join_in_memory(
             entities,
             features,
-            view.join_keys.len(),
+            key_count,
             ttl_micros,
+            in_memory_budget,
         )
-        .await?;
-        let sorted = sorted_matches(session, matches.stream).await?;
-        if with_ties
-            || view_request.ties == TieBreak::LaterWrite
-            || !matches
-                .ties_matched
-                .load(std::sync::atomic::Ordering::Relaxed)
+        .await?
         {
+            hash_asof::InMemoryJoin::Joined {
+                matches,
+                ties_matched,
+            } => (first_and_rest(matches).await?, ties_matched),
+            hash_asof::InMemoryJoin::TooLarge { entities, features } => {
+                let matches =
+                    asof::asof_match(session, entities, features, key_count, ttl_micros).await?;
+                let sorted = sorted_matches(session, matches.stream).await?;
+                let ties_matched = matches
+                    .ties_matched
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                (sorted, ties_matched)
+            }
+        };
+        if with_ties || view_request.ties == TieBreak::LaterWrite || !ties_matched {
             return Ok(sorted);
         }
         with_ties = true;
@@ -729,10 +747,44 @@ pub async fn build_training_set_joined_by(
     request: &TrainingSetRequest,
     remote_join: Option<&dyn RemoteAsOfJoin>,
 ) -> Result<SendableRecordBatchStream, OfflineError> {
+    build_training_set_with(
+        session,
+        request,
+        remote_join,
+        in_memory_join_budget(session),
+    )
+    .await
+}
+
+/// The most memory an in-process as-of join spends holding its entity side in memory (see
+/// `hash_asof`): a quarter of the session's memory pool. Larger entity sides are sorted and
+/// merged, spilling to disk.
+fn in_memory_join_budget(session: &SessionContext) -> usize {
+    match session.runtime_env().memory_pool.memory_limit() {
+        MemoryLimit::Finite(bytes) => bytes / 4,
+        MemoryLimit::Infinite | MemoryLimit::Unknown => DEFAULT_IN_MEMORY_JOIN_BYTES,
+    }
+}
+
+/// [`build_training_set_joined_by`] with an explicit budget for in-memory as-of joins (`0`:
+/// always sort and merge).
+async fn build_training_set_with(
+    session: &SessionContext,
+    request: &TrainingSetRequest,
+    remote_join: Option<&dyn RemoteAsOfJoin>,
+    in_memory_budget: usize,
+) -> Result<SendableRecordBatchStream, OfflineError> {
     let output_schema = validate(request)?;
     let mut joined_views = Vec::with_capacity(request.views.len());
     for view_request in &request.views {
-        let matches = join_view(session, request, view_request, remote_join).await?;
+        let matches = join_view(
+            session,
+            request,
+            view_request,
+            remote_join,
+            in_memory_budget,
+        )
+        .await?;
         let gathered = gather_features(session, matches, view_request).await?;
         joined_views.push(JoinedView {
             stream: gathered,

@@ -224,12 +224,22 @@ fn naive_latest<R>(
 }
 
 fn run(session: &SessionContext, request: &TrainingSetRequest) -> Result<Vec<RecordBatch>, String> {
+    run_with_budget(session, request, in_memory_join_budget(session))
+}
+
+/// Runs a training set whose in-process as-of joins hold at most `in_memory_budget` bytes of
+/// entity rows in memory (0: every join sorts and merges).
+fn run_with_budget(
+    session: &SessionContext,
+    request: &TrainingSetRequest,
+    in_memory_budget: usize,
+) -> Result<Vec<RecordBatch>, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|error| error.to_string())?;
     runtime.block_on(async {
-        let stream = build_training_set(session, request)
+        let stream = build_training_set_with(session, request, None, in_memory_budget)
             .await
             .map_err(|error| error.to_string())?;
         stream
@@ -256,6 +266,7 @@ fn check_against_model(
     timestamp_style: usize,
     chunk: usize,
     memory_limit: usize,
+    in_memory_budget: usize,
 ) -> Result<(), TestCaseError> {
     let pair_view = view(
         "pair",
@@ -290,7 +301,8 @@ fn check_against_model(
     };
     let session =
         training_session(memory_limit).map_err(|error| TestCaseError::fail(error.to_string()))?;
-    let batches = run(&session, &request).map_err(TestCaseError::fail)?;
+    let batches =
+        run_with_budget(&session, &request, in_memory_budget).map_err(TestCaseError::fail)?;
     let mut labels = Vec::new();
     let mut f_values = Vec::new();
     let mut g_values = Vec::new();
@@ -368,6 +380,8 @@ proptest! {
         single_ttl in prop::option::of(1u64..12),
         timestamp_style in 0usize..4,
         chunk in 1usize..9,
+        // Sort-merge, in memory until the entity rows outgrow a few batches, in memory.
+        in_memory_budget in prop_oneof![Just(0usize), Just(4096usize), Just(usize::MAX)],
     ) {
         // Unique values, so the row that won a tie is visible; rows are in random order.
         let pairs: Vec<PairRow> = pair_seeds
@@ -380,7 +394,7 @@ proptest! {
             .enumerate()
             .map(|(index, (a, second))| (a, second, index as f64))
             .collect();
-        check_against_model(&entities, &pairs, &singles, pair_ttl, single_ttl, timestamp_style, chunk, 64 << 20)?;
+        check_against_model(&entities, &pairs, &singles, pair_ttl, single_ttl, timestamp_style, chunk, 64 << 20, in_memory_budget)?;
     }
 }
 
@@ -418,6 +432,7 @@ fn sorts_spill_to_disk_and_still_match_the_model() {
         0,
         8192,
         16 << 20,
+        0,
     );
     assert!(result.is_ok(), "{result:?}");
 }
@@ -538,20 +553,23 @@ fn null_entity_times_get_nulls_and_leak_nothing_to_other_rows() {
     ];
     for timestamp_style in 0..4 {
         for chunk in [1, 3, 8] {
-            let result = check_against_model(
-                &entities,
-                &pairs,
-                &[],
-                None,
-                None,
-                timestamp_style,
-                chunk,
-                16 << 20,
-            );
-            assert!(
-                result.is_ok(),
-                "style {timestamp_style}, chunk {chunk}: {result:?}"
-            );
+            for in_memory_budget in [0, usize::MAX] {
+                let result = check_against_model(
+                    &entities,
+                    &pairs,
+                    &[],
+                    None,
+                    None,
+                    timestamp_style,
+                    chunk,
+                    16 << 20,
+                    in_memory_budget,
+                );
+                assert!(
+                    result.is_ok(),
+                    "style {timestamp_style}, chunk {chunk}, budget {in_memory_budget}: {result:?}"
+                );
+            }
         }
     }
 }
@@ -658,6 +676,8 @@ fn many_entity_rows_matching_one_feature_batch_fit_the_minimum_pool() {
         0,
         8192,
         MIN_TRAINING_MEMORY_BYTES,
+        // The minimum pool's in-memory budget: far less than 600k entity rows take.
+        MIN_TRAINING_MEMORY_BYTES / 4,
     );
     assert!(result.is_ok(), "{result:?}");
 }
@@ -742,7 +762,7 @@ fn entity_file_columns_come_back_unchanged() {
 #[test]
 fn ties_follow_the_view_rule() {
     let entities: Vec<EntityRow> = vec![(1, "x".to_string(), Some(9))];
-    let pick = |rows: &[SingleRow], ties: TieBreak| -> Option<f64> {
+    let pick = |rows: &[SingleRow], ties: TieBreak, in_memory_budget: usize| -> Option<f64> {
         let request = TrainingSetRequest {
             entities: Arc::new(entity_rows(&entities, 0, 8)),
             entity_timestamp_column: "event_timestamp".to_string(),
@@ -761,7 +781,8 @@ fn ties_follow_the_view_rule() {
         };
         let session =
             training_session(MIN_TRAINING_MEMORY_BYTES).unwrap_or_else(|error| panic!("{error}"));
-        let batches = run(&session, &request).unwrap_or_else(|error| panic!("{error}"));
+        let batches = run_with_budget(&session, &request, in_memory_budget)
+            .unwrap_or_else(|error| panic!("{error}"));
         let values: Float64Array = column(&batches[0], "g");
         values.is_valid(0).then(|| values.value(0))
     };
@@ -772,8 +793,17 @@ fn ties_follow_the_view_rule() {
         } else {
             2.0
         };
-    assert_eq!(pick(&[one, two], TieBreak::ContentHash), Some(by_hash));
-    assert_eq!(pick(&[two, one], TieBreak::ContentHash), Some(by_hash));
-    assert_eq!(pick(&[one, two], TieBreak::LaterWrite), Some(2.0));
-    assert_eq!(pick(&[two, one], TieBreak::LaterWrite), Some(1.0));
+    // Sort-merge (budget 0), then in memory.
+    for budget in [0, usize::MAX] {
+        assert_eq!(
+            pick(&[one, two], TieBreak::ContentHash, budget),
+            Some(by_hash)
+        );
+        assert_eq!(
+            pick(&[two, one], TieBreak::ContentHash, budget),
+            Some(by_hash)
+        );
+        assert_eq!(pick(&[one, two], TieBreak::LaterWrite, budget), Some(2.0));
+        assert_eq!(pick(&[two, one], TieBreak::LaterWrite, budget), Some(1.0));
+    }
 }
