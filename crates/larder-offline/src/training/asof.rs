@@ -34,7 +34,8 @@ pub const ORDINAL_COLUMN: &str = "_larder_ordinal";
 /// lane's rule), then the larger ordinal (identical values).
 pub const TIE_COLUMN: &str = "_larder_tie";
 
-fn datafusion_error(
+/// Maps a DataFusion error to an offline error, saying what the join was doing.
+pub(super) fn datafusion_error(
     context: &str,
 ) -> impl FnOnce(datafusion::error::DataFusionError) -> OfflineError {
     let context = context.to_string();

@@ -12,9 +12,8 @@
 //! one hash lookup and a binary search among its key's entity rows.
 
 use std::cmp::Ordering;
-use std::sync::Arc;
-
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int32Array, Int64Array, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, SchemaRef};
@@ -26,7 +25,10 @@ use futures::StreamExt;
 use hashbrown::HashTable;
 use larder_core::KeyIds;
 
-use super::asof::{ORDINAL_COLUMN, ROW_COLUMN, TIE_COLUMN, TIMESTAMP_COLUMN, match_schema};
+use super::arrow_error;
+use super::asof::{
+    ORDINAL_COLUMN, ROW_COLUMN, TIE_COLUMN, TIMESTAMP_COLUMN, datafusion_error, match_schema,
+};
 use crate::OfflineError;
 
 /// The index's bytes per entity row, besides the row's narrow columns: its entry while
@@ -167,22 +169,6 @@ impl KeyIndex {
                     .collect())
             }
         }
-    }
-}
-
-fn datafusion_error(
-    context: &'static str,
-) -> impl FnOnce(datafusion::error::DataFusionError) -> OfflineError {
-    move |source| OfflineError::Query {
-        context: context.to_string(),
-        source,
-    }
-}
-
-fn arrow_error(context: &'static str) -> impl FnOnce(arrow::error::ArrowError) -> OfflineError {
-    move |source| OfflineError::Arrow {
-        context: context.to_string(),
-        source,
     }
 }
 

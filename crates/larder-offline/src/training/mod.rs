@@ -21,8 +21,8 @@
 //! Per view: (1)–(2) the entity side (join keys, timestamp, row number) and the feature side
 //! (join keys, event time, ordinal) are projected to narrow rows, and each entity row's
 //! matching feature ordinal is found. When the narrow entity rows fit a quarter of the
-//! session's memory pool (1M entity rows take about 160 MB), they are indexed by key in
-//! memory and the feature rows stream past once, unsorted (`hash_asof`). Otherwise both
+//! session's memory pool (the budget counts about 140 bytes an entity row), they are indexed
+//! by key in memory and the feature rows stream past once, unsorted (`hash_asof`). Otherwise both
 //! sides are sorted by `(keys, time, id)` with DataFusion's external sort, which spills to
 //! disk under the pool, and merged in one forward pass ([`asof::asof_match`]); both give the
 //! same matches. If an entity row matched one of several rows of its key at one
