@@ -162,6 +162,25 @@ def quantile(q):
             share = (target - previous_count) / max(count - previous_count, 1e-9)
             return f"{(previous_edge + share * (edge - previous_edge)) * 1000:.0f} ms"
         previous_edge, previous_count = edge, count
+def stages(path):
+    out = {}
+    for line in open(path):
+        m = re.match(r"larder_stream_batch_stage_duration_seconds_(sum|count)\{(.*)\} (\S+)", line)
+        if m:
+            stage = re.search(r'stage="([^"]+)"', m.group(2)).group(1)
+            out.setdefault(stage, {})[m.group(1)] = float(m.group(3))
+    return out
+stage_before, stage_after = stages(sys.argv[1]), stages(sys.argv[2])
+parts = []
+for stage, v in sorted(stage_after.items()):
+    was = stage_before.get(stage, {})
+    seconds = v.get("sum", 0.0) - was.get("sum", 0.0)
+    batches = v.get("count", 0.0) - was.get("count", 0.0)
+    if batches:
+        parts.append("%s %.0f ms x %d" % (stage, seconds / batches * 1000, batches))
+print("paced stages (mean per batch): " + ", ".join(parts))
+within = sum(count for edge, count in zip(edges, counts) if edge == 0.5)
+print(f"paced run: share of rows servable within 500 ms (the histogram's 0.5 s bucket): {100 * within / max(total, 1):.2f} %")
 print(f"paced run: {total:,.0f} rows written; event-to-servable from the histogram "
       f"(interpolated in its buckets): p50 {quantile(0.5)}, p99 {quantile(0.99)}")
 view = json.load(open(sys.argv[3]))["views"][0]

@@ -12,7 +12,7 @@ use larder_core::{
 };
 use larder_online::{
     DigestStore, OnlineRow, OnlineStoreError, RowDigest, SharedOnlineStore, TableOptions,
-    WriteSummary,
+    WriteDurability, WriteSummary,
 };
 
 /// The event times (µs) of rows about to be written, for the freshness board.
@@ -294,6 +294,20 @@ impl WritePath {
         lane: WriteLane,
         rows: Vec<FeatureRow>,
     ) -> Result<WriteSummary, WriteError> {
+        self.write_with(view, lane, rows, WriteDurability::Immediate)
+            .await
+    }
+
+    /// [`WritePath::write`], with the online write's durability chosen by the caller: a
+    /// [`WriteDurability::Deferred`] write is servable at once and durable after the next
+    /// [`larder_online::OnlineStore::sync`] of [`WritePath::store`].
+    pub async fn write_with(
+        &self,
+        view: &FeatureView,
+        lane: WriteLane,
+        rows: Vec<FeatureRow>,
+        durability: WriteDurability,
+    ) -> Result<WriteSummary, WriteError> {
         Self::validate(view, &rows)?;
         let received = rows.len() as u64;
         let newest = match best_per_entity(
@@ -335,7 +349,10 @@ impl WritePath {
         self.prepare_table_once(&table, TableOptions::for_view(view))
             .await?;
         let event_times = event_times_of(&online_rows);
-        let mut summary = self.store.write_rows(&table, online_rows).await?;
+        let mut summary = self
+            .store
+            .write_rows_with(&table, online_rows, durability)
+            .await?;
         self.freshness
             .record(&view.name, lane, &event_times, Timestamp::now());
         summary.skipped_stale += superseded_in_batch;
@@ -1040,15 +1057,19 @@ mod tests {
         fn backend_name(&self) -> &'static str {
             "failing"
         }
-        async fn write_rows(
+        async fn write_rows_with(
             &self,
             _table: &FeatureViewId,
             _rows: Vec<OnlineRow>,
+            _durability: larder_online::WriteDurability,
         ) -> Result<WriteSummary, OnlineStoreError> {
             Err(OnlineStoreError::Unavailable {
                 backend: "failing",
                 message: "down".into(),
             })
+        }
+        async fn sync(&self) -> Result<(), OnlineStoreError> {
+            Ok(())
         }
         async fn swap_rows(
             &self,

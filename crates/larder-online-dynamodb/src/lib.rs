@@ -46,7 +46,7 @@ use aws_sdk_dynamodb::types::{
 use futures::{StreamExt, TryStreamExt};
 use larder_core::{EntityKey, FeatureViewId, Timestamp, WriteLane};
 use larder_online::{
-    OnlineRow, OnlineStore, OnlineStoreError, RowSwap, TableOptions, WriteSummary,
+    OnlineRow, OnlineStore, OnlineStoreError, RowSwap, TableOptions, WriteDurability, WriteSummary,
 };
 
 /// The backend name in errors and metrics.
@@ -601,11 +601,13 @@ impl OnlineStore for DynamoDbOnlineStore {
         Ok(())
     }
 
-    async fn write_rows(
+    async fn write_rows_with(
         &self,
         table: &FeatureViewId,
         rows: Vec<OnlineRow>,
+        _durability: WriteDurability,
     ) -> Result<WriteSummary, OnlineStoreError> {
+        // DynamoDB acknowledges a write once it is durable; there is nothing to defer.
         if rows.is_empty() {
             return Ok(WriteSummary::default());
         }
@@ -639,6 +641,10 @@ impl OnlineStore for DynamoDbOnlineStore {
                 Ok(total)
             })
             .await
+    }
+
+    async fn sync(&self) -> Result<(), OnlineStoreError> {
+        Ok(())
     }
 
     async fn swap_rows(

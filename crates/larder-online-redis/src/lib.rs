@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use larder_core::{EntityKey, FeatureViewId, Timestamp, WriteLane};
 use larder_online::{
-    OnlineRow, OnlineStore, OnlineStoreError, RowSwap, TableOptions, WriteSummary,
+    OnlineRow, OnlineStore, OnlineStoreError, RowSwap, TableOptions, WriteDurability, WriteSummary,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -778,11 +778,13 @@ impl OnlineStore for RedisOnlineStore {
         Ok(())
     }
 
-    async fn write_rows(
+    async fn write_rows_with(
         &self,
         table: &FeatureViewId,
         rows: Vec<OnlineRow>,
+        _durability: WriteDurability,
     ) -> Result<WriteSummary, OnlineStoreError> {
+        // Redis's own persistence settings decide durability; there is no fsync to defer.
         if rows.is_empty() {
             return Ok(WriteSummary::default());
         }
@@ -826,6 +828,10 @@ impl OnlineStore for RedisOnlineStore {
             written,
             skipped_stale: row_count - written,
         })
+    }
+
+    async fn sync(&self) -> Result<(), OnlineStoreError> {
+        Ok(())
     }
 
     async fn swap_rows(

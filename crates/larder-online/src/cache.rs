@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 
 use larder_core::{EntityKey, FeatureViewId};
 
-use crate::{OnlineRow, OnlineStore, OnlineStoreError, RowSwap, SharedOnlineStore, WriteSummary};
+use crate::{
+    OnlineRow, OnlineStore, OnlineStoreError, RowSwap, SharedOnlineStore, WriteDurability,
+    WriteSummary,
+};
 
 const SHARD_COUNT: usize = 64;
 
@@ -167,16 +170,21 @@ impl OnlineStore for CachedOnlineStore {
         self.inner.backend_name()
     }
 
-    async fn write_rows(
+    async fn write_rows_with(
         &self,
         table: &FeatureViewId,
         rows: Vec<OnlineRow>,
+        durability: WriteDurability,
     ) -> Result<WriteSummary, OnlineStoreError> {
         let table_number = self.table_number(table);
         let keys: Vec<EntityKey> = rows.iter().map(|row| row.entity_key.clone()).collect();
-        let result = self.inner.write_rows(table, rows).await;
+        let result = self.inner.write_rows_with(table, rows, durability).await;
         self.invalidate(table_number, keys.into_iter());
         result
+    }
+
+    async fn sync(&self) -> Result<(), OnlineStoreError> {
+        self.inner.sync().await
     }
 
     async fn swap_rows(
@@ -298,13 +306,17 @@ mod tests {
         fn backend_name(&self) -> &'static str {
             "slow-memory"
         }
-        async fn write_rows(
+        async fn write_rows_with(
             &self,
             table: &FeatureViewId,
             rows: Vec<OnlineRow>,
+            durability: WriteDurability,
         ) -> Result<WriteSummary, OnlineStoreError> {
             tokio::task::yield_now().await;
-            self.0.write_rows(table, rows).await
+            self.0.write_rows_with(table, rows, durability).await
+        }
+        async fn sync(&self) -> Result<(), OnlineStoreError> {
+            self.0.sync().await
         }
         async fn swap_rows(
             &self,

@@ -31,7 +31,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use larder_core::codec::encode_row_to_vec;
 use larder_core::{EntityKey, FeatureViewId, Timestamp, TtlDuration, Value, WriteLane};
 
-use crate::{OnlineRow, OnlineStore, RowSwap, SharedOnlineStore, TableOptions, WriteSummary};
+use crate::{
+    OnlineRow, OnlineStore, RowSwap, SharedOnlineStore, TableOptions, WriteDurability, WriteSummary,
+};
 
 /// Preparing a table (with or without a TTL, twice, before and after writes) never hides or
 /// changes a row that serving would still report as fresh, and a prepared table that was
@@ -91,6 +93,7 @@ pub async fn run_all(store: SharedOnlineStore) {
     check_read_slots_follow_request_order(store_ref).await;
     check_older_event_time_never_overwrites_newer(store_ref).await;
     check_equal_event_time_replaces_stored_row(store_ref).await;
+    check_deferred_writes_read_back_in_event_time_order(store_ref).await;
     check_same_key_twice_in_one_batch_applies_in_order(store_ref).await;
     check_rewriting_a_batch_is_idempotent(store_ref).await;
     check_rows_keep_their_lane(store_ref).await;
@@ -463,6 +466,39 @@ pub async fn check_equal_event_time_replaces_stored_row(store: &dyn OnlineStore)
             &correction_row,
             "after a correction at an equal event time",
         )
+        .await;
+    check.drop_table(&table).await;
+}
+
+/// A deferred write is readable as soon as it returns and follows the event-time order like
+/// any write; a sync then succeeds and changes nothing that reads see.
+pub async fn check_deferred_writes_read_back_in_event_time_order(store: &dyn OnlineStore) {
+    let check = Check::new(store, "deferred_writes_read_back_in_event_time_order");
+    let table = check.fresh_table();
+    let newer_row = sample_row_at(int_key(1), 200, 1_000, 1, WriteLane::Stream);
+    let other_row = sample_row_at(int_key(2), 100, 1_000, 2, WriteLane::Stream);
+    let summary = check
+        .write_with(
+            &table,
+            vec![newer_row.clone(), other_row.clone()],
+            WriteDurability::Deferred,
+        )
+        .await;
+    check.assert_summary(summary, 2, 0, "a deferred write");
+    check
+        .assert_row(&table, &newer_row, "right after a deferred write")
+        .await;
+    let older_row = sample_row_at(int_key(1), 100, 2_000, 3, WriteLane::Batch);
+    let summary = check
+        .write_with(&table, vec![older_row], WriteDurability::Deferred)
+        .await;
+    check.assert_summary(summary, 0, 1, "a deferred write of an older row");
+    if let Err(error) = store.sync().await {
+        check.fail(&format!("sync failed: {error}"));
+    }
+    check.assert_row(&table, &newer_row, "after a sync").await;
+    check
+        .assert_row(&table, &other_row, "the other row after a sync")
         .await;
     check.drop_table(&table).await;
 }
@@ -1170,9 +1206,19 @@ impl<'store> Check<'store> {
     }
 
     async fn write(&self, table: &FeatureViewId, rows: Vec<OnlineRow>) -> WriteSummary {
+        self.write_with(table, rows, WriteDurability::Immediate)
+            .await
+    }
+
+    async fn write_with(
+        &self,
+        table: &FeatureViewId,
+        rows: Vec<OnlineRow>,
+        durability: WriteDurability,
+    ) -> WriteSummary {
         let row_count = rows.len();
         self.store
-            .write_rows(table, rows)
+            .write_rows_with(table, rows, durability)
             .await
             .unwrap_or_else(|error| {
                 self.fail(&format!(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use larder_core::{EntityKey, FeatureViewId, Timestamp, WriteLane};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::{OnlineRow, OnlineStore, OnlineStoreError, RowSwap, WriteSummary};
+use crate::{OnlineRow, OnlineStore, OnlineStoreError, RowSwap, WriteDurability, WriteSummary};
 
 /// The backend name in errors and metrics.
 const BACKEND_NAME: &str = "embedded";
@@ -25,8 +25,9 @@ type RowTableDefinition<'name> = TableDefinition<'name, &'static [u8], &'static 
 /// entity key's canonical bytes. A stored value is a 17-byte header (event timestamp and write
 /// timestamp as little-endian `i64`, then the lane code) followed by the encoded values.
 ///
-/// Every batch write is one redb write transaction committed with immediate durability: when
-/// [`OnlineStore::write_rows`] returns, the whole batch is on disk, and a crash (even a
+/// Every batch write is one redb write transaction, committed with immediate durability unless
+/// it is [`WriteDurability::Deferred`] (then made durable by the next sync): when an immediate
+/// write returns, the whole batch is on disk, and a crash (even a
 /// `SIGKILL` halfway through a commit) leaves either all of a batch or none of it. Writes are
 /// serialized by redb (one write transaction at a time), which makes the compare-and-write of
 /// every key atomic. Reads run in parallel with each other and with writes, each batch read in
@@ -99,17 +100,28 @@ impl OnlineStore for EmbeddedOnlineStore {
         BACKEND_NAME
     }
 
-    async fn write_rows(
+    async fn write_rows_with(
         &self,
         table: &FeatureViewId,
         rows: Vec<OnlineRow>,
+        durability: WriteDurability,
     ) -> Result<WriteSummary, OnlineStoreError> {
         if rows.is_empty() {
             return Ok(WriteSummary::default());
         }
         let table_name = redb_table_name(table);
         self.run_blocking(move |database| {
-            write_rows_in_one_transaction(database, &table_name, &rows)
+            write_rows_in_one_transaction(database, &table_name, &rows, durability)
+        })
+        .await
+    }
+
+    async fn sync(&self) -> Result<(), OnlineStoreError> {
+        self.run_blocking(|database| {
+            // An empty durable commit persists every non-durable commit before it.
+            begin_durable_write(database)?
+                .commit()
+                .map_err(|error| map_redb_error("cannot commit a sync", error))
         })
         .await
     }
@@ -190,8 +202,16 @@ fn write_rows_in_one_transaction(
     database: &redb::Database,
     table_name: &str,
     rows: &[OnlineRow],
+    durability: WriteDurability,
 ) -> Result<WriteSummary, OnlineStoreError> {
-    let transaction = begin_durable_write(database)?;
+    let mut transaction = begin_durable_write(database)?;
+    if durability == WriteDurability::Deferred {
+        // No fsync: the commit is visible at once and persisted by the next durable commit
+        // ([`OnlineStore::sync`]); a crash before that rolls the file back to the last one.
+        transaction
+            .set_durability(redb::Durability::None)
+            .map_err(|error| map_redb_error("cannot defer durability", error))?;
+    }
     let mut summary = WriteSummary::default();
     {
         let mut table = transaction
@@ -627,9 +647,15 @@ mod tests {
         }
     }
 
+    /// Set in the child process of the crash test when it writes deferred batches.
+    const CRASH_CHILD_DEFERRED_ENV: &str = "LARDER_ONLINE_CRASH_TEST_CHILD_DEFERRED";
+    /// In the deferred crash test, the child syncs after every this many batches.
+    const CRASH_TEST_BATCHES_PER_SYNC: i64 = 3;
+
     /// The child's side of the crash test: writes whole batches until it is killed, printing
-    /// each batch number once its write has returned.
-    fn write_batches_until_killed(database_path: &Path) -> ! {
+    /// each batch number once its write has returned (immediate writes) or once a sync after
+    /// it has returned (deferred writes, synced every few batches).
+    fn write_batches_until_killed(database_path: &Path, durability: WriteDurability) -> ! {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -643,8 +669,14 @@ mod tests {
                 .map(|key_number| crash_test_row(key_number, batch_number))
                 .collect();
             runtime
-                .block_on(store.write_rows(&crash_test_table(), rows))
+                .block_on(store.write_rows_with(&crash_test_table(), rows, durability))
                 .unwrap();
+            if durability == WriteDurability::Deferred {
+                if batch_number % CRASH_TEST_BATCHES_PER_SYNC != 0 {
+                    continue;
+                }
+                runtime.block_on(store.sync()).unwrap();
+            }
             writeln!(stdout, "{CRASH_TEST_PROGRESS_PREFIX}{batch_number}").unwrap();
             stdout.flush().unwrap();
         }
@@ -655,8 +687,31 @@ mod tests {
     /// committed batch, at least as new as the last one the child reported.
     #[test]
     fn embedded_store_keeps_whole_committed_batches_after_sigkill() {
+        crash_test(
+            "embedded_store_keeps_whole_committed_batches_after_sigkill",
+            WriteDurability::Immediate,
+        );
+    }
+
+    /// The same with deferred writes synced every few batches: the database holds one whole
+    /// batch, at least as new as the last one synced.
+    #[test]
+    fn embedded_store_keeps_whole_synced_batches_of_deferred_writes_after_sigkill() {
+        crash_test(
+            "embedded_store_keeps_whole_synced_batches_of_deferred_writes_after_sigkill",
+            WriteDurability::Deferred,
+        );
+    }
+
+    /// The parent's side of the crash tests (in the child, writes until killed).
+    fn crash_test(test_function: &str, durability: WriteDurability) {
         if let Ok(database_path) = std::env::var(CRASH_CHILD_DATABASE_ENV) {
-            write_batches_until_killed(Path::new(&database_path));
+            let durability = if std::env::var_os(CRASH_CHILD_DEFERRED_ENV).is_some() {
+                WriteDurability::Deferred
+            } else {
+                WriteDurability::Immediate
+            };
+            write_batches_until_killed(Path::new(&database_path), durability);
         }
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("online.redb");
@@ -664,10 +719,9 @@ mod tests {
             .split_once("::")
             .map(|(_, rest)| rest)
             .unwrap();
-        let test_name = format!(
-            "{module_path_without_crate}::embedded_store_keeps_whole_committed_batches_after_sigkill"
-        );
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        let test_name = format!("{module_path_without_crate}::{test_function}");
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
             .args([
                 test_name.as_str(),
                 "--exact",
@@ -675,9 +729,11 @@ mod tests {
                 "--test-threads=1",
             ])
             .env(CRASH_CHILD_DATABASE_ENV, &path)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stdout(Stdio::piped());
+        if durability == WriteDurability::Deferred {
+            command.env(CRASH_CHILD_DEFERRED_ENV, "1");
+        }
+        let mut child = command.spawn().unwrap();
         let child_stdout = BufReader::new(child.stdout.take().unwrap());
         let (line_sender, line_receiver) = mpsc::channel();
         std::thread::spawn(move || {

@@ -87,6 +87,19 @@ pub fn same_stored_row(left: &OnlineRow, right: &OnlineRow) -> bool {
         && left.values == right.values
 }
 
+/// When the rows of a write must be durable ([`OnlineStore::write_rows_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WriteDurability {
+    /// Durable to the backend's promise when the write returns.
+    #[default]
+    Immediate,
+    /// Applied and readable when the write returns, but a crash may undo it until the next
+    /// [`OnlineStore::sync`] (or a later immediate write) of the store. Only for a writer that
+    /// replays what a crash undid: the stream lane, whose position of record becomes durable
+    /// only after a sync.
+    Deferred,
+}
+
 /// What a batch write did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteSummary {
@@ -201,7 +214,8 @@ pub enum OnlineStoreError {
 ///   leave an older row in place of a newer one. On success every applied row is durable to the
 ///   backend's promise (the embedded store survives a process crash); on error the caller must
 ///   assume any subset of the batch was applied, and may safely retry the whole batch, since
-///   applying a row twice is idempotent.
+///   applying a row twice is idempotent. A [`WriteDurability::Deferred`] write is readable
+///   at once and durable after the next [`OnlineStore::sync`].
 /// * **Batch read.** [`OnlineStore::read_rows`] returns exactly one slot per requested key, in
 ///   the order of the request, `None` for a key with no row (or a row the backend has already
 ///   expired). Duplicate keys in a request get their own slots. A read never returns a row
@@ -241,12 +255,28 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 
-    /// Writes a batch of rows to one table, ordered by event time (see the trait docs).
+    /// Writes a batch of rows to one table, ordered by event time (see the trait docs),
+    /// durably.
     async fn write_rows(
         &self,
         table: &FeatureViewId,
         rows: Vec<OnlineRow>,
+    ) -> Result<WriteSummary, OnlineStoreError> {
+        self.write_rows_with(table, rows, WriteDurability::Immediate)
+            .await
+    }
+
+    /// [`OnlineStore::write_rows`] with a choice of when the rows must be durable. A backend
+    /// whose writes are always as durable as it gets treats both alike.
+    async fn write_rows_with(
+        &self,
+        table: &FeatureViewId,
+        rows: Vec<OnlineRow>,
+        durability: WriteDurability,
     ) -> Result<WriteSummary, OnlineStoreError>;
+
+    /// Makes every write that returned before this call durable, deferred ones included.
+    async fn sync(&self) -> Result<(), OnlineStoreError>;
 
     /// Writes each swap's row if its key still holds the expected row; one flag per swap,
     /// in order (see the trait docs).

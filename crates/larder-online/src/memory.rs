@@ -5,7 +5,7 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use larder_core::{EntityKey, FeatureViewId};
 
-use crate::{OnlineRow, OnlineStore, OnlineStoreError, RowSwap, WriteSummary};
+use crate::{OnlineRow, OnlineStore, OnlineStoreError, RowSwap, WriteDurability, WriteSummary};
 
 /// The rows of every table, keyed by table then by entity key.
 type MemoryTables = HashMap<FeatureViewId, HashMap<EntityKey, OnlineRow>>;
@@ -48,10 +48,11 @@ impl OnlineStore for MemoryOnlineStore {
         "memory"
     }
 
-    async fn write_rows(
+    async fn write_rows_with(
         &self,
         table: &FeatureViewId,
         rows: Vec<OnlineRow>,
+        _durability: WriteDurability,
     ) -> Result<WriteSummary, OnlineStoreError> {
         let mut summary = WriteSummary::default();
         if rows.is_empty() {
@@ -71,6 +72,11 @@ impl OnlineStore for MemoryOnlineStore {
             summary.written += 1;
         }
         Ok(summary)
+    }
+
+    async fn sync(&self) -> Result<(), OnlineStoreError> {
+        // Nothing outlives the process: every write is as durable as it gets.
+        Ok(())
     }
 
     async fn swap_rows(

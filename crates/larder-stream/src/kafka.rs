@@ -249,8 +249,10 @@ async fn consume(
                 for batch in prepared {
                     batch.persist().await?;
                 }
-                // The state is durable: now the group may move on. A lost commit only makes
-                // some process skip (its own state) or replay (another's) those messages.
+                // The state is committed (durable with the next checkpoint; until then a crash
+                // replays from the state file's position, not the group's): now the group may
+                // move on. A lost commit only makes some process skip (its own state) or replay
+                // (another's) those messages.
                 group_consumer
                     .commit(&offsets, CommitMode::Async)
                     .map_err(broker_error("committing offsets"))

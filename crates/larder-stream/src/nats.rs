@@ -140,7 +140,9 @@ async fn consume(
                 .replace(async move {
                     prepared.persist().await?;
                     if let Some(last) = last {
-                        // Only now are the batch's effects durable; a lost ack just
+                        // Only now are the batch's effects committed (durable with the next
+                        // checkpoint: a crash before it replays from the state file's
+                        // position, which the stream still holds); a lost ack just
                         // redelivers messages that the processor will skip.
                         last.ack()
                             .await

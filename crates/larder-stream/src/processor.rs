@@ -6,6 +6,7 @@ use std::sync::Arc;
 use larder_core::fault::crash_point;
 use larder_core::{DataSource, EntityKey, FeatureView, StreamAggregations, WriteLane};
 use larder_ingest::{FeatureRow, WritePath};
+use larder_online::WriteDurability;
 
 use crate::StreamError;
 use crate::decode::MessageDecoder;
@@ -122,6 +123,7 @@ impl StreamProcessor {
     ) -> Result<Self, StreamError> {
         let partition = partition.into();
         let (decoder, mut mode) = plan_view(&view, source, aggregations)?;
+        state.register_online_store(write_path.store());
         // Erasures posted from now on are applied before each batch; the state loaded below
         // is as they left it.
         let erasures_seen = state.erasures().generation();
@@ -344,7 +346,7 @@ impl PreparedBatch {
         } = self;
         let (mut rows, mut states) = (rows, states);
         let board = Arc::clone(state.erasures());
-        let _persisting = board.persisting().await;
+        let persisting = board.persisting().await;
         if board.generation() != erasures_seen {
             // Entities erased after this batch was prepared: not written back.
             let erased = board.erased_since(&view.name, erasures_seen);
@@ -357,7 +359,9 @@ impl PreparedBatch {
         let view_id = view.id();
         let (go, go_signal) = std::sync::mpsc::sync_channel::<bool>(1);
         let view_name = view.name.clone();
+        let committing_state = state.clone();
         let state_commit = tokio::task::spawn_blocking(move || {
+            let state = committing_state;
             let started = std::time::Instant::now();
             let mut commit_started = started;
             let committed = state.commit_when(&view_id, &partition, &states, &position, || {
@@ -373,7 +377,9 @@ impl PreparedBatch {
             Ok(())
         } else {
             let started = std::time::Instant::now();
-            let written = write_path.write(&view, WriteLane::Stream, rows).await;
+            let written = write_path
+                .write_with(&view, WriteLane::Stream, rows, WriteDurability::Deferred)
+                .await;
             record_stage(&view.name, "online_write", started);
             written.map(|summary| report.rows_written = summary.written)
         };
@@ -394,6 +400,13 @@ impl PreparedBatch {
             ));
         }
         crash_point("stream.after_state_commit");
+        drop(persisting);
+        if state.claim_checkpoint() {
+            let started = std::time::Instant::now();
+            state.checkpoint().await?;
+            record_stage(&view.name, "checkpoint", started);
+            crash_point("stream.after_checkpoint");
+        }
         record_metrics(&view.name, &report);
         Ok(report)
     }
@@ -401,7 +414,8 @@ impl PreparedBatch {
 
 /// Records how long a stage of a batch took, so that the slowest stage of the pipeline shows:
 /// `prepare` (decode and aggregate), `online_write`, `state_write` (the states into the
-/// state file's transaction, beside the online write) and `state_commit` (after it).
+/// state file's transaction, beside the online write), `state_commit` (after it) and
+/// `checkpoint` (about once a second, after a batch: see [`StreamStateStore::checkpoint`]).
 fn record_stage(view: &str, stage: &'static str, started: std::time::Instant) {
     metrics::histogram!("larder_stream_batch_stage_duration_seconds", "view" => view.to_string(), "stage" => stage)
         .record(started.elapsed().as_secs_f64());

@@ -6,7 +6,7 @@ use std::sync::{PoisonError, RwLock};
 use larder_core::{EntityKey, FeatureViewId, codec};
 use larder_online::{
     OnlineRow, OnlineStore, OnlineStoreError, RowSwap, SharedOnlineStore, TableOptions,
-    WriteSummary,
+    WriteDurability, WriteSummary,
 };
 
 use crate::{SharedVectorIndex, VectorEntry, VectorIndexOptions};
@@ -149,10 +149,11 @@ impl OnlineStore for VectorIndexedStore {
         Ok(())
     }
 
-    async fn write_rows(
+    async fn write_rows_with(
         &self,
         table: &FeatureViewId,
         rows: Vec<OnlineRow>,
+        durability: WriteDurability,
     ) -> Result<WriteSummary, OnlineStoreError> {
         if let Some(options) = self.options_of(table)
             && !rows.is_empty()
@@ -160,7 +161,11 @@ impl OnlineStore for VectorIndexedStore {
             let entries = self.entries(table, &options, rows.iter())?;
             self.index.upsert(table, entries).await?;
         }
-        self.store.write_rows(table, rows).await
+        self.store.write_rows_with(table, rows, durability).await
+    }
+
+    async fn sync(&self) -> Result<(), OnlineStoreError> {
+        self.store.sync().await
     }
 
     async fn swap_rows(

@@ -110,9 +110,11 @@ fn serving_the_first_events(repo: &Path, nats_url: &str) -> Server {
 }
 
 /// `kill -9` at the stream lane's crash points: after a batch's rows are written online but
-/// before its state and position are committed, and after the commit but before the broker
-/// has the acks. The restarted consumer converges to exactly the totals: a double count
-/// would exceed them and never match.
+/// before its state and position are committed, after the commit but before the broker
+/// has the acks, and right after a checkpoint made the rows and the position durable. The
+/// restarted consumer converges to exactly the totals: a double count would exceed them and
+/// never match, and rows lost while their position survived would never come back (no event
+/// follows the kill).
 #[test]
 fn a_stream_consumer_killed_between_write_commit_and_ack_counts_nothing_twice() {
     use std::os::unix::process::ExitStatusExt;
@@ -126,7 +128,11 @@ fn a_stream_consumer_killed_between_write_commit_and_ack_counts_nothing_twice() 
     write_stream_repo(repo, &nats.url());
     larder_ok(repo, &["apply"]);
     let mut total = 0;
-    for point in ["stream.after_online_write", "stream.after_state_commit"] {
+    for point in [
+        "stream.after_online_write",
+        "stream.after_state_commit",
+        "stream.after_checkpoint",
+    ] {
         publish(&nats.url(), total..total + 5_000);
         total += 5_000;
         let mut killed = Command::new(crate::util::larder_binary())
