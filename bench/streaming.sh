@@ -9,7 +9,8 @@
 #
 # LARDER_STORE=redis writes to a redis-server started here instead of the embedded store;
 # LARDER_STORE=memory (a diagnostic) to the in-process memory store.
-# PROFILE=debug uses a debug build. EVENTS (backlog, default 2,000,000), KEYS (1,000,000), RATE (50,000), PACED_SECONDS (30).
+# PROFILE=debug uses a debug build. EVENTS (backlog, default 2,000,000), KEYS (1,000,000), RATE (50,000), PACED_SECONDS (30),
+# CHECKPOINT_INTERVAL (the repo's stream.checkpoint_interval; unset: the binary's default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=${CARGO_TARGET_DIR:-target}/${PROFILE:-release}
@@ -22,7 +23,11 @@ PACED_SECONDS=${PACED_SECONDS:-30}
 WORK=$(mktemp -d /tmp/larder-stream-bench.XXXXXX)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  cp "$WORK/serve.log" /tmp/larder-stream-bench-serve.log 2>/dev/null || true
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 NATS_PORT=$(free_port)
@@ -49,6 +54,9 @@ registry: data/registry.json
 online_store: $ONLINE_STORE
 offline_store: {type: parquet, path: data/offline}
 YAML
+if [ -n "${CHECKPOINT_INTERVAL:-}" ]; then
+  echo "stream: {checkpoint_interval: $CHECKPOINT_INTERVAL}" >>"$WORK/repo/larder.yaml"
+fi
 cat >"$WORK/repo/features.yaml" <<YAML
 entities:
   - name: user
@@ -102,6 +110,12 @@ while true; do
   now=$(date +%s.%N)
   if [ -z "$first_time" ] && [ "$count" != "0" ]; then first_time=$now; first_count=$count; fi
   if [ "$count" -ge "$EVENTS" ] 2>/dev/null; then break; fi
+  if [ "$count" != "${last_count:-}" ]; then last_count=$count; last_change=$now; fi
+  if python3 -c "import sys; sys.exit(0 if float('$now') - float('$last_change') > 60 else 1)"; then
+    echo "STALLED: $count of $EVENTS events applied, no progress for 60 s (server log: /tmp/larder-stream-bench-serve.log)"
+    curl -s "$BASE/metrics" | grep -E '^larder_stream' || true
+    exit 1
+  fi
   sleep 0.2
 done
 CPU=$(ps -o times= -p "$SERVER" | tr -d ' ')

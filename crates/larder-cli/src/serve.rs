@@ -61,7 +61,10 @@ pub async fn run_with_store(
     };
     let write_path = Arc::new(larder_ingest::WritePath::new(Arc::clone(&store)));
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
-    let stream_state = larder_stream::state::SharedStreamState::new(context.stream_state_path());
+    let stream_state = larder_stream::state::SharedStreamState::new(context.stream_state_path())
+        .with_checkpoint_interval(Duration::from_secs(
+            context.config.stream.checkpoint_interval.as_seconds(),
+        ));
     let stream_consumers = crate::stream::spawn_consumers(
         stream_state.clone(),
         Arc::clone(&handle),

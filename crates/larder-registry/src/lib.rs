@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 pub use config::{
     AuthConfig, DynamoDbOnlineStoreConfig, LineageConfig, MaterializeConfig, OfflineEngineConfig,
     OfflineStoreConfig, OnlineCacheConfig, OnlineStoreConfig, RedisOnlineStoreConfig, RepoConfig,
-    Scope, ServingConfig, TokenRecord, TokensFile, TokensFileError, VectorStoreConfig,
+    Scope, ServingConfig, StreamConfig, TokenRecord, TokensFile, TokensFileError,
+    VectorStoreConfig,
 };
 pub use diagnostics::{Diagnostic, Diagnostics, Location};
 pub use larder_core::secret::redact_url_password;

@@ -138,5 +138,12 @@ where
             let _ = consumer.stop.send(true);
             let _ = consumer.task.await;
         }
+        // What the consumers applied since the last checkpoint: durable before the files
+        // close (closing them one after the other is not atomic).
+        if let Some(state) = state
+            && let Err(error) = state.checkpoint().await
+        {
+            tracing::warn!(%error, "the stream consumers' last checkpoint failed; a restart replays from the one before");
+        }
     })
 }

@@ -415,7 +415,8 @@ impl PreparedBatch {
 /// Records how long a stage of a batch took, so that the slowest stage of the pipeline shows:
 /// `prepare` (decode and aggregate), `online_write`, `state_write` (the states into the
 /// state file's transaction, beside the online write), `state_commit` (after it) and
-/// `checkpoint` (about once a second, after a batch: see [`StreamStateStore::checkpoint`]).
+/// `checkpoint` (after a batch, once per checkpoint interval: see
+/// [`StreamStateStore::checkpoint`]).
 fn record_stage(view: &str, stage: &'static str, started: std::time::Instant) {
     metrics::histogram!("larder_stream_batch_stage_duration_seconds", "view" => view.to_string(), "stage" => stage)
         .record(started.elapsed().as_secs_f64());

@@ -7,9 +7,10 @@
 //! with exactly the sequence that produced it. Resuming after that sequence and skipping any
 //! message at or below it makes a replay count nothing twice.
 //!
-//! Neither a batch's online rows nor its state commit are fsynced: every few seconds a
-//! **checkpoint** ([`StreamStateStore::checkpoint`]) syncs the online stores the batches went
-//! to and then makes the state file durable, with no batch in flight in between. So the
+//! Neither a batch's online rows nor its state commit are fsynced: every
+//! `stream.checkpoint_interval` (30 s by default) a **checkpoint**
+//! ([`StreamStateStore::checkpoint`]) syncs the online stores the batches went to and then
+//! makes the state file durable, with no batch in flight in between. So the
 //! durable position never runs ahead of durable online rows: a crash rolls both back to at
 //! least the last checkpoint, and the replay writes the lost rows again.
 
@@ -95,15 +96,18 @@ pub struct StreamStateStore {
     instance_id: Arc<str>,
     /// When the last checkpoint started (µs since the epoch).
     last_checkpoint_micros: Arc<std::sync::atomic::AtomicI64>,
+    /// How long after one checkpoint the next is due (µs).
+    checkpoint_interval_micros: i64,
     /// The online stores the processors write their rows to, synced by each checkpoint.
     online_stores: Arc<std::sync::Mutex<Vec<SharedOnlineStore>>>,
 }
 
-/// How often a checkpoint makes the batches since the last one durable. A crash rolls the
-/// state file back to its last durable commit, state and positions together, and the consumer
-/// replays the messages after it: their rows are recomputed equal, and nothing is counted twice
-/// because the state rolled back with the position.
-const CHECKPOINT_INTERVAL_MICROS: i64 = 5_000_000;
+/// How often a checkpoint makes the batches since the last one durable, unless the repo
+/// sets `stream.checkpoint_interval`. A crash rolls the state file back to its last durable
+/// commit, state and positions together, and the consumer replays the messages after it: their
+/// rows are recomputed equal, and nothing is counted twice because the state rolled back with
+/// the position.
+pub const DEFAULT_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The stream state file's page cache, which also holds the pages that commits between two
 /// checkpoints wrote (redb buffers them until a durable commit). With 32 MiB each batch wrote
@@ -115,8 +119,17 @@ const METADATA: TableDefinition<'static, &'static str, &'static str> =
     TableDefinition::new("stream_metadata");
 
 impl StreamStateStore {
-    /// Opens or creates the file. Only one process may hold it.
+    /// Opens or creates the file, with checkpoints every [`DEFAULT_CHECKPOINT_INTERVAL`].
+    /// Only one process may hold it.
     pub fn open(path: &Path) -> Result<Self, StreamError> {
+        Self::open_with_checkpoint_interval(path, DEFAULT_CHECKPOINT_INTERVAL)
+    }
+
+    /// [`StreamStateStore::open`] with checkpoints every `checkpoint_interval`.
+    pub fn open_with_checkpoint_interval(
+        path: &Path,
+        checkpoint_interval: std::time::Duration,
+    ) -> Result<Self, StreamError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|error| {
                 StreamError::State(format!("creating {}: {error}", parent.display()))
@@ -139,6 +152,8 @@ impl StreamStateStore {
             erasures: Arc::default(),
             instance_id: instance_id.into(),
             last_checkpoint_micros: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+            checkpoint_interval_micros: i64::try_from(checkpoint_interval.as_micros())
+                .unwrap_or(i64::MAX),
             online_stores: Arc::default(),
         })
     }
@@ -163,7 +178,7 @@ impl StreamStateStore {
         let last = self
             .last_checkpoint_micros
             .load(std::sync::atomic::Ordering::Relaxed);
-        now - last >= CHECKPOINT_INTERVAL_MICROS
+        now - last >= self.checkpoint_interval_micros
             && self
                 .last_checkpoint_micros
                 .compare_exchange(
@@ -620,16 +635,26 @@ impl larder_ingest::EntityStateStore for StreamStateStore {
 #[derive(Debug, Clone)]
 pub struct SharedStreamState {
     path: std::path::PathBuf,
+    checkpoint_interval: std::time::Duration,
     opened: Arc<std::sync::Mutex<Option<StreamStateStore>>>,
 }
 
 impl SharedStreamState {
-    /// The state at `path`, not opened yet.
+    /// The state at `path`, not opened yet, with checkpoints every
+    /// [`DEFAULT_CHECKPOINT_INTERVAL`].
     pub fn new(path: impl Into<std::path::PathBuf>) -> Self {
         Self {
             path: path.into(),
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             opened: Arc::default(),
         }
+    }
+
+    /// Checkpoints every `interval` instead (`stream.checkpoint_interval`).
+    #[must_use]
+    pub fn with_checkpoint_interval(mut self, interval: std::time::Duration) -> Self {
+        self.checkpoint_interval = interval;
+        self
     }
 
     /// The store, opening (or creating) the file on first use.
@@ -641,7 +666,8 @@ impl SharedStreamState {
         if let Some(store) = opened.as_ref() {
             return Ok(store.clone());
         }
-        let store = StreamStateStore::open(&self.path)?;
+        let store =
+            StreamStateStore::open_with_checkpoint_interval(&self.path, self.checkpoint_interval)?;
         *opened = Some(store.clone());
         Ok(store)
     }
