@@ -372,12 +372,8 @@ impl DigestStore for RedbDigestStore {
     }
 
     async fn sync(&self) -> Result<(), OnlineStoreError> {
-        self.run_blocking(|database| {
-            begin_durable_digest_write(database)?
-                .commit()
-                .map_err(|error| map_digest_redb_error("cannot commit digests", error))
-        })
-        .await
+        self.run_blocking(|database| crate::redb_file::sync_database(database, DIGEST_BACKEND_NAME))
+            .await
     }
 
     async fn delete_digests(

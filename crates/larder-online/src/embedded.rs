@@ -117,13 +117,8 @@ impl OnlineStore for EmbeddedOnlineStore {
     }
 
     async fn sync(&self) -> Result<(), OnlineStoreError> {
-        self.run_blocking(|database| {
-            // An empty durable commit persists every non-durable commit before it.
-            begin_durable_write(database)?
-                .commit()
-                .map_err(|error| map_redb_error("cannot commit a sync", error))
-        })
-        .await
+        self.run_blocking(|database| crate::redb_file::sync_database(database, BACKEND_NAME))
+            .await
     }
 
     async fn swap_rows(

@@ -91,6 +91,17 @@ pub fn begin_durable_write(
     Ok(transaction)
 }
 
+/// Makes every commit to `database` so far durable: an empty write transaction committed
+/// with immediate durability persists the non-durable commits before it.
+pub fn sync_database(
+    database: &redb::Database,
+    backend: &'static str,
+) -> Result<(), OnlineStoreError> {
+    begin_durable_write(database, backend)?
+        .commit()
+        .map_err(|error| map_redb_error(backend, "cannot commit a sync", error))
+}
+
 /// A redb file that survives I/O errors. After one (a full disk, say) redb refuses every
 /// later transaction of that instance ("Previous I/O error occurred. Please close and
 /// re-open the database"): the instance is then dropped, and the next use opens the file

@@ -191,10 +191,10 @@ impl StreamStateStore {
     }
 
     /// Makes every persisted batch durable: waits until no batch is persisting, syncs the
-    /// registered online stores, then commits the state file durably. Batches resume their
-    /// online writes as soon as the state file's write transaction is open (their state
-    /// commits wait for it), so the two files' syncs overlap with the next batches instead
-    /// of adding up.
+    /// registered online stores, then commits the state file durably. The gate is released
+    /// once the state file's write transaction is open (no state commit can slip in before
+    /// it), so other processors' online writes overlap the state file's sync; the calling
+    /// processor's next batch waits for it.
     pub async fn checkpoint(&self) -> Result<(), StreamError> {
         let gate = self.erasures.gate.write().await;
         self.sync_online_stores().await?;
