@@ -25,6 +25,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # nats-server writes its store until it exits: removing it before would race.
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   cp "$WORK/serve.log" /tmp/larder-stream-bench-serve.log 2>/dev/null || true
   rm -rf "$WORK"
 }

@@ -11,7 +11,7 @@ use larder_online::WriteDurability;
 use crate::StreamError;
 use crate::decode::MessageDecoder;
 use crate::engine::{AggregationPlan, EventOutcome, StreamEvent, ViewAggregator};
-use crate::state::{PartitionPosition, StreamStateStore};
+use crate::state::{PartitionPosition, StateCommit, StreamStateStore};
 
 /// One message read from a partition of a stream.
 #[derive(Debug, Clone)]
@@ -68,6 +68,8 @@ pub struct StreamProcessor {
     pending_rows: Vec<FeatureRow>,
     /// The erasure generation whose entities this processor has dropped.
     erasures_seen: u64,
+    /// The state file's rollback count its state was loaded at.
+    rollbacks_seen: u64,
 }
 
 impl std::fmt::Debug for StreamProcessor {
@@ -127,13 +129,8 @@ impl StreamProcessor {
         // Erasures posted from now on are applied before each batch; the state loaded below
         // is as they left it.
         let erasures_seen = state.erasures().generation();
-        let view_id = view.id();
-        let loading_store = state.clone();
-        let loading_partition = partition.clone();
-        let loaded =
-            tokio::task::spawn_blocking(move || loading_store.load(&view_id, &loading_partition))
-                .await
-                .map_err(|error| StreamError::State(format!("loading task failed: {error}")))??;
+        let loaded = state.resume(&view.id(), &partition).await?;
+        let rollbacks_seen = loaded.rollbacks_seen;
         if let ViewMode::Aggregating(aggregator) = &mut mode {
             aggregator.set_max_seen(loaded.position.max_seen);
             for (key, encoded) in loaded.entities {
@@ -150,6 +147,7 @@ impl StreamProcessor {
             position: loaded.position,
             pending_rows: Vec::new(),
             erasures_seen,
+            rollbacks_seen,
         })
     }
 
@@ -281,6 +279,7 @@ impl StreamProcessor {
             write_path: Arc::clone(&self.write_path),
             state: self.state.clone(),
             erasures_seen: self.erasures_seen,
+            rollbacks_seen: self.rollbacks_seen,
         }
     }
 
@@ -326,6 +325,8 @@ pub struct PreparedBatch {
     state: StreamStateStore,
     /// The erasure generation the batch was prepared after.
     erasures_seen: u64,
+    /// The state file's rollback count its processor loaded at.
+    rollbacks_seen: u64,
 }
 
 impl PreparedBatch {
@@ -343,6 +344,7 @@ impl PreparedBatch {
             write_path,
             state,
             erasures_seen,
+            rollbacks_seen,
         } = self;
         let (mut rows, mut states) = (rows, states);
         let board = Arc::clone(state.erasures());
@@ -364,12 +366,19 @@ impl PreparedBatch {
             let state = committing_state;
             let started = std::time::Instant::now();
             let mut commit_started = started;
-            let committed = state.commit_when(&view_id, &partition, &states, &position, || {
-                record_stage(&view_name, "state_write", started);
-                let go = go_signal.recv().unwrap_or(false);
-                commit_started = std::time::Instant::now();
-                go
-            });
+            let committed = state.commit_when(
+                &view_id,
+                &partition,
+                states,
+                position,
+                rollbacks_seen,
+                || {
+                    record_stage(&view_name, "state_write", started);
+                    let go = go_signal.recv().unwrap_or(false);
+                    commit_started = std::time::Instant::now();
+                    go
+                },
+            );
             record_stage(&view_name, "state_commit", commit_started);
             committed
         });
@@ -394,18 +403,32 @@ impl PreparedBatch {
         let committed = state_commit
             .await
             .map_err(|error| StreamError::State(format!("commit task failed: {error}")))??;
-        if !committed {
-            return Err(StreamError::State(
-                "the state commit was called off".to_string(),
-            ));
+        match committed {
+            StateCommit::Committed => crash_point("stream.after_state_commit"),
+            StateCommit::Carried => crash_point("stream.after_carrying_state"),
+            StateCommit::CalledOff => {
+                return Err(StreamError::State(
+                    "the state commit was called off".to_string(),
+                ));
+            }
         }
-        crash_point("stream.after_state_commit");
         drop(persisting);
         if state.claim_checkpoint() {
-            let started = std::time::Instant::now();
-            state.checkpoint().await?;
-            record_stage(&view.name, "checkpoint", started);
-            crash_point("stream.after_checkpoint");
+            // In the background: the next batches carry on beside it.
+            let view_name = view.name.clone();
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                match state.checkpoint().await {
+                    Ok(()) => {
+                        record_stage(&view_name, "checkpoint", started);
+                        crash_point("stream.after_checkpoint");
+                    }
+                    Err(error) => {
+                        metrics::counter!("larder_stream_checkpoint_failures_total").increment(1);
+                        tracing::warn!(%error, "a stream checkpoint failed; the next one retries, a crash before it replays from the one before");
+                    }
+                }
+            });
         }
         record_metrics(&view.name, &report);
         Ok(report)

@@ -10,9 +10,11 @@
 //! Neither a batch's online rows nor its state commit are fsynced: every
 //! `stream.checkpoint_interval` (30 s by default) a **checkpoint**
 //! ([`StreamStateStore::checkpoint`]) syncs the online stores the batches went to and then
-//! makes the state file durable, with no batch in flight in between. So the
-//! durable position never runs ahead of durable online rows: a crash rolls both back to at
-//! least the last checkpoint, and the replay writes the lost rows again.
+//! makes the state file durable. So the durable position never runs ahead of durable online
+//! rows: a crash rolls both back to at least the last checkpoint, and the replay writes the
+//! lost rows again. While a checkpoint runs, batches keep writing their rows and **carry**
+//! their states over (in memory) to their partition's next commit, so serving pauses only
+//! while the online store itself is busy syncing.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -85,6 +87,121 @@ pub struct LoadedState {
     pub entities: Vec<(EntityKey, Vec<u8>)>,
     /// The position that state corresponds to.
     pub position: PartitionPosition,
+    /// The state file's rollback count when it was loaded: a batch's commit is refused once
+    /// the file rolled back since ([`StreamStateStore::commit_when`]).
+    pub rollbacks_seen: u64,
+}
+
+/// What became of a batch's entity states ([`StreamStateStore::commit_when`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateCommit {
+    /// Committed to the state file (durable with the next checkpoint).
+    Committed,
+    /// Kept in memory while a checkpoint commits the file: they go into their partition's
+    /// next commit (or the next checkpoint's).
+    Carried,
+    /// `go` said no: nothing changed.
+    CalledOff,
+}
+
+/// A partition's batch states waiting for a commit: the states of every batch carried over,
+/// oldest first, and the newest batch's position.
+#[derive(Debug)]
+struct CarriedPartition {
+    view: FeatureViewId,
+    partition: String,
+    entities: Vec<(EntityKey, Vec<u8>)>,
+    position: PartitionPosition,
+}
+
+/// The batch states carried over while a checkpoint runs, by entity-state table.
+#[derive(Debug, Default)]
+struct CarriedStates {
+    /// From when a checkpoint starts (with no batch persisting) until its state commit is
+    /// done: batches carry their states instead of committing them.
+    checkpointing: bool,
+    partitions: std::collections::HashMap<String, CarriedPartition>,
+}
+
+impl CarriedStates {
+    /// Adds a later batch's states: they replace earlier ones of the same entity when
+    /// written ([`merge_states`]), and its position replaces the partition's.
+    fn carry(&mut self, table: String, later: CarriedPartition) {
+        match self.partitions.get_mut(&table) {
+            Some(carried) => {
+                carried.entities.extend(later.entities);
+                carried.position = later.position;
+            }
+            None => {
+                self.partitions.insert(table, later);
+            }
+        }
+    }
+
+    /// Puts back what a failed checkpoint took, under whatever was carried since.
+    fn restore(&mut self, earlier: Vec<(String, CarriedPartition)>) {
+        for (table, mut carried) in earlier {
+            if let Some(later) = self.partitions.remove(&table) {
+                carried.entities.extend(later.entities);
+                carried.position = later.position;
+            }
+            self.partitions.insert(table, carried);
+        }
+    }
+
+    /// Drops the carried states of erased entities of `view` (every version).
+    fn forget(&mut self, view: &str, keys: &std::collections::HashSet<EntityKey>) {
+        for carried in self.partitions.values_mut() {
+            if carried.view.name == view {
+                carried.entities.retain(|(key, _)| !keys.contains(key));
+            }
+        }
+    }
+}
+
+/// Earlier states followed by later ones, in key order with only the latest state of each
+/// entity: what one transaction writes (in key order each leaf is copied once).
+fn merge_states(
+    mut entities: Vec<(EntityKey, Vec<u8>)>,
+    later: Vec<(EntityKey, Vec<u8>)>,
+) -> Vec<(EntityKey, Vec<u8>)> {
+    entities.extend(later);
+    // Stable: of equal keys the later state stays last.
+    entities.sort_by(|left, right| left.0.cmp(&right.0));
+    let mut merged: Vec<(EntityKey, Vec<u8>)> = Vec::with_capacity(entities.len());
+    for entry in entities {
+        match merged.last_mut() {
+            Some(last) if last.0 == entry.0 => *last = entry,
+            _ => merged.push(entry),
+        }
+    }
+    merged
+}
+
+/// Writes a partition's entity states (in key order) and its position into `transaction`.
+fn write_partition(
+    transaction: &redb::WriteTransaction,
+    table: &str,
+    position_key: &str,
+    entities: &[(EntityKey, Vec<u8>)],
+    position: &PartitionPosition,
+) -> Result<(), StreamError> {
+    let definition: TableDefinition<'_, &'static [u8], &'static [u8]> = TableDefinition::new(table);
+    let mut states = transaction
+        .open_table(definition)
+        .map_err(|error| state_error("opening entity states")(error.into()))?;
+    for (key, state) in entities {
+        states
+            .insert(key.as_bytes(), state.as_slice())
+            .map_err(|error| state_error("writing an entity state")(error.into()))?;
+    }
+    let mut positions = transaction
+        .open_table(POSITIONS)
+        .map_err(|error| state_error("opening positions")(error.into()))?;
+    positions
+        .insert(position_key, position.to_bytes().as_slice())
+        .map_err(|error| state_error("writing a position")(error.into()))?;
+    Ok(())
 }
 
 /// The redb file of the stream consumers' state. Its methods block: call them from
@@ -100,6 +217,17 @@ pub struct StreamStateStore {
     checkpoint_interval_micros: i64,
     /// The online stores the processors write their rows to, synced by each checkpoint.
     online_stores: Arc<std::sync::Mutex<Vec<SharedOnlineStore>>>,
+    /// Batch states carried over while a checkpoint runs.
+    carried: Arc<std::sync::Mutex<CarriedStates>>,
+    /// Held by a running checkpoint: one at a time, and a processor resumes a partition only
+    /// when none holds its carried states.
+    checkpoint_running: Arc<tokio::sync::Mutex<()>>,
+    /// How often the file was closed after an I/O error, losing its commits since the last
+    /// durable one: the processors loaded before must resume from the file again.
+    rollbacks: Arc<std::sync::atomic::AtomicU64>,
+    /// Tests hold it to keep a checkpoint between its online sync and its state commit.
+    #[cfg(test)]
+    pub(crate) checkpoint_hold: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How often a checkpoint makes the batches since the last one durable, unless the repo
@@ -155,7 +283,44 @@ impl StreamStateStore {
             checkpoint_interval_micros: i64::try_from(checkpoint_interval.as_micros())
                 .unwrap_or(i64::MAX),
             online_stores: Arc::default(),
+            carried: Arc::default(),
+            checkpoint_running: Arc::default(),
+            rollbacks: Arc::default(),
+            #[cfg(test)]
+            checkpoint_hold: Arc::default(),
         })
+    }
+
+    fn carried(&self) -> std::sync::MutexGuard<'_, CarriedStates> {
+        self.carried
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a rollback of the file and drops the carried states, which were computed on
+    /// top of commits that are gone (their processors resume from the file).
+    fn roll_back(&self) {
+        let mut carried = self.carried();
+        self.rollbacks
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        carried.partitions.clear();
+    }
+
+    /// Whether a checkpoint has started and not finished its state commit.
+    #[cfg(test)]
+    pub(crate) fn checkpoint_in_progress(&self) -> bool {
+        self.carried().checkpointing
+    }
+
+    fn refuse_after_rollback(&self, rollbacks_seen: u64) -> Result<(), StreamError> {
+        if self.rollbacks.load(std::sync::atomic::Ordering::SeqCst) == rollbacks_seen {
+            return Ok(());
+        }
+        Err(StreamError::State(
+            "the stream state file lost its commits since the last checkpoint (closed after a \
+             write error); the consumer resumes from it"
+                .to_string(),
+        ))
     }
 
     /// Adds an online store that the batches' rows go to ([`WriteDurability::Deferred`]):
@@ -190,35 +355,78 @@ impl StreamStateStore {
                 .is_ok()
     }
 
-    /// Makes every persisted batch durable: waits until no batch is persisting, syncs the
-    /// registered online stores, then commits the state file durably. The gate is released
-    /// once the state file's write transaction is open (no state commit can slip in before
-    /// it), so other processors' online writes overlap the state file's sync; the calling
-    /// processor's next batch waits for it.
+    /// Makes every persisted batch durable. Once no batch is persisting (the gate), it takes
+    /// the carried states and opens the state file's write transaction; from then until
+    /// its commit, batches write their rows and carry their states over. Then it syncs the
+    /// registered online stores, writes the carried states and commits durably: every state
+    /// it makes durable belongs to a batch whose rows were written before the sync began.
+    /// After a failure the carried states it took are put back for the next commit.
     pub async fn checkpoint(&self) -> Result<(), StreamError> {
+        let _running = self.checkpoint_running.lock().await;
         let gate = self.erasures.gate.write().await;
-        self.sync_online_stores().await?;
+        let taken: Vec<(String, CarriedPartition)> = {
+            let mut carried = self.carried();
+            carried.checkpointing = true;
+            carried.partitions.drain().collect()
+        };
+        let rollbacks_seen = self.rollbacks.load(std::sync::atomic::Ordering::SeqCst);
         let store = self.clone();
         let (opened, opened_signal) = tokio::sync::oneshot::channel::<()>();
+        let (synced, synced_signal) = std::sync::mpsc::sync_channel::<bool>(1);
         let commit = tokio::task::spawn_blocking(move || {
-            store.with_database(|database| {
-                // An empty durable commit persists every non-durable commit before it. Once it
-                // is open, no other state commit can slip in before it.
+            let committed = store.with_database(|database| {
                 let transaction = database
                     .begin_write()
                     .map_err(|error| state_error("beginning a checkpoint")(error.into()))?;
+                // No state commit can slip in before this one any more.
                 let _ = opened.send(());
+                if !synced_signal.recv().unwrap_or(false) {
+                    return Ok(());
+                }
+                for (table, carried) in &taken {
+                    write_partition(
+                        &transaction,
+                        table,
+                        &position_key(&carried.view, &carried.partition),
+                        &merge_states(Vec::new(), carried.entities.clone()),
+                        &carried.position,
+                    )?;
+                }
+                // Durable: with it every non-durable commit before it.
                 transaction
                     .commit()
                     .map_err(|error| state_error("committing a checkpoint")(error.into()))
-            })
+            });
+            (committed, taken)
         });
         // Also when the task failed before opening it: the commit's result says why.
         let _ = opened_signal.await;
         drop(gate);
-        commit
-            .await
-            .map_err(|error| StreamError::State(format!("checkpoint task failed: {error}")))?
+        let synced_online = self.sync_online_stores().await;
+        #[cfg(test)]
+        drop(self.checkpoint_hold.lock().await);
+        let _ = synced.send(synced_online.is_ok());
+        let outcome = commit.await;
+        let mut carried = self.carried();
+        carried.checkpointing = false;
+        let (committed, taken) = match outcome {
+            Ok(finished) => finished,
+            Err(error) => {
+                // The carried states it took are gone: every processor resumes from the file.
+                drop(carried);
+                self.roll_back();
+                return Err(StreamError::State(format!(
+                    "checkpoint task failed: {error}"
+                )));
+            }
+        };
+        let failed = synced_online.and(committed).err();
+        if failed.is_some()
+            && self.rollbacks.load(std::sync::atomic::Ordering::SeqCst) == rollbacks_seen
+        {
+            carried.restore(taken);
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Syncs the registered online stores (the caller holds the gate for writing).
@@ -262,6 +470,8 @@ impl StreamStateStore {
         if let Err(StreamError::State(message)) = &result
             && message.contains("I/O error")
         {
+            // Counted before the file closes, so whoever opens it again sees the count.
+            self.roll_back();
             self.file.close_after_io_error(&database);
         }
         result
@@ -299,7 +509,40 @@ impl StreamStateStore {
         Ok(id)
     }
 
-    /// Loads a view's state in a partition (empty when it never ran there).
+    /// Loads a view's state in a partition for a processor that takes it over: waits for a
+    /// running checkpoint, commits what an earlier processor of the partition carried over,
+    /// then loads ([`StreamStateStore::load`]).
+    pub async fn resume(
+        &self,
+        view: &FeatureViewId,
+        partition: &str,
+    ) -> Result<LoadedState, StreamError> {
+        let _no_checkpoint = self.checkpoint_running.lock().await;
+        let store = self.clone();
+        let (view, partition) = (view.clone(), partition.to_string());
+        tokio::task::spawn_blocking(move || {
+            let rollbacks_seen = store.rollbacks.load(std::sync::atomic::Ordering::SeqCst);
+            let table = entity_table_name(&view, &partition);
+            let carried = store.carried().partitions.remove(&table);
+            if let Some(carried) = carried {
+                store.commit_when(
+                    &view,
+                    &partition,
+                    carried.entities,
+                    carried.position,
+                    rollbacks_seen,
+                    || true,
+                )?;
+            }
+            let mut loaded = store.load(&view, &partition)?;
+            loaded.rollbacks_seen = rollbacks_seen;
+            Ok(loaded)
+        })
+        .await
+        .map_err(|error| StreamError::State(format!("loading task failed: {error}")))?
+    }
+
+    /// Loads a view's state in a partition (empty when it never ran there), as committed.
     pub fn load(&self, view: &FeatureViewId, partition: &str) -> Result<LoadedState, StreamError> {
         self.with_database(|database| {
             let transaction = database
@@ -347,51 +590,67 @@ impl StreamStateStore {
         })
     }
 
-    /// Writes changed entity states and the new position into one transaction and commits
-    /// it, durable only with the next [`StreamStateStore::checkpoint`], if `go`,
-    /// called once everything is written into it, returns true; otherwise the transaction is
-    /// dropped (nothing changes) and this returns `Ok(false)`. This lets the costly part,
-    /// writing the states into the tree, overlap with the online write that must succeed
-    /// first.
+    /// Writes a batch's changed entity states and its new position into one transaction,
+    /// together with what the partition carried over, and commits it (durable only with the
+    /// next [`StreamStateStore::checkpoint`]) if `go`, called once everything is written
+    /// into it, returns true; otherwise the transaction is dropped (nothing changes). This
+    /// lets the costly part, writing the states into the tree, overlap with the online write
+    /// that must succeed first. While a checkpoint runs, the states are carried over instead
+    /// (once `go` said yes). Refused once the file rolled back since `rollbacks_seen`
+    /// ([`LoadedState::rollbacks_seen`]).
     pub fn commit_when(
         &self,
         view: &FeatureViewId,
         partition: &str,
-        entities: &[(EntityKey, Vec<u8>)],
-        position: &PartitionPosition,
+        entities: Vec<(EntityKey, Vec<u8>)>,
+        position: PartitionPosition,
+        rollbacks_seen: u64,
         go: impl FnOnce() -> bool,
-    ) -> Result<bool, StreamError> {
+    ) -> Result<StateCommit, StreamError> {
+        let table = entity_table_name(view, partition);
+        let carried = {
+            let mut carried = self.carried();
+            if carried.checkpointing {
+                drop(carried);
+                if !go() {
+                    return Ok(StateCommit::CalledOff);
+                }
+                let mut carried = self.carried();
+                self.refuse_after_rollback(rollbacks_seen)?;
+                let later = CarriedPartition {
+                    view: view.clone(),
+                    partition: partition.to_string(),
+                    entities,
+                    position,
+                };
+                carried.carry(table, later);
+                return Ok(StateCommit::Carried);
+            }
+            carried.partitions.remove(&table)
+        };
         self.with_database(|database| {
+            self.refuse_after_rollback(rollbacks_seen)?;
             let mut transaction = database
                 .begin_write()
                 .map_err(|error| state_error("beginning a write")(error.into()))?;
-            {
-                let name = entity_table_name(view, partition);
-                let definition: TableDefinition<'_, &'static [u8], &'static [u8]> =
-                    TableDefinition::new(&name);
-                let mut table = transaction
-                    .open_table(definition)
-                    .map_err(|error| state_error("opening entity states")(error.into()))?;
-                // In key order, so that each leaf is copied once (see the online store).
-                let mut in_key_order: Vec<&(EntityKey, Vec<u8>)> = entities.iter().collect();
-                in_key_order.sort_unstable_by(|left, right| left.0.cmp(&right.0));
-                for (key, state) in in_key_order {
-                    table
-                        .insert(key.as_bytes(), state.as_slice())
-                        .map_err(|error| state_error("writing an entity state")(error.into()))?;
+            let entities = match carried {
+                Some(carried) => merge_states(carried.entities, entities),
+                None => {
+                    // A batch has one state per entity.
+                    let mut entities = entities;
+                    entities.sort_unstable_by(|left, right| left.0.cmp(&right.0));
+                    entities
                 }
-                let mut positions = transaction
-                    .open_table(POSITIONS)
-                    .map_err(|error| state_error("opening positions")(error.into()))?;
-                positions
-                    .insert(
-                        position_key(view, partition).as_str(),
-                        position.to_bytes().as_slice(),
-                    )
-                    .map_err(|error| state_error("writing a position")(error.into()))?;
-            }
+            };
+            write_partition(
+                &transaction,
+                &table,
+                &position_key(view, partition),
+                &entities,
+                &position,
+            )?;
             if !go() {
-                return Ok(false);
+                return Ok(StateCommit::CalledOff);
             }
             transaction
                 .set_durability(redb::Durability::None)
@@ -399,7 +658,7 @@ impl StreamStateStore {
             transaction
                 .commit()
                 .map_err(|error| state_error("committing")(error.into()))?;
-            Ok(true)
+            Ok(StateCommit::Committed)
         })
     }
 }
@@ -478,11 +737,16 @@ impl StreamStateStore {
     /// the running processors and deletes their persisted tiles, durably; how many entries
     /// existed.
     pub async fn erase_entities(&self, view: &str, keys: &[EntityKey]) -> Result<u64, StreamError> {
+        // After a running checkpoint: it may write the entities' carried states, or put them
+        // back when it fails.
+        let _no_checkpoint = self.checkpoint_running.lock().await;
         let _gate = self.erasures.gate.write().await;
         // The deletion below commits durably, and with it the batches persisted since the last
         // checkpoint: their online rows must be durable first.
         self.sync_online_stores().await?;
         self.erasures.post(view, keys);
+        let erased: std::collections::HashSet<EntityKey> = keys.iter().cloned().collect();
+        self.carried().forget(view, &erased);
         let store = self.clone();
         let view = view.to_string();
         let keys = keys.to_vec();
@@ -509,9 +773,21 @@ impl StreamStateStore {
         Ok(found)
     }
 
-    /// Every entity with persisted state for `view` (any version, any partition).
+    /// Every entity with state for `view` (any version, any partition): persisted, or
+    /// carried over to its next commit.
     pub fn entity_keys(&self, view: &str) -> Result<Vec<EntityKey>, StreamError> {
-        let mut keys = std::collections::BTreeSet::new();
+        let mut keys: std::collections::BTreeSet<Vec<u8>> = self
+            .carried()
+            .partitions
+            .values()
+            .filter(|carried| carried.view.name == view)
+            .flat_map(|carried| {
+                carried
+                    .entities
+                    .iter()
+                    .map(|(key, _)| key.as_bytes().to_vec())
+            })
+            .collect();
         self.read_entity_tables(view, |table| {
             for entry in table
                 .iter()

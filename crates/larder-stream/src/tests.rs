@@ -531,8 +531,8 @@ async fn takeovers_with_replayed_gaps_equal_a_single_consumer() {
         })
         .collect();
     let directory = tempfile::tempdir().unwrap();
-    let open = |name: &str, store: &Arc<MemoryOnlineStore>| {
-        let state = StreamStateStore::open(&directory.path().join(name)).unwrap();
+    let state_of = |name: &str| StreamStateStore::open(&directory.path().join(name)).unwrap();
+    let open = |state: StreamStateStore, store: &Arc<MemoryOnlineStore>| {
         StreamProcessor::open(
             view.clone(),
             &source,
@@ -544,22 +544,26 @@ async fn takeovers_with_replayed_gaps_equal_a_single_consumer() {
     };
 
     let single_store = Arc::new(MemoryOnlineStore::new());
-    let mut single = open("single.redb", &single_store).await.unwrap();
+    let mut single = open(state_of("single.redb"), &single_store).await.unwrap();
     for chunk in messages.chunks(100) {
         single.process(chunk).await.unwrap();
     }
 
     let shared = Arc::new(MemoryOnlineStore::new());
-    let mut first = open("a.redb", &shared).await.unwrap();
+    let first_state = state_of("a.redb");
+    let mut first = open(first_state.clone(), &shared).await.unwrap();
     first.process(&messages[..1_000]).await.unwrap();
     // The second consumer never held the partition: it replays everything before its turn.
-    let mut second = open("b.redb", &shared).await.unwrap();
+    let mut second = open(state_of("b.redb"), &shared).await.unwrap();
     let replayed = second.absorb(&messages[..1_000]);
     assert_eq!(replayed.rows_written, 0);
     second.process(&messages[1_000..2_000]).await.unwrap();
     // The first comes back: its saved state misses only the second's stretch.
     drop(first);
-    let mut first = open("a.redb", &shared).await.unwrap();
+    // Its process stops: the last checkpoint (after the one its first batch started).
+    first_state.checkpoint().await.unwrap();
+    drop(first_state);
+    let mut first = open(state_of("a.redb"), &shared).await.unwrap();
     assert_eq!(first.position().last_sequence, Some(999));
     first.absorb(&messages[1_000..2_000]);
     first.process(&messages[2_000..]).await.unwrap();
@@ -808,4 +812,132 @@ fn top_level_fields_decode_like_the_whole_tree() {
             assert_eq!(as_tree, as_fields, "{case}");
         }
     }
+}
+
+/// While a checkpoint commits the state file, a batch's rows are servable at once and its
+/// states are carried over: not in the file until the partition's next commit, which holds
+/// them (minus entities erased meanwhile) merged with that batch's. The file then equals,
+/// byte for byte, the one a processor fed the same batches without a checkpoint leaves, and a
+/// processor resuming the partition loads it.
+#[tokio::test]
+async fn batches_during_a_checkpoint_carry_their_states_into_the_next_commit() {
+    let (view, spec) = test_view(600);
+    let source = test_source();
+    let directory = tempfile::tempdir().unwrap();
+    let ten_minutes = std::time::Duration::from_secs(600);
+    let batch = |first_sequence: u64, users: &[i64]| -> Vec<StreamMessage> {
+        users
+            .iter()
+            .enumerate()
+            .map(|(index, user)| {
+                let sequence = first_sequence + index as u64;
+                StreamMessage {
+                    sequence,
+                    payload: to_message(&(*user, 1_700_000_000 + sequence as i64, 3, Some(2))),
+                }
+            })
+            .collect()
+    };
+    let open_processor = |state: StreamStateStore, store: Arc<MemoryOnlineStore>| {
+        let (view, source, spec) = (view.clone(), source.clone(), spec.clone());
+        async move {
+            StreamProcessor::open(
+                view,
+                &source,
+                Some(&spec),
+                "0",
+                Arc::new(WritePath::new(store)),
+                state,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let online = Arc::new(MemoryOnlineStore::new());
+    let state = StreamStateStore::open_with_checkpoint_interval(
+        &directory.path().join("carried.redb"),
+        ten_minutes,
+    )
+    .unwrap();
+    let reference_state = StreamStateStore::open_with_checkpoint_interval(
+        &directory.path().join("reference.redb"),
+        ten_minutes,
+    )
+    .unwrap();
+    let mut processor = open_processor(state.clone(), Arc::clone(&online)).await;
+    let mut reference =
+        open_processor(reference_state.clone(), Arc::new(MemoryOnlineStore::new())).await;
+
+    // The first batch starts a checkpoint in the background; wait for it with another one.
+    for processor in [&mut processor, &mut reference] {
+        processor.process(&batch(1, &[1, 2])).await.unwrap();
+    }
+    state.checkpoint().await.unwrap();
+    reference_state.checkpoint().await.unwrap();
+
+    // A checkpoint held between its online sync and its state commit.
+    let hold = state.checkpoint_hold.lock().await;
+    let checkpointing = tokio::spawn({
+        let state = state.clone();
+        async move { state.checkpoint().await }
+    });
+    while !state.checkpoint_in_progress() {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    for processor in [&mut processor, &mut reference] {
+        processor.process(&batch(3, &[2, 3])).await.unwrap();
+    }
+    let user = |id: i64| EntityKey::from_int(id);
+    let servable = online.read_rows(&view.id(), &[user(3)]).await.unwrap();
+    assert!(servable[0].is_some(), "a carried batch's rows are servable");
+    let file = state.load(&view.id(), "0").unwrap();
+    assert_eq!(
+        file.position.last_sequence,
+        Some(2),
+        "carried, not committed"
+    );
+    assert!(!file.entities.iter().any(|(key, _)| *key == user(3)));
+    drop(hold);
+    checkpointing.await.unwrap().unwrap();
+    let file = state.load(&view.id(), "0").unwrap();
+    assert_eq!(
+        file.position.last_sequence,
+        Some(2),
+        "a checkpoint commits what was carried before it started, not during it"
+    );
+
+    // User 3 erased while carried, then a batch commits the rest with its own states.
+    for store in [&state, &reference_state] {
+        store.erase_entities(&view.name, &[user(3)]).await.unwrap();
+    }
+    assert!(!state.entity_keys(&view.name).unwrap().contains(&user(3)));
+    for processor in [&mut processor, &mut reference] {
+        processor.process(&batch(5, &[4])).await.unwrap();
+    }
+    let file = state.load(&view.id(), "0").unwrap();
+    let expected = reference_state.load(&view.id(), "0").unwrap();
+    assert_eq!(file.position, expected.position);
+    assert_eq!(file.position.last_sequence, Some(5));
+    assert_eq!(file.entities, expected.entities);
+    let keys: Vec<EntityKey> = file.entities.iter().map(|(key, _)| key.clone()).collect();
+    assert_eq!(keys, vec![user(1), user(2), user(4)]);
+
+    // Carried states of a partition whose processor stops are committed before its next
+    // processor loads it.
+    let hold = state.checkpoint_hold.lock().await;
+    let checkpointing = tokio::spawn({
+        let state = state.clone();
+        async move { state.checkpoint().await }
+    });
+    while !state.checkpoint_in_progress() {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    processor.process(&batch(6, &[5])).await.unwrap();
+    drop(processor);
+    drop(hold);
+    checkpointing.await.unwrap().unwrap();
+    let resumed = open_processor(state.clone(), Arc::clone(&online)).await;
+    assert_eq!(resumed.position().last_sequence, Some(6));
+    let file = state.load(&view.id(), "0").unwrap();
+    assert!(file.entities.iter().any(|(key, _)| *key == user(5)));
 }
