@@ -193,7 +193,7 @@ async fn consume(
         ))
     });
     // One batch is persisted (written, committed, offsets committed) while the next one is
-    // decoded and aggregated; persists run one after the other.
+    // decoded and aggregated; the next one's rows are written while its states commit.
     let mut in_flight = InFlight::default();
     loop {
         let Some(batch) = next_batch(&mut messages, shutdown, &in_flight).await? else {
@@ -245,9 +245,14 @@ async fn consume(
         }
         let group_consumer = Arc::clone(&consumer);
         in_flight
-            .replace(async move {
+            .replace(move |rows_written| async move {
+                let mut written = Vec::with_capacity(prepared.len());
                 for batch in prepared {
-                    batch.persist().await?;
+                    written.push(batch.write().await?);
+                }
+                rows_written.done();
+                for batch in written {
+                    batch.commit().await?;
                 }
                 // The state is committed (durable with the next checkpoint; until then a crash
                 // replays from the state file's position, not the group's): now the group may

@@ -96,7 +96,7 @@ async fn consume(
         .map_err(|error| broker_error("opening the stream")(format!("'{stream}': {error}")))?;
     let durable = job.consumer_name();
     // One batch is persisted (written, committed, acknowledged) while the next one is
-    // decoded and aggregated; persists run one after the other.
+    // decoded and aggregated; the next one's rows are written while its state commits.
     let mut in_flight = InFlight::default();
     loop {
         // Every prepared batch is persisted (or being persisted) here, so the position is the
@@ -137,8 +137,10 @@ async fn consume(
             let prepared = processor.prepare(&stream_messages);
             let last = batch.pop();
             in_flight
-                .replace(async move {
-                    prepared.persist().await?;
+                .replace(move |rows_written| async move {
+                    let written = prepared.write().await?;
+                    rows_written.done();
+                    written.commit().await?;
                     if let Some(last) = last {
                         // Only now are the batch's effects committed (durable with the next
                         // checkpoint: a crash before it replays from the state file's

@@ -70,6 +70,9 @@ pub struct StreamProcessor {
     erasures_seen: u64,
     /// The state file's rollback count its state was loaded at.
     rollbacks_seen: u64,
+    /// Told whether the last prepared batch's state commit went through: the next batch's
+    /// commit waits for it, so that they commit in order.
+    last_commit: Option<tokio::sync::oneshot::Receiver<bool>>,
 }
 
 impl std::fmt::Debug for StreamProcessor {
@@ -148,6 +151,7 @@ impl StreamProcessor {
             pending_rows: Vec::new(),
             erasures_seen,
             rollbacks_seen,
+            last_commit: None,
         })
     }
 
@@ -244,8 +248,12 @@ impl StreamProcessor {
     /// Applies a batch to the in-memory state (skipping messages at or below the last applied
     /// sequence) and returns what must be made durable: the changed entities' rows, their
     /// encoded states and the new position. The caller persists it with
-    /// [`PreparedBatch::persist`] (which may overlap with preparing the next batch, as long
-    /// as persists run one after the other) and acknowledges the messages only after that.
+    /// [`PreparedBatch::persist`], or [`PreparedBatch::write`] then [`WrittenBatch::commit`],
+    /// and acknowledges the messages only after that. Preparing overlaps with the previous
+    /// batch's persist, and a batch's online write with the previous one's state commit;
+    /// online writes run one after the other (the next starts once the previous
+    /// [`PreparedBatch::write`] returned), and state commits too, in order (each waits for the
+    /// previous one's).
     ///
     /// If a persist fails, the in-memory state is ahead of the persisted one: drop this
     /// processor and [`StreamProcessor::open`] a new one, which resumes from the file.
@@ -269,6 +277,8 @@ impl StreamProcessor {
             ViewMode::Passthrough => (std::mem::take(&mut self.pending_rows), Vec::new()),
         };
         record_stage(&self.view.name, "prepare", started);
+        let (commit_done, next_commit) = tokio::sync::oneshot::channel();
+        let previous_commit = self.last_commit.replace(next_commit);
         PreparedBatch {
             view: Arc::clone(&self.view),
             partition: self.partition.clone(),
@@ -280,6 +290,8 @@ impl StreamProcessor {
             state: self.state.clone(),
             erasures_seen: self.erasures_seen,
             rollbacks_seen: self.rollbacks_seen,
+            previous_commit,
+            commit_done,
         }
     }
 
@@ -327,6 +339,20 @@ pub struct PreparedBatch {
     erasures_seen: u64,
     /// The state file's rollback count its processor loaded at.
     rollbacks_seen: u64,
+    /// Whether the previous batch's state commit went through (`None` for the first batch).
+    previous_commit: Option<tokio::sync::oneshot::Receiver<bool>>,
+    /// Tells the next batch whether this one's state commit went through.
+    commit_done: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// A batch whose rows are written, its state commit under way ([`PreparedBatch::write`]).
+#[derive(Debug)]
+pub struct WrittenBatch {
+    view: Arc<FeatureView>,
+    report: BatchReport,
+    state: StreamStateStore,
+    state_commit: tokio::task::JoinHandle<Result<StateCommit, StreamError>>,
+    persisting: tokio::sync::OwnedRwLockReadGuard<()>,
 }
 
 impl PreparedBatch {
@@ -334,6 +360,15 @@ impl PreparedBatch {
     /// states and the position in one transaction. Only when this returns `Ok` may the
     /// batch's messages be acknowledged.
     pub async fn persist(self) -> Result<BatchReport, StreamError> {
+        self.write().await?.commit().await
+    }
+
+    /// Writes the rows through the write path (lane `stream`) while the entity states and
+    /// the position go into a state transaction beside it, committed (after the previous
+    /// batch's) only once the write succeeded: a crash in between leaves the position before
+    /// this batch, which is then replayed. Returns once the rows are written; the next batch
+    /// may write its own then, while [`WrittenBatch::commit`] waits for this one's commit.
+    pub async fn write(self) -> Result<WrittenBatch, StreamError> {
         let Self {
             view,
             partition,
@@ -345,6 +380,8 @@ impl PreparedBatch {
             state,
             erasures_seen,
             rollbacks_seen,
+            previous_commit,
+            commit_done,
         } = self;
         let (mut rows, mut states) = (rows, states);
         let board = Arc::clone(state.erasures());
@@ -355,15 +392,20 @@ impl PreparedBatch {
             rows.retain(|row| !erased.contains(&row.entity_key));
             states.retain(|(key, _)| !erased.contains(key));
         }
-        // The states are written into the state file's transaction while the rows go online,
-        // and committed only once the online write succeeded: a crash in between leaves the
-        // position before this batch, which is then replayed.
         let view_id = view.id();
         let (go, go_signal) = std::sync::mpsc::sync_channel::<bool>(1);
         let view_name = view.name.clone();
         let committing_state = state.clone();
         let state_commit = tokio::task::spawn_blocking(move || {
             let state = committing_state;
+            let previous_went_through =
+                previous_commit.is_none_or(|previous| previous.blocking_recv().unwrap_or(false));
+            if !previous_went_through {
+                let _ = commit_done.send(false);
+                return Err(StreamError::State(
+                    "the previous batch's state commit failed".to_string(),
+                ));
+            }
             let started = std::time::Instant::now();
             let mut commit_started = started;
             let committed = state.commit_when(
@@ -380,6 +422,10 @@ impl PreparedBatch {
                 },
             );
             record_stage(&view_name, "state_commit", commit_started);
+            let _ = commit_done.send(matches!(
+                committed,
+                Ok(StateCommit::Committed | StateCommit::Carried)
+            ));
             committed
         });
         let written = if rows.is_empty() {
@@ -400,12 +446,34 @@ impl PreparedBatch {
         }
         crash_point("stream.after_online_write");
         let _ = go.send(true);
+        Ok(WrittenBatch {
+            view,
+            report,
+            state,
+            state_commit,
+            persisting,
+        })
+    }
+}
+
+impl WrittenBatch {
+    /// Waits for the batch's state commit. Only when this returns `Ok` may the batch's
+    /// messages be acknowledged. Starts a checkpoint in the background when one is due.
+    pub async fn commit(self) -> Result<BatchReport, StreamError> {
+        let Self {
+            view,
+            report,
+            state,
+            state_commit,
+            persisting,
+        } = self;
         let committed = state_commit
             .await
             .map_err(|error| StreamError::State(format!("commit task failed: {error}")))??;
         match committed {
             StateCommit::Committed => crash_point("stream.after_state_commit"),
-            StateCommit::Carried => crash_point("stream.after_carrying_state"),
+            // Committed with the partition's next batch or the next checkpoint.
+            StateCommit::Carried => {}
             StateCommit::CalledOff => {
                 return Err(StreamError::State(
                     "the state commit was called off".to_string(),

@@ -677,7 +677,7 @@ impl StreamStateStore {
 pub struct ErasureBoard {
     generation: std::sync::atomic::AtomicU64,
     entries: std::sync::Mutex<Vec<ErasedEntities>>,
-    gate: tokio::sync::RwLock<()>,
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 #[derive(Debug)]
@@ -721,9 +721,10 @@ impl ErasureBoard {
             .store(generation, std::sync::atomic::Ordering::Release);
     }
 
-    /// Held for reading by a batch while it persists (see the type docs).
-    pub async fn persisting(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
-        self.gate.read().await
+    /// Held for reading by a batch while it persists (see the type docs), from before its
+    /// online write until its state commit.
+    pub async fn persisting(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        Arc::clone(&self.gate).read_owned().await
     }
 }
 
