@@ -248,7 +248,17 @@ async fn consume(
             .replace(move |rows_written| async move {
                 let mut written = Vec::with_capacity(prepared.len());
                 for batch in prepared {
-                    written.push(batch.write().await?);
+                    match batch.write().await {
+                        Ok(batch) => written.push(batch),
+                        Err(error) => {
+                            // The partitions written so far commit (their rows are online)
+                            // before the processors are reopened from the file.
+                            for batch in written {
+                                let _ = batch.commit().await;
+                            }
+                            return Err(error);
+                        }
+                    }
                 }
                 rows_written.done();
                 for batch in written {

@@ -941,3 +941,55 @@ async fn batches_during_a_checkpoint_carry_their_states_into_the_next_commit() {
     let file = state.load(&view.id(), "0").unwrap();
     assert!(file.entities.iter().any(|(key, _)| *key == user(5)));
 }
+
+/// A batch's rows go online while the previous batch's state commits; the commits still land
+/// in batch order, and a batch whose predecessor never committed does not commit either
+/// (its position would skip the predecessor's states).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_commits_land_in_batch_order_and_stop_after_a_missing_one() {
+    let (view, spec) = test_view(600);
+    let source = test_source();
+    let directory = tempfile::tempdir().unwrap();
+    let message = |sequence: u64, user: i64| StreamMessage {
+        sequence,
+        payload: to_message(&(user, 1_700_000_000 + sequence as i64, 4, Some(1))),
+    };
+    let state = StreamStateStore::open_with_checkpoint_interval(
+        &directory.path().join("state.redb"),
+        std::time::Duration::from_secs(600),
+    )
+    .unwrap();
+    let store = Arc::new(MemoryOnlineStore::new());
+    let mut processor = StreamProcessor::open(
+        view.clone(),
+        &source,
+        Some(&spec),
+        "0",
+        Arc::new(WritePath::new(store.clone())),
+        state.clone(),
+    )
+    .await
+    .unwrap();
+
+    // Written one after the other, committed overlapping: the file ends at the second.
+    let first = processor.prepare(&[message(1, 1)]);
+    let second = processor.prepare(&[message(2, 2)]);
+    let first = first.write().await.unwrap();
+    let second = second.write().await.unwrap();
+    let (first, second) = tokio::join!(first.commit(), second.commit());
+    assert_eq!(first.unwrap().applied, 1);
+    assert_eq!(second.unwrap().applied, 1);
+    let file = state.load(&view.id(), "0").unwrap();
+    assert_eq!(file.position.last_sequence, Some(2));
+    assert_eq!(file.entities.len(), 2);
+
+    // A prepared batch dropped unpersisted: the next one's commit is called off.
+    let lost = processor.prepare(&[message(3, 3)]);
+    let next = processor.prepare(&[message(4, 4)]);
+    drop(lost);
+    let error = next.persist().await.unwrap_err();
+    assert!(error.to_string().contains("previous batch"), "{error}");
+    let file = state.load(&view.id(), "0").unwrap();
+    assert_eq!(file.position.last_sequence, Some(2));
+    assert_eq!(file.entities.len(), 2);
+}
