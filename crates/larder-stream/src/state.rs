@@ -403,6 +403,7 @@ impl StreamStateStore {
         let _ = opened_signal.await;
         drop(gate);
         let synced_online = self.sync_online_stores().await;
+        larder_core::fault::crash_point("stream.checkpoint_after_online_sync");
         #[cfg(test)]
         drop(self.checkpoint_hold.lock().await);
         let _ = synced.send(synced_online.is_ok());

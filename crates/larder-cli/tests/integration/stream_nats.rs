@@ -111,7 +111,9 @@ fn serving_the_first_events(repo: &Path, nats_url: &str) -> Server {
 
 /// `kill -9` at the stream lane's crash points: after a batch's rows are written online but
 /// before its state and position are committed, after the commit but before the broker
-/// has the acks, and right after a checkpoint made the rows and the position durable. The
+/// has the acks, in a checkpoint that made the online rows durable but not yet the state
+/// (later batches carry their states meanwhile), and right after a checkpoint made the rows
+/// and the position durable. The
 /// restarted consumer converges to exactly the totals: a double count would exceed them and
 /// never match, and rows lost while their position survived would never come back (no event
 /// follows the kill).
@@ -131,6 +133,7 @@ fn a_stream_consumer_killed_between_write_commit_and_ack_counts_nothing_twice() 
     for point in [
         "stream.after_online_write",
         "stream.after_state_commit",
+        "stream.checkpoint_after_online_sync",
         "stream.after_checkpoint",
     ] {
         publish(&nats.url(), total..total + 5_000);
