@@ -193,7 +193,7 @@ async fn consume(
         ))
     });
     // One batch is persisted (written, committed, offsets committed) while the next one is
-    // decoded and aggregated; the next one's rows are written while its states commit.
+    // decoded and aggregated; persists run one after the other.
     let mut in_flight = InFlight::default();
     loop {
         let Some(batch) = next_batch(&mut messages, shutdown, &in_flight).await? else {
@@ -246,24 +246,13 @@ async fn consume(
         let group_consumer = Arc::clone(&consumer);
         in_flight
             .replace(move |rows_written| async move {
-                let mut written = Vec::with_capacity(prepared.len());
+                // One partition after the other, each committed before the next is written: a
+                // written batch holds the persist gate until its commit, and a checkpoint
+                // waiting for that gate would keep a second partition's write waiting behind it.
                 for batch in prepared {
-                    match batch.write().await {
-                        Ok(batch) => written.push(batch),
-                        Err(error) => {
-                            // The partitions written so far commit (their rows are online)
-                            // before the processors are reopened from the file.
-                            for batch in written {
-                                let _ = batch.commit().await;
-                            }
-                            return Err(error);
-                        }
-                    }
+                    batch.persist().await?;
                 }
                 rows_written.done();
-                for batch in written {
-                    batch.commit().await?;
-                }
                 // The state is committed (durable with the next checkpoint; until then a crash
                 // replays from the state file's position, not the group's): now the group may
                 // move on. A lost commit only makes some process skip (its own state) or replay
