@@ -104,13 +104,14 @@ pub enum StateCommit {
     CalledOff,
 }
 
-/// A partition's batch states waiting for a commit: the states of every batch carried over,
-/// oldest first, and the newest batch's position.
+/// A partition's batch states waiting for a commit: the latest state of each entity the
+/// carried batches changed (so a long checkpoint holds at most one per entity), and the
+/// newest batch's position.
 #[derive(Debug)]
 struct CarriedPartition {
     view: FeatureViewId,
     partition: String,
-    entities: Vec<(EntityKey, Vec<u8>)>,
+    entities: std::collections::HashMap<EntityKey, Vec<u8>>,
     position: PartitionPosition,
 }
 
@@ -124,8 +125,8 @@ struct CarriedStates {
 }
 
 impl CarriedStates {
-    /// Adds a later batch's states: they replace earlier ones of the same entity when
-    /// written ([`merge_states`]), and its position replaces the partition's.
+    /// Adds a later batch's states, replacing earlier ones of the same entity, and its
+    /// position.
     fn carry(&mut self, table: String, later: CarriedPartition) {
         match self.partitions.get_mut(&table) {
             Some(carried) => {
@@ -153,7 +154,7 @@ impl CarriedStates {
     fn forget(&mut self, view: &str, keys: &std::collections::HashSet<EntityKey>) {
         for carried in self.partitions.values_mut() {
             if carried.view.name == view {
-                carried.entities.retain(|(key, _)| !keys.contains(key));
+                carried.entities.retain(|key, _| !keys.contains(key));
             }
         }
     }
@@ -388,7 +389,14 @@ impl StreamStateStore {
                         &transaction,
                         table,
                         &position_key(&carried.view, &carried.partition),
-                        &merge_states(Vec::new(), carried.entities.clone()),
+                        &merge_states(
+                            Vec::new(),
+                            carried
+                                .entities
+                                .iter()
+                                .map(|(key, state)| (key.clone(), state.clone()))
+                                .collect(),
+                        ),
                         &carried.position,
                     )?;
                 }
@@ -529,7 +537,7 @@ impl StreamStateStore {
                 store.commit_when(
                     &view,
                     &partition,
-                    carried.entities,
+                    carried.entities.into_iter().collect(),
                     carried.position,
                     rollbacks_seen,
                     || true,
@@ -621,7 +629,7 @@ impl StreamStateStore {
                 let later = CarriedPartition {
                     view: view.clone(),
                     partition: partition.to_string(),
-                    entities,
+                    entities: entities.into_iter().collect(),
                     position,
                 };
                 carried.carry(table, later);
@@ -635,7 +643,7 @@ impl StreamStateStore {
                 .begin_write()
                 .map_err(|error| state_error("beginning a write")(error.into()))?;
             let entities = match carried {
-                Some(carried) => merge_states(carried.entities, entities),
+                Some(carried) => merge_states(carried.entities.into_iter().collect(), entities),
                 None => {
                     // A batch has one state per entity.
                     let mut entities = entities;
@@ -783,12 +791,7 @@ impl StreamStateStore {
             .partitions
             .values()
             .filter(|carried| carried.view.name == view)
-            .flat_map(|carried| {
-                carried
-                    .entities
-                    .iter()
-                    .map(|(key, _)| key.as_bytes().to_vec())
-            })
+            .flat_map(|carried| carried.entities.keys().map(|key| key.as_bytes().to_vec()))
             .collect();
         self.read_entity_tables(view, |table| {
             for entry in table

@@ -884,8 +884,10 @@ async fn batches_during_a_checkpoint_carry_their_states_into_the_next_commit() {
     while !state.checkpoint_in_progress() {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
+    // Two batches carried: user 2's later state replaces its earlier one.
     for processor in [&mut processor, &mut reference] {
         processor.process(&batch(3, &[2, 3])).await.unwrap();
+        processor.process(&batch(5, &[2])).await.unwrap();
     }
     let user = |id: i64| EntityKey::from_int(id);
     let servable = online.read_rows(&view.id(), &[user(3)]).await.unwrap();
@@ -912,12 +914,12 @@ async fn batches_during_a_checkpoint_carry_their_states_into_the_next_commit() {
     }
     assert!(!state.entity_keys(&view.name).unwrap().contains(&user(3)));
     for processor in [&mut processor, &mut reference] {
-        processor.process(&batch(5, &[4])).await.unwrap();
+        processor.process(&batch(6, &[4])).await.unwrap();
     }
     let file = state.load(&view.id(), "0").unwrap();
     let expected = reference_state.load(&view.id(), "0").unwrap();
     assert_eq!(file.position, expected.position);
-    assert_eq!(file.position.last_sequence, Some(5));
+    assert_eq!(file.position.last_sequence, Some(6));
     assert_eq!(file.entities, expected.entities);
     let keys: Vec<EntityKey> = file.entities.iter().map(|(key, _)| key.clone()).collect();
     assert_eq!(keys, vec![user(1), user(2), user(4)]);
@@ -932,12 +934,12 @@ async fn batches_during_a_checkpoint_carry_their_states_into_the_next_commit() {
     while !state.checkpoint_in_progress() {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
-    processor.process(&batch(6, &[5])).await.unwrap();
+    processor.process(&batch(7, &[5])).await.unwrap();
     drop(processor);
     drop(hold);
     checkpointing.await.unwrap().unwrap();
     let resumed = open_processor(state.clone(), Arc::clone(&online)).await;
-    assert_eq!(resumed.position().last_sequence, Some(6));
+    assert_eq!(resumed.position().last_sequence, Some(7));
     let file = state.load(&view.id(), "0").unwrap();
     assert!(file.entities.iter().any(|(key, _)| *key == user(5)));
 }
