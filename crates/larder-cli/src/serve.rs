@@ -45,6 +45,9 @@ pub async fn run_with_store(
         digests,
         vectors,
     } = stores;
+    // Before anything records: metrics recorded before the recorder exists are lost (a stream
+    // consumer can finish its first batches before the router is built).
+    let _ = larder_server::metrics::prometheus_handle();
     let registry = context.applied_registry()?;
     let project = registry.project.clone();
     let example = example_request(&registry);

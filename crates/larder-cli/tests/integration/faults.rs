@@ -149,10 +149,17 @@ impl SmallDisk {
             .unwrap()
     }
 
-    /// Fills the disk until `left` bytes are free (a file `filler`, removed by `empty`).
+    /// Fills the disk until `left` bytes are free (a file `filler`, removed by `empty`). A
+    /// server writing to the disk meanwhile may fill it first: the filler then stops short.
     pub fn fill_leaving(&self, left: u64) {
+        use std::io::Write;
         let size = self.free().saturating_sub(left);
-        std::fs::write(self.path().join("filler"), vec![0u8; size as usize]).unwrap();
+        let mut filler = std::fs::File::create(self.path().join("filler")).unwrap();
+        match filler.write_all(&vec![0u8; size as usize]) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::StorageFull => {}
+            Err(error) => panic!("filling the disk: {error}"),
+        }
     }
 
     pub fn empty(&self) {
