@@ -814,6 +814,25 @@ fn top_level_fields_decode_like_the_whole_tree() {
     }
 }
 
+/// Starts a checkpoint on `state` that stays between its online sync and its state commit
+/// until the returned guard is dropped; returns once it has started.
+async fn held_checkpoint(
+    state: &StreamStateStore,
+) -> (
+    tokio::sync::OwnedMutexGuard<()>,
+    tokio::task::JoinHandle<Result<(), crate::StreamError>>,
+) {
+    let hold = Arc::clone(&state.checkpoint_hold).lock_owned().await;
+    let checkpointing = tokio::spawn({
+        let state = state.clone();
+        async move { state.checkpoint().await }
+    });
+    while !state.checkpoint_in_progress() {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    (hold, checkpointing)
+}
+
 /// While a checkpoint commits the state file, a batch's rows are servable at once and its
 /// states are carried over: not in the file until the partition's next commit, which holds
 /// them (minus entities erased meanwhile) merged with that batch's. The file then equals,
@@ -876,14 +895,7 @@ async fn batches_during_a_checkpoint_carry_their_states_into_the_next_commit() {
     reference_state.checkpoint().await.unwrap();
 
     // A checkpoint held between its online sync and its state commit.
-    let hold = state.checkpoint_hold.lock().await;
-    let checkpointing = tokio::spawn({
-        let state = state.clone();
-        async move { state.checkpoint().await }
-    });
-    while !state.checkpoint_in_progress() {
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
+    let (hold, checkpointing) = held_checkpoint(&state).await;
     // Two batches carried: user 2's later state replaces its earlier one.
     for processor in [&mut processor, &mut reference] {
         processor.process(&batch(3, &[2, 3])).await.unwrap();
@@ -926,14 +938,7 @@ async fn batches_during_a_checkpoint_carry_their_states_into_the_next_commit() {
 
     // Carried states of a partition whose processor stops are committed before its next
     // processor loads it.
-    let hold = state.checkpoint_hold.lock().await;
-    let checkpointing = tokio::spawn({
-        let state = state.clone();
-        async move { state.checkpoint().await }
-    });
-    while !state.checkpoint_in_progress() {
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
+    let (hold, checkpointing) = held_checkpoint(&state).await;
     processor.process(&batch(7, &[5])).await.unwrap();
     drop(processor);
     drop(hold);
