@@ -425,56 +425,153 @@ fn is_mutated_user(user_id: i64, fraction: f64, seed: u64) -> bool {
     random.unit() < fraction
 }
 
+/// How `larder demo-mutate` changes the demo's sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// Rewrites every source file with the changed values, keeping every event time: a
+    /// correction that change detection must see.
+    Correct,
+    /// Leaves the source files as they are and adds one file per source with the changed
+    /// users' rows as new events, moved past the source's newest event time (the source must
+    /// be a folder): new data arriving in a lake.
+    AppendEvents,
+}
+
 /// Changes one integer feature (`loyalty_points` of the profiles, `clicks_1d` of the
-/// activity) of a seeded `fraction` of the demo users, in every source row of those users,
-/// keeping every event time: a content change that change detection must see. Benchmarks use
-/// it (`larder demo-mutate`). Returns the number of users changed.
-pub fn mutate_demo_sources(repo: &Path, fraction: f64, seed: u64) -> Result<u64> {
+/// activity) of a seeded `fraction` of the demo users, in every source row of those users, as
+/// `mutation` says. Each source is `data/sources/profiles.parquet` (`activity.parquet`) or a
+/// folder of Parquet files in its place (`data/sources/profiles/`). Benchmarks use it
+/// (`larder demo-mutate`). Returns the number of users changed.
+pub fn mutate_demo_sources(
+    repo: &Path,
+    fraction: f64,
+    seed: u64,
+    mutation: Mutation,
+) -> Result<u64> {
     let mut changed_users = std::collections::HashSet::new();
-    for (file, column) in [
-        ("data/sources/profiles.parquet", "loyalty_points"),
-        ("data/sources/activity.parquet", "clicks_1d"),
+    for (base, column) in [
+        ("data/sources/profiles", "loyalty_points"),
+        ("data/sources/activity", "clicks_1d"),
     ] {
-        let path = repo.join(file);
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-            fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?,
-        )?
-        .build()?;
-        let mut batches = Vec::new();
-        for batch in reader {
-            let batch = batch?;
-            let schema = batch.schema();
-            let (Ok(id_index), Ok(column_index)) =
-                (schema.index_of("user_id"), schema.index_of(column))
-            else {
-                bail!("{} has no user_id or {column} column", path.display());
-            };
-            let ids = batch
-                .column(id_index)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .context("user_id is not int64")?;
-            let values = batch
-                .column(column_index)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .with_context(|| format!("{column} is not int64"))?;
-            let mutated: Int64Array = ids
-                .iter()
-                .zip(values.iter())
-                .map(|(id, value)| match (id, value) {
-                    (Some(id), Some(value)) if is_mutated_user(id, fraction, seed) => {
-                        changed_users.insert(id);
-                        Some(value + 1)
-                    }
-                    (_, value) => value,
+        let single = repo.join(format!("{base}.parquet"));
+        let folder = repo.join(base);
+        let files: Vec<std::path::PathBuf> = if single.is_file() {
+            vec![single]
+        } else if folder.is_dir() {
+            let mut files: Vec<_> = fs::read_dir(&folder)
+                .with_context(|| format!("listing {}", folder.display()))?
+                .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                .filter(|path| {
+                    path.extension()
+                        .is_some_and(|extension| extension == "parquet")
                 })
                 .collect();
-            let mut columns = batch.columns().to_vec();
-            columns[column_index] = Arc::new(mutated);
-            batches.push(RecordBatch::try_new(schema, columns)?);
+            files.sort();
+            files
+        } else {
+            bail!(
+                "neither {} nor the folder {} exists",
+                single.display(),
+                folder.display()
+            );
+        };
+        let mut appended = Vec::new();
+        let (mut oldest, mut newest) = (i64::MAX, i64::MIN);
+        for path in &files {
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+            )?
+            .build()?;
+            let mut batches = Vec::new();
+            for batch in reader {
+                let batch = batch?;
+                let schema = batch.schema();
+                let (Ok(id_index), Ok(column_index), Ok(time_index)) = (
+                    schema.index_of("user_id"),
+                    schema.index_of(column),
+                    schema.index_of("event_timestamp"),
+                ) else {
+                    bail!(
+                        "{} has no user_id, {column} or event_timestamp column",
+                        path.display()
+                    );
+                };
+                let ids = batch
+                    .column(id_index)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .context("user_id is not int64")?;
+                let values = batch
+                    .column(column_index)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .with_context(|| format!("{column} is not int64"))?;
+                let times = batch
+                    .column(time_index)
+                    .as_any()
+                    .downcast_ref::<TimestampMicrosecondArray>()
+                    .context("event_timestamp is not a microsecond timestamp")?;
+                for time in times.iter().flatten() {
+                    oldest = oldest.min(time);
+                    newest = newest.max(time);
+                }
+                let selected: BooleanArray = ids
+                    .iter()
+                    .map(|id| Some(id.is_some_and(|id| is_mutated_user(id, fraction, seed))))
+                    .collect();
+                let mutated: Int64Array = ids
+                    .iter()
+                    .zip(values.iter())
+                    .zip(selected.values().iter())
+                    .map(|((id, value), chosen)| match (id, value) {
+                        (Some(id), Some(value)) if chosen => {
+                            changed_users.insert(id);
+                            Some(value + 1)
+                        }
+                        (_, value) => value,
+                    })
+                    .collect();
+                let mut columns = batch.columns().to_vec();
+                columns[column_index] = Arc::new(mutated);
+                let mutated_batch = RecordBatch::try_new(schema, columns)?;
+                match mutation {
+                    Mutation::Correct => batches.push(mutated_batch),
+                    Mutation::AppendEvents => appended.push(arrow::compute::filter_record_batch(
+                        &mutated_batch,
+                        &selected,
+                    )?),
+                }
+            }
+            if mutation == Mutation::Correct {
+                write_parquet(path, &batches)?;
+            }
         }
-        write_parquet(&path, &batches)?;
+        if mutation == Mutation::AppendEvents {
+            if !folder.is_dir() {
+                bail!(
+                    "appending events needs the source as a folder: move {base}.parquet into {base}/ and point the source's path at the folder"
+                );
+            }
+            // Every new event lies past the newest one, in the same order as before.
+            let shift = newest.saturating_sub(oldest) + 3_600_000_000;
+            let mut shifted = Vec::with_capacity(appended.len());
+            for batch in appended {
+                let schema = batch.schema();
+                let time_index = schema.index_of("event_timestamp")?;
+                let times = batch
+                    .column(time_index)
+                    .as_any()
+                    .downcast_ref::<TimestampMicrosecondArray>()
+                    .context("event_timestamp is not a microsecond timestamp")?;
+                let moved = times
+                    .unary::<_, arrow::datatypes::TimestampMicrosecondType>(|time| time + shift)
+                    .with_timezone_opt(times.timezone().map(str::to_string));
+                let mut columns = batch.columns().to_vec();
+                columns[time_index] = Arc::new(moved);
+                shifted.push(RecordBatch::try_new(schema, columns)?);
+            }
+            write_parquet(&folder.join(format!("events-{seed}.parquet")), &shifted)?;
+        }
     }
     Ok(changed_users.len() as u64)
 }

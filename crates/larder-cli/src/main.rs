@@ -79,6 +79,10 @@ enum Command {
         /// Seed that picks the users.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Instead of rewriting the sources, add a file to each (a folder) with the changed
+        /// users' rows as new events, later than every event so far.
+        #[arg(long)]
+        append_events: bool,
     },
     /// Show the batch lane's run history (oldest first).
     Runs {
@@ -261,8 +265,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             materialize::run(&cli.repo, &request).await
         }
-        Command::DemoMutate { fraction, seed } => {
-            let changed = demo::mutate_demo_sources(&cli.repo, fraction, seed)?;
+        Command::DemoMutate {
+            fraction,
+            seed,
+            append_events,
+        } => {
+            let mutation = if append_events {
+                demo::Mutation::AppendEvents
+            } else {
+                demo::Mutation::Correct
+            };
+            let changed = demo::mutate_demo_sources(&cli.repo, fraction, seed, mutation)?;
             println!("Changed {changed} users.");
             Ok(())
         }

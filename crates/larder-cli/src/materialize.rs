@@ -311,6 +311,18 @@ pub fn summary_line(report: &RunReport) -> String {
         report.rows_deleted,
         report.offline_rows,
         report.offline_partitions
+    ) + &files_note(report)
+}
+
+/// What a run of a view whose source files are tracked read: `; source files: 1 read, 3
+/// unchanged`, or nothing for a run that reads its sources whole.
+fn files_note(report: &RunReport) -> String {
+    if report.files_read == 0 && report.files_unchanged == 0 {
+        return String::new();
+    }
+    format!(
+        "; source files: {} read, {} unchanged",
+        report.files_read, report.files_unchanged
     )
 }
 

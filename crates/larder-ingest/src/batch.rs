@@ -12,8 +12,9 @@ use larder_offline::{
 };
 use larder_online::DigestStore;
 
+use crate::inputs::{InputManifest, InputManifestError, InputManifests, InputPlan};
 use crate::run_winners::RunWinners;
-use crate::write_path::{ChangeSummary, EncodedRows, WriteError, WritePath};
+use crate::write_path::{ChangeSummary, DigestRule, EncodedRows, WriteError, WritePath};
 
 /// Receives progress while a view is materialized (a progress bar, metrics).
 pub trait MaterializeProgress: Send + Sync {
@@ -38,6 +39,15 @@ pub struct MaterializeOptions {
     /// Entities erased earlier (`larder forget`): the run counts those its sources still
     /// hold and warns, since erasure must also reach the sources.
     pub forgotten: Option<std::sync::Arc<crate::erasure::ForgottenEntities>>,
+    /// Which source files each view version was last computed from. With them, a full run of
+    /// a view whose rows come file by file from one source
+    /// ([`OfflineEngine::view_input_files`]) reads only the files added since its last run,
+    /// and nothing when there are none; a window run forgets the view's manifest. `None`:
+    /// every run reads all of its sources.
+    pub inputs: Option<InputManifests>,
+    /// The watermark of the view version's last successful run, which a run that reads only
+    /// added files (or none) carries on.
+    pub previous_watermark: Option<Timestamp>,
 }
 
 /// What one run of the batch lane for one view did: the record kept in the run history,
@@ -83,6 +93,13 @@ pub struct RunReport {
     pub offline_rows: u64,
     /// Offline date partitions written.
     pub offline_partitions: u64,
+    /// Source files read, when the view's files are tracked (see
+    /// [`MaterializeOptions::inputs`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub files_read: u64,
+    /// Source files not read: the last run read them and they have not changed since.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub files_unchanged: u64,
     /// Data-quality warnings (checks with `severity: warn` that failed), and entities erased
     /// earlier that the sources brought back.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -172,6 +189,9 @@ pub enum MaterializeError {
         /// The failing checks with example rows.
         failures: String,
     },
+    /// The record of which source files were read could not be read or saved.
+    #[error(transparent)]
+    Inputs(#[from] InputManifestError),
     /// The view cannot be materialized in batch.
     #[error("feature view '{view}' cannot be materialized: {reason}")]
     NotMaterializable {
@@ -190,6 +210,12 @@ pub enum MaterializeError {
 /// An entity that disappears from the source keeps its last online row (like Feast); the
 /// view's `ttl` is what ages it out of serving. A new view version has no digests, so its
 /// first run writes every row.
+///
+/// With [`MaterializeOptions::inputs`], a full run of a view whose rows come file by file
+/// from one source reads only what changed: nothing when its files are those of the last
+/// run; only the added files when every file of the last run is unchanged, whose rows are
+/// appended offline and compared online as [`DigestRule::Merge`]; every file otherwise.
+/// Either way the result is the one a run over every file gives.
 pub async fn materialize_view(
     engine: &dyn OfflineEngine,
     offline_store: &dyn OfflineStore,
@@ -207,6 +233,35 @@ pub async fn materialize_view(
     }
     let started = Instant::now();
     let mut report = RunReport::started(view, options);
+    let full_run = options.window.start.is_none() && options.window.end.is_none();
+    let (inputs, append_writer) =
+        select_inputs(engine, offline_store, view, options, full_run).await?;
+    let scoped_engine = match &inputs {
+        Some(selected) => match &selected.read {
+            InputRead::Nothing => {
+                report.status = "succeeded".to_string();
+                report.files_unchanged = selected.listed.len() as u64;
+                report.watermark = options.previous_watermark.map(Timestamp::to_rfc3339);
+                report.duration_ms = started.elapsed().as_millis() as u64;
+                return Ok(report);
+            }
+            InputRead::Every => Some(engine.over_input_files(view, &selected.listed).await?),
+            InputRead::Added(files) => Some(engine.over_input_files(view, files).await?),
+        },
+        None => None,
+    };
+    let engine: &dyn OfflineEngine = scoped_engine.as_deref().unwrap_or(engine);
+    let appending = matches!(
+        inputs.as_ref().map(|selected| &selected.read),
+        Some(InputRead::Added(_))
+    );
+    let digest_rule = if options.full_refresh {
+        DigestRule::Ignore
+    } else if appending {
+        DigestRule::Merge
+    } else {
+        DigestRule::Replace
+    };
     // Checks run over the transformation output before anything is written anywhere.
     let failures = crate::checks::evaluate_checks(
         engine,
@@ -231,10 +286,12 @@ pub async fn materialize_view(
     }
     report.warnings = warnings.iter().map(ToString::to_string).collect();
     crash_point("materialize.after_checks");
-    let offline_writer: Option<Box<dyn OfflineWriter>> = if view.offline {
-        Some(offline_store.begin_window_write(view, options.window)?)
-    } else {
+    let offline_writer: Option<Box<dyn OfflineWriter>> = if !view.offline {
         None
+    } else if appending {
+        append_writer
+    } else {
+        Some(offline_store.begin_window_write(view, options.window)?)
     };
     // An engine that writes the offline files itself (Spark, from its executors) streams back
     // the rows it wrote; otherwise the rows stream here and the offline stage writes them.
@@ -323,7 +380,7 @@ pub async fn materialize_view(
                             WriteLane::Batch,
                             &feature_rows.rows,
                             digests,
-                            options.full_refresh,
+                            digest_rule,
                             &mut winners,
                         )
                         .await?,
@@ -340,8 +397,7 @@ pub async fn materialize_view(
         // One fsync for the run's digests instead of one per batch.
         digests.sync().await.map_err(WriteError::Store)?;
     }
-    let full_run = options.window.start.is_none() && options.window.end.is_none();
-    if view.online && full_run && view.on_missing == larder_core::OnMissing::Delete {
+    if view.online && full_run && !appending && view.on_missing == larder_core::OnMissing::Delete {
         report.rows_deleted = delete_missing(write_path, digests, view, &winners).await?;
     }
     if let Some(forgotten) = &options.forgotten {
@@ -361,6 +417,26 @@ pub async fn materialize_view(
         None => OfflineWriteSummary::default(),
     };
     crash_point("materialize.after_offline_commit");
+    if let Some(selected) = &inputs {
+        options
+            .inputs
+            .as_ref()
+            .map(|manifests| {
+                let manifest =
+                    InputManifest::new(view, selected.listed.clone(), selected.erased_entities);
+                manifests.save(view, &manifest)
+            })
+            .transpose()?;
+        let read = match &selected.read {
+            InputRead::Added(files) => files.len(),
+            _ => selected.listed.len(),
+        };
+        report.files_read = read as u64;
+        report.files_unchanged = (selected.listed.len() - read) as u64;
+        if appending {
+            watermark = watermark.max(options.previous_watermark);
+        }
+    }
     report.status = "succeeded".to_string();
     report.rows_scanned = rows_scanned;
     report.rows_changed = changes.new + changes.changed;
@@ -376,6 +452,111 @@ pub async fn materialize_view(
     report.offline_partitions = offline.partitions;
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// The source files a run reads, when the view's files are tracked.
+struct SelectedInputs {
+    /// Every file of the view's source now: the manifest the run saves when it succeeds.
+    listed: Vec<larder_offline::InputFile>,
+    read: InputRead,
+    /// Entities erased when the run started.
+    erased_entities: u64,
+}
+
+/// Which of the listed files a run reads.
+enum InputRead {
+    /// All of them.
+    Every,
+    /// Only these, added since the last run (their offline rows are appended).
+    Added(Vec<larder_offline::InputFile>),
+    /// None: they are the files of the last run.
+    Nothing,
+}
+
+/// What a run reads, and the offline writer that appends the rows of added files.
+type InputSelection = (Option<SelectedInputs>, Option<Box<dyn OfflineWriter>>);
+
+/// Lists the view's source files and decides which the run reads, for a full run with
+/// manifests (`None` otherwise: the run reads its sources as they are). A window run
+/// forgets the view's manifest, since it rewrites rows of files the manifest would call
+/// read.
+async fn select_inputs(
+    engine: &dyn OfflineEngine,
+    offline_store: &dyn OfflineStore,
+    view: &FeatureView,
+    options: &MaterializeOptions,
+    full_run: bool,
+) -> Result<InputSelection, MaterializeError> {
+    let Some(manifests) = &options.inputs else {
+        return Ok((None, None));
+    };
+    if !full_run {
+        manifests.remove(view)?;
+        return Ok((None, None));
+    }
+    // Checks over the whole output (uniqueness, row count, freshness) need every row.
+    let row_checks_only = view.checks.iter().all(|check| {
+        matches!(
+            check.rule,
+            larder_core::CheckRule::NotNull { .. }
+                | larder_core::CheckRule::Range { .. }
+                | larder_core::CheckRule::AllowedValues { .. }
+        )
+    });
+    if !row_checks_only {
+        manifests.remove(view)?;
+        return Ok((None, None));
+    }
+    let Some(listed) = engine.view_input_files(view).await? else {
+        manifests.remove(view)?;
+        return Ok((None, None));
+    };
+    let erased_entities = options
+        .forgotten
+        .as_ref()
+        .map_or(0, |forgotten| forgotten.len() as u64);
+    let plan = match manifests.load(view)? {
+        Some(manifest) if !options.full_refresh => manifest.plan(view, &listed, erased_entities),
+        _ => InputPlan::All,
+    };
+    let mut writer = None;
+    let read = match plan {
+        InputPlan::All => InputRead::Every,
+        InputPlan::Unchanged => InputRead::Nothing,
+        InputPlan::Added(files) => {
+            if view.offline {
+                writer = offline_store.begin_append_write(view, &append_tag(&files))?;
+            }
+            if view.offline && writer.is_none() {
+                // This store only replaces: the run rewrites every row.
+                InputRead::Every
+            } else {
+                InputRead::Added(files)
+            }
+        }
+    };
+    Ok((
+        Some(SelectedInputs {
+            listed,
+            read,
+            erased_entities,
+        }),
+        writer,
+    ))
+}
+
+/// A name for the offline files of the rows of `files`: the same files give the same name,
+/// so a run repeated after a crash replaces what its first attempt appended.
+fn append_tag(files: &[larder_offline::InputFile]) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for file in files {
+        hasher.update(file.url.as_bytes());
+        hasher.update(file.size.to_le_bytes());
+        hasher.update(file.modified_micros.to_le_bytes());
+        hasher.update(file.e_tag.as_deref().unwrap_or_default().as_bytes());
+    }
+    hex::encode(&hasher.finalize()[..12])
 }
 
 /// Deletes online every entity that has a digest (was materialized before) and is not in

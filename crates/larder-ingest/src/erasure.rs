@@ -890,6 +890,16 @@ impl ForgottenEntities {
         Ok(Some(Self { salt, hashes }))
     }
 
+    /// How many entities were erased (each counted once, however often it was erased).
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    /// Whether no entity was erased (never: [`ForgottenEntities::load`] gives `None` then).
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
     /// How many of `keys` (entity key bytes) were erased before.
     pub fn count_among<'key>(&self, keys: impl Iterator<Item = &'key [u8]>) -> u64 {
         keys.filter(|key| self.hashes.contains(&salted_digest(&self.salt, key)))

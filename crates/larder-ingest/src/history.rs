@@ -38,6 +38,16 @@ impl RunHistory {
         &self.path
     }
 
+    /// The source-file manifests of the views whose runs this history records, in the
+    /// `inputs` folder beside it.
+    pub fn input_manifests(&self) -> crate::inputs::InputManifests {
+        let folder = self.path.parent().map_or_else(
+            || Path::new("inputs").to_path_buf(),
+            |parent| parent.join("inputs"),
+        );
+        crate::inputs::InputManifests::new(folder)
+    }
+
     fn io_error(&self) -> impl FnOnce(std::io::Error) -> RunHistoryError + '_ {
         move |source| RunHistoryError::Io {
             path: self.path.display().to_string(),

@@ -11,6 +11,7 @@ mod checks;
 pub mod erasure;
 mod freshness;
 mod history;
+pub mod inputs;
 pub mod lineage;
 mod run_winners;
 mod runs;
@@ -30,4 +31,6 @@ pub use lineage::{LineageEmitter, LineageRun, LineageSink};
 pub use run_winners::RunWinners;
 pub use runs::{BatchRunner, RunError, RunObserver, RunRequest, RunWindow};
 pub use scheduler::{ScheduledRuns, is_scheduled, spawn_scheduler};
-pub use write_path::{ChangeSummary, EncodedRows, FeatureRow, WriteError, WritePath, row_digest};
+pub use write_path::{
+    ChangeSummary, DigestRule, EncodedRows, FeatureRow, WriteError, WritePath, row_digest,
+};

@@ -145,8 +145,12 @@ impl BatchRunner<'_> {
         let options = MaterializeOptions {
             window,
             full_refresh: request.full_refresh,
-            previous_row_count: last_success.map(|report| report.rows_scanned),
+            previous_row_count: last_success.as_ref().map(|report| report.rows_scanned),
             forgotten: self.forgotten.clone(),
+            inputs: Some(self.history.input_manifests()),
+            previous_watermark: last_success
+                .as_ref()
+                .and_then(RunReport::watermark_timestamp),
         };
         let lineage = self
             .lineage

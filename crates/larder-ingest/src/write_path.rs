@@ -160,6 +160,20 @@ pub enum WriteError {
 /// How many times a partial update reads and swaps one entity's row before it gives up.
 pub const MAX_SWAP_ATTEMPTS: usize = 64;
 
+/// How a batch run's rows compare with the digests stored for their entities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestRule {
+    /// The run reads every source row: a stored digest at the same event time with other
+    /// values is a correction, and its row is replaced.
+    Replace,
+    /// The run reads only rows added to the sources (new files) beside the ones stored: the
+    /// stored row stays unless the new one outranks it as a full run would rank them (a
+    /// newer event time, or the same one and a larger content hash).
+    Merge,
+    /// A full refresh: every row counts as changed; digests are saved all the same.
+    Ignore,
+}
+
 /// What a change-detecting write ([`WritePath::write_changed`]) did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ChangeSummary {
@@ -515,15 +529,13 @@ impl WritePath {
         winners: &mut RunWinners,
     ) -> Result<ChangeSummary, WriteError> {
         Self::validate(view, &rows)?;
-        self.write_changed_encoded(
-            view,
-            lane,
-            &EncodedRows::from(rows),
-            digests,
-            ignore_digests,
-            winners,
-        )
-        .await
+        let rule = if ignore_digests {
+            DigestRule::Ignore
+        } else {
+            DigestRule::Replace
+        };
+        self.write_changed_encoded(view, lane, &EncodedRows::from(rows), digests, rule, winners)
+            .await
     }
 
     /// [`WritePath::write_changed`] for rows whose values are already encoded (see
@@ -535,7 +547,7 @@ impl WritePath {
         lane: WriteLane,
         rows: &EncodedRows,
         digests: &dyn DigestStore,
-        ignore_digests: bool,
+        rule: DigestRule,
         winners: &mut RunWinners,
     ) -> Result<ChangeSummary, WriteError> {
         let received = rows.len() as u64;
@@ -575,7 +587,7 @@ impl WritePath {
                 &kept_keys
             }
         };
-        let stored_digests = if ignore_digests {
+        let stored_digests = if rule == DigestRule::Ignore {
             vec![None; kept_count]
         } else {
             digests.read_digests(&table, keys).await?
@@ -590,6 +602,10 @@ impl WritePath {
             let digest = row_digests[index];
             match stored_digest {
                 Some(stored) if stored.event_timestamp > digest.event_timestamp => {
+                    summary.stale += 1;
+                    continue;
+                }
+                Some(stored) if rule == DigestRule::Merge && stored > digest => {
                     summary.stale += 1;
                     continue;
                 }
@@ -948,6 +964,69 @@ mod tests {
                 .write(&view, WriteLane::Direct, vec![short])
                 .await
                 .is_err()
+        );
+    }
+
+    /// Rows of added files meet the stored rows as a run over every file would rank them:
+    /// at one event time the larger content hash stays, whichever was stored first.
+    #[tokio::test]
+    async fn merged_rows_replace_a_stored_row_only_when_they_outrank_it() {
+        let write_path = WritePath::new(Arc::new(MemoryOnlineStore::new()));
+        let digests = larder_online::MemoryDigestStore::new();
+        let view = view();
+        let hash_of = |clicks| {
+            let rows = EncodedRows::from(vec![row(1, 100, clicks)]);
+            row_digest(Timestamp::from_seconds(100), rows.values(0)).content_hash
+        };
+        // Two values at one event time, the first with the smaller hash.
+        let (small, large) = if hash_of(1) < hash_of(2) {
+            (1, 2)
+        } else {
+            (2, 1)
+        };
+        let write = |rows, rule| {
+            let write_path = &write_path;
+            let digests = &digests;
+            let view = &view;
+            async move {
+                write_path
+                    .write_changed_encoded(
+                        view,
+                        WriteLane::Batch,
+                        &EncodedRows::from(rows),
+                        digests,
+                        rule,
+                        &mut RunWinners::new(),
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        write(
+            vec![row(1, 100, large), row(2, 100, small)],
+            DigestRule::Replace,
+        )
+        .await;
+        let merged = write(
+            vec![row(1, 100, small), row(2, 100, large), row(3, 90, 7)],
+            DigestRule::Merge,
+        )
+        .await;
+        assert_eq!((merged.stale, merged.changed, merged.new), (1, 1, 1));
+        assert_eq!(
+            stored_clicks(&write_path, &view.id(), 1).await,
+            Some((large, WriteLane::Batch))
+        );
+        assert_eq!(
+            stored_clicks(&write_path, &view.id(), 2).await,
+            Some((large, WriteLane::Batch))
+        );
+        // A run over every file takes its rows as the truth at their event time.
+        let replaced = write(vec![row(1, 100, small)], DigestRule::Replace).await;
+        assert_eq!(replaced.changed, 1);
+        assert_eq!(
+            stored_clicks(&write_path, &view.id(), 1).await,
+            Some((small, WriteLane::Batch))
         );
     }
 

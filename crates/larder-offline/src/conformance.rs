@@ -39,6 +39,7 @@ pub async fn run_all(store: &dyn OfflineStore) {
     check_commit_replaces_and_abandoned_writes_change_nothing(store).await;
     check_window_write_replaces_only_the_window(store).await;
     check_appended_rows_come_after_earlier_rows(store).await;
+    check_append_writes_add_rows_and_a_repeated_tag_replaces_its_rows(store).await;
     check_delete_entities_removes_only_their_rows(store).await;
     check_rows_taken_before_a_write_never_change(store).await;
     check_unsupported_and_invalid_requests_are_errors(store).await;
@@ -169,6 +170,72 @@ pub async fn check_appended_rows_come_after_earlier_rows(store: &dyn OfflineStor
         position(&materialized[2]) < position(&first_push[0])
             && position(&first_push[0]) < position(&second_push[0]),
         "{name}: rows of one entity and time must come in write order: {rows:?}"
+    );
+}
+
+/// An append write (the batch lane's rows of added source files) adds its rows when it
+/// commits, and not before; an append started again with the same tag (a run repeated after
+/// a crash) replaces what the first one added instead of adding it twice; one with another
+/// tag adds more. A store that only replaces answers `None`.
+pub async fn check_append_writes_add_rows_and_a_repeated_tag_replaces_its_rows(
+    store: &dyn OfflineStore,
+) {
+    let name = store.backend_name();
+    let view = check_view("append_write");
+    let materialized = spread_rows(1..=6, 0);
+    write(store, &view, &materialized);
+    let added = spread_rows(7..=12, 1);
+    let append = |tag: &str, rows: &[SampleRow]| {
+        let Some(mut writer) = store
+            .begin_append_write(&view, tag)
+            .unwrap_or_else(|error| panic!("{name}: begin_append_write: {error}"))
+        else {
+            return false;
+        };
+        let (head, tail) = rows.split_at(rows.len() / 2);
+        for part in [head, tail] {
+            writer
+                .write(&batch(&view, part))
+                .unwrap_or_else(|error| panic!("{name}: append write: {error}"));
+        }
+        let summary = writer
+            .commit()
+            .unwrap_or_else(|error| panic!("{name}: append commit: {error}"));
+        assert_eq!(summary.rows, rows.len() as u64, "{name}: appended rows");
+        true
+    };
+    {
+        let Some(mut abandoned) = store
+            .begin_append_write(&view, "abandoned")
+            .unwrap_or_else(|error| panic!("{name}: begin_append_write: {error}"))
+        else {
+            return;
+        };
+        abandoned
+            .write(&batch(&view, &added))
+            .unwrap_or_else(|error| panic!("{name}: append write: {error}"));
+    }
+    assert_eq!(
+        sorted(&read_all(store, &view).await),
+        sorted(&materialized),
+        "{name}: an append dropped without commit adds nothing"
+    );
+    assert!(append("first", &added));
+    assert!(append("first", &added));
+    let mut expected = materialized.clone();
+    expected.extend(&added);
+    assert_eq!(
+        sorted(&read_all(store, &view).await),
+        sorted(&expected),
+        "{name}: an append repeated with its tag replaces its rows"
+    );
+    let more = spread_rows(13..=14, 2);
+    assert!(append("second", &more));
+    expected.extend(&more);
+    assert_eq!(
+        sorted(&read_all(store, &view).await),
+        sorted(&expected),
+        "{name}: an append with another tag adds its rows"
     );
 }
 

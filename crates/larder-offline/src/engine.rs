@@ -24,6 +24,7 @@ use larder_core::{
 };
 
 use crate::OfflineError;
+use crate::input_files::{InputFile, list_input_files, row_local_source};
 use crate::object_storage::{S3Location, s3_store};
 use crate::training::TrainingSetRequest;
 
@@ -133,6 +134,34 @@ pub trait OfflineEngine: Send + Sync + std::fmt::Debug {
         Ok(None)
     }
 
+    /// The files a view's rows come from, when the view's output is the union of what each
+    /// file gives on its own (its SQL only projects and filters rows of one file source with
+    /// deterministic expressions), so that a run may read only the files added since the
+    /// last one. `None` (the default): the view is not such a view, or this engine cannot
+    /// tell.
+    async fn view_input_files(
+        &self,
+        view: &FeatureView,
+    ) -> Result<Option<Vec<InputFile>>, OfflineError> {
+        let _ = view;
+        Ok(None)
+    }
+
+    /// An engine that runs `view` as this one does, except that its source reads only
+    /// `files` (some of those [`OfflineEngine::view_input_files`] listed).
+    async fn over_input_files(
+        &self,
+        view: &FeatureView,
+        files: &[InputFile],
+    ) -> Result<Box<dyn OfflineEngine>, OfflineError> {
+        let _ = files;
+        Err(OfflineError::Unsupported(format!(
+            "the {} engine cannot read a subset of the files of feature view '{}'",
+            self.engine_name(),
+            view.name
+        )))
+    }
+
     /// Builds a point-in-time correct training set (see the trait docs).
     async fn training_set(
         &self,
@@ -165,6 +194,22 @@ pub struct DataFusionEngine {
     registered_buckets: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Each registered source's path, to name the files behind a failed read.
     source_paths: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    /// The Parquet and CSV sources, by every name a query may use, with where their files are.
+    file_sources: std::sync::Mutex<std::collections::BTreeMap<String, FileSource>>,
+}
+
+/// Where a registered Parquet or CSV source's files are, and how to read them.
+#[derive(Debug, Clone)]
+struct FileSource {
+    /// The source's own name.
+    name: String,
+    /// The listing location (a file, a folder or prefix, a glob).
+    location: String,
+    /// The extension of its files (`.parquet`).
+    extension: String,
+    format: FileFormat,
+    /// The schema of the whole source, so that a subset of its files reads the same columns.
+    schema: arrow::datatypes::SchemaRef,
 }
 
 impl std::fmt::Debug for DataFusionEngine {
@@ -198,6 +243,7 @@ impl DataFusionEngine {
             s3: s3.clone(),
             registered_buckets: std::sync::Mutex::default(),
             source_paths: std::sync::Mutex::default(),
+            file_sources: std::sync::Mutex::default(),
         };
         for source in sources {
             engine.register_source(source).await?;
@@ -214,6 +260,7 @@ impl DataFusionEngine {
             s3: S3Config::default(),
             registered_buckets: std::sync::Mutex::default(),
             source_paths: std::sync::Mutex::default(),
+            file_sources: std::sync::Mutex::default(),
         }
     }
 
@@ -263,12 +310,45 @@ impl DataFusionEngine {
                     .into_view()
             }
         };
+        if *format != FileFormat::Delta {
+            let file_source = FileSource {
+                name: source.name.clone(),
+                location: location.clone(),
+                extension: extension.clone(),
+                format: *format,
+                schema: table.schema(),
+            };
+            let mut file_sources = self
+                .file_sources
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for name in &names {
+                file_sources.insert(name.clone(), file_source.clone());
+            }
+        }
         for name in names {
             self.context
                 .register_table(name.as_str(), Arc::clone(&table))
                 .map_err(query_error)?;
         }
         Ok(())
+    }
+
+    /// The file source a view's plan reads, when the plan is row-local over it.
+    async fn row_local_file_source(
+        &self,
+        view: &FeatureView,
+    ) -> Result<Option<FileSource>, OfflineError> {
+        let frame = self.view_frame(view).await?;
+        let Some(table) = row_local_source(frame.logical_plan()) else {
+            return Ok(None);
+        };
+        Ok(self
+            .file_sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&table)
+            .cloned())
     }
 
     /// Opens a Delta table at its latest version as a DataFusion table; `location` is its
@@ -517,6 +597,95 @@ impl OfflineEngine for DataFusionEngine {
         self.execute_view_frame(view, window).await
     }
 
+    async fn view_input_files(
+        &self,
+        view: &FeatureView,
+    ) -> Result<Option<Vec<InputFile>>, OfflineError> {
+        let Some(source) = self.row_local_file_source(view).await? else {
+            return Ok(None);
+        };
+        list_input_files(&self.context, &source.location, &source.extension)
+            .await
+            .map(Some)
+    }
+
+    async fn over_input_files(
+        &self,
+        view: &FeatureView,
+        files: &[InputFile],
+    ) -> Result<Box<dyn OfflineEngine>, OfflineError> {
+        let Some(source) = self.row_local_file_source(view).await? else {
+            return Err(OfflineError::Unsupported(format!(
+                "feature view '{}' does not read one file source row by row",
+                view.name
+            )));
+        };
+        // The same configuration and object stores, and only this source, over `files`.
+        let state = datafusion::execution::SessionStateBuilder::new()
+            .with_config(self.context.copied_config())
+            .with_runtime_env(self.context.runtime_env())
+            .with_default_features()
+            .build();
+        let context = SessionContext::new_with_state(state);
+        let query_error = |source_error| OfflineError::Query {
+            context: format!("source '{}' ({})", source.name, source.location),
+            source: source_error,
+        };
+        let urls: Vec<String> = files.iter().map(|file| file.url.clone()).collect();
+        let table: Arc<dyn TableProvider> = if urls.is_empty() {
+            Arc::new(
+                datafusion::datasource::MemTable::try_new(Arc::clone(&source.schema), vec![vec![]])
+                    .map_err(query_error)?,
+            )
+        } else {
+            match source.format {
+                FileFormat::Csv => {
+                    let options = CsvReadOptions::new()
+                        .has_header(true)
+                        .file_extension(&source.extension)
+                        .schema(source.schema.as_ref());
+                    context.read_csv(urls, options).await
+                }
+                FileFormat::Parquet | FileFormat::Delta => {
+                    let options = ParquetReadOptions {
+                        file_extension: &source.extension,
+                        schema: Some(source.schema.as_ref()),
+                        ..ParquetReadOptions::default()
+                    };
+                    context.read_parquet(urls, options).await
+                }
+            }
+            .map_err(query_error)?
+            .into_view()
+        };
+        let mut names = vec![source.name.clone()];
+        if source.name.to_lowercase() != source.name {
+            names.push(source.name.to_lowercase());
+        }
+        for name in &names {
+            context
+                .register_table(name.as_str(), Arc::clone(&table))
+                .map_err(query_error)?;
+        }
+        let source_paths = std::collections::BTreeMap::from([(
+            source.name.clone(),
+            format!("{} of {} files", files.len(), source.location),
+        )]);
+        Ok(Box::new(Self {
+            context,
+            repo_root: self.repo_root.clone(),
+            s3: self.s3.clone(),
+            registered_buckets: std::sync::Mutex::default(),
+            source_paths: std::sync::Mutex::new(source_paths),
+            file_sources: std::sync::Mutex::new(
+                names
+                    .into_iter()
+                    .map(|name| (name, source.clone()))
+                    .collect(),
+            ),
+        }))
+    }
+
     async fn view_output_table(
         &self,
         view: &FeatureView,
@@ -626,6 +795,21 @@ impl OfflineEngine for RoutedEngine {
         self.engine_of(view)
             .write_view_files(view, window, folder)
             .await
+    }
+
+    async fn view_input_files(
+        &self,
+        view: &FeatureView,
+    ) -> Result<Option<Vec<InputFile>>, OfflineError> {
+        self.engine_of(view).view_input_files(view).await
+    }
+
+    async fn over_input_files(
+        &self,
+        view: &FeatureView,
+        files: &[InputFile],
+    ) -> Result<Box<dyn OfflineEngine>, OfflineError> {
+        self.engine_of(view).over_input_files(view, files).await
     }
 
     async fn training_set(

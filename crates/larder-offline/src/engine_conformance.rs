@@ -69,6 +69,7 @@ pub async fn run_all(folder: &Path, make: impl Fn(PathBuf, Vec<DataSource>) -> E
         .await
         .unwrap_or_else(|error| panic!("creating the engine: {error}"));
     check_transformations_plan_and_run_in_windows(&engine).await;
+    check_input_files_list_the_source_and_a_subset_reads_only_them(&engine).await;
     check_queries_over_a_view_output(&engine).await;
     check_training_sets_join_point_in_time(&engine).await;
     check_training_set_ties_nulls_and_ttl_boundaries(&engine).await;
@@ -196,6 +197,58 @@ pub async fn check_transformations_plan_and_run_in_windows(engine: &SharedOfflin
     assert!(
         engine.output_columns(&broken).await.is_err(),
         "{name}: planning SQL over an unknown column must fail"
+    );
+}
+
+/// An engine that lists a view's input files lists the source's one file, only for a view
+/// that maps rows one by one; an engine over all of them reads every row, over none of them
+/// no row. An engine that cannot list (`None`) passes.
+pub async fn check_input_files_list_the_source_and_a_subset_reads_only_them(
+    engine: &SharedOfflineEngine,
+) {
+    let name = engine.engine_name();
+    let view = payments_view();
+    let Some(files) = engine
+        .view_input_files(&view)
+        .await
+        .unwrap_or_else(|error| panic!("{name}: view_input_files: {error}"))
+    else {
+        return;
+    };
+    assert_eq!(files.len(), 1, "{name}: the source's files: {files:?}");
+    assert!(
+        files[0].url.ends_with("/payments.parquet") && files[0].size > 0,
+        "{name}: the source's file: {files:?}"
+    );
+    let every_row = collect(engine, &view, TimeWindow::default()).await;
+    let over = |files: Vec<crate::InputFile>| {
+        let view = view.clone();
+        async move {
+            let scoped: SharedOfflineEngine = Arc::from(
+                engine
+                    .over_input_files(&view, &files)
+                    .await
+                    .unwrap_or_else(|error| panic!("{name}: over_input_files: {error}")),
+            );
+            collect(&scoped, &view, TimeWindow::default()).await
+        }
+    };
+    assert_eq!(over(files).await, every_row, "{name}: over every file");
+    assert_eq!(over(Vec::new()).await, Vec::new(), "{name}: over no file");
+    let aggregate = FeatureView {
+        transformation: Some(
+            "SELECT user_id, max(ts) AS ts, sum(amount) AS total FROM payments GROUP BY user_id"
+                .to_string(),
+        ),
+        ..payments_view()
+    };
+    assert_eq!(
+        engine
+            .view_input_files(&aggregate)
+            .await
+            .unwrap_or_else(|error| panic!("{name}: view_input_files: {error}")),
+        None,
+        "{name}: an aggregate's rows do not come file by file"
     );
 }
 

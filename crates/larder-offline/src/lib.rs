@@ -7,6 +7,7 @@ mod columns;
 pub mod conformance;
 mod engine;
 pub mod engine_conformance;
+mod input_files;
 mod object_storage;
 mod parquet_store;
 mod store;
@@ -17,6 +18,7 @@ pub use columns::{CanonicalColumn, ViewBatch, array_of_values};
 pub use engine::{
     DataFusionEngine, OfflineEngine, RoutedEngine, SharedOfflineEngine, TimeWindow, ViewOutputTable,
 };
+pub use input_files::InputFile;
 pub use parquet_store::ParquetOfflineStore;
 pub use store::{
     OfflineDeleteSummary, OfflineRows, OfflineStore, OfflineWriteSummary, OfflineWriter,

@@ -201,33 +201,19 @@ impl OfflineStore for ParquetOfflineStore {
         view: &FeatureView,
         window: TimeWindow,
     ) -> Result<Box<dyn OfflineWriter>, OfflineError> {
-        let final_path = self.view_path(view);
-        let parent = final_path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.root.clone());
-        std::fs::create_dir_all(&parent)
-            .map_err(io_error(format!("creating {}", parent.display())))?;
-        recover_interrupted_writes(&final_path, view.version)?;
-        let unique = format!(
-            "{}-{}",
-            std::process::id(),
-            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
-        );
-        let staging_path = parent.join(format!(".v{}.staging-{unique}", view.version));
-        std::fs::create_dir_all(&staging_path)
-            .map_err(io_error(format!("creating {}", staging_path.display())))?;
         let is_bounded = window.start.is_some() || window.end.is_some();
-        Ok(Box::new(ParquetViewWriter {
-            view: view.clone(),
-            window: is_bounded.then_some(window),
-            schema: ViewBatch::schema_of(view),
-            staging_path,
-            final_path,
-            writers: BTreeMap::new(),
-            rows: 0,
-            committed: false,
-        }))
+        let writer = self.staged_writer(view, is_bounded.then_some(window), None)?;
+        Ok(Box::new(writer))
+    }
+
+    fn begin_append_write(
+        &self,
+        view: &FeatureView,
+        tag: &str,
+    ) -> Result<Option<Box<dyn OfflineWriter>>, OfflineError> {
+        let name = format!("part-add-{tag}.parquet");
+        let writer = self.staged_writer(view, None, Some(name))?;
+        Ok(Some(Box::new(writer)))
     }
 
     /// Writes each day's rows to a new file beside the partition's existing ones: a hidden
@@ -289,10 +275,52 @@ impl OfflineStore for ParquetOfflineStore {
     }
 }
 
+impl ParquetOfflineStore {
+    /// A writer that stages a view version's files in a hidden folder beside its rows:
+    /// replacing all of them (`window: None`), those of an event-time window, or, with an
+    /// `append_name`, adding one file of that name to each day's partition.
+    fn staged_writer(
+        &self,
+        view: &FeatureView,
+        window: Option<TimeWindow>,
+        append_name: Option<String>,
+    ) -> Result<ParquetViewWriter, OfflineError> {
+        let final_path = self.view_path(view);
+        let parent = final_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
+        std::fs::create_dir_all(&parent)
+            .map_err(io_error(format!("creating {}", parent.display())))?;
+        recover_interrupted_writes(&final_path, view.version)?;
+        let unique = format!(
+            "{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        );
+        let staging_path = parent.join(format!(".v{}.staging-{unique}", view.version));
+        std::fs::create_dir_all(&staging_path)
+            .map_err(io_error(format!("creating {}", staging_path.display())))?;
+        Ok(ParquetViewWriter {
+            view: view.clone(),
+            window,
+            append_name,
+            schema: ViewBatch::schema_of(view),
+            staging_path,
+            final_path,
+            writers: BTreeMap::new(),
+            rows: 0,
+            committed: false,
+        })
+    }
+}
+
 struct ParquetViewWriter {
     view: FeatureView,
     /// `Some` for a windowed write: only the window's rows are replaced.
     window: Option<TimeWindow>,
+    /// `Some` for an append: each day's file is added to its partition under this name.
+    append_name: Option<String>,
     schema: arrow::datatypes::SchemaRef,
     staging_path: PathBuf,
     final_path: PathBuf,
@@ -350,12 +378,15 @@ impl OfflineWriter for ParquetViewWriter {
     }
 
     fn engine_folder(&self) -> Option<PathBuf> {
-        self.window.is_none().then(|| self.staging_path.clone())
+        (self.window.is_none() && self.append_name.is_none()).then(|| self.staging_path.clone())
     }
 
     fn commit(mut self: Box<Self>) -> Result<OfflineWriteSummary, OfflineError> {
         if let Some(window) = self.window {
             return self.commit_window(window);
+        }
+        if let Some(name) = self.append_name.take() {
+            return self.commit_append(&name);
         }
         let writers = std::mem::take(&mut self.writers);
         let mut partitions = writers.len() as u64;
@@ -991,6 +1022,36 @@ impl ParquetViewWriter {
         // The staging folder (with the partitions moved aside) is removed on drop.
         Ok(OfflineWriteSummary {
             rows: new_rows,
+            files: partitions,
+            partitions,
+        })
+    }
+
+    /// Adds each staged day's file to its partition as `name` (replacing a file of that
+    /// name: an append repeated after a crash replaces its first attempt).
+    fn commit_append(mut self: Box<Self>, name: &str) -> Result<OfflineWriteSummary, OfflineError> {
+        let writers = std::mem::take(&mut self.writers);
+        let partitions = writers.len() as u64;
+        for (day, (path, writer)) in writers {
+            let file = writer
+                .into_inner()
+                .map_err(|source| OfflineError::Parquet {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            file.sync_all()
+                .map_err(io_error(format!("syncing {}", path.display())))?;
+            let folder = self.final_path.join(partition_folder_name(day));
+            std::fs::create_dir_all(&folder)
+                .map_err(io_error(format!("creating {}", folder.display())))?;
+            let published = folder.join(name);
+            std::fs::rename(&path, &published)
+                .map_err(io_error(format!("publishing {}", published.display())))?;
+            crash_point("offline.append.after_partition");
+        }
+        // The staging folder is removed on drop.
+        Ok(OfflineWriteSummary {
+            rows: self.rows,
             files: partitions,
             partitions,
         })

@@ -115,6 +115,19 @@ pub trait OfflineStore: Send + Sync + std::fmt::Debug {
         )))
     }
 
+    /// Starts adding rows to a view version's history without replacing any, one file per
+    /// date partition named after `tag` (a writer started again with the same tag replaces
+    /// what an earlier one published): the batch lane's write of the rows of new source
+    /// files. `None` (the default): this store cannot, and the run rewrites all rows instead.
+    fn begin_append_write(
+        &self,
+        view: &FeatureView,
+        tag: &str,
+    ) -> Result<Option<Box<dyn OfflineWriter>>, OfflineError> {
+        let _ = (view, tag);
+        Ok(None)
+    }
+
     /// Adds rows to a view version's history without replacing any: the direct-write lane's
     /// offline copy. Readers see all of the rows or none of them.
     fn append(

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::util::{DemoRepo, copy_tree, larder_ok};
+use crate::util::{DemoRepo, copy_tree, larder_ok, use_source_folders};
 
 /// The `N written online` figure of a view's summary line.
 fn written_online(stdout: &str, view: &str) -> u64 {
@@ -419,5 +419,157 @@ fn a_run_killed_midway_converges_on_the_next_run() {
     assert!(
         !sample.to_string().contains("OUTSIDE_MAX_AGE") && sample.to_string().contains("PRESENT"),
         "{sample}"
+    );
+}
+
+/// The `source files: N read, M unchanged` note of a view's summary line.
+fn files_note(stdout: &str, view: &str) -> String {
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with(view))
+        .unwrap_or_else(|| panic!("no summary line for {view} in:\n{stdout}"));
+    line.split("; source files: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no source files note in {line}"))
+        .to_string()
+}
+
+/// A run over sources whose earlier files are unchanged reads only the added files, and
+/// ends where a run over every file ends: the same online rows, the same training set, the
+/// same offline row count. A run over unchanged files reads nothing; a rewritten file makes
+/// the next run read every file again, without duplicating offline rows.
+#[test]
+fn a_run_reads_only_the_source_files_added_since_the_last_one() {
+    use crate::util::Server;
+
+    let users = 2_000_u64;
+    let repo = DemoRepo::init_with(users, &["--anchor", "2026-01-10"]);
+    use_source_folders(&repo.path);
+    larder_ok(&repo.path, &["apply"]);
+    let first = larder_ok(&repo.path, &["materialize"]);
+    assert_eq!(files_note(&first, "user_profile:v1"), "1 read, 0 unchanged");
+    assert_eq!(written_online(&first, "user_activity:v1"), users, "{first}");
+    let nothing = larder_ok(&repo.path, &["materialize"]);
+    for view in ["user_profile:v1", "user_activity:v1"] {
+        assert_eq!(
+            files_note(&nothing, view),
+            "0 read, 1 unchanged",
+            "{nothing}"
+        );
+        assert_eq!(
+            summary_count(&nothing, view, " rows scanned in"),
+            0,
+            "{nothing}"
+        );
+    }
+
+    let mut entities = String::from("user_id,event_timestamp\n");
+    for user in 0..users {
+        entities.push_str(&format!(
+            "{user},2026-01-09T12:00:00Z\n{user},2026-01-13T00:00:00Z\n"
+        ));
+    }
+    let training_set = |repo: &Path, output: &str| {
+        std::fs::write(repo.join("entities.csv"), &entities).unwrap();
+        larder_ok(
+            repo,
+            &[
+                "training-set",
+                "--entities",
+                "entities.csv",
+                "--feature-service",
+                "ranking_model",
+                "--output",
+                output,
+            ],
+        );
+        std::fs::read(repo.join(output)).unwrap()
+    };
+    let before = training_set(&repo.path, "before.parquet");
+
+    let mutated = larder_ok(
+        &repo.path,
+        &[
+            "demo-mutate",
+            "--fraction",
+            "0.05",
+            "--seed",
+            "3",
+            "--append-events",
+        ],
+    );
+    let changed_users: u64 = mutated
+        .trim()
+        .trim_start_matches("Changed ")
+        .trim_end_matches(" users.")
+        .parse()
+        .unwrap();
+    assert!(changed_users > 40 && changed_users < 200, "{mutated}");
+    // The control: the same repo without the record of files read, so it reads every file.
+    let control = tempfile::tempdir().unwrap();
+    copy_tree(&repo.path, control.path());
+    std::fs::remove_dir_all(control.path().join("data/inputs")).unwrap();
+
+    let added = larder_ok(&repo.path, &["materialize"]);
+    let full = larder_ok(control.path(), &["materialize"]);
+    for view in ["user_profile:v1", "user_activity:v1"] {
+        assert_eq!(files_note(&added, view), "1 read, 1 unchanged", "{added}");
+        assert_eq!(files_note(&full, view), "2 read, 0 unchanged", "{full}");
+        assert_eq!(written_online(&added, view), changed_users, "{added}");
+        assert_eq!(written_online(&full, view), changed_users, "{full}");
+    }
+    assert_eq!(
+        summary_count(&added, "user_profile:v1", " rows scanned in"),
+        changed_users,
+        "only the added file's rows are read: {added}"
+    );
+    for view in ["user_profile", "user_activity"] {
+        assert_eq!(
+            offline_row_count(&repo.path, view),
+            offline_row_count(control.path(), view),
+            "{view}"
+        );
+    }
+    assert_eq!(
+        offline_row_count(&repo.path, "user_profile"),
+        (users + changed_users) as usize
+    );
+
+    let after = training_set(&repo.path, "after.parquet");
+    assert!(after != before, "the added events reach the training set");
+    assert!(
+        after == training_set(control.path(), "after.parquet"),
+        "the training set differs from one over every file"
+    );
+    let served = Server::start(&repo.path);
+    let expected = Server::start(control.path());
+    let ids: Vec<u64> = (0..users).collect();
+    let body =
+        serde_json::json!({"feature_service": "ranking_model", "entities": {"user_id": ids}})
+            .to_string();
+    let (status, answer) = served.post("/get-online-features", &body);
+    assert_eq!(status, 200, "{answer}");
+    let (_, wanted) = expected.post("/get-online-features", &body);
+    assert!(
+        answer == wanted,
+        "online rows differ from a run over every file"
+    );
+    drop(served);
+
+    // Rewriting a file read before (a correction in place) makes the next run read them all.
+    larder_ok(
+        &repo.path,
+        &["demo-mutate", "--fraction", "0.05", "--seed", "4"],
+    );
+    let rewritten = larder_ok(&repo.path, &["materialize"]);
+    assert_eq!(
+        files_note(&rewritten, "user_profile:v1"),
+        "2 read, 0 unchanged",
+        "{rewritten}"
+    );
+    assert_eq!(
+        offline_row_count(&repo.path, "user_profile"),
+        (users + changed_users) as usize,
+        "a run over every file replaces the appended rows"
     );
 }

@@ -376,3 +376,23 @@ pub fn error_message(body: &serde_json::Value) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// Moves the demo's two source files into folders (`data/sources/profiles/part-0.parquet`)
+/// and points the sources at the folders, as a lake that receives new files lays them out.
+pub fn use_source_folders(repo: &Path) {
+    for name in ["profiles", "activity"] {
+        let folder = repo.join("data/sources").join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::rename(
+            repo.join(format!("data/sources/{name}.parquet")),
+            folder.join("part-0.parquet"),
+        )
+        .unwrap();
+    }
+    let path = repo.join("features/users.yaml");
+    let yaml = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("data/sources/profiles.parquet", "data/sources/profiles/")
+        .replace("data/sources/activity.parquet", "data/sources/activity/");
+    std::fs::write(&path, yaml).unwrap();
+}
