@@ -75,7 +75,8 @@ pub struct RunReport {
     /// The newest event time among the scanned rows (the next incremental run starts there).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watermark: Option<String>,
-    /// Rows produced by the transformation.
+    /// Rows produced by the transformation (of the files read, when only added source files
+    /// were read).
     pub rows_scanned: u64,
     /// Entities that were new or changed, by content (so written online).
     pub rows_changed: u64,

@@ -515,6 +515,9 @@ impl WritePath {
     /// * anything else (a newer event time, or the same event time with other values):
     ///   **changed**, written.
     ///
+    /// (`write_changed_encoded` with [`DigestRule::Merge`], for rows of added source files,
+    /// counts a digest at the same event time with a larger content hash as stale too.)
+    ///
     /// Digests of written rows are saved only after the online write returned, so a crash in
     /// between leaves rows without digests (rewritten next time), never a digest whose row was
     /// not written. With `ignore_digests` every row counts as changed (a full refresh), and
