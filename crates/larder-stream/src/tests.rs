@@ -563,7 +563,17 @@ async fn takeovers_with_replayed_gaps_equal_a_single_consumer() {
     // Its process stops: the last checkpoint (after the one its first batch started).
     first_state.checkpoint().await.unwrap();
     drop(first_state);
-    let mut first = open(state_of("a.redb"), &shared).await.unwrap();
+    // A checkpoint the first processor started in the background holds the file until it
+    // ends (a process opens its state file once, so only a test opens it again).
+    let mut reopened = StreamStateStore::open(&directory.path().join("a.redb"));
+    for _ in 0..250 {
+        if reopened.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        reopened = StreamStateStore::open(&directory.path().join("a.redb"));
+    }
+    let mut first = open(reopened.unwrap(), &shared).await.unwrap();
     assert_eq!(first.position().last_sequence, Some(999));
     first.absorb(&messages[1_000..2_000]);
     first.process(&messages[2_000..]).await.unwrap();
