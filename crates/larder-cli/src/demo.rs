@@ -419,6 +419,15 @@ fn activity_batches(options: &DemoOptions) -> Result<Vec<RecordBatch>> {
     Ok(batches)
 }
 
+/// The event times of a demo source batch (column `index`).
+fn event_times(batch: &RecordBatch, index: usize) -> Result<&TimestampMicrosecondArray> {
+    batch
+        .column(index)
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .context("event_timestamp is not a microsecond timestamp")
+}
+
 /// Whether the demo mutation selects a user: a seeded hash below `fraction`.
 fn is_mutated_user(user_id: i64, fraction: f64, seed: u64) -> bool {
     let mut random = DemoRandom::new(seed ^ (user_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -475,6 +484,11 @@ pub fn mutate_demo_sources(
                 folder.display()
             );
         };
+        if mutation == Mutation::AppendEvents && !folder.is_dir() {
+            bail!(
+                "appending events needs the source as a folder: move {base}.parquet into {base}/ and point the source's path at the folder"
+            );
+        }
         let mut appended = Vec::new();
         let (mut oldest, mut newest) = (i64::MAX, i64::MIN);
         for path in &files {
@@ -506,11 +520,7 @@ pub fn mutate_demo_sources(
                     .as_any()
                     .downcast_ref::<Int64Array>()
                     .with_context(|| format!("{column} is not int64"))?;
-                let times = batch
-                    .column(time_index)
-                    .as_any()
-                    .downcast_ref::<TimestampMicrosecondArray>()
-                    .context("event_timestamp is not a microsecond timestamp")?;
+                let times = event_times(&batch, time_index)?;
                 for time in times.iter().flatten() {
                     oldest = oldest.min(time);
                     newest = newest.max(time);
@@ -547,22 +557,13 @@ pub fn mutate_demo_sources(
             }
         }
         if mutation == Mutation::AppendEvents {
-            if !folder.is_dir() {
-                bail!(
-                    "appending events needs the source as a folder: move {base}.parquet into {base}/ and point the source's path at the folder"
-                );
-            }
             // Every new event lies past the newest one, in the same order as before.
             let shift = newest.saturating_sub(oldest) + 3_600_000_000;
             let mut shifted = Vec::with_capacity(appended.len());
             for batch in appended {
                 let schema = batch.schema();
                 let time_index = schema.index_of("event_timestamp")?;
-                let times = batch
-                    .column(time_index)
-                    .as_any()
-                    .downcast_ref::<TimestampMicrosecondArray>()
-                    .context("event_timestamp is not a microsecond timestamp")?;
+                let times = event_times(&batch, time_index)?;
                 let moved = times
                     .unary::<_, arrow::datatypes::TimestampMicrosecondType>(|time| time + shift)
                     .with_timezone_opt(times.timezone().map(str::to_string));

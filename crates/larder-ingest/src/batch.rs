@@ -419,15 +419,8 @@ pub async fn materialize_view(
     };
     crash_point("materialize.after_offline_commit");
     if let Some(selected) = &inputs {
-        options
-            .inputs
-            .as_ref()
-            .map(|manifests| {
-                let manifest =
-                    InputManifest::new(view, selected.listed.clone(), selected.erased_entities);
-                manifests.save(view, &manifest)
-            })
-            .transpose()?;
+        let manifest = InputManifest::new(view, selected.listed.clone(), selected.erased_entities);
+        selected.manifests.save(view, &manifest)?;
         let read = match &selected.read {
             InputRead::Added(files) => files.len(),
             _ => selected.listed.len(),
@@ -457,7 +450,9 @@ pub async fn materialize_view(
 
 /// The source files a run reads, when the view's files are tracked.
 struct SelectedInputs {
-    /// Every file of the view's source now: the manifest the run saves when it succeeds.
+    /// Where the run saves its manifest when it succeeds.
+    manifests: InputManifests,
+    /// Every file of the view's source now: the manifest the run saves.
     listed: Vec<larder_offline::InputFile>,
     read: InputRead,
     /// Entities erased when the run started.
@@ -478,9 +473,10 @@ enum InputRead {
 type InputSelection = (Option<SelectedInputs>, Option<Box<dyn OfflineWriter>>);
 
 /// Lists the view's source files and decides which the run reads, for a full run with
-/// manifests (`None` otherwise: the run reads its sources as they are). A window run
-/// forgets the view's manifest, since it rewrites rows of files the manifest would call
-/// read.
+/// manifests (`None` otherwise: the run reads its sources as they are). A run that writes
+/// anything removes the view's manifest first and saves a new one only once it has
+/// committed, so after a crash (or a window run, which rewrites rows of files the manifest
+/// would call read) the next run reads every file.
 async fn select_inputs(
     engine: &dyn OfflineEngine,
     offline_store: &dyn OfflineStore,
@@ -491,10 +487,6 @@ async fn select_inputs(
     let Some(manifests) = &options.inputs else {
         return Ok((None, None));
     };
-    if !full_run {
-        manifests.remove(view)?;
-        return Ok((None, None));
-    }
     // Checks over the whole output (uniqueness, row count, freshness) need every row.
     let row_checks_only = view.checks.iter().all(|check| {
         matches!(
@@ -504,26 +496,28 @@ async fn select_inputs(
                 | larder_core::CheckRule::AllowedValues { .. }
         )
     });
-    if !row_checks_only {
-        manifests.remove(view)?;
-        return Ok((None, None));
-    }
-    let Some(listed) = engine.view_input_files(view).await? else {
+    let listed = if full_run && row_checks_only {
+        engine.view_input_files(view).await?
+    } else {
+        None
+    };
+    let Some(listed) = listed else {
         manifests.remove(view)?;
         return Ok((None, None));
     };
+    let previous = manifests.load(view)?;
     let erased_entities = options
         .forgotten
         .as_ref()
         .map_or(0, |forgotten| forgotten.len() as u64);
-    let plan = match manifests.load(view)? {
+    let plan = match previous {
         Some(manifest) if !options.full_refresh => manifest.plan(view, &listed, erased_entities),
         _ => InputPlan::All,
     };
     let mut writer = None;
     let read = match plan {
-        InputPlan::All => InputRead::Every,
         InputPlan::Unchanged => InputRead::Nothing,
+        InputPlan::All => InputRead::Every,
         InputPlan::Added(files) => {
             if view.offline {
                 writer = offline_store.begin_append_write(view, &append_tag(&files))?;
@@ -536,8 +530,12 @@ async fn select_inputs(
             }
         }
     };
+    if !matches!(read, InputRead::Nothing) {
+        manifests.remove(view)?;
+    }
     Ok((
         Some(SelectedInputs {
+            manifests: manifests.clone(),
             listed,
             read,
             erased_entities,
@@ -546,8 +544,7 @@ async fn select_inputs(
     ))
 }
 
-/// A name for the offline files of the rows of `files`: the same files give the same name,
-/// so a run repeated after a crash replaces what its first attempt appended.
+/// A name for the offline files of the rows of `files`, from the files' identities.
 fn append_tag(files: &[larder_offline::InputFile]) -> String {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();

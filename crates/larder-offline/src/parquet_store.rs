@@ -397,14 +397,7 @@ impl OfflineWriter for ParquetViewWriter {
             partitions = days;
         }
         for (_, (path, writer)) in writers {
-            let file = writer
-                .into_inner()
-                .map_err(|source| OfflineError::Parquet {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-            file.sync_all()
-                .map_err(io_error(format!("syncing {}", path.display())))?;
+            finish_staged_file(&path, writer)?;
         }
         let old_path = aside_path(&self.final_path, self.view.version);
         if self.final_path.exists() {
@@ -508,6 +501,18 @@ fn write_parquet_file(
         writer.write(batch).map_err(parquet_error)?;
     }
     let file = writer.into_inner().map_err(parquet_error)?;
+    file.sync_all()
+        .map_err(io_error(format!("syncing {}", path.display())))
+}
+
+/// Closes a staged Parquet file (its footer written) and syncs it to disk.
+fn finish_staged_file(path: &Path, writer: ArrowWriter<File>) -> Result<(), OfflineError> {
+    let file = writer
+        .into_inner()
+        .map_err(|source| OfflineError::Parquet {
+            path: path.display().to_string(),
+            source,
+        })?;
     file.sync_all()
         .map_err(io_error(format!("syncing {}", path.display())))
 }
@@ -991,14 +996,7 @@ impl ParquetViewWriter {
         let partitions = writers.len() as u64;
         let mut staged_days = Vec::new();
         for (day, (path, writer)) in writers {
-            let file = writer
-                .into_inner()
-                .map_err(|source| OfflineError::Parquet {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-            file.sync_all()
-                .map_err(io_error(format!("syncing {}", path.display())))?;
+            finish_staged_file(&path, writer)?;
             staged_days.push(day);
         }
         for day in &staged_days {
@@ -1028,19 +1026,12 @@ impl ParquetViewWriter {
     }
 
     /// Adds each staged day's file to its partition as `name` (replacing a file of that
-    /// name: an append repeated after a crash replaces its first attempt).
+    /// name).
     fn commit_append(mut self: Box<Self>, name: &str) -> Result<OfflineWriteSummary, OfflineError> {
         let writers = std::mem::take(&mut self.writers);
         let partitions = writers.len() as u64;
         for (day, (path, writer)) in writers {
-            let file = writer
-                .into_inner()
-                .map_err(|source| OfflineError::Parquet {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-            file.sync_all()
-                .map_err(io_error(format!("syncing {}", path.display())))?;
+            finish_staged_file(&path, writer)?;
             let folder = self.final_path.join(partition_folder_name(day));
             std::fs::create_dir_all(&folder)
                 .map_err(io_error(format!("creating {}", folder.display())))?;

@@ -396,3 +396,15 @@ pub fn use_source_folders(repo: &Path) {
         .replace("data/sources/activity.parquet", "data/sources/activity/");
     std::fs::write(&path, yaml).unwrap();
 }
+
+/// What a repo serves for users `0..users` (the demo's feature service), through a real
+/// `larder serve`.
+pub fn served_users(repo: &Path, users: u64) -> serde_json::Value {
+    let server = Server::start(repo);
+    let ids: Vec<u64> = (0..users).collect();
+    let body =
+        serde_json::json!({"feature_service": "ranking_model", "entities": {"user_id": ids}});
+    let (status, answer) = server.post("/get-online-features", &body.to_string());
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
