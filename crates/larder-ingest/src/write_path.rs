@@ -209,10 +209,7 @@ impl ChangeSummary {
 
 /// The digest of a row: its event time and the xxh3-64 hash of its encoded values.
 pub fn row_digest(event_timestamp: Timestamp, encoded_values: &[u8]) -> RowDigest {
-    RowDigest {
-        event_timestamp,
-        content_hash: larder_core::codec::content_hash(encoded_values),
-    }
+    RowDigest::of_row(event_timestamp, encoded_values)
 }
 
 /// The one component through which every lane writes online.

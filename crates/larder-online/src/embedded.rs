@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use larder_core::{EntityKey, FeatureViewId, Timestamp, WriteLane};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use crate::{OnlineRow, OnlineStore, OnlineStoreError, RowSwap, WriteDurability, WriteSummary};
 
@@ -65,15 +65,17 @@ impl EmbeddedOnlineStore {
     /// [`EmbeddedOnlineStore::open`] with a page cache of at most `cache_bytes` (its share of
     /// the process's memory; reads past it go to the operating system's file cache).
     pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, OnlineStoreError> {
-        Ok(Self {
-            file: crate::redb_file::RedbFile::open(path, BACKEND_NAME, cache_bytes)?,
-        })
+        let file = crate::redb_file::RedbFile::open(path, BACKEND_NAME, cache_bytes)?;
+        file.run(drop_legacy_digest_tables)?;
+        Ok(Self { file })
     }
 
-    /// A digest store kept in this store's own database file (tables `digest/{view}/v{N}`),
-    /// so the batch lane's change detection lives and dies with the online rows.
-    pub fn digest_store(&self) -> crate::RedbDigestStore {
-        crate::RedbDigestStore::from_file(Arc::clone(&self.file))
+    /// The batch lane's change detection over this store: digests derived from the stored
+    /// rows ([`EmbeddedRowDigests`]), so they live and die with the rows.
+    pub fn digest_store(&self) -> EmbeddedRowDigests {
+        EmbeddedRowDigests {
+            file: Arc::clone(&self.file),
+        }
     }
 
     /// The path of the database file.
@@ -177,6 +179,155 @@ impl OnlineStore for EmbeddedOnlineStore {
         let table_name = redb_table_name(table);
         self.run_blocking(move |database| drop_table_in_one_transaction(database, &table_name))
             .await
+    }
+}
+
+/// The prefix of the digest tables that files written before digests were derived from rows
+/// still hold (`digest/{view}/v{N}`).
+const LEGACY_DIGEST_TABLE_PREFIX: &str = "digest/";
+
+/// Drops the digest tables of files from before [`EmbeddedRowDigests`]: the rows now carry
+/// their digests, and a stale table would only take space. Touches nothing when there is none.
+fn drop_legacy_digest_tables(database: &redb::Database) -> Result<(), OnlineStoreError> {
+    let legacy: Vec<redb::UntypedTableHandle> = database
+        .begin_read()
+        .map_err(|error| map_redb_error("cannot begin a read", error))?
+        .list_tables()
+        .map_err(|error| map_redb_error("cannot list tables", error))?
+        .filter(|table| table.name().starts_with(LEGACY_DIGEST_TABLE_PREFIX))
+        .collect();
+    if legacy.is_empty() {
+        return Ok(());
+    }
+    let transaction = begin_durable_write(database)?;
+    for table in legacy {
+        transaction
+            .delete_table(table)
+            .map_err(|error| map_redb_error("cannot drop a digest table", error))?;
+    }
+    transaction
+        .commit()
+        .map_err(|error| map_redb_error("cannot commit dropping digest tables", error))
+}
+
+/// The batch lane's row digests over an [`EmbeddedOnlineStore`], derived from its rows.
+///
+/// A key's digest is its stored row's event time and the hash of its stored values
+/// ([`crate::RowDigest::of_row`]): what the write path computed when it wrote the row. Reading
+/// them visits the same B-tree leaves the following write of changed rows visits, and there
+/// is no second table to write, commit and sync; a row and its digest are one value, so no
+/// crash can leave one without the other. Writing, deleting, syncing and dropping digests
+/// have nothing to do: the online store's own writes, deletes and drops do it. A row another
+/// lane wrote has a digest too (a newer one makes the batch row stale, an equal one
+/// unchanged), but [`crate::DigestStore::list_keys`] lists only the rows the batch lane wrote,
+/// as a digest table would.
+#[derive(Clone)]
+pub struct EmbeddedRowDigests {
+    file: Arc<crate::redb_file::RedbFile>,
+}
+
+impl fmt::Debug for EmbeddedRowDigests {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("EmbeddedRowDigests")
+            .field("path", &self.file.path())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The digest of a stored row.
+fn stored_row_digest(stored: &[u8]) -> Result<crate::RowDigest, OnlineStoreError> {
+    let header = decode_stored_row_header(stored)?;
+    Ok(crate::RowDigest::of_row(
+        header.event_timestamp,
+        &stored[STORED_ROW_HEADER_LENGTH..],
+    ))
+}
+
+#[async_trait::async_trait]
+impl crate::DigestStore for EmbeddedRowDigests {
+    async fn read_digests(
+        &self,
+        table: &FeatureViewId,
+        keys: &larder_core::EntityKeyList,
+    ) -> Result<Vec<Option<crate::RowDigest>>, OnlineStoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table_name = redb_table_name(table);
+        let keys = keys.clone();
+        crate::redb_file::run_blocking(&self.file, move |database| {
+            let transaction = database
+                .begin_read()
+                .map_err(|error| map_redb_error("cannot begin a read", error))?;
+            let rows = match transaction.open_table(RowTableDefinition::new(&table_name)) {
+                Ok(rows) => rows,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; keys.len()]),
+                Err(error) => return Err(map_redb_error("cannot open a table for reading", error)),
+            };
+            crate::digest::read_in_key_order(
+                &rows,
+                &keys,
+                |stored| stored_row_digest(stored).map(Some),
+                |error| map_redb_error("cannot read a row", error),
+            )
+        })
+        .await
+    }
+
+    async fn write_digests(
+        &self,
+        _table: &FeatureViewId,
+        _digests: Vec<(EntityKey, crate::RowDigest)>,
+    ) -> Result<(), OnlineStoreError> {
+        // The rows written before carry their digests.
+        Ok(())
+    }
+
+    async fn sync(&self) -> Result<(), OnlineStoreError> {
+        // Digests are as durable as their rows, which the online store makes durable.
+        Ok(())
+    }
+
+    async fn delete_digests(
+        &self,
+        _table: &FeatureViewId,
+        _keys: &[EntityKey],
+    ) -> Result<(), OnlineStoreError> {
+        // Deleting the rows deleted their digests.
+        Ok(())
+    }
+
+    async fn list_keys(&self, table: &FeatureViewId) -> Result<Vec<EntityKey>, OnlineStoreError> {
+        let table_name = redb_table_name(table);
+        crate::redb_file::run_blocking(&self.file, move |database| {
+            let transaction = database
+                .begin_read()
+                .map_err(|error| map_redb_error("cannot begin a read", error))?;
+            let rows = match transaction.open_table(RowTableDefinition::new(&table_name)) {
+                Ok(rows) => rows,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(error) => return Err(map_redb_error("cannot open a table for reading", error)),
+            };
+            let mut keys = Vec::new();
+            for entry in rows
+                .iter()
+                .map_err(|error| map_redb_error("cannot list rows", error))?
+            {
+                let (key, stored) =
+                    entry.map_err(|error| map_redb_error("cannot list rows", error))?;
+                if decode_stored_row_header(stored.value())?.lane == WriteLane::Batch {
+                    keys.push(EntityKey::from_bytes(key.value().to_vec()));
+                }
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn drop_table(&self, _table: &FeatureViewId) -> Result<(), OnlineStoreError> {
+        // Dropping the online table dropped its digests.
+        Ok(())
     }
 }
 
@@ -465,6 +616,127 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let store = EmbeddedOnlineStore::open(&directory.path().join("online.redb")).unwrap();
         crate::conformance::run_all(Arc::new(store)).await;
+    }
+
+    #[tokio::test]
+    async fn digests_are_those_of_the_stored_rows_and_go_with_them() {
+        use crate::{DigestStore, RowDigest};
+        let directory = tempfile::tempdir().unwrap();
+        let store = EmbeddedOnlineStore::open(&directory.path().join("online.redb")).unwrap();
+        let digests = store.digest_store();
+        let table = driver_stats_table();
+        let keys = |ids: &[i64]| -> larder_core::EntityKeyList {
+            ids.iter()
+                .map(|id| EntityKey::from_int(*id))
+                .collect::<Vec<_>>()
+                .iter()
+                .collect()
+        };
+        let batch_row = |key: i64, event_time: i64, marker: i64| OnlineRow {
+            lane: WriteLane::Batch,
+            ..row_with_marker(key, event_time, marker)
+        };
+        let unknown_table = digests.read_digests(&table, &keys(&[1])).await.unwrap();
+        assert_eq!(unknown_table, vec![None]);
+        assert!(digests.list_keys(&table).await.unwrap().is_empty());
+
+        let rows = vec![batch_row(1, 10, 100), batch_row(2, 20, 200)];
+        let stream_row = row_with_marker(3, 30, 300);
+        let expected: Vec<Option<RowDigest>> = rows
+            .iter()
+            .chain([&stream_row])
+            .map(|row| Some(RowDigest::of_row(row.event_timestamp, &row.values)))
+            .chain([None])
+            .collect();
+        store.write_rows(&table, rows.clone()).await.unwrap();
+        store.write_rows(&table, vec![stream_row]).await.unwrap();
+        // In any order, repeated keys included: one slot per key.
+        let read = digests
+            .read_digests(&table, &keys(&[3, 1, 4, 2, 1]))
+            .await
+            .unwrap();
+        assert_eq!(
+            read,
+            vec![
+                expected[2],
+                expected[0],
+                expected[3],
+                expected[1],
+                expected[0]
+            ]
+        );
+        let mut listed = digests.list_keys(&table).await.unwrap();
+        listed.sort();
+        assert_eq!(
+            listed,
+            vec![EntityKey::from_int(1), EntityKey::from_int(2)],
+            "only the rows the batch lane wrote"
+        );
+
+        // Digests cannot disagree with their rows: writing one changes nothing, a newer row
+        // changes it.
+        let bogus = RowDigest {
+            event_timestamp: Timestamp(99),
+            content_hash: 7,
+        };
+        digests
+            .write_digests(&table, vec![(EntityKey::from_int(1), bogus)])
+            .await
+            .unwrap();
+        let newer = batch_row(2, 25, 250);
+        store.write_rows(&table, vec![newer.clone()]).await.unwrap();
+        let read = digests.read_digests(&table, &keys(&[1, 2])).await.unwrap();
+        assert_eq!(
+            read,
+            vec![
+                expected[0],
+                Some(RowDigest::of_row(newer.event_timestamp, &newer.values))
+            ]
+        );
+
+        store
+            .delete_rows(&table, &[EntityKey::from_int(1)])
+            .await
+            .unwrap();
+        let read = digests.read_digests(&table, &keys(&[1, 2])).await.unwrap();
+        assert_eq!(read[0], None, "a deleted row takes its digest");
+        assert!(read[1].is_some());
+        store.drop_table(&table).await.unwrap();
+        let read = digests.read_digests(&table, &keys(&[2])).await.unwrap();
+        assert_eq!(read, vec![None], "a dropped table takes its digests");
+    }
+
+    #[test]
+    fn opening_drops_the_digest_tables_of_older_files() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("online.redb");
+        {
+            let database = redb::Database::create(&path).unwrap();
+            let transaction = database.begin_write().unwrap();
+            {
+                let mut legacy = transaction
+                    .open_table(RowTableDefinition::new("digest/driver_stats/v3"))
+                    .unwrap();
+                legacy
+                    .insert(b"key".as_slice(), b"digest".as_slice())
+                    .unwrap();
+                let mut rows = transaction
+                    .open_table(RowTableDefinition::new("fv/driver_stats/v3"))
+                    .unwrap();
+                rows.insert(b"key".as_slice(), b"row".as_slice()).unwrap();
+            }
+            transaction.commit().unwrap();
+        }
+        drop(EmbeddedOnlineStore::open(&path).unwrap());
+        let database = redb::Database::open(&path).unwrap();
+        let names: Vec<String> = database
+            .begin_read()
+            .unwrap()
+            .list_tables()
+            .unwrap()
+            .map(|table| table.name().to_string())
+            .collect();
+        assert_eq!(names, vec!["fv/driver_stats/v3".to_string()]);
     }
 
     #[test]

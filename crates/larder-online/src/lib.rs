@@ -21,7 +21,7 @@ pub use digest::{
     DigestStore, MemoryDigestStore, RedbDigestStore, RowDigest, SharedDigestStore,
     check_digest_store_conformance,
 };
-pub use embedded::EmbeddedOnlineStore;
+pub use embedded::{EmbeddedOnlineStore, EmbeddedRowDigests};
 pub use memory::MemoryOnlineStore;
 
 /// One stored row: the encoded feature values of one entity of one feature view version,

@@ -109,7 +109,9 @@ fn forget_erases_everywhere_audits_and_verifies() {
     let report = forget_json(&repo.path, &["--entity", "user_id=7,8"]);
     assert_eq!(report["entities"], 2);
     assert_eq!(report["stores"]["online"]["rows"], 4, "{report}");
-    assert_eq!(report["stores"]["digests"]["rows"], 4, "{report}");
+    // The embedded store derives its digests from its rows: erasing the rows erased them
+    // (the remote stores' test below counts a digest file of their own).
+    assert_eq!(report["stores"]["digests"]["rows"], 0, "{report}");
     let offline = &report["stores"]["offline"];
     assert_eq!(offline["rows"], before["offline"], "{report}");
     assert!(
