@@ -12,6 +12,7 @@
 #   LARDER_STORE=redis FEAST_STORE=redis BATCHES=100 bench/serving/run.sh
 #
 #   bench/serving/run.sh                         # DURATION=8 REPEATS=3
+#   LARDER_CACHE=400000 bench/serving/run.sh     # with the write-through cache (online_cache)
 #   DURATION=4 REPEATS=1 SKIP_FEAST=1 bench/serving/run.sh
 #
 # Prerequisites: the harness venv (../shared/peers/feast/setup.sh), wrk, a release build.
@@ -60,6 +61,8 @@ elif [ "$LARDER_STORE" = redis ]; then
 else
   python3 "$ROOT/bench/serving/make_larder_repo.py" --repo "$REPO" --data "$DATA_DIR"
 fi
+# LARDER_CACHE=N puts the write-through cache of N rows in front of the online store.
+if [ -n "${LARDER_CACHE:-}" ]; then printf 'online_cache:\n  max_entries: %s\n' "$LARDER_CACHE" >> "$REPO/larder.yaml"; fi
 "$LARDER" --repo "$REPO" apply >/dev/null
 "$LARDER" --repo "$REPO" materialize | tail -3 >&2
 

@@ -59,9 +59,23 @@ struct CachedRow {
     cached_at: Instant,
 }
 
+/// A cached row's key: the table's number and the entity key.
+type CacheKey = (u32, EntityKey);
+
+/// A borrowed [`CacheKey`], so that a lookup needs no copy of the entity key. It hashes as
+/// the owned key does (the table number, then the key's bytes as `EntityKey` hashes them).
+#[derive(Hash)]
+struct CacheKeyRef<'key>(u32, &'key [u8]);
+
+impl hashbrown::Equivalent<CacheKey> for CacheKeyRef<'_> {
+    fn equivalent(&self, key: &CacheKey) -> bool {
+        self.0 == key.0 && self.1 == key.1.as_bytes()
+    }
+}
+
 #[derive(Default)]
 struct Shard {
-    rows: HashMap<(u32, EntityKey), CachedRow>,
+    rows: hashbrown::HashMap<CacheKey, CachedRow, foldhash::fast::RandomState>,
     generation: u64,
 }
 
@@ -147,7 +161,7 @@ impl CachedOnlineStore {
         }
     }
 
-    fn insert(shard: &mut Shard, capacity: usize, key: (u32, EntityKey), row: Option<OnlineRow>) {
+    fn insert(shard: &mut Shard, capacity: usize, key: CacheKey, row: Option<OnlineRow>) {
         if shard.rows.len() >= capacity && !shard.rows.contains_key(&key) {
             // Evict an arbitrary entry: the map's iteration order is effectively random.
             if let Some(victim) = shard.rows.keys().next().cloned() {
@@ -216,7 +230,7 @@ impl OnlineStore for CachedOnlineStore {
         for (position, key) in keys.iter().enumerate() {
             let shard_index = Self::shard_index(table_number, key);
             let shard = self.lock_shard(shard_index);
-            match shard.rows.get(&(table_number, key.clone())) {
+            match shard.rows.get(&CacheKeyRef(table_number, key.as_bytes())) {
                 Some(cached) if now.duration_since(cached.cached_at) < self.config.ttl => {
                     slots[position] = cached.row.clone();
                 }

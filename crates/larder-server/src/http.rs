@@ -367,7 +367,9 @@ async fn get_online_features(
 
 /// The JSON answer of a read or a search (Feast's `/get-online-features` shape).
 fn online_features_json(result: &crate::OnlineFeaturesResult) -> Response {
-    let mut body = Vec::with_capacity(256 + result.entity_count * result.feature_names.len() * 40);
+    // ~53 bytes a cell in a typical answer (value, status, event time): sized so that the
+    // body is not copied into a larger buffer while it is written.
+    let mut body = Vec::with_capacity(256 + result.entity_count * result.feature_names.len() * 64);
     write_online_features_response(result, &mut body);
     (
         [(
