@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use larder_core::{EntityKey, EntityKeyList, FeatureViewId, Timestamp};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::TableDefinition;
 
 use crate::OnlineStoreError;
 
@@ -273,7 +273,7 @@ const MAX_ENTRIES_STEPPED: usize = 16;
 /// the next key and otherwise seeks to it. `decode` turns a stored value into its digest.
 /// Shared by the digest tables and the embedded store's rows, whose digests are derived.
 pub(crate) fn read_in_key_order(
-    table: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    table: &crate::redb_file::ReadOnlyBytesTable,
     keys: &EntityKeyList,
     decode: impl Fn(&[u8]) -> Result<Option<RowDigest>, OnlineStoreError>,
     map_error: impl Fn(redb::StorageError) -> OnlineStoreError,
@@ -344,13 +344,10 @@ impl DigestStore for RedbDigestStore {
         let table_name = digest_table_name(table);
         let keys = keys.clone();
         self.run_blocking(move |database| {
-            let transaction = database
-                .begin_read()
-                .map_err(|error| map_digest_redb_error("cannot begin a read", error))?;
-            let digests = match transaction.open_table(DigestTableDefinition::new(&table_name)) {
-                Ok(digests) => digests,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; keys.len()]),
-                Err(error) => return Err(map_digest_redb_error("cannot open digests", error)),
+            let Some(digests) =
+                crate::redb_file::open_read_table(database, DIGEST_BACKEND_NAME, &table_name)?
+            else {
+                return Ok(vec![None; keys.len()]);
             };
             read_in_key_order(
                 &digests,
@@ -434,24 +431,12 @@ impl DigestStore for RedbDigestStore {
     async fn list_keys(&self, table: &FeatureViewId) -> Result<Vec<EntityKey>, OnlineStoreError> {
         let table_name = digest_table_name(table);
         self.run_blocking(move |database| {
-            let transaction = database
-                .begin_read()
-                .map_err(|error| map_digest_redb_error("cannot begin a read", error))?;
-            let digests = match transaction.open_table(DigestTableDefinition::new(&table_name)) {
-                Ok(digests) => digests,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(error) => return Err(map_digest_redb_error("cannot open digests", error)),
-            };
-            let mut keys = Vec::new();
-            for entry in digests
-                .iter()
-                .map_err(|error| map_digest_redb_error("cannot list digests", error))?
-            {
-                let (key, _digest) =
-                    entry.map_err(|error| map_digest_redb_error("cannot list digests", error))?;
-                keys.push(EntityKey::from_bytes(key.value().to_vec()));
+            match crate::redb_file::open_read_table(database, DIGEST_BACKEND_NAME, &table_name)? {
+                Some(digests) => {
+                    crate::redb_file::keys_where(&digests, DIGEST_BACKEND_NAME, |_| Ok(true))
+                }
+                None => Ok(Vec::new()),
             }
-            Ok(keys)
         })
         .await
     }

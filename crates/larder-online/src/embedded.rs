@@ -221,18 +221,9 @@ fn drop_legacy_digest_tables(database: &redb::Database) -> Result<(), OnlineStor
 /// lane wrote has a digest too (a newer one makes the batch row stale, an equal one
 /// unchanged), but [`crate::DigestStore::list_keys`] lists only the rows the batch lane wrote,
 /// as a digest table would.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct EmbeddedRowDigests {
     file: Arc<crate::redb_file::RedbFile>,
-}
-
-impl fmt::Debug for EmbeddedRowDigests {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter
-            .debug_struct("EmbeddedRowDigests")
-            .field("path", &self.file.path())
-            .finish_non_exhaustive()
-    }
 }
 
 /// The digest of a stored row.
@@ -257,13 +248,10 @@ impl crate::DigestStore for EmbeddedRowDigests {
         let table_name = redb_table_name(table);
         let keys = keys.clone();
         crate::redb_file::run_blocking(&self.file, move |database| {
-            let transaction = database
-                .begin_read()
-                .map_err(|error| map_redb_error("cannot begin a read", error))?;
-            let rows = match transaction.open_table(RowTableDefinition::new(&table_name)) {
-                Ok(rows) => rows,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; keys.len()]),
-                Err(error) => return Err(map_redb_error("cannot open a table for reading", error)),
+            let Some(rows) =
+                crate::redb_file::open_read_table(database, BACKEND_NAME, &table_name)?
+            else {
+                return Ok(vec![None; keys.len()]);
             };
             crate::digest::read_in_key_order(
                 &rows,
@@ -301,26 +289,12 @@ impl crate::DigestStore for EmbeddedRowDigests {
     async fn list_keys(&self, table: &FeatureViewId) -> Result<Vec<EntityKey>, OnlineStoreError> {
         let table_name = redb_table_name(table);
         crate::redb_file::run_blocking(&self.file, move |database| {
-            let transaction = database
-                .begin_read()
-                .map_err(|error| map_redb_error("cannot begin a read", error))?;
-            let rows = match transaction.open_table(RowTableDefinition::new(&table_name)) {
-                Ok(rows) => rows,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(error) => return Err(map_redb_error("cannot open a table for reading", error)),
-            };
-            let mut keys = Vec::new();
-            for entry in rows
-                .iter()
-                .map_err(|error| map_redb_error("cannot list rows", error))?
-            {
-                let (key, stored) =
-                    entry.map_err(|error| map_redb_error("cannot list rows", error))?;
-                if decode_stored_row_header(stored.value())?.lane == WriteLane::Batch {
-                    keys.push(EntityKey::from_bytes(key.value().to_vec()));
-                }
+            match crate::redb_file::open_read_table(database, BACKEND_NAME, &table_name)? {
+                Some(rows) => crate::redb_file::keys_where(&rows, BACKEND_NAME, |stored| {
+                    Ok(decode_stored_row_header(stored)?.lane == WriteLane::Batch)
+                }),
+                None => Ok(Vec::new()),
             }
-            Ok(keys)
         })
         .await
     }
@@ -443,13 +417,8 @@ fn read_rows_in_one_transaction(
     table_name: &str,
     keys: Vec<EntityKey>,
 ) -> Result<Vec<Option<OnlineRow>>, OnlineStoreError> {
-    let transaction = database
-        .begin_read()
-        .map_err(|error| map_redb_error("cannot begin a read transaction", error))?;
-    let table = match transaction.open_table(RowTableDefinition::new(table_name)) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; keys.len()]),
-        Err(error) => return Err(map_redb_error("cannot open a table for reading", error)),
+    let Some(table) = crate::redb_file::open_read_table(database, BACKEND_NAME, table_name)? else {
+        return Ok(vec![None; keys.len()]);
     };
     let mut slots = Vec::with_capacity(keys.len());
     for key in keys {

@@ -77,6 +77,49 @@ pub fn map_redb_error(
     }
 }
 
+/// A redb table of byte keys and byte values (the online rows' and the digests' type) opened
+/// for reading; it keeps its read transaction's snapshot alive.
+pub type ReadOnlyBytesTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+/// Opens table `name` in a new read transaction; `None` when it was never written.
+pub fn open_read_table(
+    database: &redb::Database,
+    backend: &'static str,
+    name: &str,
+) -> Result<Option<ReadOnlyBytesTable>, OnlineStoreError> {
+    use redb::ReadableDatabase;
+    let transaction = database
+        .begin_read()
+        .map_err(|error| map_redb_error(backend, "cannot begin a read", error))?;
+    match transaction.open_table(redb::TableDefinition::<&[u8], &[u8]>::new(name)) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(error) => Err(map_redb_error(
+            backend,
+            "cannot open a table for reading",
+            error,
+        )),
+    }
+}
+
+/// Every key of `table` whose value `keep` accepts, in key order.
+pub fn keys_where(
+    table: &ReadOnlyBytesTable,
+    backend: &'static str,
+    keep: impl Fn(&[u8]) -> Result<bool, OnlineStoreError>,
+) -> Result<Vec<larder_core::EntityKey>, OnlineStoreError> {
+    use redb::ReadableTable;
+    let list_error = |error: redb::StorageError| map_redb_error(backend, "cannot list keys", error);
+    let mut keys = Vec::new();
+    for entry in table.iter().map_err(list_error)? {
+        let (key, value) = entry.map_err(list_error)?;
+        if keep(value.value())? {
+            keys.push(larder_core::EntityKey::from_bytes(key.value().to_vec()));
+        }
+    }
+    Ok(keys)
+}
+
 /// Starts a write transaction that commits with immediate durability.
 pub fn begin_durable_write(
     database: &redb::Database,
